@@ -2,3 +2,7 @@
 methods for Captum."""
 
 __version__ = "0.1.0"
+
+from captum_saco.metrics import saco  # noqa: E402
+
+__all__ = ["saco"]

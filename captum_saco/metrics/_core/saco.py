@@ -1,0 +1,295 @@
+"""SaCo, the Salience-guided Faithfulness Coefficient (Wu et al., CVPR 2024)."""
+
+import warnings
+from typing import Any, Callable, Literal, NamedTuple, Optional, Tuple, Union, overload
+
+import torch
+from torch import Tensor
+
+from captum_saco._utils import TargetType
+from captum_saco.metrics._core.perturbation import (
+    BaselineType,
+    TensorOrTupleOfTensors,
+    format_inputs,
+    rank_features,
+    rank_intervals_of_groups,
+    removal_probabilities,
+    resolve_baselines,
+)
+
+
+class SacoDetails(NamedTuple):
+    """Everything SaCo measured, per example, for plots and inspection.
+
+    Attributes:
+        coefficient (Tensor): ``(N,)`` the SaCo coefficient ``F`` (NaN where
+            undefined).
+        group_salience (Tensor): ``(N, K)`` ``s(G_i)``, the summed salience of
+            each group, most salient group first.
+        group_size (Tensor): ``(N, K)`` the number of features (pixels, tokens,
+            scalar features or ``feature_mask`` regions) in each group.
+        probability_drop (Tensor): ``(N, K)`` ``Δ_i = p(c|x) − p(c|x with G_i
+            replaced by the baseline)``.
+        clean_probability (Tensor): ``(N,)`` ``p(c|x)``.
+        target (Tensor): ``(N,)`` the target class ``c``.
+    """
+
+    coefficient: Tensor
+    group_salience: Tensor
+    group_size: Tensor
+    probability_drop: Tensor
+    clean_probability: Tensor
+    target: Tensor
+
+
+def saco_coefficient(group_salience: Tensor, probability_drop: Tensor) -> Tensor:
+    """The SaCo coefficient from group saliences and probability drops.
+
+    For every pair of groups ``i < j``: ``w = s(G_i) − s(G_j)`` if
+    ``Δ_i >= Δ_j``, else ``w = −(s(G_i) − s(G_j))``; ``F = Σ w / Σ |w|``.
+    The pairs are compared with tensor operations, all examples at once.
+
+    Args:
+        group_salience (Tensor): ``(N, K)`` ``s(G_1), ..., s(G_K)``.
+        probability_drop (Tensor): ``(N, K)`` ``Δ_1, ..., Δ_K``.
+
+    Returns:
+        Tensor: ``(N,)``; NaN where ``Σ |w| = 0`` or a drop is not finite.
+
+    Examples::
+
+        >>> import torch
+        >>> saco_coefficient(torch.tensor([[3.0, 2.0, 1.0]]), torch.tensor([[0.5, 0.2, 0.1]]))
+        tensor([1.])
+        >>> saco_coefficient(torch.tensor([[3.0, 2.0, 1.0]]), torch.tensor([[0.1, 0.2, 0.5]]))
+        tensor([-1.])
+    """
+    difference = group_salience.unsqueeze(2) - group_salience.unsqueeze(1)
+    agrees = probability_drop.unsqueeze(2) >= probability_drop.unsqueeze(1)
+    weight = torch.where(agrees, difference, -difference)
+    k = group_salience.shape[1]
+    pairs = torch.ones(k, k, dtype=torch.bool, device=group_salience.device).triu(1)
+    numerator = (weight * pairs).sum(dim=(1, 2))
+    denominator = (difference.abs() * pairs).sum(dim=(1, 2))
+    defined = (denominator > 0) & torch.isfinite(probability_drop).all(dim=1)
+    return torch.where(defined, numerator / denominator, torch.full_like(numerator, torch.nan))
+
+
+@overload
+def saco(
+    forward_func: Callable[..., Any],
+    inputs: TensorOrTupleOfTensors,
+    attributions: TensorOrTupleOfTensors,
+    baselines: BaselineType = None,
+    additional_forward_args: Any = None,
+    target: TargetType = None,
+    n_groups: int = 10,
+    feature_mask: Union[None, Tensor, Tuple[Tensor, ...]] = None,
+    max_examples_per_batch: Optional[int] = None,
+    *,
+    apply_softmax: bool = True,
+    return_details: Literal[False] = False,
+) -> Tensor: ...
+
+
+@overload
+def saco(
+    forward_func: Callable[..., Any],
+    inputs: TensorOrTupleOfTensors,
+    attributions: TensorOrTupleOfTensors,
+    baselines: BaselineType = None,
+    additional_forward_args: Any = None,
+    target: TargetType = None,
+    n_groups: int = 10,
+    feature_mask: Union[None, Tensor, Tuple[Tensor, ...]] = None,
+    max_examples_per_batch: Optional[int] = None,
+    *,
+    apply_softmax: bool = True,
+    return_details: Literal[True],
+) -> SacoDetails: ...
+
+
+def saco(
+    forward_func: Callable[..., Any],
+    inputs: TensorOrTupleOfTensors,
+    attributions: TensorOrTupleOfTensors,
+    baselines: BaselineType = None,
+    additional_forward_args: Any = None,
+    target: TargetType = None,
+    n_groups: int = 10,
+    feature_mask: Union[None, Tensor, Tuple[Tensor, ...]] = None,
+    max_examples_per_batch: Optional[int] = None,
+    *,
+    apply_softmax: bool = True,
+    return_details: bool = False,
+) -> Union[Tensor, SacoDetails]:
+    r"""The Salience-guided Faithfulness Coefficient (SaCo) of attributions.
+
+    SaCo (Wu et al., "On the Faithfulness of Vision Transformer Explanations",
+    CVPR 2024) asks whether features with more salience also matter more to
+    the model. For each example ``x`` with target class ``c``:
+
+    1. Rank the features by salience, descending, with a stable sort (ties
+       keep flattened-index order), and split the ranking into ``K`` groups
+       ``G_1, ..., G_K`` as ``torch.tensor_split(ranking, K)`` does (the first
+       ``F % K`` groups hold one feature more). ``G_1`` is the most salient.
+    2. ``s(G_i)`` is the sum of the salience of the features in ``G_i``.
+    3. For each group alone, replace its features by the baseline and measure
+       ``Δ_i = p(c|x) − p(c|x with G_i replaced)``, ``p`` the softmax of
+       ``forward_func``'s output.
+    4. For every pair ``i < j``: ``w = s(G_i) − s(G_j)`` if ``Δ_i >= Δ_j``,
+       else ``w = −(s(G_i) − s(G_j))``. The coefficient is
+       ``F = Σ w / Σ |w|`` in ``[−1, 1]``: 1 when every more salient group
+       also hurts the prediction more, about 0 for random attributions, −1
+       when the order is inverted.
+
+    The coefficient is undefined, and NaN is returned for that example with
+    one warning for the call, when all the example's feature saliences are
+    equal (the map carries no ranking), when ``Σ |w| = 0``, or when the
+    model's probabilities are not finite. The dataset-level score is the mean
+    of the defined coefficients (e.g. ``torch.nanmean``).
+
+    Features: the pixels of ``(N, C, H, W)`` image inputs (a pixel's channels
+    are replaced together), the tokens of ``(N, T, D)`` inputs, the scalars of
+    ``(N, F)`` inputs, or the regions of ``feature_mask``. The features of all
+    inputs of a multi-input model are ranked together.
+
+    Cost: one clean forward pass and ``K`` perturbed forward passes per
+    example, batched in chunks of ``max_examples_per_batch`` under
+    ``torch.no_grad()``.
+
+    Args:
+        forward_func (Callable): The model, or any function that takes the
+                    inputs (followed by ``additional_forward_args``) and returns
+                    class scores (logits) of shape ``(N, C)``, or a
+                    higher-dimensional output together with a tuple target.
+        inputs (Tensor or tuple[Tensor, ...]): The examples, as passed to
+                    ``forward_func``, batch dimension first.
+        attributions (Tensor or tuple[Tensor, ...]): The salience maps to
+                    evaluate, one per input. Accepted shapes for an image
+                    input ``(N, C, H, W)``: ``(N, C, H, W)`` (channels summed
+                    into a pixel map), ``(N, 1, H, W)``, ``(N, H, W)``, or a
+                    smaller grid ``(N, [C', ] h, w)`` (patch maps, layer
+                    attributions such as ``LayerGradCam``; channels summed)
+                    upsampled bilinearly with ``align_corners=False``. For an
+                    input ``(N, T, D)``: ``(N, T, D)`` (summed over ``D``) or
+                    ``(N, T)``. For an input ``(N, F)``: ``(N, F)``. Must be
+                    finite.
+        baselines (scalar, Tensor or tuple, optional): The value replacing
+                    removed features, per input: a number, a tensor
+                    broadcastable to the input (a leading dimension of ``N``
+                    makes it per-example). Default: None, the per-example
+                    per-channel mean of the input (for ``(N, T, D)`` inputs
+                    the mean token, for ``(N, F)`` inputs the mean feature).
+        additional_forward_args (Any, optional): Further arguments of
+                    ``forward_func``, passed after the inputs. Tensors whose
+                    first dimension is ``N`` are taken per example.
+                    Default: None
+        target (int, tuple, Tensor or list, optional): The class whose
+                    probability is measured, in any form Captum accepts.
+                    Default: None, the class the model predicts for each
+                    clean example.
+        n_groups (int, optional): ``K``, the number of salience groups;
+                    ``2 <= K <= F`` for ``F`` features. Default: 10
+        feature_mask (Tensor or tuple[Tensor, ...], optional): Integer feature
+                    ids, one tensor per input, broadcastable to it (batch
+                    dimension 1 or ``N``), as in Captum's ``FeatureAblation``.
+                    A feature's salience is the sum of the attribution over
+                    its region and a group replaces whole regions. A region
+                    must hold whole pixels (all channels) or whole tokens.
+                    Default: None, every pixel, token or scalar is a feature.
+        max_examples_per_batch (int, optional): The most examples (clean or
+                    perturbed) passed to ``forward_func`` at once. Default:
+                    None, all ``N * K`` perturbed examples in one call.
+        apply_softmax (bool, optional): Keyword-only. Set to False when
+                    ``forward_func`` already returns probabilities.
+                    Default: True
+        return_details (bool, optional): Keyword-only. Return a
+                    :class:`SacoDetails` with the group saliences, group sizes,
+                    probability drops, clean probabilities and targets as well
+                    as the coefficient. Default: False
+
+    Returns:
+        Tensor or SacoDetails: the coefficient of each example, shape ``(N,)``,
+        on the inputs' device; with ``return_details=True`` a
+        :class:`SacoDetails`.
+
+    Raises:
+        ValueError: an attribution whose shape cannot be matched to its input,
+            non-finite attributions, ``n_groups`` outside ``[2, F]``, a target
+            out of range, a baseline or feature mask of the wrong shape.
+
+    Examples::
+
+        >>> import torch
+        >>> from captum.attr import Saliency
+        >>> from captum_saco.metrics import saco
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Sequential(
+        ...     torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(),
+        ...     torch.nn.Flatten(), torch.nn.Linear(4 * 8 * 8, 5)).eval()
+        >>> images = torch.randn(2, 3, 8, 8, requires_grad=True)
+        >>> attributions = Saliency(model).attribute(images, target=0)
+        >>> coefficient = saco(model, images, attributions, target=0)
+        >>> coefficient.shape
+        torch.Size([2])
+        >>> details = saco(model, images, attributions, target=0, return_details=True)
+        >>> details.probability_drop.shape
+        torch.Size([2, 10])
+    """
+    inputs_t = format_inputs(inputs)
+    ranking = rank_features(inputs_t, attributions, feature_mask)
+    n_features = ranking.n_features
+    if isinstance(n_groups, bool) or not isinstance(n_groups, int) or not (
+        2 <= n_groups <= n_features
+    ):
+        raise ValueError(
+            f"n_groups: expected an int between 2 and the number of features "
+            f"({n_features}), got {n_groups!r}"
+        )
+    starts, stops = rank_intervals_of_groups(n_features, n_groups)
+    probabilities = removal_probabilities(
+        forward_func,
+        inputs_t,
+        ranking,
+        starts,
+        stops,
+        resolve_baselines(inputs_t, baselines),
+        additional_forward_args,
+        target,
+        max_examples_per_batch,
+        apply_softmax,
+    )
+    n = ranking.salience.shape[0]
+    device = ranking.salience.device
+    group_of_rank = torch.repeat_interleave(
+        torch.arange(n_groups, device=device), (stops - starts).to(device)
+    )
+    sorted_salience = ranking.salience.gather(1, ranking.order)
+    group_salience = sorted_salience.new_zeros(n, n_groups).index_add_(
+        1, group_of_rank, sorted_salience
+    )
+    drop = probabilities.clean.unsqueeze(1) - probabilities.removed
+    coefficient = saco_coefficient(group_salience, drop)
+    constant_map = (ranking.salience == ranking.salience[:, :1]).all(dim=1)
+    coefficient = coefficient.masked_fill(constant_map, torch.nan)
+    undefined = torch.isnan(coefficient)
+    if bool(undefined.any()):
+        warnings.warn(
+            f"saco: the coefficient is undefined for {int(undefined.sum())} of {n} "
+            f"examples (indices {undefined.nonzero().flatten().tolist()}): their "
+            "attribution map is constant, their group saliences are all equal, or the "
+            "model's probabilities are not finite; returning NaN for them",
+            UserWarning,
+            stacklevel=2,
+        )
+    if not return_details:
+        return coefficient
+    return SacoDetails(
+        coefficient=coefficient,
+        group_salience=group_salience,
+        group_size=(stops - starts).to(device).repeat(n, 1),
+        probability_drop=drop,
+        clean_probability=probabilities.clean,
+        target=probabilities.target,
+    )
