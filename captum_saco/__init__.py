@@ -3,6 +3,18 @@ methods for Captum."""
 
 __version__ = "0.1.0"
 
+from captum_saco.attr import (  # noqa: E402
+    AttentionAttribution,
+    AttentionRollout,
+    GradientWeightedAttention,
+    RawAttention,
+)
 from captum_saco.metrics import saco  # noqa: E402
 
-__all__ = ["saco"]
+__all__ = [
+    "AttentionAttribution",
+    "AttentionRollout",
+    "GradientWeightedAttention",
+    "RawAttention",
+    "saco",
+]

@@ -1,0 +1,13 @@
+"""Attribution methods for Vision Transformers, as Captum ``Attribution`` classes."""
+
+from captum_saco.attr._core.attention_rollout import AttentionRollout
+from captum_saco.attr._core.engine import AttentionAttribution
+from captum_saco.attr._core.gradient_weighted_attention import GradientWeightedAttention
+from captum_saco.attr._core.raw_attention import RawAttention
+
+__all__ = [
+    "AttentionAttribution",
+    "AttentionRollout",
+    "GradientWeightedAttention",
+    "RawAttention",
+]
