@@ -7,6 +7,7 @@ from captum_saco.attr import (  # noqa: E402
     AttentionAttribution,
     AttentionRollout,
     GradientWeightedAttention,
+    RandomAttribution,
     RawAttention,
 )
 from captum_saco.metrics import saco  # noqa: E402
@@ -15,6 +16,7 @@ __all__ = [
     "AttentionAttribution",
     "AttentionRollout",
     "GradientWeightedAttention",
+    "RandomAttribution",
     "RawAttention",
     "saco",
 ]

@@ -2,7 +2,7 @@ import pytest
 import torch
 from captum.attr import Attribution
 
-from captum_saco.attr._core.random_attribution import RandomAttribution
+from captum_saco.attr import RandomAttribution
 
 
 def _forward(x: torch.Tensor) -> torch.Tensor:

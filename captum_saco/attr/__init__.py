@@ -3,11 +3,13 @@
 from captum_saco.attr._core.attention_rollout import AttentionRollout
 from captum_saco.attr._core.engine import AttentionAttribution
 from captum_saco.attr._core.gradient_weighted_attention import GradientWeightedAttention
+from captum_saco.attr._core.random_attribution import RandomAttribution
 from captum_saco.attr._core.raw_attention import RawAttention
 
 __all__ = [
     "AttentionAttribution",
     "AttentionRollout",
     "GradientWeightedAttention",
+    "RandomAttribution",
     "RawAttention",
 ]

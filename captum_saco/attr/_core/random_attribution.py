@@ -81,7 +81,7 @@ class RandomAttribution(Attribution):
         Examples::
 
             >>> import torch
-            >>> from captum_saco.attr._core.random_attribution import RandomAttribution
+            >>> from captum_saco.attr import RandomAttribution
             >>> net = torch.nn.Linear(4, 2)
             >>> random = RandomAttribution(net)
             >>> inputs = torch.zeros(3, 4)
