@@ -10,7 +10,14 @@ from captum_saco.attr import (  # noqa: E402
     RandomAttribution,
     RawAttention,
 )
-from captum_saco.metrics import saco  # noqa: E402
+from captum_saco.metrics import (  # noqa: E402
+    aopc,
+    auc,
+    comprehensiveness,
+    deletion_curve,
+    lodds,
+    saco,
+)
 
 __all__ = [
     "AttentionAttribution",
@@ -18,5 +25,10 @@ __all__ = [
     "GradientWeightedAttention",
     "RandomAttribution",
     "RawAttention",
+    "aopc",
+    "auc",
+    "comprehensiveness",
+    "deletion_curve",
+    "lodds",
     "saco",
 ]

@@ -1,6 +1,24 @@
 """Faithfulness metrics for attributions: SaCo and the cumulative deletion
 metrics it is compared against, all driven by one perturbation engine."""
 
-from captum_saco.metrics._core.saco import SacoDetails, saco
+from captum_saco.metrics._core.cumulative import (
+    DeletionCurve,
+    aopc,
+    auc,
+    comprehensiveness,
+    deletion_curve,
+    lodds,
+)
+from captum_saco.metrics._core.saco import SacoDetails, saco, saco_coefficient
 
-__all__ = ["SacoDetails", "saco"]
+__all__ = [
+    "DeletionCurve",
+    "SacoDetails",
+    "aopc",
+    "auc",
+    "comprehensiveness",
+    "deletion_curve",
+    "lodds",
+    "saco",
+    "saco_coefficient",
+]

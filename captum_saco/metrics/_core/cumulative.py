@@ -1,0 +1,392 @@
+"""The cumulative deletion metrics SaCo is compared against: AOPC, LOdds, AUC and
+comprehensiveness, all read off one deletion curve.
+
+The curve removes growing shares of the features, ranked by salience exactly
+as :func:`~captum_saco.metrics.saco` ranks them, replaces them with the same
+baselines and runs the same batched engine.
+"""
+
+import warnings
+from typing import Any, Callable, Literal, NamedTuple, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from captum_saco._utils import TargetType
+from captum_saco.metrics._core.perturbation import (
+    BaselineType,
+    TensorOrTupleOfTensors,
+    format_inputs,
+    rank_features,
+    removal_probabilities,
+    resolve_baselines,
+)
+
+Order = Literal["most_salient_first", "least_salient_first"]
+DEFAULT_FRACTIONS: Tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+class DeletionCurve(NamedTuple):
+    """Target-class probability as growing shares of the features are removed.
+
+    Point 0 is the clean input; point ``k >= 1`` removes the ``m_k =
+    round(f_k · F)`` features (rounded half to even) that come first in the
+    deletion order: the most salient ones for ``"most_salient_first"``, the
+    least salient ones for ``"least_salient_first"``.
+
+    Attributes:
+        fractions (Tensor): ``(S + 1,)`` ``0, f_1, ..., f_S``.
+        n_removed (Tensor): ``(S + 1,)`` ``0, m_1, ..., m_S``.
+        probabilities (Tensor): ``(N, S + 1)`` ``p(c | x̃_k)``; column 0 is
+            ``p(c | x)``.
+        target (Tensor): ``(N,)`` the target class ``c``.
+    """
+
+    fractions: Tensor
+    n_removed: Tensor
+    probabilities: Tensor
+    target: Tensor
+
+    def aopc(self) -> Tensor:
+        """``(N,)`` AOPC ``= (1/S) Σ_{k=1..S} [p(c|x) − p(c|x̃_k)]``."""
+        return (self.probabilities[:, :1] - self.probabilities[:, 1:]).mean(dim=1)
+
+    def log_odds(self) -> Tensor:
+        """``(N,)`` LOdds ``= (1/S) Σ_{k=1..S} log(p(c|x̃_k) / p(c|x))``.
+
+        Probabilities are clamped to the smallest positive normal number of
+        their dtype before the logarithm, so a probability of 0 gives a large
+        negative value rather than ``-inf``.
+        """
+        log_p = self.probabilities.clamp(min=torch.finfo(self.probabilities.dtype).tiny).log()
+        return (log_p[:, 1:] - log_p[:, :1]).mean(dim=1)
+
+    def auc(self) -> Tensor:
+        """``(N,)`` the trapezoidal area under ``p(c|x̃_k)`` over the removed fraction.
+
+        ``AUC = Σ_{k=1..S} (f_k − f_{k−1}) · (p(c|x̃_{k−1}) + p(c|x̃_k)) / 2``
+        with ``f_0 = 0`` and ``x̃_0 = x``: the curve spans ``[0, f_S]``.
+        """
+        return torch.trapezoid(self.probabilities, self.fractions, dim=1)
+
+
+def _validate_fractions(fractions: Sequence[float]) -> Tensor:
+    values = torch.as_tensor(list(fractions), dtype=torch.float64)
+    if (
+        values.dim() != 1
+        or values.numel() == 0
+        or not bool(((values > 0) & (values <= 1)).all())
+        or not bool((values[1:] > values[:-1]).all())
+    ):
+        raise ValueError(
+            "fractions: expected a non-empty, strictly increasing sequence of numbers "
+            f"in (0, 1], got {list(fractions)!r}"
+        )
+    return values
+
+
+def deletion_curve(
+    forward_func: Callable[..., Any],
+    inputs: TensorOrTupleOfTensors,
+    attributions: TensorOrTupleOfTensors,
+    baselines: BaselineType = None,
+    additional_forward_args: Any = None,
+    target: TargetType = None,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    feature_mask: Union[None, Tensor, Tuple[Tensor, ...]] = None,
+    max_examples_per_batch: Optional[int] = None,
+    *,
+    order: Order = "most_salient_first",
+    apply_softmax: bool = True,
+) -> DeletionCurve:
+    r"""The deletion curve: the target's probability as features are removed cumulatively.
+
+    Features are ranked by salience exactly as in
+    :func:`~captum_saco.metrics.saco` (stable descending sort, ties in
+    flattened-index order). For each fraction ``f_k`` the first
+    ``m_k = round(f_k · F)`` features of the deletion order (``F`` features in
+    all, rounded half to even) are replaced by the baseline together, and
+    ``p(c | x̃_k)`` is recorded. ``order="most_salient_first"`` removes ranks
+    ``[0, m_k)`` (MoRF), ``order="least_salient_first"`` ranks
+    ``[F − m_k, F)`` (LeRF).
+
+    The AOPC, LOdds and AUC of a curve are its methods
+    :meth:`DeletionCurve.aopc`, :meth:`DeletionCurve.log_odds` and
+    :meth:`DeletionCurve.auc`, so one curve gives all three.
+
+    Cost: one clean forward pass and ``S`` perturbed passes per example,
+    batched in chunks of ``max_examples_per_batch`` under ``torch.no_grad()``.
+
+    Args:
+        forward_func (Callable): The model, or any function returning class
+                    scores (logits) of shape ``(N, C)``.
+        inputs (Tensor or tuple[Tensor, ...]): The examples, batch first.
+        attributions (Tensor or tuple[Tensor, ...]): The salience maps, one
+                    per input, in any shape :func:`~captum_saco.metrics.saco`
+                    accepts (input-shaped, ``(N, 1, H, W)``, ``(N, H, W)``,
+                    smaller grids upsampled bilinearly, ``(N, F)``,
+                    ``(N, T, D)`` or ``(N, T)``).
+        baselines (scalar, Tensor or tuple, optional): The value replacing
+                    removed features: a number or a tensor broadcastable to
+                    the input (leading dimension ``N``: per example).
+                    Default: None, the per-example per-channel mean of the
+                    input.
+        additional_forward_args (Any, optional): Further arguments of
+                    ``forward_func``, after the inputs; tensors whose first
+                    dimension is ``N`` are taken per example. Default: None
+        target (int, tuple, Tensor or list, optional): The class whose
+                    probability is recorded, in any Captum form. Default:
+                    None, the predicted class of each clean example.
+        fractions (sequence of float, optional): The removed shares
+                    ``f_1 < ... < f_S`` in ``(0, 1]``. Default: 0.1, ..., 0.9
+        feature_mask (Tensor or tuple[Tensor, ...], optional): Integer ids
+                    grouping input elements into features (regions), as in
+                    :func:`~captum_saco.metrics.saco`. Default: None
+        max_examples_per_batch (int, optional): The most examples passed to
+                    ``forward_func`` at once. Default: None, all at once.
+        order (str, optional): Keyword-only. ``"most_salient_first"`` or
+                    ``"least_salient_first"``. Default: "most_salient_first"
+        apply_softmax (bool, optional): Keyword-only. Set to False when
+                    ``forward_func`` already returns probabilities.
+                    Default: True
+
+    Returns:
+        DeletionCurve: fractions and removed counts ``(S + 1,)``,
+        probabilities ``(N, S + 1)`` (column 0 the clean input) and targets,
+        on the inputs' device. Examples whose probabilities are not finite
+        give NaN metrics and one warning.
+
+    Examples::
+
+        >>> import torch
+        >>> from captum_saco.metrics import deletion_curve
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 5))
+        >>> images, attributions = torch.randn(2, 3, 8, 8), torch.rand(2, 8, 8)
+        >>> curve = deletion_curve(model, images, attributions, target=1)
+        >>> curve.fractions.tolist()
+        [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+        >>> curve.n_removed.tolist()
+        [0, 6, 13, 19, 26, 32, 38, 45, 51, 58]
+        >>> curve.probabilities.shape, curve.aopc().shape
+        (torch.Size([2, 10]), torch.Size([2]))
+    """
+    if order not in ("most_salient_first", "least_salient_first"):
+        raise ValueError(
+            f"order: expected 'most_salient_first' or 'least_salient_first', got {order!r}"
+        )
+    steps = _validate_fractions(fractions)
+    inputs_t = format_inputs(inputs)
+    ranking = rank_features(inputs_t, attributions, feature_mask)
+    n_features = ranking.n_features
+    n_removed = torch.round(steps * n_features).long()
+    if order == "most_salient_first":
+        starts, stops = torch.zeros_like(n_removed), n_removed
+    else:
+        starts, stops = n_features - n_removed, torch.full_like(n_removed, n_features)
+    probabilities = removal_probabilities(
+        forward_func,
+        inputs_t,
+        ranking,
+        starts,
+        stops,
+        resolve_baselines(inputs_t, baselines),
+        additional_forward_args,
+        target,
+        max_examples_per_batch,
+        apply_softmax,
+    )
+    curve = torch.cat([probabilities.clean.unsqueeze(1), probabilities.removed], dim=1)
+    not_finite = ~torch.isfinite(curve).all(dim=1)
+    if bool(not_finite.any()):
+        warnings.warn(
+            f"deletion_curve: the model's probabilities are not finite for "
+            f"{int(not_finite.sum())} of {curve.shape[0]} examples (indices "
+            f"{not_finite.nonzero().flatten().tolist()}); their metrics are NaN",
+            UserWarning,
+            stacklevel=2,
+        )
+        curve = curve.masked_fill(not_finite.unsqueeze(1), torch.nan)
+    device = curve.device
+    return DeletionCurve(
+        fractions=torch.cat([steps.new_zeros(1), steps]).to(device=device, dtype=curve.dtype),
+        n_removed=torch.cat([n_removed.new_zeros(1), n_removed]).to(device),
+        probabilities=curve,
+        target=probabilities.target,
+    )
+
+
+def aopc(
+    forward_func: Callable[..., Any],
+    inputs: TensorOrTupleOfTensors,
+    attributions: TensorOrTupleOfTensors,
+    baselines: BaselineType = None,
+    additional_forward_args: Any = None,
+    target: TargetType = None,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    feature_mask: Union[None, Tensor, Tuple[Tensor, ...]] = None,
+    max_examples_per_batch: Optional[int] = None,
+    *,
+    order: Order = "most_salient_first",
+    apply_softmax: bool = True,
+) -> Tensor:
+    r"""Area over the perturbation curve (AOPC), per example.
+
+    ``AOPC = (1/S) Σ_{k=1..S} [p(c|x) − p(c|x̃_k)]`` over the points
+    ``k = 1..S`` of :func:`deletion_curve` (by default 10%, ..., 90% of the
+    features removed, most salient first). Higher is better: removing the
+    most salient features should hurt the prediction most.
+
+    Args:
+        All arguments are those of :func:`deletion_curve`.
+
+    Returns:
+        Tensor: ``(N,)`` on the inputs' device.
+
+    Examples::
+
+        >>> import torch
+        >>> from captum_saco.metrics import aopc
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 5))
+        >>> aopc(model, torch.randn(2, 3, 8, 8), torch.rand(2, 8, 8)).shape
+        torch.Size([2])
+    """
+    return deletion_curve(
+        forward_func, inputs, attributions, baselines, additional_forward_args, target,
+        fractions, feature_mask, max_examples_per_batch, order=order,
+        apply_softmax=apply_softmax,
+    ).aopc()
+
+
+def lodds(
+    forward_func: Callable[..., Any],
+    inputs: TensorOrTupleOfTensors,
+    attributions: TensorOrTupleOfTensors,
+    baselines: BaselineType = None,
+    additional_forward_args: Any = None,
+    target: TargetType = None,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    feature_mask: Union[None, Tensor, Tuple[Tensor, ...]] = None,
+    max_examples_per_batch: Optional[int] = None,
+    *,
+    order: Order = "most_salient_first",
+    apply_softmax: bool = True,
+) -> Tensor:
+    r"""Log-odds (LOdds) of the target's probability after deletion, per example.
+
+    ``LOdds = (1/S) Σ_{k=1..S} log(p(c|x̃_k) / p(c|x))`` over the points
+    ``k = 1..S`` of :func:`deletion_curve`, probabilities clamped to the
+    smallest positive normal number of their dtype. Lower is better.
+
+    Args:
+        All arguments are those of :func:`deletion_curve`.
+
+    Returns:
+        Tensor: ``(N,)`` on the inputs' device.
+
+    Examples::
+
+        >>> import torch
+        >>> from captum_saco.metrics import lodds
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 5))
+        >>> lodds(model, torch.randn(2, 3, 8, 8), torch.rand(2, 8, 8)).shape
+        torch.Size([2])
+    """
+    return deletion_curve(
+        forward_func, inputs, attributions, baselines, additional_forward_args, target,
+        fractions, feature_mask, max_examples_per_batch, order=order,
+        apply_softmax=apply_softmax,
+    ).log_odds()
+
+
+def auc(
+    forward_func: Callable[..., Any],
+    inputs: TensorOrTupleOfTensors,
+    attributions: TensorOrTupleOfTensors,
+    baselines: BaselineType = None,
+    additional_forward_args: Any = None,
+    target: TargetType = None,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    feature_mask: Union[None, Tensor, Tuple[Tensor, ...]] = None,
+    max_examples_per_batch: Optional[int] = None,
+    *,
+    order: Order = "most_salient_first",
+    apply_softmax: bool = True,
+) -> Tensor:
+    r"""Area under the deletion curve (AUC), per example.
+
+    ``AUC = Σ_{k=1..S} (f_k − f_{k−1}) · (p(c|x̃_{k−1}) + p(c|x̃_k)) / 2``
+    (trapezoidal rule) with ``f_0 = 0`` and ``x̃_0 = x``, over the points of
+    :func:`deletion_curve`; with the default fractions the curve spans
+    ``[0, 0.9]``. Most salient first: lower is better.
+
+    Args:
+        All arguments are those of :func:`deletion_curve`.
+
+    Returns:
+        Tensor: ``(N,)`` on the inputs' device.
+
+    Examples::
+
+        >>> import torch
+        >>> from captum_saco.metrics import auc
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 5))
+        >>> auc(model, torch.randn(2, 3, 8, 8), torch.rand(2, 8, 8)).shape
+        torch.Size([2])
+    """
+    return deletion_curve(
+        forward_func, inputs, attributions, baselines, additional_forward_args, target,
+        fractions, feature_mask, max_examples_per_batch, order=order,
+        apply_softmax=apply_softmax,
+    ).auc()
+
+
+def comprehensiveness(
+    forward_func: Callable[..., Any],
+    inputs: TensorOrTupleOfTensors,
+    attributions: TensorOrTupleOfTensors,
+    baselines: BaselineType = None,
+    additional_forward_args: Any = None,
+    target: TargetType = None,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    feature_mask: Union[None, Tensor, Tuple[Tensor, ...]] = None,
+    max_examples_per_batch: Optional[int] = None,
+    *,
+    apply_softmax: bool = True,
+) -> Tensor:
+    r"""Comprehensiveness as the SaCo paper reports it: the drop when the least
+    salient features are removed, per example.
+
+    ``Comprehensiveness = (1/S) Σ_{k=1..S} [p(c|x) − p(c|x̃_k^LeRF)]`` where
+    ``x̃_k^LeRF`` replaces the ``round(f_k · F)`` *least* salient features
+    (ranks ``[F − m_k, F)``) by the baseline: the AOPC of the
+    least-salient-first :func:`deletion_curve`. Lower is better: features an
+    explanation calls unimportant should be dispensable. (This follows the
+    least-salient-first reading of Wu et al.'s comparison; DeYoung et al.'s
+    ERASER comprehensiveness removes the *most* salient features, which is
+    :func:`aopc` here.)
+
+    Args:
+        All arguments are those of :func:`deletion_curve` except ``order``,
+        which is fixed to ``"least_salient_first"``.
+
+    Returns:
+        Tensor: ``(N,)`` on the inputs' device.
+
+    Examples::
+
+        >>> import torch
+        >>> from captum_saco.metrics import comprehensiveness
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 5))
+        >>> comprehensiveness(model, torch.randn(2, 3, 8, 8), torch.rand(2, 8, 8)).shape
+        torch.Size([2])
+    """
+    return deletion_curve(
+        forward_func, inputs, attributions, baselines, additional_forward_args, target,
+        fractions, feature_mask, max_examples_per_batch, order="least_salient_first",
+        apply_softmax=apply_softmax,
+    ).aopc()
