@@ -1,0 +1,272 @@
+"""``python -m captum_saco`` / ``captum-saco``: which explanation of my model
+can I trust?
+
+Evaluates explanation methods with faithfulness metrics on a model and
+images, and prints the table (methods x metrics: mean ± std and the count of
+undefined values). With no arguments it runs offline on the embedded
+Fashion-MNIST ViT and its shipped test images. Under ``torchrun`` the images
+are sharded across the processes (gloo on the CPU, NCCL on GPUs) and the
+first process prints and writes the gathered table.
+"""
+
+import argparse
+import importlib
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from captum_saco.evaluation import (
+    DEFAULT_METHODS,
+    DEFAULT_METRICS,
+    METHODS,
+    METRICS,
+    evaluate,
+    plot_evaluation,
+    saco_case_study,
+)
+
+EMBEDDED_MODEL = "fashion_mnist_vit"
+DEFAULT_LIMIT = 100
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
+
+
+class CliError(Exception):
+    """A problem the user can fix, reported as one sentence without a traceback."""
+
+
+def _names(values: Optional[List[str]], default: Sequence[str]) -> List[str]:
+    if not values:
+        return list(default)
+    return [name for value in values for name in value.split(",") if name]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="captum-saco",
+        description=(
+            "Evaluate the faithfulness of explanation methods with SaCo and the "
+            "cumulative deletion metrics. With no arguments: the embedded "
+            "Fashion-MNIST ViT on its shipped test images, offline."
+        ),
+        epilog=f"methods: {', '.join(METHODS)}; metrics: {', '.join(METRICS)}",
+    )
+    parser.add_argument(
+        "--model",
+        default=EMBEDDED_MODEL,
+        help=(
+            "a timm model name (with --pretrained to load its weights), or "
+            "'module:function' returning a model; default: the embedded "
+            f"{EMBEDDED_MODEL}"
+        ),
+    )
+    parser.add_argument(
+        "--pretrained", action="store_true", help="load the timm model's pretrained weights"
+    )
+    parser.add_argument(
+        "--images",
+        type=Path,
+        help=(
+            "a folder of images, resized and normalised by the model's data config; "
+            "default: the shipped Fashion-MNIST test images (embedded model only)"
+        ),
+    )
+    parser.add_argument(
+        "--limit",
+        type=_positive_int,
+        default=DEFAULT_LIMIT,
+        help=f"evaluate the first N images (default {DEFAULT_LIMIT})",
+    )
+    parser.add_argument(
+        "--methods", nargs="+", metavar="NAME", help="explanation methods (comma- or space-separated)"
+    )
+    parser.add_argument(
+        "--metrics", nargs="+", metavar="NAME", help="metrics (comma- or space-separated)"
+    )
+    parser.add_argument(
+        "--n-groups", type=_positive_int, default=10, help="SaCo groups / deletion steps (default 10)"
+    )
+    parser.add_argument(
+        "--batch-size", type=_positive_int, default=16, help="images explained at once (default 16)"
+    )
+    parser.add_argument(
+        "--device", help="e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of random attribution (default 0)")
+    parser.add_argument("--output", help="write the table to FILE (.json, .csv or .md)")
+    parser.add_argument(
+        "--plot", help="write a PNG: bars per method and metric, and SaCo's case study of the first image"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def _check_output_paths(args: argparse.Namespace) -> None:
+    if args.output is not None:
+        if Path(args.output).suffix.lower() not in {".json", ".csv", ".md"}:
+            raise CliError(f"--output must end in .json, .csv or .md, got {args.output!r}")
+        if not Path(args.output).resolve().parent.is_dir():
+            raise CliError(f"--output: the folder of {args.output!r} does not exist")
+    if args.plot is not None:
+        if Path(args.plot).suffix.lower() != ".png":
+            raise CliError(f"--plot must end in .png, got {args.plot!r}")
+        if not Path(args.plot).resolve().parent.is_dir():
+            raise CliError(f"--plot: the folder of {args.plot!r} does not exist")
+
+
+def _check_names(methods: List[str], metrics: List[str]) -> None:
+    for name in methods:
+        if name not in METHODS:
+            raise CliError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+    for name in metrics:
+        if name not in METRICS:
+            raise CliError(f"unknown metric {name!r}; choose from {', '.join(METRICS)}")
+
+
+def _load_model(name: str, pretrained: bool) -> nn.Module:
+    if name == EMBEDDED_MODEL:
+        from captum_saco.datasets import load_fashion_mnist_vit
+
+        if pretrained:
+            raise CliError(f"--pretrained applies to timm models; {EMBEDDED_MODEL} ships its weights")
+        return load_fashion_mnist_vit()
+    if ":" in name:
+        module_name, _, function_name = name.partition(":")
+        try:
+            function = getattr(importlib.import_module(module_name), function_name)
+        except (ImportError, AttributeError) as e:
+            raise CliError(f"--model {name!r}: cannot import {function_name!r} from {module_name!r} ({e})")
+        model = function()
+        if not isinstance(model, nn.Module):
+            raise CliError(f"--model {name!r} returned a {type(model).__name__}, not a torch.nn.Module")
+        return model
+    try:
+        import timm
+    except ImportError:
+        raise CliError("--model with a timm model name needs timm: pip install 'captum-saco[timm]'")
+    if not timm.is_model(name):
+        raise CliError(f"--model {name!r} is neither a timm model name nor 'module:function'")
+    try:
+        return timm.create_model(name, pretrained=pretrained)
+    except Exception as e:  # downloads fail in many ways (offline, hub errors, files)
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CliError(
+            f"cannot load the pretrained weights of {name!r} (no network or no cached "
+            f"weights?): {first_line}"
+        )
+
+
+def _load_images(folder: Path, model: nn.Module, limit: int) -> Tensor:
+    if not folder.is_dir():
+        raise CliError(f"--images {str(folder)!r} is not a folder")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
+    if not files:
+        raise CliError(f"--images {str(folder)!r} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    try:
+        from PIL import Image
+        from timm.data import create_transform, resolve_data_config
+    except ImportError:
+        raise CliError("--images needs timm, torchvision and Pillow: pip install 'captum-saco[timm]'")
+    config = resolve_data_config(model=model)
+    transform = create_transform(**config)
+    mode = "L" if config["input_size"][0] == 1 else "RGB"
+    images = []
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                images.append(transform(image.convert(mode)))
+        except OSError as e:
+            raise CliError(f"cannot read the image {str(path)!r}: {e}")
+    return torch.stack(images)
+
+
+def _load_data(args: argparse.Namespace, model: nn.Module) -> Tensor:
+    if args.images is not None:
+        return _load_images(args.images, model, args.limit)
+    if args.model != EMBEDDED_MODEL:
+        raise CliError("--model needs --images: the shipped images fit only the embedded model")
+    from captum_saco.datasets import load_fashion_mnist_samples
+
+    return load_fashion_mnist_samples(limit=args.limit).images
+
+
+def _setup_device(requested: Optional[str]) -> Tuple[torch.device, bool]:
+    """The device of this process, and whether this run is distributed
+    (initialising the process group under ``torchrun``)."""
+    device_name = requested or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device_name)
+    except RuntimeError:
+        raise CliError(f"--device {device_name!r} is not a device (e.g. cpu, cuda, cuda:1)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CliError(f"--device {device_name!r}: CUDA is not available here")
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed and not dist.is_initialized():
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+            dist.init_process_group("nccl")
+        else:
+            dist.init_process_group("gloo")
+    return device, distributed
+
+
+def run(args: argparse.Namespace) -> int:
+    methods = _names(args.methods, DEFAULT_METHODS)
+    metrics = _names(args.metrics, DEFAULT_METRICS)
+    _check_names(methods, metrics)
+    _check_output_paths(args)
+    device, distributed = _setup_device(args.device)
+    try:
+        is_main = not distributed or dist.get_rank() == 0
+        model = _load_model(args.model, args.pretrained).eval().to(device)
+        images = _load_data(args, model)
+        result = evaluate(
+            model,
+            images,
+            methods=methods,
+            metrics=metrics,
+            n_groups=args.n_groups,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            progress=not args.no_progress,
+            model_name=args.model,
+        )
+        if is_main:
+            print(result.format_table())
+            if args.output is not None:
+                result.save(args.output)
+            if args.plot is not None:
+                study = saco_case_study(
+                    model, images, 0, methods, n_groups=args.n_groups, seed=args.seed
+                )
+                plot_evaluation(result, args.plot, study, images[0])
+    finally:
+        if distributed and dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command; returns the exit status (0 on success, 2 on a
+    problem the user can fix, reported as one sentence on stderr)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except (CliError, ValueError, TypeError, ImportError, OSError) as e:
+        print(f"captum-saco: error: {e}", file=sys.stderr)
+        return 2
