@@ -257,3 +257,27 @@ def test_gradient_method_runs_one_backward_pass_for_the_whole_batch(
     monkeypatch.setattr(torch.autograd, "grad", counting_grad)
     GradientWeightedAttention(timm_reference_model).attribute(images)
     assert calls == [1]
+
+
+def test_gradient_method_works_inside_inference_mode(
+    reference: Dict, timm_reference_model: nn.Module
+) -> None:
+    with torch.inference_mode():
+        images = reference["inputs"].clone()
+        maps = GradientWeightedAttention(timm_reference_model).attribute(
+            images, target=reference["targets"]["fixed"], upsample=False
+        )
+    expected = reference["token_attributions"]["fixed"]["generic_attention"]
+    torch.testing.assert_close(maps.flatten(1), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_a_non_finite_example_gives_a_non_finite_map_and_one_warning(
+    timm_reference_model: nn.Module, images: Tensor
+) -> None:
+    images = images.clone()
+    images[1, 0, 0, 0] = float("nan")
+    with pytest.warns(UserWarning, match=r"examples \[1\] are not finite") as record:
+        maps = AttentionRollout(timm_reference_model).attribute(images, upsample=False)
+    assert len(record) == 1
+    assert torch.isfinite(maps[[0, 2, 3]]).all()
+    assert not torch.isfinite(maps[1]).all()

@@ -1,6 +1,8 @@
 """The pipeline shared by the attention-based attribution methods for ViTs."""
 
 import inspect
+import warnings
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Tuple, Union
 
@@ -78,7 +80,9 @@ class AttentionAttribution(Attribution):
     finds the tokens entering block 0 (as the real forward pass computed them) in
     ``trace.tokens``, the target classes in ``trace.classes``, and the model's
     layers in canonical form via ``self._adapter.parts()``
-    (:class:`~captum_saco.attr._core.adapters.ViTParts`).
+    (:class:`~captum_saco.attr._core.adapters.ViTParts`). ``_token_relevance`` runs
+    in the caller's gradient mode, after the model's forward pass; a rule that runs
+    its own differentiable pass enables gradients itself.
 
     Supported models: timm ``VisionTransformer`` with class-token pooling (DeiT
     distilled, register tokens, dynamic image sizes), Hugging Face
@@ -92,6 +96,20 @@ class AttentionAttribution(Attribution):
         forward_func (Callable, optional): the function whose output is explained;
             it must run ``model``. Default: ``model``, with the logits taken from
             Hugging Face output objects.
+
+    Examples::
+
+        >>> import torch, timm
+        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+        <torch._C.Generator object at ...>
+        >>> vit = timm.models.VisionTransformer(
+        ...     img_size=32, patch_size=8, embed_dim=24, depth=2, num_heads=2, num_classes=5).eval()
+        >>> class MaxHeadAttention(AttentionAttribution):
+        ...     # the last block's attention, fused over heads by their maximum
+        ...     def _token_relevance(self, trace):
+        ...         return trace.attentions[-1].amax(dim=1)
+        >>> MaxHeadAttention(vit).attribute(torch.rand(2, 3, 32, 32), upsample=False).shape
+        torch.Size([2, 1, 4, 4])
     """
 
     #: whether the rule reads the gradient of the target logits w.r.t. the attention
@@ -151,6 +169,14 @@ class AttentionAttribution(Attribution):
         trace = self._trace(images, target, additional_forward_args)
         relevance = self._token_relevance(trace, **options)
         grid = self._patch_grid(relevance[:, 0], trace)
+        not_finite = ~torch.isfinite(grid.flatten(1)).all(dim=1)
+        if not_finite.any():
+            warnings.warn(
+                f"{type(self).__name__}: the maps of examples "
+                f"{not_finite.nonzero().flatten().tolist()} are not finite (non-finite "
+                "inputs or model outputs?)",
+                stacklevel=2,
+            )
         if upsample:
             grid = F.interpolate(
                 grid, size=images.shape[-2:], mode="bilinear", align_corners=False
@@ -197,10 +223,20 @@ class AttentionAttribution(Attribution):
             extra = additional_forward_args
         else:
             extra = (additional_forward_args,)
-        with self._adapter.capture() as record, torch.set_grad_enabled(self.needs_gradients):
-            # A leaf that requires grad puts the attention into the graph even when
-            # the model's parameters are frozen; the user's tensor is not touched.
-            model_input = images.detach().requires_grad_() if self.needs_gradients else images
+        with ExitStack() as stack:
+            record = stack.enter_context(self._adapter.capture())
+            if self.needs_gradients:
+                # Gradients are needed even inside no_grad() or inference_mode(). A
+                # fresh leaf that requires grad puts the attention into the graph even
+                # when the model's parameters are frozen; the user's tensor is not
+                # touched.
+                stack.enter_context(torch.inference_mode(False))
+                stack.enter_context(torch.enable_grad())
+                model_input = images.clone() if images.is_inference() else images.detach()
+                model_input.requires_grad_()
+            else:
+                stack.enter_context(torch.no_grad())
+                model_input = images
             output = _model_output(self.forward_func(model_input, *extra))
             if not record.complete():
                 raise ValueError(
