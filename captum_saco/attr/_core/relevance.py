@@ -86,23 +86,27 @@ class _BlockRecord:
 def _stabilised_divide(numerator: Tensor, denominator: Tensor) -> Tensor:
     """``numerator / (denominator + 1e-9)``, and 0 where the denominator is 0."""
     shifted = denominator + _EPSILON
-    shifted = torch.where(shifted == 0, torch.full_like(shifted, _EPSILON), shifted)
-    quotient = numerator / shifted
-    return torch.where(denominator == 0, torch.zeros_like(quotient), quotient)
+    shifted.masked_fill_(shifted == 0, _EPSILON)
+    return (numerator / shifted).masked_fill_(denominator == 0, 0.0)
 
 
 def _linear_relevance(inputs: Tensor, weight: Tensor, relevance: Tensor) -> Tensor:
     """LRP alpha=1, beta=0 through ``inputs @ weight.T`` (bias ignored).
 
     The positive part of the inputs meets the positive weights and the
-    negative part the negative weights; both share one denominator.
+    negative part the negative weights; both share one denominator ``z``.
+    ``z`` is a sum of non-negative products, so where ``z == 0`` every product
+    is 0 and the output's relevance reaches no input, as in the original's
+    masked division, without the mask.
     """
-    signed_inputs = torch.cat((inputs.clamp(min=0), inputs.clamp(max=0)), dim=-1)
-    signed_weight = torch.cat((weight.clamp(min=0), weight.clamp(max=0)), dim=1)
-    scale = _stabilised_divide(relevance, signed_inputs @ signed_weight.t())
-    contributions = signed_inputs * (scale @ signed_weight)
-    positive, negative = contributions.chunk(2, dim=-1)
-    return positive + negative
+    shape = inputs.shape
+    positive_in = inputs.reshape(-1, shape[-1]).clamp(min=0)
+    negative_in = inputs.reshape(-1, shape[-1]).clamp(max=0)
+    positive_w, negative_w = weight.clamp(min=0), weight.clamp(max=0)
+    z = (positive_in @ positive_w.t()).addmm_(negative_in, negative_w.t()).add_(_EPSILON)
+    scale = relevance.reshape(z.shape) / z
+    result = positive_in * (scale @ positive_w)
+    return result.addcmul_(negative_in, scale @ negative_w).reshape(shape)
 
 
 def _residual_relevance(skip: Tensor, branch: Tensor, relevance: Tensor) -> "tuple[Tensor, Tensor]":
