@@ -53,7 +53,9 @@ def forward_backward(model: nn.Module, images: Tensor, target: Tensor) -> None:
     torch.autograd.grad(scores.gather(1, target[:, None]).sum(), inputs)
 
 
-def timed_rounds(jobs: Dict[str, Callable[[], None]], rounds: int, device: str) -> Dict[str, List[float]]:
+def timed_rounds(
+    jobs: Dict[str, Callable[[], None]], rounds: int, device: str
+) -> Dict[str, List[float]]:
     """Run every job once per round, interleaved, after a warm-up; seconds per call."""
     times: Dict[str, List[float]] = {name: [] for name in jobs}
     for job in jobs.values():

@@ -61,7 +61,9 @@ def huggingface_from_reference(reference: Dict) -> nn.Module:
     weights = {
         "vit.embeddings.cls_token": timm_weights["cls_token"],
         "vit.embeddings.position_embeddings": timm_weights["pos_embed"],
-        "vit.embeddings.patch_embeddings.projection.weight": timm_weights["patch_embed.proj.weight"],
+        "vit.embeddings.patch_embeddings.projection.weight": timm_weights[
+            "patch_embed.proj.weight"
+        ],
         "vit.embeddings.patch_embeddings.projection.bias": timm_weights["patch_embed.proj.bias"],
         "vit.layernorm.weight": timm_weights["norm.weight"],
         "vit.layernorm.bias": timm_weights["norm.bias"],
@@ -114,11 +116,12 @@ def torchvision_from_reference(reference: Dict) -> nn.Module:
     for b in range(config["depth"]):
         src, dst = f"blocks.{b}.", f"encoder.layers.encoder_layer_{b}."
         for kind in ("weight", "bias"):
+            attention = dst + "self_attention."
             weights.update(
                 {
                     dst + f"ln_1.{kind}": timm_weights[src + f"norm1.{kind}"],
-                    dst + f"self_attention.in_proj_{kind}": timm_weights[src + f"attn.qkv.{kind}"],
-                    dst + f"self_attention.out_proj.{kind}": timm_weights[src + f"attn.proj.{kind}"],
+                    attention + f"in_proj_{kind}": timm_weights[src + f"attn.qkv.{kind}"],
+                    attention + f"out_proj.{kind}": timm_weights[src + f"attn.proj.{kind}"],
                     dst + f"ln_2.{kind}": timm_weights[src + f"norm2.{kind}"],
                     dst + f"mlp.0.{kind}": timm_weights[src + f"mlp.fc1.{kind}"],
                     dst + f"mlp.3.{kind}": timm_weights[src + f"mlp.fc2.{kind}"],

@@ -180,9 +180,12 @@ def test_forward_func_that_does_not_run_the_model_is_refused(
         RawAttention(timm_reference_model, lambda x: x.mean((2, 3))).attribute(images)
 
 
-def test_forward_func_output_without_scores_is_refused(timm_reference_model: nn.Module, images: Tensor) -> None:
+def test_forward_func_output_without_scores_is_refused(
+    timm_reference_model: nn.Module, images: Tensor
+) -> None:
+    method = RawAttention(timm_reference_model, lambda x: {"out": timm_reference_model(x)})
     with pytest.raises(TypeError, match="forward_func: expected the model to return a Tensor"):
-        RawAttention(timm_reference_model, lambda x: {"out": timm_reference_model(x)}).attribute(images)
+        method.attribute(images)
 
 
 def test_unknown_options_are_refused_before_running_the_model(
@@ -194,7 +197,8 @@ def test_unknown_options_are_refused_before_running_the_model(
         calls.append(1)
         return timm_reference_model(x)
 
-    with pytest.raises(TypeError, match=r"unknown option\(s\) \['start_layer'\].*\['aggregate_layers'\]"):
+    unknown_start_layer = r"unknown option\(s\) \['start_layer'\].*\['aggregate_layers'\]"
+    with pytest.raises(TypeError, match=unknown_start_layer):
         GradientWeightedAttention(timm_reference_model, forward).attribute(images, start_layer=1)
     with pytest.raises(TypeError, match=r"unknown option\(s\) \['head_fusion'\]"):
         RawAttention(timm_reference_model, forward).attribute(images, head_fusion="max")

@@ -39,14 +39,19 @@ def _rollout_literal(
     attentions: List[Tensor], start_layer: int, head_fusion: str, discard_ratio: float
 ) -> Tensor:
     """Rollout written out example by example, block by block."""
-    fuse = {"mean": lambda a: a.mean(0), "max": lambda a: a.max(0).values, "min": lambda a: a.min(0).values}
+    fuse = {
+        "mean": lambda a: a.mean(0),
+        "max": lambda a: a.max(0).values,
+        "min": lambda a: a.min(0).values,
+    }
     rows = []
     for example in range(attentions[0].shape[0]):
         joint = None
         for attention in attentions[start_layer:]:
             fused = fuse[head_fusion](attention[example]).clone()
             values = fused.flatten().tolist()
-            lowest = sorted(range(len(values)), key=values.__getitem__)[: int(len(values) * discard_ratio)]
+            ascending = sorted(range(len(values)), key=values.__getitem__)
+            lowest = ascending[: int(len(values) * discard_ratio)]
             fused.view(-1)[lowest] = 0
             fused = fused + torch.eye(fused.shape[0])
             fused = fused / fused.sum(dim=1, keepdim=True)
@@ -64,7 +69,11 @@ def images(reference: Dict) -> Tensor:
 @pytest.mark.parametrize("start_layer", [0, 2])
 @pytest.mark.parametrize("discard_ratio", [0.0, 0.9])
 def test_rollout_options_follow_the_rule(
-    timm_reference_model: nn.Module, images: Tensor, head_fusion: str, start_layer: int, discard_ratio: float
+    timm_reference_model: nn.Module,
+    images: Tensor,
+    head_fusion: str,
+    start_layer: int,
+    discard_ratio: float,
 ) -> None:
     maps = AttentionRollout(timm_reference_model).attribute(
         images,
@@ -88,7 +97,8 @@ def test_head_fusions_agree_on_a_single_head_model() -> None:
     method = AttentionRollout(model)
     mean = method.attribute(images, upsample=False, head_fusion="mean")
     for fusion in ("max", "min"):
-        torch.testing.assert_close(method.attribute(images, upsample=False, head_fusion=fusion), mean)
+        fused = method.attribute(images, upsample=False, head_fusion=fusion)
+        torch.testing.assert_close(fused, mean)
 
 
 def test_raw_attention_is_the_head_mean_of_the_last_block(

@@ -174,6 +174,10 @@ def test_models_with_several_prefix_tokens_give_patch_grid_maps(name: str, cls: 
     build, num_prefix = PREFIXED_MODELS[name]
     model = build()
     images = torch.rand(3, 3, 32, 32)
+    kept = _KeepTrace(model)
+    kept.attribute(images)
+    assert kept.trace.num_prefix_tokens == num_prefix
+    assert kept.trace.attentions[0].shape[-1] == num_prefix + 16
     grid = cls(model).attribute(images, upsample=False)
     assert grid.shape == (3, 1, 4, 4)
     assert torch.isfinite(grid).all()
@@ -267,6 +271,5 @@ def test_parts_the_canonical_block_cannot_express_are_refused() -> None:
 
 def test_models_whose_parts_cannot_be_expressed_still_have_readable_attention() -> None:
     model = _tiny_timm(qk_norm=True)
-    assert RawAttention(model).attribute(torch.rand(1, 3, 32, 32), upsample=False).shape == (
-        1, 1, 4, 4,
-    )
+    grid = RawAttention(model).attribute(torch.rand(1, 3, 32, 32), upsample=False)
+    assert grid.shape == (1, 1, 4, 4)

@@ -216,7 +216,9 @@ class AttentionAttribution(Attribution):
                 f"its options are {allowed}"
             ) from None
 
-    def _trace(self, images: Tensor, target: TargetType, additional_forward_args: Any) -> AttentionTrace:
+    def _trace(
+        self, images: Tensor, target: TargetType, additional_forward_args: Any
+    ) -> AttentionTrace:
         if additional_forward_args is None:
             extra: Tuple = ()
         elif isinstance(additional_forward_args, tuple):
