@@ -239,9 +239,12 @@ class TimmViTAdapter(ViTAdapter):
             attn = block.attn
             if not (isinstance(attn.q_norm, nn.Identity) and isinstance(attn.k_norm, nn.Identity)):
                 raise _inexpressible(model, "query/key normalisation (qk_norm)")
-            if not isinstance(attn.norm, nn.Identity) or attn.gate is not None:
+            # ``norm`` (scale_norm) and ``gate`` exist only in recent timm releases
+            if not isinstance(getattr(attn, "norm", nn.Identity()), nn.Identity) or (
+                getattr(attn, "gate", None) is not None
+            ):
                 raise _inexpressible(model, "a normalised or gated attention output")
-            _check_square_attention(model, attn.qkv.in_features, attn.attn_dim)
+            _check_square_attention(model, attn.qkv.in_features, attn.num_heads * attn.head_dim)
             if not isinstance(block.mlp, Mlp) or not isinstance(block.mlp.norm, nn.Identity):
                 raise _inexpressible(model, f"an MLP of type {type(block.mlp).__name__}")
             for norm in (block.norm1, block.norm2):
