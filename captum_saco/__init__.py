@@ -9,6 +9,7 @@ from captum_saco.attr import (  # noqa: E402
     GradientWeightedAttention,
     RandomAttribution,
     RawAttention,
+    TransformerAttribution,
 )
 from captum_saco.metrics import (  # noqa: E402
     aopc,
@@ -25,6 +26,7 @@ __all__ = [
     "GradientWeightedAttention",
     "RandomAttribution",
     "RawAttention",
+    "TransformerAttribution",
     "aopc",
     "auc",
     "comprehensiveness",

@@ -5,6 +5,7 @@ from captum_saco.attr._core.engine import AttentionAttribution
 from captum_saco.attr._core.gradient_weighted_attention import GradientWeightedAttention
 from captum_saco.attr._core.random_attribution import RandomAttribution
 from captum_saco.attr._core.raw_attention import RawAttention
+from captum_saco.attr._core.transformer_attribution import TransformerAttribution
 
 __all__ = [
     "AttentionAttribution",
@@ -12,4 +13,5 @@ __all__ = [
     "GradientWeightedAttention",
     "RandomAttribution",
     "RawAttention",
+    "TransformerAttribution",
 ]
