@@ -79,7 +79,8 @@ def prebuilt_perturbations(images: Tensor, pixel_maps: Tensor) -> Tensor:
     order = torch.sort(pixel_maps.flatten(1), dim=1, descending=True, stable=True).indices
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1]).expand_as(order))
     rank = rank.view(N, 1, 1, *pixel_maps.shape[1:])
-    bounds = [(int(g[0]), int(g[-1]) + 1) for g in torch.tensor_split(torch.arange(order.shape[1]), K)]
+    groups = torch.tensor_split(torch.arange(order.shape[1]), K)
+    bounds = [(int(g[0]), int(g[-1]) + 1) for g in groups]
     starts = torch.tensor([b[0] for b in bounds]).view(1, K, 1, 1, 1)
     stops = torch.tensor([b[1] for b in bounds]).view(1, K, 1, 1, 1)
     hit = (rank >= starts) & (rank < stops)
@@ -161,13 +162,17 @@ def main() -> None:
     print(f"  {'':28s} {'wall median':>12s} {'wall min':>10s} {'CPU median':>11s} {'CPU min':>9s}")
     for name in runs:
         (wm, wn), (cm, cn) = summary(wall[name]), summary(cpu[name])
-        print(f"  {name:28s} {wm * 1e3:9.1f} ms {wn * 1e3:7.1f} ms {cm * 1e3:8.1f} ms {cn * 1e3:6.1f} ms")
+        print(
+            f"  {name:28s} {wm * 1e3:9.1f} ms {wn * 1e3:7.1f} ms "
+            f"{cm * 1e3:8.1f} ms {cn * 1e3:6.1f} ms"
+        )
     print(f"  ratio saco / {N}*({K}+1) bare passes (goal <= 1.10), median and min:")
     for chunk in chunks:
         label = "all at once" if chunk is None else f"chunks of {chunk}"
         ratios = []
         for kind, times in (("wall", wall), ("CPU", cpu)):
-            (sm, sn), (bm, bn) = summary(times[f"saco ({label})"]), summary(times[f"bare passes ({label})"])
+            sm, sn = summary(times[f"saco ({label})"])
+            bm, bn = summary(times[f"bare passes ({label})"])
             ratios.append(f"{kind} {sm / bm:.3f} / {sn / bn:.3f}")
         print(f"    {label:16s} " + "   ".join(ratios))
     speedups = []

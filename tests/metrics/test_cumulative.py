@@ -1,7 +1,7 @@
 """The cumulative deletion metrics: hand-checked values and agreement with a naive loop."""
 
 import math
-from typing import List
+from typing import Callable, List, Sequence
 
 import pytest
 import torch
@@ -34,7 +34,9 @@ def tiny(linear_logit):
 
 def test_deletion_curve_removes_the_most_salient_features_first(tiny):
     model, x, attributions = tiny
-    curve = deletion_curve(model, x, attributions, baselines=0.0, target=0, fractions=(0.25, 0.5, 1.0))
+    curve = deletion_curve(
+        model, x, attributions, baselines=0.0, target=0, fractions=(0.25, 0.5, 1.0)
+    )
     # Ranking: features 1, 2, 3, 0. Remaining logit after removing 1, 2 and 4 features.
     expected = [sigmoid(1.0), sigmoid(0.7), sigmoid(0.5), sigmoid(0.0)]
     assert curve.probabilities[0].tolist() == pytest.approx(expected)
@@ -79,7 +81,15 @@ def test_removed_counts_round_the_fraction_of_features_half_to_even(cnn, images)
     assert curve.n_removed.tolist() == [0, 6, 8, 32, 58]
 
 
-def naive_curve(model, image: Tensor, pixel_map: Tensor, baseline: Tensor, target: int, fractions, least_first: bool) -> List[float]:
+def naive_curve(
+    model: Callable[[Tensor], Tensor],
+    image: Tensor,
+    pixel_map: Tensor,
+    baseline: Tensor,
+    target: int,
+    fractions: Sequence[float],
+    least_first: bool,
+) -> List[float]:
     """A deliberately plain deletion curve of one (C, H, W) image."""
     width = image.shape[2]
     values = pixel_map.flatten().tolist()

@@ -1,4 +1,5 @@
-"""SaCo accepts every attribution and input form Captum users have, and rejects bad input clearly."""
+"""SaCo accepts every attribution and input form Captum users have and rejects bad input
+clearly."""
 
 import warnings
 
@@ -141,7 +142,9 @@ def test_identity_feature_mask_changes_nothing(cnn, images, attributions):
 # --- real Captum attributions -------------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["integrated_gradients", "saliency", "layer_grad_cam", "occlusion"])
+@pytest.mark.parametrize(
+    "method", ["integrated_gradients", "saliency", "layer_grad_cam", "occlusion"]
+)
 def test_real_captum_attributions_of_a_small_cnn(cnn, images, method):
     target = 2
     if method == "integrated_gradients":
@@ -163,7 +166,9 @@ def test_real_captum_attributions_of_a_small_cnn(cnn, images, method):
 # --- undefined coefficients ---------------------------------------------------
 
 
-def test_constant_map_gives_nan_and_one_warning_leaving_others_unaffected(cnn, images, attributions):
+def test_constant_map_gives_nan_and_one_warning_leaving_others_unaffected(
+    cnn, images, attributions
+):
     damaged = attributions.clone()
     damaged[1] = 0.5
     with pytest.warns(UserWarning, match="undefined for 1 of 4") as record:
@@ -238,11 +243,27 @@ def test_target_out_of_range_is_rejected(cnn, images, target):
 
 
 @pytest.mark.parametrize(
-    "baseline", [torch.zeros(4, 3, 8, 7), torch.zeros(2, 3, 8, 8), torch.zeros(5, 1, 1), torch.zeros(1, 1, 4, 3, 8, 8)]
+    "baseline",
+    [
+        torch.zeros(4, 3, 8, 7),
+        torch.zeros(2, 3, 8, 8),
+        torch.zeros(5, 1, 1),
+        torch.zeros(1, 1, 4, 3, 8, 8),
+    ],
 )
 def test_baseline_of_the_wrong_shape_is_rejected(cnn, images, baseline):
     with pytest.raises(ValueError, match=r"baselines.*\(4, 3, 8, 8\)"):
         saco(cnn, images, torch.rand(4, 8, 8), baselines=baseline)
+
+
+def test_integer_inputs_need_an_explicit_baseline():
+    def embed(ids: Tensor) -> Tensor:
+        return torch.nn.functional.one_hot(ids, 7).float().sum(1)
+
+    ids = torch.tensor([[1, 2, 3, 4], [5, 6, 1, 2]])
+    with pytest.raises(ValueError, match="baselines.*floating-point"):
+        saco(embed, ids, torch.rand(2, 4), n_groups=2)
+    assert saco(embed, ids, torch.rand(2, 4), baselines=0, n_groups=2).shape == (2,)
 
 
 def test_baseline_of_the_wrong_type_is_rejected(cnn, images):
@@ -251,13 +272,16 @@ def test_baseline_of_the_wrong_type_is_rejected(cnn, images):
 
 
 def test_feature_mask_errors_name_the_mask(cnn, images):
-    with pytest.raises(TypeError, match=r"feature_mask\[0\].*integer"):
+    with pytest.raises(TypeError, match=r"feature_mask.*integer"):
         saco(cnn, images, torch.rand(4, 8, 8), feature_mask=torch.zeros(1, 1, 8, 8))
     by_channel = torch.arange(3 * 64).reshape(1, 3, 8, 8)
-    with pytest.raises(ValueError, match=r"feature_mask\[0\].*whole pixels"):
+    with pytest.raises(ValueError, match=r"feature_mask.*whole pixels"):
         saco(cnn, images, torch.rand(4, 8, 8), feature_mask=by_channel)
-    with pytest.raises(ValueError, match=r"feature_mask\[0\].*broadcastable"):
-        saco(cnn, images, torch.rand(4, 8, 8), feature_mask=torch.zeros(1, 1, 4, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"feature_mask.*broadcastable"):
+        saco(
+            cnn, images, torch.rand(4, 8, 8),
+            feature_mask=torch.zeros(1, 1, 4, 4, dtype=torch.long),
+        )
     uneven = torch.arange(64).reshape(1, 1, 8, 8).repeat(4, 1, 1, 1)
     uneven[0] = 0
     with pytest.raises(ValueError, match="same feature ids"):

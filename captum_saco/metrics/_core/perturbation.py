@@ -119,11 +119,12 @@ def _feature_map(attribution: Tensor, x: Tensor, index: int, n_inputs: int) -> T
 
     def mismatch() -> ValueError:
         where = f"attributions[{index}]" if n_inputs > 1 else "attributions"
+        expected = f"the input's shape or (N, {', '.join(map(str, feature_shape))})"
+        if len(feature_dims) > 1:
+            expected += ", (N, 1, H, W) or a smaller (N, [C,] h, w) grid"
         return ValueError(
             f"{where}: cannot match an attribution of shape {tuple(attribution.shape)} "
-            f"to the input of shape {tuple(x.shape)}; expected the input's shape, "
-            f"(N, {', '.join(map(str, feature_shape))}), or for images (N, 1, H, W) or "
-            "a smaller (N, [C,] h, w) grid"
+            f"to the input of shape {tuple(x.shape)}; expected {expected}"
         )
 
     if a.dim() == 0 or a.shape[0] != n:
@@ -154,9 +155,9 @@ def _feature_map(attribution: Tensor, x: Tensor, index: int, n_inputs: int) -> T
     return a
 
 
-def _feature_ids(mask: Tensor, x: Tensor, index: int) -> Tensor:
+def _feature_ids(mask: Tensor, x: Tensor, index: int, n_inputs: int) -> Tensor:
     """The ``(1 or N, *feature_shape)`` feature ids a ``feature_mask`` assigns."""
-    where = f"feature_mask[{index}]"
+    where = f"feature_mask[{index}]" if n_inputs > 1 else "feature_mask"
     if mask.is_floating_point() or mask.is_complex() or mask.dtype == torch.bool:
         raise TypeError(f"{where}: expected an integer tensor, got dtype {mask.dtype}")
     if mask.dim() > x.dim():
@@ -246,7 +247,9 @@ def rank_features(
                 f"feature_mask: expected one integer tensor per input ({len(inputs)}), "
                 f"got {type(feature_mask).__name__} of length {len(masks)}"
             )
-        raw_ids = [_feature_ids(m, x, i) for i, (m, x) in enumerate(zip(masks, inputs))]
+        raw_ids = [
+            _feature_ids(m, x, i, len(inputs)) for i, (m, x) in enumerate(zip(masks, inputs))
+        ]
         flat_ids = torch.cat([r.expand(n, *r.shape[1:]).reshape(n, -1) for r in raw_ids], 1)
         _, dense = torch.unique(flat_ids, return_inverse=True)
         n_features = int(dense.max()) + 1
@@ -298,6 +301,12 @@ def resolve_baselines(inputs: Tuple[Tensor, ...], baselines: BaselineType) -> Tu
     for i, (b, x) in enumerate(zip(per_input, inputs)):
         where = f"baselines[{i}]" if len(inputs) > 1 else "baselines"
         if b is None:
+            if not x.is_floating_point():
+                raise ValueError(
+                    f"{where}: the default baseline, the per-example mean of the input, "
+                    f"needs a floating-point input, got dtype {x.dtype}; pass a baseline "
+                    "(for token ids, e.g. the padding id)"
+                )
             feature_dims, _ = _feature_dims(x)
             resolved.append(
                 x.detach().mean(dim=feature_dims, keepdim=True) if feature_dims else x.detach()
