@@ -1,0 +1,212 @@
+"""The LRP relevance pass behind Transformer Attribution: the original authors'
+numbers in batch, on every model family, its rules' conservation properties, and
+independence of the examples of a batch."""
+
+from typing import Dict
+
+import pytest
+import timm
+import torch
+from torch import Tensor, nn
+
+from captum_saco.attr import GradientWeightedAttention
+from captum_saco.attr._core.adapters import adapter_for, vit_parts
+from captum_saco.attr._core.relevance import (
+    AttentionRelevance,
+    _bilinear_relevance,
+    _linear_relevance,
+    _residual_relevance,
+    attention_relevance,
+)
+
+
+def block0_tokens(model: nn.Module, images: Tensor) -> Tensor:
+    """The tokens entering block 0 when ``model`` runs on ``images``."""
+    with adapter_for(model).capture() as record, torch.no_grad():
+        model(images)
+    assert record.tokens is not None
+    return record.tokens
+
+
+def relevance_of(model: nn.Module, images: Tensor, target=None) -> AttentionRelevance:
+    return attention_relevance(vit_parts(model), block0_tokens(model, images), target)
+
+
+def partial_lrp(result: AttentionRelevance, num_prefix_tokens: int = 1) -> Tensor:
+    """``mean_h clamp(R(A_last), min=0)``, class-token row, patch columns."""
+    return result.relevances[-1].clamp(min=0).mean(dim=1)[:, 0, num_prefix_tokens:]
+
+
+def relative_error(actual: Tensor, expected: Tensor) -> float:
+    return float((actual - expected).abs().max() / expected.abs().max())
+
+
+# --- the original numbers ----------------------------------------------------------------
+def test_replay_from_block0_tokens_reproduces_the_models_logits(
+    reference: Dict, reference_model: nn.Module, scores_of
+) -> None:
+    result = relevance_of(reference_model, reference["inputs"])
+    with torch.no_grad():
+        expected = scores_of(reference_model, reference["inputs"])
+    torch.testing.assert_close(result.logits, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(result.logits, reference["logits"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("target_kind", ["argmax", "fixed"])
+def test_batched_partial_lrp_equals_the_original_per_image_values(
+    reference: Dict, reference_model: nn.Module, target_kind: str
+) -> None:
+    target = reference["targets"][target_kind]
+    result = relevance_of(reference_model, reference["inputs"], target)
+    expected = reference["token_attributions"][target_kind]["partial_lrp"]
+    assert relative_error(partial_lrp(result), expected) < 1e-4
+
+
+def test_default_target_is_the_predicted_class(reference: Dict, timm_reference_model) -> None:
+    result = relevance_of(timm_reference_model, reference["inputs"])
+    assert result.classes.tolist() == reference["targets"]["argmax"].tolist()
+    expected = reference["token_attributions"]["argmax"]["partial_lrp"]
+    assert relative_error(partial_lrp(result), expected) < 1e-4
+
+
+def test_gradients_are_those_of_the_model_itself(reference: Dict, reference_model) -> None:
+    class KeepTrace(GradientWeightedAttention):
+        def _token_relevance(self, trace, **options):
+            self.trace = trace
+            return super()._token_relevance(trace, **options)
+
+    target = reference["targets"]["fixed"]
+    method = KeepTrace(reference_model)
+    method.attribute(reference["inputs"], target=target)
+    result = relevance_of(reference_model, reference["inputs"], target)
+    for mine, models in zip(result.gradients, method.trace.gradients):
+        torch.testing.assert_close(mine, models, rtol=1e-4, atol=1e-6)
+    for mine, models in zip(result.attentions, method.trace.attentions):
+        torch.testing.assert_close(mine, models, rtol=1e-4, atol=1e-7)
+
+
+def test_shapes_are_per_block_batch_heads_tokens_tokens(reference: Dict, timm_reference_model) -> None:
+    result = relevance_of(timm_reference_model, reference["inputs"])
+    for tensors in (result.attentions, result.gradients, result.relevances):
+        assert len(tensors) == 4
+        assert all(t.shape == (4, 3, 37, 37) for t in tensors)
+    assert result.input_relevance.shape == (4, 37, 48)
+
+
+# --- conservation -------------------------------------------------------------------------
+def test_each_example_conserves_its_unit_relevance_down_to_the_block0_tokens(
+    reference: Dict, reference_model: nn.Module
+) -> None:
+    result = relevance_of(reference_model, reference["inputs"], [0, 3, 7, 9])
+    totals = result.input_relevance.sum(dim=(1, 2))
+    torch.testing.assert_close(totals, torch.ones(4), rtol=0, atol=1e-4)
+
+
+def _tiny_timm(**kwargs) -> nn.Module:
+    torch.manual_seed(0)
+    config = dict(img_size=32, patch_size=8, embed_dim=24, depth=2, num_heads=2, num_classes=5)
+    config.update(kwargs)
+    return timm.models.VisionTransformer(**config).eval()
+
+
+def _tiny_timm_distilled() -> nn.Module:
+    torch.manual_seed(0)
+    return timm.models.deit.VisionTransformerDistilled(
+        img_size=32, patch_size=8, embed_dim=24, depth=2, num_heads=2, num_classes=5
+    ).eval()
+
+
+@pytest.mark.parametrize(
+    "build",
+    [_tiny_timm_distilled, lambda: _tiny_timm(reg_tokens=2, init_values=0.1)],
+    ids=["distilled_two_heads", "registers_layer_scale"],
+)
+def test_prefix_tokens_heads_and_layer_scale_keep_logits_and_conservation(build) -> None:
+    model = build()
+    images = torch.rand(3, 3, 32, 32)
+    result = relevance_of(model, images)
+    with torch.no_grad():
+        torch.testing.assert_close(result.logits, model(images), rtol=1e-5, atol=1e-5)
+    totals = result.input_relevance.sum(dim=(1, 2))
+    torch.testing.assert_close(totals, torch.ones(3), rtol=0, atol=1e-4)
+
+
+def test_linear_rule_conserves_relevance_except_of_outputs_without_positive_contributions() -> None:
+    torch.manual_seed(0)
+    inputs, weight = torch.randn(2, 5, 8), torch.randn(6, 8)
+    relevance = torch.randn(2, 5, 6)
+    result = _linear_relevance(inputs, weight, relevance)
+    positive_parts = (
+        inputs.clamp(min=0) @ weight.clamp(min=0).t() + inputs.clamp(max=0) @ weight.clamp(max=0).t()
+    )
+    assert (positive_parts == 0).any()  # such outputs absorb their relevance
+    torch.testing.assert_close(result.sum(dim=-1), (relevance * (positive_parts > 0)).sum(dim=-1))
+
+
+def test_linear_rule_is_alpha1_beta0_with_one_shared_denominator() -> None:
+    torch.manual_seed(0)
+    x, w, r = torch.randn(8), torch.randn(8), torch.randn(())
+    positive = x.clamp(min=0) * w.clamp(min=0) + x.clamp(max=0) * w.clamp(max=0)
+    single = _linear_relevance(x[None], w[None], r[None])[0]
+    torch.testing.assert_close(single, positive / positive.sum() * r)
+
+
+def test_residual_rule_conserves_each_example_and_shares_by_absolute_branch_totals() -> None:
+    torch.manual_seed(0)
+    skip, branch, relevance = torch.randn(3, 4, 5), torch.randn(3, 4, 5), torch.randn(3, 4, 5)
+    skip_relevance, branch_relevance = _residual_relevance(skip, branch, relevance)
+    totals = relevance.sum(dim=(1, 2))
+    torch.testing.assert_close(skip_relevance.sum((1, 2)) + branch_relevance.sum((1, 2)), totals)
+    z_skip = (skip * relevance / (skip + branch)).sum(dim=(1, 2))
+    z_branch = (branch * relevance / (skip + branch)).sum(dim=(1, 2))
+    share = z_skip.abs() / (z_skip.abs() + z_branch.abs())
+    torch.testing.assert_close(skip_relevance.sum((1, 2)), share * totals)
+    # within a branch, the z-rule's proportions are kept
+    ratio = skip_relevance / (skip * relevance / (skip + branch))
+    torch.testing.assert_close(ratio, ratio[:, :1, :1].expand_as(ratio))
+
+
+def test_attention_products_give_each_operand_half_of_the_relevance() -> None:
+    torch.manual_seed(0)
+    left, right = torch.rand(2, 3, 4, 4), torch.randn(2, 3, 4, 6)
+    relevance = torch.randn(2, 3, 4, 6)
+    left_relevance, right_relevance = _bilinear_relevance(left, right, left @ right, relevance)
+    torch.testing.assert_close(left_relevance.sum((2, 3)), relevance.sum((2, 3)) / 2)
+    torch.testing.assert_close(right_relevance.sum((2, 3)), relevance.sum((2, 3)) / 2)
+
+
+# --- batches ----------------------------------------------------------------------------
+def test_an_examples_relevance_ignores_the_rest_of_the_batch(reference: Dict, timm_reference_model) -> None:
+    images = reference["inputs"]
+    batched = relevance_of(timm_reference_model, images, [3, 3, 1, 8])
+    alone = relevance_of(timm_reference_model, images[2:3], [1])
+    other_company = relevance_of(
+        timm_reference_model, torch.cat([images[2:3], 5 * images[:2]]), [1, 0, 0]
+    )
+    for result in (batched, other_company):
+        index = 2 if result is batched else 0
+        for block in range(4):
+            torch.testing.assert_close(
+                result.relevances[block][index], alone.relevances[block][0], rtol=1e-4, atol=1e-7
+            )
+            torch.testing.assert_close(
+                result.gradients[block][index], alone.gradients[block][0], rtol=1e-4, atol=1e-7
+            )
+
+
+def test_works_under_no_grad_and_on_a_frozen_model(reference: Dict, timm_reference_model) -> None:
+    tokens = block0_tokens(timm_reference_model, reference["inputs"])
+    parts = vit_parts(timm_reference_model)
+    expected = attention_relevance(parts, tokens, 3)
+    params = list(timm_reference_model.parameters())
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        with torch.no_grad():
+            frozen = attention_relevance(parts, tokens, 3)
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+    for mine, other in zip(frozen.relevances + frozen.gradients, expected.relevances + expected.gradients):
+        torch.testing.assert_close(mine, other)
+    assert all(not t.requires_grad for t in frozen.relevances + frozen.gradients)
