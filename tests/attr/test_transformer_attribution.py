@@ -1,0 +1,221 @@
+"""Transformer Attribution: the original authors' numbers in batch on every model
+family, its options, the public conventions it shares with the attention methods,
+and the model left as found."""
+
+from typing import Dict
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from captum.attr import Attribution
+from torch import Tensor, nn
+
+import captum_saco
+from captum_saco.attr import TransformerAttribution
+from captum_saco.attr._core.adapters import vit_parts
+from captum_saco.attr._core.relevance import attention_relevance
+
+
+@pytest.fixture
+def images(reference: Dict) -> Tensor:
+    return reference["inputs"].clone()
+
+
+def relative_error(maps: Tensor, expected: Tensor) -> float:
+    return float((maps.flatten(1) - expected).abs().max() / expected.abs().max())
+
+
+# --- the original numbers ----------------------------------------------------------------
+@pytest.mark.parametrize("target_kind", ["argmax", "fixed"])
+@pytest.mark.parametrize(
+    "key, start_layer",
+    [("transformer_attribution", 0), ("transformer_attribution_start1", 1)],
+)
+def test_batched_attribution_equals_the_original_per_image_values(
+    reference: Dict, reference_model: nn.Module, target_kind: str, key: str, start_layer: int
+) -> None:
+    maps = TransformerAttribution(reference_model).attribute(
+        reference["inputs"],
+        target=reference["targets"][target_kind],
+        upsample=False,
+        start_layer=start_layer,
+    )
+    assert maps.shape == (4, 1, 6, 6)
+    assert relative_error(maps, reference["token_attributions"][target_kind][key]) < 1e-4
+
+
+def test_default_target_is_the_predicted_class(reference: Dict, timm_reference_model) -> None:
+    maps = TransformerAttribution(timm_reference_model).attribute(reference["inputs"], upsample=False)
+    expected = reference["token_attributions"]["argmax"]["transformer_attribution"]
+    assert relative_error(maps, expected) < 1e-4
+
+
+def test_maps_of_a_batch_equal_the_maps_image_by_image(images: Tensor, timm_reference_model) -> None:
+    method = TransformerAttribution(timm_reference_model)
+    target = torch.tensor([3, 0, 9, 3])
+    batched = method.attribute(images, target=target, upsample=False)
+    single = torch.cat(
+        [method.attribute(images[i : i + 1], target=target[i : i + 1], upsample=False) for i in range(4)]
+    )
+    torch.testing.assert_close(batched, single, rtol=1e-4, atol=1e-7)
+
+
+def test_hugging_face_output_objects_and_forward_func_returning_logits_are_accepted(
+    reference: Dict, reference_models: Dict
+) -> None:
+    model = reference_models["huggingface"]
+    expected = reference["token_attributions"]["fixed"]["transformer_attribution"]
+    for method in (
+        TransformerAttribution(model),
+        TransformerAttribution(model, lambda x: model(pixel_values=x).logits),
+    ):
+        maps = method.attribute(reference["inputs"], target=3, upsample=False)
+        assert relative_error(maps, expected) < 1e-4
+
+
+def test_forward_func_that_does_not_return_the_logits_is_refused(
+    images: Tensor, timm_reference_model: nn.Module
+) -> None:
+    probabilities = TransformerAttribution(
+        timm_reference_model, lambda x: timm_reference_model(x).softmax(dim=1)
+    )
+    with pytest.raises(ValueError, match="forward_func: its output is not the model's logits"):
+        probabilities.attribute(images)
+    pooled = TransformerAttribution(timm_reference_model, lambda x: timm_reference_model(x)[:, :4])
+    with pytest.raises(ValueError, match=r"forward_func: .* of shape \(4, 10\).*\(4, 4\)"):
+        pooled.attribute(images, target=0)
+
+
+# --- options --------------------------------------------------------------------------
+def test_start_layer_at_the_last_block_uses_only_its_weighted_relevance(
+    reference: Dict, timm_reference_model: nn.Module
+) -> None:
+    """With s = L the chain is Ā_L + I, whose class-token patch columns are Ā_L's."""
+    with torch.no_grad():
+        model = timm_reference_model
+        tokens = model.norm_pre(model._pos_embed(model.patch_embed(reference["inputs"])))
+    result = attention_relevance(vit_parts(model), tokens, 5)
+    expected = (result.gradients[-1] * result.relevances[-1]).clamp(min=0).mean(1)[:, 0, 1:]
+    maps = TransformerAttribution(model).attribute(
+        reference["inputs"], target=5, upsample=False, start_layer=3
+    )
+    torch.testing.assert_close(maps.flatten(1), expected)
+
+
+@pytest.mark.parametrize(
+    "start_layer, error", [(4, ValueError), (-1, ValueError), (1.0, TypeError), (True, TypeError)]
+)
+def test_bad_start_layer_is_refused_and_the_model_left_as_found(
+    images: Tensor, reference_model: nn.Module, start_layer, error, state_of, same_state
+) -> None:
+    before = state_of(reference_model)
+    with pytest.raises(error, match="start_layer"):
+        TransformerAttribution(reference_model).attribute(images, start_layer=start_layer)
+    same_state(before, state_of(reference_model))
+
+
+def test_unknown_options_are_refused(images: Tensor, timm_reference_model: nn.Module) -> None:
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['head_fusion'\].*\['start_layer'\]"):
+        TransformerAttribution(timm_reference_model).attribute(images, head_fusion="max")
+
+
+# --- conventions shared with the attention methods -------------------------------------------
+def test_is_a_captum_attribution_exported_at_the_package_root(timm_reference_model) -> None:
+    method = captum_saco.TransformerAttribution(timm_reference_model)
+    assert isinstance(method, Attribution)
+    assert method.forward_func is timm_reference_model
+
+
+def test_model_is_left_as_found_after_a_call(
+    images: Tensor, reference_model: nn.Module, state_of, same_state
+) -> None:
+    before = state_of(reference_model)
+    TransformerAttribution(reference_model).attribute(images)
+    same_state(before, state_of(reference_model))
+
+
+def test_upsampled_map_is_the_bilinear_patch_grid_repeated_over_channels(
+    images: Tensor, timm_reference_model: nn.Module
+) -> None:
+    method = TransformerAttribution(timm_reference_model)
+    grid = method.attribute(images, upsample=False)
+    maps = method.attribute(images)
+    assert maps.shape == images.shape
+    expected = F.interpolate(grid, size=(96, 96), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(maps, expected.repeat(1, 3, 1, 1))
+
+
+def test_tuple_in_gives_tuple_out(images: Tensor, timm_reference_model: nn.Module) -> None:
+    method = TransformerAttribution(timm_reference_model)
+    (maps,) = method.attribute((images,), target=2)
+    torch.testing.assert_close(maps, method.attribute(images, target=2))
+
+
+def test_no_grad_inference_mode_and_frozen_weights_give_the_same_maps(
+    images: Tensor, timm_reference_model: nn.Module
+) -> None:
+    method = TransformerAttribution(timm_reference_model)
+    expected = method.attribute(images, target=3, upsample=False)
+    with torch.no_grad():
+        under_no_grad = method.attribute(images, target=3, upsample=False)
+    with torch.inference_mode():
+        under_inference_mode = method.attribute(images.clone(), target=3, upsample=False)
+    params = list(timm_reference_model.parameters())
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        frozen = method.attribute(images, target=3, upsample=False)
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+    for maps in (under_no_grad, under_inference_mode, frozen):
+        torch.testing.assert_close(maps, expected)
+        assert not maps.requires_grad
+    assert not images.requires_grad
+
+
+def test_a_non_finite_example_gives_a_non_finite_map_and_one_warning(
+    images: Tensor, timm_reference_model: nn.Module
+) -> None:
+    images[1, 0, 0, 0] = float("nan")
+    with pytest.warns(UserWarning, match=r"examples \[1\] are not finite") as record:
+        maps = TransformerAttribution(timm_reference_model).attribute(images, target=3, upsample=False)
+    assert len(record) == 1
+    assert not torch.isfinite(maps[1]).all()
+    clean = TransformerAttribution(timm_reference_model).attribute(
+        images[[0, 2, 3]], target=3, upsample=False
+    )
+    torch.testing.assert_close(maps[[0, 2, 3]], clean, rtol=1e-4, atol=1e-7)
+
+
+# --- other models ---------------------------------------------------------------------
+def _tiny_timm(**kwargs) -> nn.Module:
+    torch.manual_seed(0)
+    config = dict(img_size=32, patch_size=8, embed_dim=24, depth=2, num_heads=2, num_classes=5)
+    config.update(kwargs)
+    return timm.models.VisionTransformer(**config).eval()
+
+
+def _tiny_timm_distilled() -> nn.Module:
+    torch.manual_seed(0)
+    return timm.models.deit.VisionTransformerDistilled(
+        img_size=32, patch_size=8, embed_dim=24, depth=2, num_heads=2, num_classes=5
+    ).eval()
+
+
+@pytest.mark.parametrize(
+    "build",
+    [_tiny_timm_distilled, lambda: _tiny_timm(reg_tokens=4, init_values=0.1)],
+    ids=["distilled", "registers_layer_scale"],
+)
+def test_models_with_several_prefix_tokens_give_patch_grid_maps(build) -> None:
+    images = torch.rand(3, 3, 32, 32)
+    maps = TransformerAttribution(build()).attribute(images, upsample=False)
+    assert maps.shape == (3, 1, 4, 4)
+    assert torch.isfinite(maps).all() and (maps >= 0).all()
+
+
+def test_blocks_the_relevance_pass_cannot_replay_are_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="qk_norm"):
+        TransformerAttribution(_tiny_timm(qk_norm=True)).attribute(torch.rand(1, 3, 32, 32))
