@@ -11,6 +11,7 @@ from captum_saco.attr import (  # noqa: E402
     RawAttention,
     TransformerAttribution,
 )
+from captum_saco.evaluation import EvaluationResult, evaluate  # noqa: E402
 from captum_saco.metrics import (  # noqa: E402
     aopc,
     auc,
@@ -23,6 +24,7 @@ from captum_saco.metrics import (  # noqa: E402
 __all__ = [
     "AttentionAttribution",
     "AttentionRollout",
+    "EvaluationResult",
     "GradientWeightedAttention",
     "RandomAttribution",
     "RawAttention",
@@ -31,6 +33,7 @@ __all__ = [
     "auc",
     "comprehensiveness",
     "deletion_curve",
+    "evaluate",
     "lodds",
     "saco",
 ]

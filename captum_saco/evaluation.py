@@ -23,7 +23,13 @@ import torch.distributed as dist
 from captum.attr import Attribution, IntegratedGradients, Saliency
 from torch import Tensor, nn
 
-from captum_saco.attr._core.random_attribution import RandomAttribution
+from captum_saco.attr import (
+    AttentionRollout,
+    GradientWeightedAttention,
+    RandomAttribution,
+    RawAttention,
+    TransformerAttribution,
+)
 from captum_saco.metrics import DeletionCurve, comprehensiveness, deletion_curve, saco
 
 # (inputs, target, global indices of the examples) -> attributions
@@ -44,12 +50,12 @@ def _random_builder(model: nn.Module, seed: int) -> AttributeFn:
     return attribute
 
 
-def _captum_builder(cls_name: str, **kwargs: Any) -> MethodBuilder:
+def _captum_builder(cls: Callable[[nn.Module], Attribution], **kwargs: Any) -> MethodBuilder:
     """A builder for an attribution class called as
     ``cls(model).attribute(inputs, target=target, **kwargs)``."""
 
     def build(model: nn.Module, seed: int) -> AttributeFn:
-        method = _attribution_class(cls_name)(model)
+        method = cls(model)
 
         def attribute(inputs: Tensor, target: Tensor, indices: Tensor) -> Tensor:
             # A fresh leaf that requires grad: gradient methods need one, and
@@ -59,14 +65,6 @@ def _captum_builder(cls_name: str, **kwargs: Any) -> MethodBuilder:
         return attribute
 
     return build
-
-
-def _attribution_class(name: str) -> Callable[[nn.Module], Attribution]:
-    import captum.attr
-
-    import captum_saco.attr
-
-    return getattr(captum_saco.attr, name, None) or getattr(captum.attr, name)
 
 
 def _instance_builder(method: Attribution) -> MethodBuilder:
@@ -80,12 +78,12 @@ def _instance_builder(method: Attribution) -> MethodBuilder:
 
 METHODS: Dict[str, MethodBuilder] = {
     "random": _random_builder,
-    "raw_attention": _captum_builder("RawAttention"),
-    "attention_rollout": _captum_builder("AttentionRollout"),
-    "gradient_weighted_attention": _captum_builder("GradientWeightedAttention"),
-    "transformer_attribution": _captum_builder("TransformerAttribution"),
-    "integrated_gradients": _captum_builder(IntegratedGradients.__name__, n_steps=50),
-    "saliency": _captum_builder(Saliency.__name__),
+    "raw_attention": _captum_builder(RawAttention),
+    "attention_rollout": _captum_builder(AttentionRollout),
+    "gradient_weighted_attention": _captum_builder(GradientWeightedAttention),
+    "transformer_attribution": _captum_builder(TransformerAttribution),
+    "integrated_gradients": _captum_builder(IntegratedGradients, n_steps=50),
+    "saliency": _captum_builder(Saliency),
 }
 """The named explanation methods: ``random`` (:class:`RandomAttribution`,
 seeded per image), the ViT attention methods of :mod:`captum_saco.attr`
