@@ -27,7 +27,7 @@ examples of the batch.
 """
 
 from dataclasses import dataclass
-from typing import List
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -66,9 +66,15 @@ class AttentionRelevance:
 
 @dataclass(frozen=True)
 class _BlockRecord:
-    """The activations of one block that its relevance rules read."""
+    """The activations of one block that its relevance rules read.
 
-    tokens: Tensor  # block input, the skip of the first residual (N, T, D)
+    After the attention, a block may be evaluated on some token positions only
+    (``rows``): the last block's output is read only at the classifier heads'
+    tokens, and the relevance of every other position is exactly zero.
+    """
+
+    rows: Optional[Tensor]  # positions kept after the attention, None for all
+    skip: Tensor  # block input at the kept positions, the first residual's skip
     normed: Tensor  # norm1 output, the qkv input (N, T, D)
     q: Tensor  # (N, heads, T, d)
     k: Tensor
@@ -76,8 +82,9 @@ class _BlockRecord:
     scores: Tensor  # q @ k^T before the scale (N, heads, T, T)
     attention: Tensor  # softmax(scale * scores)
     context: Tensor  # attention @ v (N, heads, T, d)
-    attention_branch: Tensor  # ls1 * proj(context), the first residual's branch
-    mid: Tensor  # tokens + attention_branch, the skip of the second residual
+    merged: Tensor  # context with heads merged at the kept positions, the proj input
+    attention_branch: Tensor  # ls1 * proj(merged), the first residual's branch
+    mid: Tensor  # skip + attention_branch, the skip of the second residual
     mlp_in: Tensor  # norm2 output, the fc1 input
     hidden: Tensor  # act(fc1(mlp_in)), the fc2 input
     mlp_branch: Tensor  # ls2 * fc2(hidden), the second residual's branch
@@ -140,7 +147,7 @@ def _bilinear_relevance(
     return left_relevance / 2, right_relevance / 2
 
 
-def _block_forward(block: BlockParts, tokens: Tensor) -> _BlockRecord:
+def _block_forward(block: BlockParts, tokens: Tensor, rows: Optional[Tensor] = None) -> _BlockRecord:
     n, t, dim = tokens.shape
     heads = block.num_heads
     normed = block.norm1(tokens)
@@ -152,22 +159,37 @@ def _block_forward(block: BlockParts, tokens: Tensor) -> _BlockRecord:
         # Frozen weights and detached tokens: the gradient still starts here.
         attention.requires_grad_(True)
     context = attention @ v
-    attention_branch = block.proj(context.transpose(1, 2).reshape(n, t, dim))
+    merged = context.transpose(1, 2).reshape(n, t, dim)
+    skip = tokens
+    if rows is not None:
+        merged, skip = merged[:, rows], tokens[:, rows]
+    attention_branch = block.proj(merged)
     if block.ls1 is not None:
         attention_branch = attention_branch * block.ls1
-    mid = tokens + attention_branch
+    mid = skip + attention_branch
     mlp_in = block.norm2(mid)
     hidden = block.act(block.fc1(mlp_in))
     mlp_branch = block.fc2(hidden)
     if block.ls2 is not None:
         mlp_branch = mlp_branch * block.ls2
     return _BlockRecord(
-        tokens, normed, q, k, v, scores, attention, context, attention_branch, mid,
-        mlp_in, hidden, mlp_branch,
+        rows, skip, normed, q, k, v, scores, attention, context, merged, attention_branch,
+        mid, mlp_in, hidden, mlp_branch,
     )
 
 
-def _block_relevance(block: BlockParts, record: _BlockRecord, relevance: Tensor) -> "tuple[Tensor, Tensor]":
+def _at_rows(values: Tensor, rows: Optional[Tensor], length: int) -> Tensor:
+    """``values`` given at token positions ``rows``, zero-filled to ``length`` tokens."""
+    if rows is None:
+        return values
+    full = values.new_zeros(values.shape[0], length, values.shape[2])
+    full[:, rows] = values
+    return full
+
+
+def _block_relevance(
+    block: BlockParts, record: _BlockRecord, relevance: Tensor
+) -> "tuple[Tensor, Tensor]":
     """Relevance of the block's input tokens and of its attention probabilities."""
     mid_relevance, mlp_relevance = _residual_relevance(record.mid, record.mlp_branch, relevance)
     hidden_relevance = _linear_relevance(record.hidden, block.fc2.weight, mlp_relevance)
@@ -175,13 +197,13 @@ def _block_relevance(block: BlockParts, record: _BlockRecord, relevance: Tensor)
         record.mlp_in, block.fc1.weight, hidden_relevance
     )
 
-    tokens_relevance, branch_relevance = _residual_relevance(
-        record.tokens, record.attention_branch, mid_relevance
+    skip_relevance, branch_relevance = _residual_relevance(
+        record.skip, record.attention_branch, mid_relevance
     )
     n, heads, t, d = record.context.shape
-    context_relevance = _linear_relevance(
-        record.context.transpose(1, 2).reshape(n, t, heads * d), block.proj.weight, branch_relevance
-    ).reshape(n, t, heads, d).transpose(1, 2)
+    merged_relevance = _linear_relevance(record.merged, block.proj.weight, branch_relevance)
+    context_relevance = _at_rows(merged_relevance, record.rows, t)
+    context_relevance = context_relevance.reshape(n, t, heads, d).transpose(1, 2)
     attention_relevance, v_relevance = _bilinear_relevance(
         record.attention, record.v, record.context, context_relevance
     )
@@ -192,7 +214,7 @@ def _block_relevance(block: BlockParts, record: _BlockRecord, relevance: Tensor)
         (q_relevance, k_relevance.transpose(-2, -1), v_relevance), dim=2
     )  # (N, heads, 3, T, d)
     qkv_relevance = qkv_relevance.permute(0, 3, 2, 1, 4).reshape(n, t, 3 * heads * d)
-    tokens_relevance = tokens_relevance + _linear_relevance(
+    tokens_relevance = _at_rows(skip_relevance, record.rows, t) + _linear_relevance(
         record.normed, block.qkv_weight, qkv_relevance
     )
     return tokens_relevance, attention_relevance
@@ -218,14 +240,19 @@ def attention_relevance(parts: ViTParts, tokens: Tensor, target: TargetType = No
         token, receives ``1 / len(heads)`` of it, as their logits are averaged.
     """
     with torch.enable_grad():
+        # After the last attention only the heads' tokens matter.
+        head_tokens = sorted({index for index, _ in parts.heads})
+        position = {index: p for p, index in enumerate(head_tokens)}
+        last_rows = torch.tensor(head_tokens, device=tokens.device)
         records: List[_BlockRecord] = []
         hidden = tokens.detach()
-        for block in parts.blocks:
-            records.append(_block_forward(block, hidden))
+        for b, block in enumerate(parts.blocks):
+            rows = last_rows if b == len(parts.blocks) - 1 else None
+            records.append(_block_forward(block, hidden, rows))
             hidden = records[-1].mid + records[-1].mlp_branch
         normed = parts.norm(hidden)
         logits = torch.stack(
-            [head(normed[:, index]) for index, head in parts.heads]
+            [head(normed[:, position[index]]) for index, head in parts.heads]
         ).mean(dim=0)
         _, classes = resolve_target(logits.detach(), target)
         attentions = [record.attention for record in records]
@@ -236,10 +263,14 @@ def attention_relevance(parts: ViTParts, tokens: Tensor, target: TargetType = No
         seed = F.one_hot(classes, logits.shape[1]).to(logits.dtype) / len(parts.heads)
         relevance = torch.zeros_like(normed)
         for index, head in parts.heads:
-            relevance[:, index] += _linear_relevance(normed[:, index].detach(), head.weight, seed)
+            relevance[:, position[index]] += _linear_relevance(
+                normed[:, position[index]].detach(), head.weight, seed
+            )
         block_relevances: List[Tensor] = []
         for block, record in zip(reversed(parts.blocks), reversed(records)):
-            detached = _BlockRecord(*(value.detach() for value in vars(record).values()))
+            detached = _BlockRecord(
+                *(None if value is None else value.detach() for value in vars(record).values())
+            )
             relevance, attention_relevance_b = _block_relevance(block, detached, relevance)
             block_relevances.append(attention_relevance_b)
     return AttentionRelevance(
