@@ -25,7 +25,12 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
-from captum_saco.attr import AttentionRollout, GradientWeightedAttention, RawAttention
+from captum_saco.attr import (
+    AttentionRollout,
+    GradientWeightedAttention,
+    RawAttention,
+    TransformerAttribution,
+)
 
 BATCH = 16
 
@@ -34,11 +39,13 @@ RATIOS: List[Tuple[str, type, Dict, str, float]] = [
     ("RawAttention", RawAttention, {}, "forward", 1.3),
     ("AttentionRollout", AttentionRollout, {}, "forward", 1.3),
     ("GradientWeightedAttention", GradientWeightedAttention, {}, "forward+backward", 1.3),
+    ("TransformerAttribution", TransformerAttribution, {}, "forward+backward", 2.5),
 ]
 
 # (label, method class, options): batch of BATCH at once vs image by image
 SPEED_UPS: List[Tuple[str, type, Dict]] = [
     ("GradientWeightedAttention", GradientWeightedAttention, {}),
+    ("TransformerAttribution", TransformerAttribution, {}),
 ]
 
 
