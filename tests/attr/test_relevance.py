@@ -2,7 +2,7 @@
 numbers in batch, on every model family, its rules' conservation properties, and
 independence of the examples of a batch."""
 
-from typing import Dict
+from typing import Callable, Dict
 
 import pytest
 import timm
@@ -62,14 +62,18 @@ def test_batched_partial_lrp_equals_the_original_per_image_values(
     assert relative_error(partial_lrp(result), expected) < 1e-4
 
 
-def test_default_target_is_the_predicted_class(reference: Dict, timm_reference_model) -> None:
+def test_default_target_is_the_predicted_class(
+    reference: Dict, timm_reference_model: nn.Module
+) -> None:
     result = relevance_of(timm_reference_model, reference["inputs"])
     assert result.classes.tolist() == reference["targets"]["argmax"].tolist()
     expected = reference["token_attributions"]["argmax"]["partial_lrp"]
     assert relative_error(partial_lrp(result), expected) < 1e-4
 
 
-def test_gradients_are_those_of_the_model_itself(reference: Dict, reference_model) -> None:
+def test_gradients_are_those_of_the_model_itself(
+    reference: Dict, reference_model: nn.Module
+) -> None:
     class KeepTrace(GradientWeightedAttention):
         def _token_relevance(self, trace, **options):
             self.trace = trace
@@ -85,7 +89,9 @@ def test_gradients_are_those_of_the_model_itself(reference: Dict, reference_mode
         torch.testing.assert_close(mine, models, rtol=1e-4, atol=1e-7)
 
 
-def test_shapes_are_per_block_batch_heads_tokens_tokens(reference: Dict, timm_reference_model) -> None:
+def test_shapes_are_per_block_batch_heads_tokens_tokens(
+    reference: Dict, timm_reference_model: nn.Module
+) -> None:
     result = relevance_of(timm_reference_model, reference["inputs"])
     for tensors in (result.attentions, result.gradients, result.relevances):
         assert len(tensors) == 4
@@ -121,7 +127,9 @@ def _tiny_timm_distilled() -> nn.Module:
     [_tiny_timm_distilled, lambda: _tiny_timm(reg_tokens=2, init_values=0.1)],
     ids=["distilled_two_heads", "registers_layer_scale"],
 )
-def test_prefix_tokens_heads_and_layer_scale_keep_logits_and_conservation(build) -> None:
+def test_prefix_tokens_heads_and_layer_scale_keep_logits_and_conservation(
+    build: Callable[[], nn.Module],
+) -> None:
     model = build()
     images = torch.rand(3, 3, 32, 32)
     result = relevance_of(model, images)
@@ -137,7 +145,8 @@ def test_linear_rule_conserves_relevance_except_of_outputs_without_positive_cont
     relevance = torch.randn(2, 5, 6)
     result = _linear_relevance(inputs, weight, relevance)
     positive_parts = (
-        inputs.clamp(min=0) @ weight.clamp(min=0).t() + inputs.clamp(max=0) @ weight.clamp(max=0).t()
+        inputs.clamp(min=0) @ weight.clamp(min=0).t()
+        + inputs.clamp(max=0) @ weight.clamp(max=0).t()
     )
     assert (positive_parts == 0).any()  # such outputs absorb their relevance
     torch.testing.assert_close(result.sum(dim=-1), (relevance * (positive_parts > 0)).sum(dim=-1))
@@ -176,7 +185,9 @@ def test_attention_products_give_each_operand_half_of_the_relevance() -> None:
 
 
 # --- batches ----------------------------------------------------------------------------
-def test_an_examples_relevance_ignores_the_rest_of_the_batch(reference: Dict, timm_reference_model) -> None:
+def test_an_examples_relevance_ignores_the_rest_of_the_batch(
+    reference: Dict, timm_reference_model: nn.Module
+) -> None:
     images = reference["inputs"]
     batched = relevance_of(timm_reference_model, images, [3, 3, 1, 8])
     alone = relevance_of(timm_reference_model, images[2:3], [1])
@@ -194,7 +205,9 @@ def test_an_examples_relevance_ignores_the_rest_of_the_batch(reference: Dict, ti
             )
 
 
-def test_works_under_no_grad_and_on_a_frozen_model(reference: Dict, timm_reference_model) -> None:
+def test_works_under_no_grad_and_on_a_frozen_model(
+    reference: Dict, timm_reference_model: nn.Module
+) -> None:
     tokens = block0_tokens(timm_reference_model, reference["inputs"])
     parts = vit_parts(timm_reference_model)
     expected = attention_relevance(parts, tokens, 3)
@@ -207,6 +220,7 @@ def test_works_under_no_grad_and_on_a_frozen_model(reference: Dict, timm_referen
     finally:
         for p in params:
             p.requires_grad_(True)
-    for mine, other in zip(frozen.relevances + frozen.gradients, expected.relevances + expected.gradients):
+    pairs = zip(frozen.relevances + frozen.gradients, expected.relevances + expected.gradients)
+    for mine, other in pairs:
         torch.testing.assert_close(mine, other)
     assert all(not t.requires_grad for t in frozen.relevances + frozen.gradients)

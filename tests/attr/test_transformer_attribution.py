@@ -2,7 +2,7 @@
 family, its options, the public conventions it shares with the attention methods,
 and the model left as found."""
 
-from typing import Dict
+from typing import Callable, Dict
 
 import pytest
 import timm
@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from captum.attr import Attribution
 from torch import Tensor, nn
+from transformers import DeiTConfig, DeiTForImageClassificationWithTeacher
 
 import captum_saco
 from captum_saco.attr import TransformerAttribution
@@ -45,18 +46,26 @@ def test_batched_attribution_equals_the_original_per_image_values(
     assert relative_error(maps, reference["token_attributions"][target_kind][key]) < 1e-4
 
 
-def test_default_target_is_the_predicted_class(reference: Dict, timm_reference_model) -> None:
-    maps = TransformerAttribution(timm_reference_model).attribute(reference["inputs"], upsample=False)
+def test_default_target_is_the_predicted_class(
+    reference: Dict, timm_reference_model: nn.Module
+) -> None:
+    method = TransformerAttribution(timm_reference_model)
+    maps = method.attribute(reference["inputs"], upsample=False)
     expected = reference["token_attributions"]["argmax"]["transformer_attribution"]
     assert relative_error(maps, expected) < 1e-4
 
 
-def test_maps_of_a_batch_equal_the_maps_image_by_image(images: Tensor, timm_reference_model) -> None:
+def test_maps_of_a_batch_equal_the_maps_image_by_image(
+    images: Tensor, timm_reference_model: nn.Module
+) -> None:
     method = TransformerAttribution(timm_reference_model)
     target = torch.tensor([3, 0, 9, 3])
     batched = method.attribute(images, target=target, upsample=False)
     single = torch.cat(
-        [method.attribute(images[i : i + 1], target=target[i : i + 1], upsample=False) for i in range(4)]
+        [
+            method.attribute(images[i : i + 1], target=target[i : i + 1], upsample=False)
+            for i in range(4)
+        ]
     )
     torch.testing.assert_close(batched, single, rtol=1e-4, atol=1e-7)
 
@@ -116,12 +125,15 @@ def test_bad_start_layer_is_refused_and_the_model_left_as_found(
 
 
 def test_unknown_options_are_refused(images: Tensor, timm_reference_model: nn.Module) -> None:
-    with pytest.raises(TypeError, match=r"unknown option\(s\) \['head_fusion'\].*\['start_layer'\]"):
+    unknown = r"unknown option\(s\) \['head_fusion'\].*\['start_layer'\]"
+    with pytest.raises(TypeError, match=unknown):
         TransformerAttribution(timm_reference_model).attribute(images, head_fusion="max")
 
 
 # --- conventions shared with the attention methods -------------------------------------------
-def test_is_a_captum_attribution_exported_at_the_package_root(timm_reference_model) -> None:
+def test_is_a_captum_attribution_exported_at_the_package_root(
+    timm_reference_model: nn.Module,
+) -> None:
     method = captum_saco.TransformerAttribution(timm_reference_model)
     assert isinstance(method, Attribution)
     assert method.forward_func is timm_reference_model
@@ -180,7 +192,9 @@ def test_a_non_finite_example_gives_a_non_finite_map_and_one_warning(
 ) -> None:
     images[1, 0, 0, 0] = float("nan")
     with pytest.warns(UserWarning, match=r"examples \[1\] are not finite") as record:
-        maps = TransformerAttribution(timm_reference_model).attribute(images, target=3, upsample=False)
+        maps = TransformerAttribution(timm_reference_model).attribute(
+            images, target=3, upsample=False
+        )
     assert len(record) == 1
     assert not torch.isfinite(maps[1]).all()
     clean = TransformerAttribution(timm_reference_model).attribute(
@@ -204,12 +218,32 @@ def _tiny_timm_distilled() -> nn.Module:
     ).eval()
 
 
+def _tiny_hf_deit_with_teacher() -> nn.Module:
+    torch.manual_seed(0)
+    config = DeiTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=24,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=48,
+        num_labels=5,
+    )
+    return DeiTForImageClassificationWithTeacher(config).eval()
+
+
 @pytest.mark.parametrize(
     "build",
-    [_tiny_timm_distilled, lambda: _tiny_timm(reg_tokens=4, init_values=0.1)],
-    ids=["distilled", "registers_layer_scale"],
+    [
+        _tiny_timm_distilled,
+        _tiny_hf_deit_with_teacher,
+        lambda: _tiny_timm(reg_tokens=4, init_values=0.1),
+    ],
+    ids=["timm_distilled", "hf_deit_with_teacher", "timm_registers_layer_scale"],
 )
-def test_models_with_several_prefix_tokens_give_patch_grid_maps(build) -> None:
+def test_models_with_several_prefix_tokens_give_patch_grid_maps(
+    build: Callable[[], nn.Module],
+) -> None:
     images = torch.rand(3, 3, 32, 32)
     maps = TransformerAttribution(build()).attribute(images, upsample=False)
     assert maps.shape == (3, 1, 4, 4)

@@ -27,7 +27,7 @@ examples of the batch.
 """
 
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -116,7 +116,7 @@ def _linear_relevance(inputs: Tensor, weight: Tensor, relevance: Tensor) -> Tens
     return result.addcmul_(negative_in, scale @ negative_w).reshape(shape)
 
 
-def _residual_relevance(skip: Tensor, branch: Tensor, relevance: Tensor) -> "tuple[Tensor, Tensor]":
+def _residual_relevance(skip: Tensor, branch: Tensor, relevance: Tensor) -> Tuple[Tensor, Tensor]:
     """Split the relevance of ``skip + branch`` between its two operands.
 
     The z-rule splits it; each operand is then rescaled so that its total is
@@ -139,7 +139,7 @@ def _residual_relevance(skip: Tensor, branch: Tensor, relevance: Tensor) -> "tup
 
 def _bilinear_relevance(
     left: Tensor, right: Tensor, product: Tensor, relevance: Tensor
-) -> "tuple[Tensor, Tensor]":
+) -> Tuple[Tensor, Tensor]:
     """z-rule through ``product = left @ right``; each operand receives half."""
     scale = _stabilised_divide(relevance, product)
     left_relevance = left * (scale @ right.transpose(-2, -1))
@@ -147,7 +147,9 @@ def _bilinear_relevance(
     return left_relevance / 2, right_relevance / 2
 
 
-def _block_forward(block: BlockParts, tokens: Tensor, rows: Optional[Tensor] = None) -> _BlockRecord:
+def _block_forward(
+    block: BlockParts, tokens: Tensor, rows: Optional[Tensor] = None
+) -> _BlockRecord:
     n, t, dim = tokens.shape
     heads = block.num_heads
     normed = block.norm1(tokens)
@@ -189,7 +191,7 @@ def _at_rows(values: Tensor, rows: Optional[Tensor], length: int) -> Tensor:
 
 def _block_relevance(
     block: BlockParts, record: _BlockRecord, relevance: Tensor
-) -> "tuple[Tensor, Tensor]":
+) -> Tuple[Tensor, Tensor]:
     """Relevance of the block's input tokens and of its attention probabilities."""
     mid_relevance, mlp_relevance = _residual_relevance(record.mid, record.mlp_branch, relevance)
     hidden_relevance = _linear_relevance(record.hidden, block.fc2.weight, mlp_relevance)
@@ -220,7 +222,9 @@ def _block_relevance(
     return tokens_relevance, attention_relevance
 
 
-def attention_relevance(parts: ViTParts, tokens: Tensor, target: TargetType = None) -> AttentionRelevance:
+def attention_relevance(
+    parts: ViTParts, tokens: Tensor, target: TargetType = None
+) -> AttentionRelevance:
     """Attention probabilities, their gradients and their LRP relevance, per block.
 
     Args:

@@ -99,7 +99,7 @@ class TransformerAttribution(AttentionAttribution):
         _check_logits(result.logits, trace.scores)
         # Row 0 of (Ā_L + I) ··· (Ā_s + I), from the left: r ← r Ā_b + r.
         first = result.relevances[0]
-        row = torch.zeros(first.shape[0], 1, first.shape[-1], dtype=first.dtype, device=first.device)
+        row = first.new_zeros(first.shape[0], 1, first.shape[-1])
         row[:, 0, 0] = 1
         for gradient, relevance in zip(
             reversed(result.gradients[start_layer:]), reversed(result.relevances[start_layer:])
