@@ -31,7 +31,7 @@ from captum_saco.evaluation import (
 )
 
 EMBEDDED_MODEL = "fashion_mnist_vit"
-DEFAULT_LIMIT = 100
+DEFAULT_LIMIT = 200
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 
 

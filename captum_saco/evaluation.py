@@ -50,30 +50,26 @@ def _random_builder(model: nn.Module, seed: int) -> AttributeFn:
     return attribute
 
 
+def _attribute_with(method: Attribution, **kwargs: Any) -> AttributeFn:
+    """Call ``method.attribute(inputs, target=target, **kwargs)``."""
+
+    def attribute(inputs: Tensor, target: Tensor, indices: Tensor) -> Tensor:
+        # A fresh leaf that requires grad: gradient methods need one, and the
+        # caller's tensor stays untouched.
+        return method.attribute(inputs.detach().requires_grad_(), target=target, **kwargs)
+
+    return attribute
+
+
 def _captum_builder(cls: Callable[[nn.Module], Attribution], **kwargs: Any) -> MethodBuilder:
-    """A builder for an attribution class called as
-    ``cls(model).attribute(inputs, target=target, **kwargs)``."""
-
-    def build(model: nn.Module, seed: int) -> AttributeFn:
-        method = cls(model)
-
-        def attribute(inputs: Tensor, target: Tensor, indices: Tensor) -> Tensor:
-            # A fresh leaf that requires grad: gradient methods need one, and
-            # the caller's tensor stays untouched.
-            return method.attribute(inputs.detach().requires_grad_(), target=target, **kwargs)
-
-        return attribute
-
-    return build
+    """A builder for an attribution class: ``cls(model).attribute(inputs,
+    target=target, **kwargs)``."""
+    return lambda model, seed: _attribute_with(cls(model), **kwargs)
 
 
 def _instance_builder(method: Attribution) -> MethodBuilder:
-    def build(model: nn.Module, seed: int) -> AttributeFn:
-        return lambda inputs, target, indices: method.attribute(
-            inputs.detach().requires_grad_(), target=target
-        )
-
-    return build
+    """A builder for a ready-made attribution instance."""
+    return lambda model, seed: _attribute_with(method)
 
 
 METHODS: Dict[str, MethodBuilder] = {

@@ -1,0 +1,231 @@
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from captum_saco.cli import DEFAULT_LIMIT, build_parser, main
+from captum_saco.evaluation import DEFAULT_METHODS, DEFAULT_METRICS
+
+FAST = ["--methods", "random", "saliency", "--metrics", "saco", "aopc", "--no-progress"]
+
+
+def tiny_cnn() -> torch.nn.Module:
+    """A ``module:function`` model for ``--model test_cli:tiny_cnn``."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 2, 5, stride=8),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(2),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8, 4),
+    )
+
+
+def not_a_model() -> str:
+    return "model"
+
+
+def run_cli(capsys, *args: str):
+    rc = main(list(args))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_one_sentence_error(rc: int, err: str, match: str) -> None:
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("captum-saco: error: ") and match in lines[0]
+    assert "Traceback" not in err
+
+
+@pytest.fixture
+def grey_folder(tmp_path) -> Path:
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (40, 30), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    return tmp_path
+
+
+def test_defaults_are_the_embedded_model_all_methods_and_metrics() -> None:
+    args = build_parser().parse_args([])
+    assert args.model == "fashion_mnist_vit" and args.images is None
+    assert args.limit == DEFAULT_LIMIT and args.n_groups == 10
+
+
+def test_all_default_methods_and_metrics_print_one_table(capsys) -> None:
+    rc, out, err = run_cli(capsys, "--limit", "2", "--batch-size", "2", "--no-progress")
+    assert rc == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["method", *DEFAULT_METRICS]
+    assert [line.split()[0] for line in lines[2 : 2 + len(DEFAULT_METHODS)]] == list(DEFAULT_METHODS)
+    assert "fashion_mnist_vit, 2 images" in lines[-1]
+
+
+def test_json_output_follows_the_schema(capsys, tmp_path) -> None:
+    path = tmp_path / "table.json"
+    rc, out, _ = run_cli(capsys, "--limit", "3", *FAST, "--output", str(path))
+    assert rc == 0
+    data = json.loads(path.read_text())
+    assert data["model"] == "fashion_mnist_vit" and data["n_images"] == 3
+    assert [(r["method"], r["metric"]) for r in data["results"]] == [
+        ("random", "saco"), ("random", "aopc"), ("saliency", "saco"), ("saliency", "aopc")
+    ]
+    assert all(set(r) == {"method", "metric", "mean", "std", "n", "nan"} for r in data["results"])
+    assert f"{data['results'][0]['mean']:.4f}" in out
+
+
+def test_csv_and_markdown_outputs_follow_the_suffix(capsys, tmp_path) -> None:
+    assert run_cli(capsys, "--limit", "2", *FAST, "--output", str(tmp_path / "t.csv"))[0] == 0
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "t.csv").read_text())))
+    assert len(rows) == 4 and rows[0]["method"] == "random"
+    assert run_cli(capsys, "--limit", "2", *FAST, "--output", str(tmp_path / "t.md"))[0] == 0
+    assert (tmp_path / "t.md").read_text().startswith("| method | saco | aopc |")
+
+
+def test_methods_and_metrics_accept_commas(capsys, tmp_path) -> None:
+    path = tmp_path / "t.json"
+    args = ["--limit", "2", "--methods", "random,saliency", "--metrics", "auc", "--output", str(path)]
+    assert run_cli(capsys, *args)[0] == 0
+    assert len(json.loads(path.read_text())["results"]) == 2
+
+
+def test_plot_is_a_png(capsys, tmp_path) -> None:
+    path = tmp_path / "plot.png"
+    assert run_cli(capsys, "--limit", "2", *FAST, "--plot", str(path))[0] == 0
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_image_folder_is_resized_and_normalised_for_the_embedded_model(capsys, grey_folder, tmp_path) -> None:
+    path = tmp_path / "t.json"
+    rc, _, _ = run_cli(capsys, "--images", str(grey_folder), *FAST, "--output", str(path))
+    assert rc == 0
+    assert json.loads(path.read_text())["n_images"] == 3
+
+
+def test_a_module_function_model_runs_on_an_image_folder(capsys, tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (50, 60, 3), dtype=np.uint8)).save(tmp_path / f"{i}.jpg")
+    path = tmp_path / "t.json"
+    rc, _, err = run_cli(
+        capsys, "--model", "test_cli:tiny_cnn", "--images", str(tmp_path), *FAST, "--output", str(path)
+    )
+    assert rc == 0, err
+    data = json.loads(path.read_text())
+    assert data["model"] == "test_cli:tiny_cnn" and data["n_images"] == 2
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--methods", "random", "gradcam"], "unknown method 'gradcam'"),
+        (["--metrics", "infidelity"], "unknown metric 'infidelity'"),
+        (["--output", "table.txt"], "--output must end in .json, .csv or .md"),
+        (["--output", "/no/such/folder/t.json"], "does not exist"),
+        (["--plot", "plot.jpg"], "--plot must end in .png"),
+        (["--images", "/no/such/folder"], "is not a folder"),
+        (["--model", "no_such_model_anywhere"], "neither a timm model name nor 'module:function'"),
+        (["--model", "no_such_module:f"], "cannot import 'f' from 'no_such_module'"),
+        (["--model", "test_cli:not_a_model", "--images", "."], "not a torch.nn.Module"),
+        (["--model", "test_cli:tiny_cnn"], "--model needs --images"),
+        (["--pretrained"], "--pretrained applies to timm models"),
+        (["--device", "tpu:x"], "is not a device"),
+    ],
+)
+def test_user_errors_are_one_sentence_and_exit_status_2(capsys, args, match) -> None:
+    rc, _, err = run_cli(capsys, *args)
+    assert_one_sentence_error(rc, err, match)
+
+
+def test_a_folder_without_images_is_a_clear_error(capsys, tmp_path) -> None:
+    (tmp_path / "notes.txt").write_text("no images here")
+    rc, _, err = run_cli(capsys, "--images", str(tmp_path))
+    assert_one_sentence_error(rc, err, "holds no image files")
+
+
+def test_an_unreadable_image_is_a_clear_error(capsys, tmp_path) -> None:
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    rc, _, err = run_cli(capsys, "--images", str(tmp_path), *FAST)
+    assert_one_sentence_error(rc, err, "cannot read the image")
+
+
+def test_pretrained_weights_that_cannot_be_downloaded_are_a_clear_error(capsys, monkeypatch, tmp_path) -> None:
+    # As without a network, but without waiting for the retries.
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    rc, _, err = run_cli(capsys, "--model", "resnet18", "--pretrained", "--images", ".")
+    assert_one_sentence_error(rc, err, "cannot load the pretrained weights of 'resnet18'")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_a_cuda_device_without_cuda_is_a_clear_error(capsys) -> None:
+    rc, _, err = run_cli(capsys, "--device", "cuda")
+    assert_one_sentence_error(rc, err, "CUDA is not available")
+
+
+def test_a_non_positive_limit_is_rejected_by_the_parser(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--limit", "0"])
+    assert exit_info.value.code == 2
+    assert "expected a positive integer" in capsys.readouterr().err
+
+
+def _subprocess_env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def test_python_dash_m_runs_the_command(tmp_path) -> None:
+    path = tmp_path / "t.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "captum_saco", "--limit", "2", *FAST, "--output", str(path)],
+        capture_output=True, text=True, env=_subprocess_env(), timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0].split() == ["method", "saco", "aopc"]
+    assert json.loads(path.read_text())["n_images"] == 2
+
+
+@pytest.mark.skipif(shutil.which("captum-saco") is None, reason="console script not installed")
+def test_console_script_reports_errors_with_exit_status_2() -> None:
+    proc = subprocess.run(
+        ["captum-saco", "--methods", "nope"], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 2 and "unknown method 'nope'" in proc.stderr
+
+
+def test_torchrun_with_two_processes_gives_the_single_process_table(capsys, tmp_path) -> None:
+    args = [
+        "--limit", "8", "--batch-size", "2", "--methods", "random", "raw_attention", "saliency",
+        "--metrics", "saco", "aopc", "--no-progress", "--device", "cpu",
+    ]
+    distributed = tmp_path / "distributed.json"
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+            "--standalone", "-m", "captum_saco", *args, "--output", str(distributed),
+        ],
+        capture_output=True, text=True, env=_subprocess_env(), timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    # Only the first process prints the table.
+    assert proc.stdout.count("fashion_mnist_vit, 8 images") == 1
+    single = tmp_path / "single.json"
+    assert run_cli(capsys, *args, "--output", str(single))[0] == 0
+    got, expected = json.loads(distributed.read_text()), json.loads(single.read_text())
+    assert got["n_images"] == expected["n_images"] == 8
+    for g, e in zip(got["results"], expected["results"], strict=True):
+        assert (g["method"], g["metric"], g["n"], g["nan"]) == (e["method"], e["metric"], e["n"], e["nan"])
+        assert g["mean"] == pytest.approx(e["mean"], abs=1e-6)
+        assert g["std"] == pytest.approx(e["std"], abs=1e-6)

@@ -1,0 +1,99 @@
+import json
+
+import pytest
+import torch
+
+from captum_saco.datasets import (
+    fashion_mnist_metadata,
+    load_fashion_mnist_samples,
+    load_fashion_mnist_vit,
+)
+from captum_saco.datasets import fashion_mnist
+
+# The shipped model reaches about 85-89% on the full test set; the shipped
+# images are a stratified sample of it.
+MIN_SAMPLE_ACCURACY = 0.8
+
+
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    return load_fashion_mnist_vit()
+
+
+def test_shipped_model_classifies_the_shipped_images_accurately(model) -> None:
+    samples = load_fashion_mnist_samples()
+    with torch.no_grad():
+        predicted = model(samples.images).argmax(1)
+    accuracy = (predicted == samples.labels).float().mean().item()
+    assert accuracy >= MIN_SAMPLE_ACCURACY
+    assert accuracy == pytest.approx(fashion_mnist_metadata()["sample_accuracy"], abs=1e-3)
+
+
+def test_recorded_test_accuracy_meets_the_target() -> None:
+    meta = fashion_mnist_metadata()
+    assert meta["test_accuracy"] >= 0.85
+    assert meta["training"]["train_time_s"] > 0
+
+
+def test_model_is_a_timm_vit_in_eval_mode_with_class_token_pooling(model) -> None:
+    from timm.models.vision_transformer import VisionTransformer
+
+    assert isinstance(model, VisionTransformer)
+    assert not model.training
+    assert model.global_pool == "token" and model.cls_token is not None
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_timm_resolves_the_shipped_data_config_from_the_model(model) -> None:
+    from timm.data import resolve_data_config
+
+    config = resolve_data_config(model=model)
+    shipped = fashion_mnist_metadata()["data_config"]
+    assert config["input_size"] == tuple(shipped["input_size"])
+    assert config["mean"] == tuple(shipped["mean"])
+    assert config["std"] == tuple(shipped["std"])
+
+
+def test_weights_load_with_weights_only() -> None:
+    state = torch.load(
+        fashion_mnist.DATA_DIR / fashion_mnist.WEIGHTS_FILE, weights_only=True
+    )
+    assert all(v.dtype == torch.float32 for v in state.values())
+
+
+def test_samples_are_normalised_labelled_and_stratified() -> None:
+    samples = load_fashion_mnist_samples()
+    n = samples.images.shape[0]
+    assert samples.images.shape == (n, 1, 28, 28) and samples.images.dtype == torch.float32
+    assert samples.labels.shape == (n,) and samples.labels.dtype == torch.long
+    assert len(samples.class_names) == 10
+    assert torch.bincount(samples.labels, minlength=10).tolist() == [n // 10] * 10
+    # Normalised with the training set's statistics: a whole-test-set-like
+    # sample has mean near 0 and std near 1.
+    assert abs(samples.images.mean().item()) < 0.1
+    assert abs(samples.images.std().item() - 1) < 0.1
+
+
+def test_limit_takes_the_first_images() -> None:
+    all_samples = load_fashion_mnist_samples()
+    few = load_fashion_mnist_samples(limit=5)
+    assert torch.equal(few.images, all_samples.images[:5])
+    assert torch.equal(few.labels, all_samples.labels[:5])
+
+
+def test_negative_limit_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="limit"):
+        load_fashion_mnist_samples(limit=-1)
+
+
+def test_metadata_is_a_fresh_copy_each_call() -> None:
+    meta = fashion_mnist_metadata()
+    meta["class_names"].clear()
+    assert len(fashion_mnist_metadata()["class_names"]) == 10
+    json.dumps(meta)
+
+
+def test_missing_data_file_is_a_clear_file_not_found_error(monkeypatch, tmp_path) -> None:
+    monkeypatch.setattr(fashion_mnist, "DATA_DIR", tmp_path)
+    with pytest.raises(FileNotFoundError, match="embedded Fashion-MNIST file"):
+        load_fashion_mnist_samples()
