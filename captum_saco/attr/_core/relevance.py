@@ -111,7 +111,8 @@ def _linear_relevance(inputs: Tensor, weight: Tensor, relevance: Tensor) -> Tens
     negative_in = inputs.reshape(-1, shape[-1]).clamp(max=0)
     positive_w, negative_w = weight.clamp(min=0), weight.clamp(max=0)
     z = (positive_in @ positive_w.t()).addmm_(negative_in, negative_w.t()).add_(_EPSILON)
-    scale = relevance.reshape(z.shape) / z
+    # 1e-9 vanishes in float16: keep 0 / 0 out of the products that are all zero.
+    scale = relevance.reshape(z.shape) / z.masked_fill_(z == 0, 1.0)
     result = positive_in * (scale @ positive_w)
     return result.addcmul_(negative_in, scale @ negative_w).reshape(shape)
 
