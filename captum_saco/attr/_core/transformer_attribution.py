@@ -27,7 +27,8 @@ def _check_logits(logits: Tensor, scores: Tensor) -> None:
         raise ValueError(
             "forward_func: its output is not the model's logits; TransformerAttribution "
             "propagates relevance from the logits of the classifier head, so forward_func "
-            "must return them unchanged"
+            "must return them unchanged (and the model must be in eval mode: dropout makes "
+            "every pass differ)"
         )
 
 
