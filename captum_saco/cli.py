@@ -92,13 +92,19 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"evaluate the first N images (default {DEFAULT_LIMIT})",
     )
     parser.add_argument(
-        "--methods", nargs="+", metavar="NAME", help="explanation methods (comma- or space-separated)"
+        "--methods",
+        nargs="+",
+        metavar="NAME",
+        help="explanation methods (comma- or space-separated)",
     )
     parser.add_argument(
         "--metrics", nargs="+", metavar="NAME", help="metrics (comma- or space-separated)"
     )
     parser.add_argument(
-        "--n-groups", type=_positive_int, default=10, help="SaCo groups / deletion steps (default 10)"
+        "--n-groups",
+        type=_positive_int,
+        default=10,
+        help="SaCo groups / deletion steps (default 10)",
     )
     parser.add_argument(
         "--batch-size", type=_positive_int, default=16, help="images explained at once (default 16)"
@@ -106,10 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--device", help="e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of random attribution (default 0)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of random attribution (default 0)"
+    )
     parser.add_argument("--output", help="write the table to FILE (.json, .csv or .md)")
     parser.add_argument(
-        "--plot", help="write a PNG: bars per method and metric, and SaCo's case study of the first image"
+        "--plot",
+        help="write a PNG: bars per method and metric, and SaCo's case study of the first image",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
@@ -142,17 +151,23 @@ def _load_model(name: str, pretrained: bool) -> nn.Module:
         from captum_saco.datasets import load_fashion_mnist_vit
 
         if pretrained:
-            raise CliError(f"--pretrained applies to timm models; {EMBEDDED_MODEL} ships its weights")
+            raise CliError(
+                f"--pretrained applies to timm models; {EMBEDDED_MODEL} ships its weights"
+            )
         return load_fashion_mnist_vit()
     if ":" in name:
         module_name, _, function_name = name.partition(":")
         try:
             function = getattr(importlib.import_module(module_name), function_name)
         except (ImportError, AttributeError) as e:
-            raise CliError(f"--model {name!r}: cannot import {function_name!r} from {module_name!r} ({e})")
+            raise CliError(
+                f"--model {name!r}: cannot import {function_name!r} from {module_name!r} ({e})"
+            )
         model = function()
         if not isinstance(model, nn.Module):
-            raise CliError(f"--model {name!r} returned a {type(model).__name__}, not a torch.nn.Module")
+            raise CliError(
+                f"--model {name!r} returned a {type(model).__name__}, not a torch.nn.Module"
+            )
         return model
     try:
         import timm
@@ -175,12 +190,16 @@ def _load_images(folder: Path, model: nn.Module, limit: int) -> Tensor:
         raise CliError(f"--images {str(folder)!r} is not a folder")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
     if not files:
-        raise CliError(f"--images {str(folder)!r} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise CliError(
+            f"--images {str(folder)!r} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})"
+        )
     try:
         from PIL import Image
         from timm.data import create_transform, resolve_data_config
     except ImportError:
-        raise CliError("--images needs timm, torchvision and Pillow: pip install 'captum-saco[timm]'")
+        raise CliError(
+            "--images needs timm, torchvision and Pillow: pip install 'captum-saco[timm]'"
+        )
     config = resolve_data_config(model=model)
     transform = create_transform(**config)
     mode = "L" if config["input_size"][0] == 1 else "RGB"

@@ -91,7 +91,9 @@ input) and Captum's ``integrated_gradients`` (zero baseline, 50 steps) and
 DEFAULT_METHODS: Tuple[str, ...] = tuple(METHODS)
 
 
-def _measure_saco(model: nn.Module, x: Tensor, attributions: Tensor, target: Tensor, n_groups: int) -> Tensor:
+def _measure_saco(
+    model: nn.Module, x: Tensor, attributions: Tensor, target: Tensor, n_groups: int
+) -> Tensor:
     return saco(model, x, attributions, target=target, n_groups=n_groups)
 
 
@@ -217,9 +219,7 @@ class EvaluationResult:
 
     def _cells(self) -> Tuple[List[str], List[List[str]]]:
         header = ["method"] + self.metrics
-        body = [
-            [m] + [_cell(self.row(m, k)) for k in self.metrics] for m in self.methods
-        ]
+        body = [[m] + [_cell(self.row(m, k)) for k in self.metrics] for m in self.methods]
         return header, body
 
     def _legend(self) -> str:
@@ -442,13 +442,21 @@ def evaluate(
     if not isinstance(inputs, Tensor) or inputs.dim() < 2 or inputs.shape[0] == 0:
         raise ValueError(
             "inputs: expected a tensor of shape (N, ...) holding at least one image, got "
-            + (f"shape {tuple(inputs.shape)}" if isinstance(inputs, Tensor) else type(inputs).__name__)
+            + (
+                f"shape {tuple(inputs.shape)}"
+                if isinstance(inputs, Tensor)
+                else type(inputs).__name__
+            )
         )
     n = inputs.shape[0]
     if targets is not None and (not isinstance(targets, Tensor) or targets.shape != (n,)):
         raise ValueError(
             f"targets: expected a tensor of shape ({n},), one class per image, got "
-            + (f"shape {tuple(targets.shape)}" if isinstance(targets, Tensor) else type(targets).__name__)
+            + (
+                f"shape {tuple(targets.shape)}"
+                if isinstance(targets, Tensor)
+                else type(targets).__name__
+            )
         )
     _fractions(n_groups)  # validates n_groups before any work
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -466,7 +474,9 @@ def evaluate(
 
     n_batches = math.ceil(n / batch_size)
     my_batches, world = _shard(n_batches)
-    bar = _progress_bar(len(my_batches) * len(built), progress and (world == 1 or dist.get_rank() == 0))
+    bar = _progress_bar(
+        len(my_batches) * len(built), progress and (world == 1 or dist.get_rank() == 0)
+    )
     local: Dict[Tuple[str, str], List[Tuple[Tensor, Tensor]]] = {
         (m, k): [] for m in built for k in metric_fns
     }
@@ -562,7 +572,9 @@ def saco_case_study(
     for name, build in builders.items():
         attributions = build(model, seed)(x, chosen, torch.tensor([index]))
         with torch.no_grad():
-            details = saco(model, x, attributions, target=chosen, n_groups=n_groups, return_details=True)
+            details = saco(
+                model, x, attributions, target=chosen, n_groups=n_groups, return_details=True
+            )
         study[name] = type(details)(*(t.detach().cpu() for t in details))
     return study
 
@@ -601,9 +613,7 @@ def plot_evaluation(
     methods, metrics = result.methods, result.metrics
     n_cols = max(len(metrics), len(case_study or {}) + (image is not None))
     n_rows = 2 if case_study else 1
-    fig, axes = plt.subplots(
-        n_rows, n_cols, figsize=(3.2 * n_cols, 3.6 * n_rows), squeeze=False
-    )
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.2 * n_cols, 3.6 * n_rows), squeeze=False)
     colours = plt.get_cmap("tab10")
     for ax, metric in zip(axes[0], metrics):
         rows = [result.row(m, metric) for m in methods]

@@ -186,9 +186,7 @@ def main() -> None:
         order = torch.randperm(train_x.shape[0], generator=generator)
         model.train()
         for i in range(0, order.numel() - args.batch_size + 1, args.batch_size):
-            progress = max(
-                steps / args.max_steps, (time.perf_counter() - start) / args.time_budget
-            )
+            progress = max(steps / args.max_steps, (time.perf_counter() - start) / args.time_budget)
             if progress >= 1.0:
                 done = True
                 break
@@ -265,7 +263,8 @@ def main() -> None:
     with open(args.output_dir / "fashion_vit.json", "w") as f:
         json.dump(metadata, f, indent=2)
         f.write("\n")
-    print(f"wrote {args.output_dir} ({os.path.getsize(args.output_dir / 'fashion_vit.pt')} bytes of weights)")
+    weights_bytes = os.path.getsize(args.output_dir / "fashion_vit.pt")
+    print(f"wrote {args.output_dir} ({weights_bytes} bytes of weights)")
 
 
 if __name__ == "__main__":

@@ -68,7 +68,9 @@ def test_all_default_methods_and_metrics_print_one_table(capsys) -> None:
     assert rc == 0
     lines = out.splitlines()
     assert lines[0].split() == ["method", *DEFAULT_METRICS]
-    assert [line.split()[0] for line in lines[2 : 2 + len(DEFAULT_METHODS)]] == list(DEFAULT_METHODS)
+    assert [line.split()[0] for line in lines[2 : 2 + len(DEFAULT_METHODS)]] == list(
+        DEFAULT_METHODS
+    )
     assert "fashion_mnist_vit, 2 images" in lines[-1]
 
 
@@ -79,7 +81,10 @@ def test_json_output_follows_the_schema(capsys, tmp_path) -> None:
     data = json.loads(path.read_text())
     assert data["model"] == "fashion_mnist_vit" and data["n_images"] == 3
     assert [(r["method"], r["metric"]) for r in data["results"]] == [
-        ("random", "saco"), ("random", "aopc"), ("saliency", "saco"), ("saliency", "aopc")
+        ("random", "saco"),
+        ("random", "aopc"),
+        ("saliency", "saco"),
+        ("saliency", "aopc"),
     ]
     assert all(set(r) == {"method", "metric", "mean", "std", "n", "nan"} for r in data["results"])
     assert f"{data['results'][0]['mean']:.4f}" in out
@@ -95,7 +100,16 @@ def test_csv_and_markdown_outputs_follow_the_suffix(capsys, tmp_path) -> None:
 
 def test_methods_and_metrics_accept_commas(capsys, tmp_path) -> None:
     path = tmp_path / "t.json"
-    args = ["--limit", "2", "--methods", "random,saliency", "--metrics", "auc", "--output", str(path)]
+    args = [
+        "--limit",
+        "2",
+        "--methods",
+        "random,saliency",
+        "--metrics",
+        "auc",
+        "--output",
+        str(path),
+    ]
     assert run_cli(capsys, *args)[0] == 0
     assert len(json.loads(path.read_text())["results"]) == 2
 
@@ -106,7 +120,9 @@ def test_plot_is_a_png(capsys, tmp_path) -> None:
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_an_image_folder_is_resized_and_normalised_for_the_embedded_model(capsys, grey_folder, tmp_path) -> None:
+def test_an_image_folder_is_resized_and_normalised_for_the_embedded_model(
+    capsys, grey_folder, tmp_path
+) -> None:
     path = tmp_path / "t.json"
     rc, _, _ = run_cli(capsys, "--images", str(grey_folder), *FAST, "--output", str(path))
     assert rc == 0
@@ -116,10 +132,19 @@ def test_an_image_folder_is_resized_and_normalised_for_the_embedded_model(capsys
 def test_a_module_function_model_runs_on_an_image_folder(capsys, tmp_path) -> None:
     rng = np.random.default_rng(0)
     for i in range(2):
-        Image.fromarray(rng.integers(0, 255, (50, 60, 3), dtype=np.uint8)).save(tmp_path / f"{i}.jpg")
+        Image.fromarray(rng.integers(0, 255, (50, 60, 3), dtype=np.uint8)).save(
+            tmp_path / f"{i}.jpg"
+        )
     path = tmp_path / "t.json"
     rc, _, err = run_cli(
-        capsys, "--model", "test_cli:tiny_cnn", "--images", str(tmp_path), *FAST, "--output", str(path)
+        capsys,
+        "--model",
+        "test_cli:tiny_cnn",
+        "--images",
+        str(tmp_path),
+        *FAST,
+        "--output",
+        str(path),
     )
     assert rc == 0, err
     data = json.loads(path.read_text())
@@ -160,7 +185,9 @@ def test_an_unreadable_image_is_a_clear_error(capsys, tmp_path) -> None:
     assert_one_sentence_error(rc, err, "cannot read the image")
 
 
-def test_pretrained_weights_that_cannot_be_downloaded_are_a_clear_error(capsys, monkeypatch, tmp_path) -> None:
+def test_pretrained_weights_that_cannot_be_downloaded_are_a_clear_error(
+    capsys, monkeypatch, tmp_path
+) -> None:
     # As without a network, but without waiting for the retries.
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
@@ -190,7 +217,10 @@ def test_python_dash_m_runs_the_command(tmp_path) -> None:
     path = tmp_path / "t.json"
     proc = subprocess.run(
         [sys.executable, "-m", "captum_saco", "--limit", "2", *FAST, "--output", str(path)],
-        capture_output=True, text=True, env=_subprocess_env(), timeout=300,
+        capture_output=True,
+        text=True,
+        env=_subprocess_env(),
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[0].split() == ["method", "saco", "aopc"]
@@ -207,16 +237,39 @@ def test_console_script_reports_errors_with_exit_status_2() -> None:
 
 def test_torchrun_with_two_processes_gives_the_single_process_table(capsys, tmp_path) -> None:
     args = [
-        "--limit", "8", "--batch-size", "2", "--methods", "random", "raw_attention", "saliency",
-        "--metrics", "saco", "aopc", "--no-progress", "--device", "cpu",
+        "--limit",
+        "8",
+        "--batch-size",
+        "2",
+        "--methods",
+        "random",
+        "raw_attention",
+        "saliency",
+        "--metrics",
+        "saco",
+        "aopc",
+        "--no-progress",
+        "--device",
+        "cpu",
     ]
     distributed = tmp_path / "distributed.json"
     proc = subprocess.run(
         [
-            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-            "--standalone", "-m", "captum_saco", *args, "--output", str(distributed),
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--standalone",
+            "-m",
+            "captum_saco",
+            *args,
+            "--output",
+            str(distributed),
         ],
-        capture_output=True, text=True, env=_subprocess_env(), timeout=300,
+        capture_output=True,
+        text=True,
+        env=_subprocess_env(),
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     # Only the first process prints the table.
@@ -226,6 +279,11 @@ def test_torchrun_with_two_processes_gives_the_single_process_table(capsys, tmp_
     got, expected = json.loads(distributed.read_text()), json.loads(single.read_text())
     assert got["n_images"] == expected["n_images"] == 8
     for g, e in zip(got["results"], expected["results"], strict=True):
-        assert (g["method"], g["metric"], g["n"], g["nan"]) == (e["method"], e["metric"], e["n"], e["nan"])
+        assert (g["method"], g["metric"], g["n"], g["nan"]) == (
+            e["method"],
+            e["metric"],
+            e["n"],
+            e["nan"],
+        )
         assert g["mean"] == pytest.approx(e["mean"], abs=1e-6)
         assert g["std"] == pytest.approx(e["std"], abs=1e-6)

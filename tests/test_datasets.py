@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from captum_saco.datasets import (
+    fashion_mnist,
     fashion_mnist_metadata,
     load_fashion_mnist_samples,
     load_fashion_mnist_vit,
 )
-from captum_saco.datasets import fashion_mnist
 
 # The shipped model reaches about 85-89% on the full test set; the shipped
 # images are a stratified sample of it.
@@ -55,9 +55,7 @@ def test_timm_resolves_the_shipped_data_config_from_the_model(model) -> None:
 
 
 def test_weights_load_with_weights_only() -> None:
-    state = torch.load(
-        fashion_mnist.DATA_DIR / fashion_mnist.WEIGHTS_FILE, weights_only=True
-    )
+    state = torch.load(fashion_mnist.DATA_DIR / fashion_mnist.WEIGHTS_FILE, weights_only=True)
     assert all(v.dtype == torch.float32 for v in state.values())
 
 

@@ -107,17 +107,25 @@ def test_default_target_is_the_predicted_class(model, images) -> None:
 
 
 def test_custom_captum_attributions_are_accepted_by_name(model, images) -> None:
-    result = evaluate(model, images, methods={"grads": Saliency(model), "rnd": "random"}, metrics=["saco"])
+    result = evaluate(
+        model, images, methods={"grads": Saliency(model), "rnd": "random"}, metrics=["saco"]
+    )
     assert result.methods == ["grads", "rnd"]
     reference = evaluate(model, images, methods=["saliency", "random"], metrics=["saco"])
-    assert torch.equal(result.per_example[("rnd", "saco")], reference.per_example[("random", "saco")])
+    assert torch.equal(
+        result.per_example[("rnd", "saco")], reference.per_example[("random", "saco")]
+    )
 
 
 def test_undefined_values_are_counted_and_warned_about_once(model, images) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = evaluate(
-            model, images, methods={"constant": ConstantAttribution(model)}, metrics=["saco"], batch_size=2
+            model,
+            images,
+            methods={"constant": ConstantAttribution(model)},
+            metrics=["saco"],
+            batch_size=2,
         )
     row = result.row("constant", "saco")
     assert (row.n, row.nan, row.mean, row.std) == (0, 6, None, None)
@@ -181,7 +189,9 @@ def test_json_has_exactly_the_documented_schema(result) -> None:
 def test_undefined_means_are_null_in_json(model, images) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = evaluate(model, images, methods={"c": ConstantAttribution(model)}, metrics=["saco"])
+        result = evaluate(
+            model, images, methods={"c": ConstantAttribution(model)}, metrics=["saco"]
+        )
     row = json.loads(result.to_json())["results"][0]
     assert row["mean"] is None and row["std"] is None and row["nan"] == 6
 
@@ -189,7 +199,10 @@ def test_undefined_means_are_null_in_json(model, images) -> None:
 def test_csv_has_one_line_per_method_and_metric(result) -> None:
     rows = list(csv.DictReader(io.StringIO(result.to_csv())))
     assert [(r["method"], r["metric"]) for r in rows] == [
-        ("random", "saco"), ("random", "auc"), ("saliency", "saco"), ("saliency", "auc")
+        ("random", "saco"),
+        ("random", "auc"),
+        ("saliency", "saco"),
+        ("saliency", "auc"),
     ]
     assert float(rows[0]["mean"]) == pytest.approx(result.rows[0].mean)
 

@@ -75,9 +75,7 @@ def test_does_not_modify_the_inputs() -> None:
 
 def test_wrong_number_of_per_example_generators_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="generator: expected one generator per example"):
-        RandomAttribution(_forward).attribute(
-            torch.zeros(3, 2), generator=[torch.Generator()] * 2
-        )
+        RandomAttribution(_forward).attribute(torch.zeros(3, 2), generator=[torch.Generator()] * 2)
 
 
 def test_generator_of_wrong_type_is_a_type_error() -> None:

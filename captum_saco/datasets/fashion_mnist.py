@@ -105,8 +105,7 @@ def load_fashion_mnist_vit(device: Union[None, str, torch.device] = None) -> nn.
         from timm.models.vision_transformer import VisionTransformer
     except ImportError as e:
         raise ImportError(
-            "load_fashion_mnist_vit needs timm; install it with "
-            "pip install 'captum-saco[timm]'"
+            "load_fashion_mnist_vit needs timm; install it with pip install 'captum-saco[timm]'"
         ) from e
     meta = _metadata()
     model = VisionTransformer(**meta["model_config"])

@@ -132,9 +132,7 @@ def _per_example_generators(generator: object, n: int) -> List[torch.Generator]:
     return list(generator)
 
 
-def _uniform_like(
-    x: Tensor, shape: Sequence[int], generator: Optional[torch.Generator]
-) -> Tensor:
+def _uniform_like(x: Tensor, shape: Sequence[int], generator: Optional[torch.Generator]) -> Tensor:
     """Uniform [0, 1) values of ``shape`` drawn from ``generator`` on its own
     device, returned on ``x``'s device with ``x``'s floating dtype."""
     dtype = x.dtype if x.is_floating_point() else torch.float32
