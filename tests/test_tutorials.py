@@ -48,7 +48,9 @@ def test_tutorial_is_stored_with_its_outputs(path: Path) -> None:
     notebook = nbformat.read(path, as_version=4)
     code_cells = [cell for cell in notebook.cells if cell.cell_type == "code"]
     unexecuted = [i for i, cell in enumerate(code_cells) if cell.execution_count is None]
-    assert not unexecuted, f"code cells {unexecuted} have no stored outputs: run execute_notebooks.py"
+    assert not unexecuted, (
+        f"code cells {unexecuted} have no stored outputs: run execute_notebooks.py"
+    )
     pictures = [
         output
         for cell in code_cells
