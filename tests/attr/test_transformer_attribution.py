@@ -83,17 +83,33 @@ def test_hugging_face_output_objects_and_forward_func_returning_logits_are_accep
         assert relative_error(maps, expected) < 1e-4
 
 
-def test_forward_func_that_does_not_return_the_logits_is_refused(
+def test_model_runs_only_up_to_its_first_block_and_the_head_logits_are_explained(
     images: Tensor, timm_reference_model: nn.Module
 ) -> None:
-    probabilities = TransformerAttribution(
-        timm_reference_model, lambda x: timm_reference_model(x).softmax(dim=1)
-    )
-    with pytest.raises(ValueError, match="forward_func: its output is not the model's logits"):
-        probabilities.attribute(images)
-    pooled = TransformerAttribution(timm_reference_model, lambda x: timm_reference_model(x)[:, :4])
-    with pytest.raises(ValueError, match=r"forward_func: .* of shape \(4, 10\).*\(4, 4\)"):
-        pooled.attribute(images, target=0)
+    model = timm_reference_model
+    # The relevance pass replays the blocks from their layers, never calling a block.
+    calls = {"first block": 0, "last block": 0}
+    handles = [
+        model.blocks[0].register_forward_hook(lambda *_: calls.__setitem__("first block", 1)),
+        model.blocks[-1].register_forward_hook(lambda *_: calls.__setitem__("last block", 1)),
+    ]
+    try:
+        default = TransformerAttribution(model).attribute(images, upsample=False)
+        probabilities = TransformerAttribution(model, lambda x: model(x).softmax(dim=1))
+        through_softmax = probabilities.attribute(images, upsample=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert calls == {"first block": 0, "last block": 0}
+    torch.testing.assert_close(through_softmax, default)
+
+
+def test_forward_func_that_does_not_run_the_model_is_refused(
+    images: Tensor, timm_reference_model: nn.Module
+) -> None:
+    method = TransformerAttribution(timm_reference_model, lambda x: x.flatten(1)[:, :10])
+    with pytest.raises(ValueError, match="forward_func: running it did not run the model"):
+        method.attribute(images)
 
 
 # --- options --------------------------------------------------------------------------

@@ -57,6 +57,10 @@ SUPPORTED_MODELS = (
 )
 
 
+class _ReachedFirstBlock(Exception):
+    """Cuts a forward pass short once the tokens entering block 0 are recorded."""
+
+
 class AttentionRecord:
     """What one forward pass under :meth:`ViTAdapter.capture` leaves behind.
 
@@ -120,9 +124,13 @@ class ViTAdapter:
 
     # --- shared --------------------------------------------------------------------
     @contextmanager
-    def capture(self) -> Iterator[AttentionRecord]:
+    def capture(self, stop_at_first_block: bool = False) -> Iterator[AttentionRecord]:
         """Record attention probabilities, the tokens entering block 0 and the patch
         grid of every forward pass of the model run inside the block.
+
+        With ``stop_at_first_block``, the forward pass is cut short once the tokens
+        entering block 0 are recorded: the rest of the ``with`` block is skipped and
+        no attention is recorded (for rules that replay the blocks themselves).
 
         Hooks and attention settings are removed and restored on leaving the block,
         also when it is left by an exception.
@@ -132,6 +140,8 @@ class ViTAdapter:
 
         def store_tokens(module: nn.Module, args: Tuple, kwargs: dict) -> None:
             record.tokens = args[0] if args else next(iter(kwargs.values()))
+            if stop_at_first_block:
+                raise _ReachedFirstBlock
 
         def store_grid(module: nn.Module, args: Tuple, output: Tensor) -> None:
             record.grid = (int(output.shape[-2]), int(output.shape[-1]))
@@ -151,7 +161,10 @@ class ViTAdapter:
             stack.callback(lambda: [h.remove() for h in handles])
             for index, (module, read) in enumerate(self.attention_sources()):
                 handles.append(module.register_forward_hook(attention_hook(index, read)))
-            yield record
+            try:
+                yield record
+            except _ReachedFirstBlock:
+                pass
 
 
 def _unsupported(model: nn.Module, reason: str) -> ValueError:

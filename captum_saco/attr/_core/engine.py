@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from captum_saco._utils import TargetType, resolve_target
 from captum_saco.attr._core.adapters import ViTAdapter, adapter_for
+from captum_saco.attr._core.relevance import attention_relevance
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,9 @@ class AttentionTrace:
         classes (Tensor): the target class of every example, ``(N,)``.
         num_prefix_tokens (int): tokens before the patches (class token first).
         grid (tuple of int): the patch grid ``(h, w)``; ``T = num_prefix_tokens + h * w``.
+        relevances (list of Tensor or None): per block, the LRP relevance of
+            ``attentions`` (see :mod:`captum_saco.attr._core.relevance`); ``None``
+            for methods that need no relevance.
     """
 
     attentions: List[Tensor]
@@ -42,6 +46,7 @@ class AttentionTrace:
     classes: Tensor
     num_prefix_tokens: int
     grid: Tuple[int, int]
+    relevances: Optional[List[Tensor]] = None
 
 
 def _model_output(output: Any) -> Tensor:
@@ -76,13 +81,14 @@ class AttentionAttribution(Attribution):
     ``_token_relevance``; :meth:`attribute` passes them through and rejects unknown
     ones before running the model.
 
-    A rule that needs more than the attention, such as a layer-wise relevance pass,
-    finds the tokens entering block 0 (as the real forward pass computed them) in
-    ``trace.tokens``, the target classes in ``trace.classes``, and the model's
-    layers in canonical form via ``self._adapter.parts()``
-    (:class:`~captum_saco.attr._core.adapters.ViTParts`). ``_token_relevance`` runs
-    in the caller's gradient mode, after the model's forward pass; a rule that runs
-    its own differentiable pass enables gradients itself.
+    A rule that reads the LRP relevance of the attention sets ``needs_relevance``
+    to ``True``: the model then runs only up to its first block, and the relevance
+    pass (:func:`~captum_saco.attr._core.relevance.attention_relevance`) replays the
+    blocks from the tokens entering block 0 in canonical form, filling
+    ``trace.attentions``, ``trace.gradients``, ``trace.relevances`` and
+    ``trace.scores`` (the classifier head's logits, which such a rule explains
+    whatever ``forward_func`` returns). ``_token_relevance`` runs in the caller's
+    gradient mode.
 
     Supported models: timm ``VisionTransformer`` with class-token pooling (DeiT
     distilled, register tokens, dynamic image sizes), Hugging Face
@@ -114,6 +120,8 @@ class AttentionAttribution(Attribution):
 
     #: whether the rule reads the gradient of the target logits w.r.t. the attention
     needs_gradients: bool = False
+    #: whether the rule reads the LRP relevance of the attention (with its gradient)
+    needs_relevance: bool = False
 
     def __init__(self, model: nn.Module, forward_func: Optional[Callable] = None) -> None:
         self._adapter: ViTAdapter = adapter_for(model)
@@ -225,6 +233,8 @@ class AttentionAttribution(Attribution):
             extra = additional_forward_args
         else:
             extra = (additional_forward_args,)
+        if self.needs_relevance:
+            return self._relevance_trace(images, target, extra)
         with ExitStack() as stack:
             record = stack.enter_context(self._adapter.capture())
             if self.needs_gradients:
@@ -260,6 +270,31 @@ class AttentionAttribution(Attribution):
             classes=classes,
             num_prefix_tokens=self._adapter.num_prefix_tokens,
             grid=record.grid,
+        )
+
+    def _relevance_trace(self, images: Tensor, target: TargetType, extra: Tuple) -> AttentionTrace:
+        """The trace of the relevance pass, replayed from the tokens entering block 0."""
+        with self._adapter.capture(stop_at_first_block=True) as record, torch.no_grad():
+            self.forward_func(images, *extra)
+        if record.tokens is None or record.grid is None:
+            raise ValueError(
+                "forward_func: running it did not run the model given at construction; "
+                "forward_func must call that model on the inputs"
+            )
+        with torch.inference_mode(False):
+            # Inside inference_mode() the tokens are inference tensors, which the
+            # replay's autograd graph cannot save: it works on a normal copy.
+            tokens = record.tokens.clone() if record.tokens.is_inference() else record.tokens
+            result = attention_relevance(self._adapter.parts(), tokens.detach(), target)
+        return AttentionTrace(
+            attentions=result.attentions,
+            gradients=result.gradients,
+            tokens=tokens.detach(),
+            scores=result.logits,
+            classes=result.classes,
+            num_prefix_tokens=self._adapter.num_prefix_tokens,
+            grid=record.grid,
+            relevances=result.relevances,
         )
 
     @staticmethod

@@ -5,31 +5,6 @@ from torch import Tensor
 
 from captum_saco.attr._core.attention_rollout import _check_start_layer
 from captum_saco.attr._core.engine import AttentionAttribution, AttentionTrace
-from captum_saco.attr._core.relevance import attention_relevance
-
-
-def _check_logits(logits: Tensor, scores: Tensor) -> None:
-    """The relevance pass explains the logits; refuse a forward_func that returns
-    something else (finite examples only: a bad example becomes NaN, not an error)."""
-    if logits.shape != scores.shape:
-        raise ValueError(
-            f"forward_func: TransformerAttribution explains the model's logits, of shape "
-            f"{tuple(logits.shape)}, but forward_func returned class scores of shape "
-            f"{tuple(scores.shape)}"
-        )
-    finite = torch.isfinite(scores).all(dim=1) & torch.isfinite(logits).all(dim=1)
-    if not finite.any():
-        return
-    scores, logits = scores[finite], logits[finite].to(scores.dtype)
-    tolerance = max(1e-3, 8 * torch.finfo(scores.dtype).eps)
-    scale = scores.abs().amax(dim=1).clamp(min=1.0)
-    if ((logits - scores).abs().amax(dim=1) > tolerance * scale).any():
-        raise ValueError(
-            "forward_func: its output is not the model's logits; TransformerAttribution "
-            "propagates relevance from the logits of the classifier head, so forward_func "
-            "must return them unchanged (and the model must be in eval mode: dropout makes "
-            "every pass differ)"
-        )
 
 
 class TransformerAttribution(AttentionAttribution):
@@ -52,8 +27,8 @@ class TransformerAttribution(AttentionAttribution):
     canonical form of its layers, so the method supports the models
     :class:`AttentionAttribution` lists, as long as their blocks are plain
     pre-norm ViT blocks (an error names what the canonical form cannot express).
-    It costs one forward pass without gradient, one forward and backward pass of
-    the blocks and the relevance pass.
+    The model itself runs only up to its first block; the cost is one forward
+    and backward pass of the replayed blocks and the relevance pass.
 
     Options of :meth:`attribute`:
 
@@ -63,8 +38,10 @@ class TransformerAttribution(AttentionAttribution):
     Args:
         model (nn.Module): the ViT whose attention is read (timm, Hugging Face or
             torchvision, see :class:`AttentionAttribution`).
-        forward_func (Callable, optional): the function whose output is explained;
-            it must run ``model`` and return its logits. Default: ``model``.
+        forward_func (Callable, optional): a function that runs ``model`` on the
+            inputs (with ``additional_forward_args``); it is run only up to the
+            model's first block, and the relevance is that of the classifier
+            head's logits, whatever ``forward_func`` returns. Default: ``model``.
 
     Examples::
 
@@ -83,27 +60,18 @@ class TransformerAttribution(AttentionAttribution):
         torch.Size([2, 1, 4, 4])
     """
 
-    # The gradients come from the relevance pass's own replay of the blocks, so
-    # the model itself runs once, without gradient.
-    needs_gradients = False
+    needs_relevance = True
 
     def _token_relevance(self, trace: AttentionTrace, *, start_layer: int = 0) -> Tensor:
         """The class token's row of ``J``, as an ``(N, 1, T)`` matrix."""
         _check_start_layer(start_layer, len(trace.attentions))
-        with torch.inference_mode(False):
-            # Inside inference_mode() the trace holds inference tensors, which the
-            # replay's autograd graph cannot save: it works on normal copies.
-            tokens, classes = (
-                (t.clone() if t.is_inference() else t) for t in (trace.tokens, trace.classes)
-            )
-            result = attention_relevance(self._adapter.parts(), tokens, classes)
-        _check_logits(result.logits, trace.scores)
+        assert trace.gradients is not None and trace.relevances is not None
         # Row 0 of (Ā_L + I) ··· (Ā_s + I), from the left: r ← r Ā_b + r.
-        first = result.relevances[0]
+        first = trace.relevances[0]
         row = first.new_zeros(first.shape[0], 1, first.shape[-1])
         row[:, 0, 0] = 1
         for gradient, relevance in zip(
-            reversed(result.gradients[start_layer:]), reversed(result.relevances[start_layer:])
+            reversed(trace.gradients[start_layer:]), reversed(trace.relevances[start_layer:])
         ):
             weighted = (gradient * relevance).clamp_(min=0).mean(dim=1)
             row = torch.baddbmm(row, row, weighted)
