@@ -4,10 +4,10 @@ numbers, prefix tokens, image sizes, canonical parts and clear refusals."""
 from typing import Dict
 
 import pytest
-import timm
 import torch
 import torch.nn.functional as F
 import torchvision
+from tiny_models import tiny_timm, tiny_timm_distilled
 from torch import Tensor, nn
 from transformers import (
     DeiTConfig,
@@ -113,18 +113,6 @@ def test_vit_parts_and_block0_tokens_reproduce_the_logits(
 
 
 # --- prefix tokens and image sizes ----------------------------------------------------
-def _tiny_timm(**kwargs) -> nn.Module:
-    torch.manual_seed(0)
-    config = dict(img_size=32, patch_size=8, embed_dim=24, depth=2, num_heads=2, num_classes=5)
-    config.update(kwargs)
-    return timm.models.VisionTransformer(**config).eval()
-
-
-def _tiny_timm_distilled() -> nn.Module:
-    torch.manual_seed(0)
-    return timm.models.deit.VisionTransformerDistilled(
-        img_size=32, patch_size=8, embed_dim=24, depth=2, num_heads=2, num_classes=5
-    ).eval()
 
 
 def _tiny_hf_deit(cls: type) -> nn.Module:
@@ -142,9 +130,9 @@ def _tiny_hf_deit(cls: type) -> nn.Module:
 
 
 PREFIXED_MODELS = {
-    "timm_distilled": (_tiny_timm_distilled, 2),
-    "timm_registers": (lambda: _tiny_timm(reg_tokens=4), 5),
-    "timm_registers_layer_scale": (lambda: _tiny_timm(reg_tokens=2, init_values=0.1), 3),
+    "timm_distilled": (tiny_timm_distilled, 2),
+    "timm_registers": (lambda: tiny_timm(reg_tokens=4), 5),
+    "timm_registers_layer_scale": (lambda: tiny_timm(reg_tokens=2, init_values=0.1), 3),
     "hf_deit": (lambda: _tiny_hf_deit(DeiTForImageClassification), 2),
     "hf_deit_with_teacher": (lambda: _tiny_hf_deit(DeiTForImageClassificationWithTeacher), 2),
 }
@@ -195,7 +183,7 @@ def test_raw_attention_drops_exactly_the_prefix_token_columns(name: str) -> None
 
 
 def test_distilled_models_expose_both_classifier_heads_in_their_parts(scores_of) -> None:
-    for model in (_tiny_timm_distilled(), _tiny_hf_deit(DeiTForImageClassificationWithTeacher)):
+    for model in (tiny_timm_distilled(), _tiny_hf_deit(DeiTForImageClassificationWithTeacher)):
         parts = vit_parts(model)
         assert [index for index, _ in parts.heads] == [0, 1]
         assert parts.num_prefix_tokens == 2
@@ -203,7 +191,7 @@ def test_distilled_models_expose_both_classifier_heads_in_their_parts(scores_of)
 
 
 def test_layer_scale_and_registers_are_expressed_in_the_parts(scores_of) -> None:
-    model = _tiny_timm(reg_tokens=2, init_values=0.1)
+    model = tiny_timm(reg_tokens=2, init_values=0.1)
     parts = vit_parts(model)
     assert parts.blocks[0].ls1 is model.blocks[0].ls1.gamma
     assert parts.num_prefix_tokens == 3
@@ -211,7 +199,7 @@ def test_layer_scale_and_registers_are_expressed_in_the_parts(scores_of) -> None
 
 
 def test_timm_dynamic_image_size_gives_the_grid_of_the_current_input() -> None:
-    model = _tiny_timm(dynamic_img_size=True)
+    model = tiny_timm(dynamic_img_size=True)
     images = torch.rand(2, 3, 40, 56)
     grid = AttentionRollout(model).attribute(images, upsample=False)
     assert grid.shape == (2, 1, 5, 7)
@@ -255,21 +243,27 @@ def test_a_non_module_is_refused() -> None:
 @pytest.mark.parametrize("pool", ["avg", "map"])
 def test_timm_pooling_other_than_the_class_token_is_refused(pool: str) -> None:
     with pytest.raises(ValueError, match=f"global_pool='{pool}'.*class-token"):
-        AttentionRollout(_tiny_timm(global_pool=pool))
+        AttentionRollout(tiny_timm(global_pool=pool))
 
 
 def test_parts_the_canonical_block_cannot_express_are_refused() -> None:
     with pytest.raises(ValueError, match="qk_norm"):
-        vit_parts(_tiny_timm(qk_norm=True))
+        vit_parts(tiny_timm(qk_norm=True))
     torchvision_with_pre_logits = torchvision.models.VisionTransformer(
-        image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=24, mlp_dim=48,
-        num_classes=5, representation_size=12,
+        image_size=32,
+        patch_size=8,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=24,
+        mlp_dim=48,
+        num_classes=5,
+        representation_size=12,
     )
     with pytest.raises(ValueError, match="representation_size"):
         vit_parts(torchvision_with_pre_logits)
 
 
 def test_models_whose_parts_cannot_be_expressed_still_have_readable_attention() -> None:
-    model = _tiny_timm(qk_norm=True)
+    model = tiny_timm(qk_norm=True)
     grid = RawAttention(model).attribute(torch.rand(1, 3, 32, 32), upsample=False)
     assert grid.shape == (1, 1, 4, 4)

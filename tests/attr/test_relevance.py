@@ -5,8 +5,8 @@ independence of the examples of a batch."""
 from typing import Callable, Dict
 
 import pytest
-import timm
 import torch
+from tiny_models import tiny_timm, tiny_timm_distilled
 from torch import Tensor, nn
 
 from captum_saco.attr import GradientWeightedAttention
@@ -108,23 +108,9 @@ def test_each_example_conserves_its_unit_relevance_down_to_the_block0_tokens(
     torch.testing.assert_close(totals, torch.ones(4), rtol=0, atol=1e-4)
 
 
-def _tiny_timm(**kwargs) -> nn.Module:
-    torch.manual_seed(0)
-    config = dict(img_size=32, patch_size=8, embed_dim=24, depth=2, num_heads=2, num_classes=5)
-    config.update(kwargs)
-    return timm.models.VisionTransformer(**config).eval()
-
-
-def _tiny_timm_distilled() -> nn.Module:
-    torch.manual_seed(0)
-    return timm.models.deit.VisionTransformerDistilled(
-        img_size=32, patch_size=8, embed_dim=24, depth=2, num_heads=2, num_classes=5
-    ).eval()
-
-
 @pytest.mark.parametrize(
     "build",
-    [_tiny_timm_distilled, lambda: _tiny_timm(reg_tokens=2, init_values=0.1)],
+    [tiny_timm_distilled, lambda: tiny_timm(reg_tokens=2, init_values=0.1)],
     ids=["distilled_two_heads", "registers_layer_scale"],
 )
 def test_prefix_tokens_heads_and_layer_scale_keep_logits_and_conservation(

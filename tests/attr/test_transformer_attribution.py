@@ -5,10 +5,10 @@ and the model left as found."""
 from typing import Callable, Dict
 
 import pytest
-import timm
 import torch
 import torch.nn.functional as F
 from captum.attr import Attribution
+from tiny_models import tiny_timm, tiny_timm_distilled
 from torch import Tensor, nn
 from transformers import DeiTConfig, DeiTForImageClassificationWithTeacher
 
@@ -220,18 +220,6 @@ def test_a_non_finite_example_gives_a_non_finite_map_and_one_warning(
 
 
 # --- other models ---------------------------------------------------------------------
-def _tiny_timm(**kwargs) -> nn.Module:
-    torch.manual_seed(0)
-    config = dict(img_size=32, patch_size=8, embed_dim=24, depth=2, num_heads=2, num_classes=5)
-    config.update(kwargs)
-    return timm.models.VisionTransformer(**config).eval()
-
-
-def _tiny_timm_distilled() -> nn.Module:
-    torch.manual_seed(0)
-    return timm.models.deit.VisionTransformerDistilled(
-        img_size=32, patch_size=8, embed_dim=24, depth=2, num_heads=2, num_classes=5
-    ).eval()
 
 
 def _tiny_hf_deit_with_teacher() -> nn.Module:
@@ -251,9 +239,9 @@ def _tiny_hf_deit_with_teacher() -> nn.Module:
 @pytest.mark.parametrize(
     "build",
     [
-        _tiny_timm_distilled,
+        tiny_timm_distilled,
         _tiny_hf_deit_with_teacher,
-        lambda: _tiny_timm(reg_tokens=4, init_values=0.1),
+        lambda: tiny_timm(reg_tokens=4, init_values=0.1),
     ],
     ids=["timm_distilled", "hf_deit_with_teacher", "timm_registers_layer_scale"],
 )
@@ -268,4 +256,4 @@ def test_models_with_several_prefix_tokens_give_patch_grid_maps(
 
 def test_blocks_the_relevance_pass_cannot_replay_are_refused_by_name() -> None:
     with pytest.raises(ValueError, match="qk_norm"):
-        TransformerAttribution(_tiny_timm(qk_norm=True)).attribute(torch.rand(1, 3, 32, 32))
+        TransformerAttribution(tiny_timm(qk_norm=True)).attribute(torch.rand(1, 3, 32, 32))

@@ -1,0 +1,21 @@
+"""Tiny randomly initialised timm ViTs shared by the attribution tests."""
+
+import timm
+import torch
+from torch import nn
+
+
+def tiny_timm(**kwargs) -> nn.Module:
+    """A 2-block timm ViT on 32x32 images with 8x8 patches; ``kwargs`` override."""
+    torch.manual_seed(0)
+    config = dict(img_size=32, patch_size=8, embed_dim=24, depth=2, num_heads=2, num_classes=5)
+    config.update(kwargs)
+    return timm.models.VisionTransformer(**config).eval()
+
+
+def tiny_timm_distilled() -> nn.Module:
+    """The same size as :func:`tiny_timm`, as a distilled DeiT (two prefix tokens)."""
+    torch.manual_seed(0)
+    return timm.models.deit.VisionTransformerDistilled(
+        img_size=32, patch_size=8, embed_dim=24, depth=2, num_heads=2, num_classes=5
+    ).eval()
