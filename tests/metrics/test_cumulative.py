@@ -131,6 +131,29 @@ def test_agrees_with_a_naive_per_example_loop(cnn, images, order):
         )
 
 
+@pytest.mark.parametrize("order", ["most_salient_first", "least_salient_first"])
+def test_per_example_superpixels_give_each_example_its_curve_alone(cnn, images, order):
+    rows, cols = torch.arange(8)[:, None], torch.arange(8)[None, :]
+    masks = torch.stack(  # 16, 8, 2 and 8 regions
+        [((rows // h) * (8 // w) + cols // w)[None] for h, w in [(2, 2), (4, 2), (8, 4), (1, 8)]]
+    )
+    torch.manual_seed(22)
+    attributions = torch.randn(4, 3, 8, 8)
+    fractions = (0.25, 0.5, 0.75)
+    curve = deletion_curve(
+        cnn, images, attributions, fractions=fractions, feature_mask=masks, order=order,
+        max_examples_per_batch=1,
+    )
+    assert curve.n_removed.tolist() == [[0, 4, 8, 12], [0, 2, 4, 6], [0, 0, 1, 2], [0, 2, 4, 6]]
+    for i in range(4):
+        alone = deletion_curve(
+            cnn, images[i : i + 1], attributions[i : i + 1], fractions=fractions,
+            feature_mask=masks[i : i + 1], order=order, max_examples_per_batch=1,
+        )
+        assert curve.n_removed[i].tolist() == alone.n_removed.tolist()
+        assert torch.equal(curve.probabilities[i : i + 1], alone.probabilities)
+
+
 def test_functions_equal_the_methods_of_one_curve(cnn, images):
     attributions = torch.rand(4, 3, 8, 8)
     morf = deletion_curve(cnn, images, attributions)

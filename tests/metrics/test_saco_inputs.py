@@ -2,6 +2,7 @@
 clearly."""
 
 import warnings
+from typing import List, Tuple
 
 import pytest
 import torch
@@ -137,6 +138,57 @@ def test_identity_feature_mask_changes_nothing(cnn, images, attributions):
     assert torch.equal(
         saco(cnn, images, attributions, feature_mask=pixels), saco(cnn, images, attributions)
     )
+
+
+def block_regions(block_shapes: List[Tuple[int, int]]) -> Tensor:
+    """Per-example ``(N, 1, 8, 8)`` superpixels: example ``n`` is tiled by ``block_shapes[n]``
+    blocks, ids ``0..F_n-1`` in row-major block order."""
+    rows, cols = torch.arange(8)[:, None], torch.arange(8)[None, :]
+    return torch.stack(
+        [((rows // h) * (8 // w) + cols // w)[None] for h, w in block_shapes]
+    )
+
+
+def test_per_example_superpixels_score_each_example_as_if_alone(cnn, images, attributions):
+    masks = block_regions([(2, 2), (4, 2), (4, 4), (1, 8)])  # 16, 8, 4 and 8 regions
+    details = saco(
+        cnn, images, attributions, feature_mask=masks, n_groups=4,
+        max_examples_per_batch=1, return_details=True,
+    )
+    assert details.group_size.tolist() == [[4] * 4, [2] * 4, [1] * 4, [2] * 4]
+    for i in range(4):
+        alone = saco(
+            cnn, images[i : i + 1], attributions[i : i + 1], feature_mask=masks[i : i + 1],
+            n_groups=4, max_examples_per_batch=1, return_details=True,
+        )
+        assert torch.equal(details.coefficient[i : i + 1], alone.coefficient)
+        assert torch.equal(details.group_salience[i : i + 1], alone.group_salience)
+        assert torch.equal(details.probability_drop[i : i + 1], alone.probability_drop)
+
+
+def test_example_with_fewer_regions_than_groups_gives_nan_and_one_warning(
+    cnn, images, attributions
+):
+    masks = block_regions([(2, 2), (8, 4), (4, 4), (1, 8)])  # 16, 2, 4 and 8 regions
+    with pytest.warns(UserWarning, match="undefined for 1 of 4") as record:
+        result = saco(
+            cnn, images, attributions, feature_mask=masks, n_groups=4, max_examples_per_batch=1
+        )
+    assert len([w for w in record if "saco" in str(w.message)]) == 1
+    assert "fewer features than n_groups" in str(record[0].message)
+    assert torch.isnan(result[1])
+    for i in [0, 2, 3]:
+        alone = saco(
+            cnn, images[i : i + 1], attributions[i : i + 1], feature_mask=masks[i : i + 1],
+            n_groups=4, max_examples_per_batch=1,
+        )
+        assert torch.equal(result[i : i + 1], alone)
+
+
+def test_n_groups_above_the_regions_of_every_example_is_rejected(cnn, images, attributions):
+    masks = block_regions([(2, 2), (8, 4), (4, 4), (1, 8)])  # at most 16 regions
+    with pytest.raises(ValueError, match=r"n_groups.*\(16\), got 17"):
+        saco(cnn, images, attributions, feature_mask=masks, n_groups=17)
 
 
 # --- real Captum attributions -------------------------------------------------
@@ -282,10 +334,6 @@ def test_feature_mask_errors_name_the_mask(cnn, images):
             cnn, images, torch.rand(4, 8, 8),
             feature_mask=torch.zeros(1, 1, 4, 4, dtype=torch.long),
         )
-    uneven = torch.arange(64).reshape(1, 1, 8, 8).repeat(4, 1, 1, 1)
-    uneven[0] = 0
-    with pytest.raises(ValueError, match="same feature ids"):
-        saco(cnn, images, torch.rand(4, 8, 8), feature_mask=uneven)
 
 
 def test_bad_max_examples_per_batch_is_rejected(cnn, images):

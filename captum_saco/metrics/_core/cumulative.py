@@ -32,11 +32,15 @@ class DeletionCurve(NamedTuple):
     Point 0 is the clean input; point ``k >= 1`` removes the ``m_k =
     round(f_k · F)`` features (rounded half to even) that come first in the
     deletion order: the most salient ones for ``"most_salient_first"``, the
-    least salient ones for ``"least_salient_first"``.
+    least salient ones for ``"least_salient_first"``. With a per-example
+    ``feature_mask`` giving example ``n`` its own ``F_n`` features, it
+    removes ``round(f_k · F_n)`` of them.
 
     Attributes:
         fractions (Tensor): ``(S + 1,)`` ``0, f_1, ..., f_S``.
-        n_removed (Tensor): ``(S + 1,)`` ``0, m_1, ..., m_S``.
+        n_removed (Tensor): ``(S + 1,)`` ``0, m_1, ..., m_S``; ``(N, S + 1)``,
+            one row per example, when the examples have different numbers of
+            features.
         probabilities (Tensor): ``(N, S + 1)`` ``p(c | x̃_k)``; column 0 is
             ``p(c | x)``.
         target (Tensor): ``(N,)`` the target class ``c``.
@@ -108,7 +112,9 @@ def deletion_curve(
     all, rounded half to even) are replaced by the baseline together, and
     ``p(c | x̃_k)`` is recorded. ``order="most_salient_first"`` removes ranks
     ``[0, m_k)`` (MoRF), ``order="least_salient_first"`` ranks
-    ``[F − m_k, F)`` (LeRF).
+    ``[F − m_k, F)`` (LeRF). With a per-example ``feature_mask`` (e.g.
+    superpixels with ``F_n`` regions in example ``n``), ``F`` is each
+    example's own ``F_n``.
 
     The AOPC, LOdds and AUC of a curve are its methods
     :meth:`DeletionCurve.aopc`, :meth:`DeletionCurve.log_odds` and
@@ -141,7 +147,8 @@ def deletion_curve(
                     ``f_1 < ... < f_S`` in ``(0, 1]``. Default: 0.1, ..., 0.9
         feature_mask (Tensor or tuple[Tensor, ...], optional): Integer ids
                     grouping input elements into features (regions), as in
-                    :func:`~captum_saco.metrics.saco`. Default: None
+                    :func:`~captum_saco.metrics.saco`; examples may have
+                    different numbers of regions. Default: None
         max_examples_per_batch (int, optional): The most examples passed to
                     ``forward_func`` at once. Default: None, all at once.
         order (str, optional): Keyword-only. ``"most_salient_first"`` or
@@ -151,7 +158,8 @@ def deletion_curve(
                     Default: True
 
     Returns:
-        DeletionCurve: fractions and removed counts ``(S + 1,)``,
+        DeletionCurve: fractions ``(S + 1,)``, removed counts ``(S + 1,)``
+        (``(N, S + 1)`` when examples have different feature counts),
         probabilities ``(N, S + 1)`` (column 0 the clean input) and targets,
         on the inputs' device. Examples whose probabilities are not finite
         give NaN metrics and one warning.
@@ -178,12 +186,12 @@ def deletion_curve(
     steps = _validate_fractions(fractions)
     inputs_t = format_inputs(inputs)
     ranking = rank_features(inputs_t, attributions, feature_mask)
-    n_features = ranking.n_features
-    n_removed = torch.round(steps * n_features).long()
+    feature_counts = ranking.feature_counts.unsqueeze(1)
+    n_removed = torch.round(steps.to(feature_counts.device) * feature_counts).long()
     if order == "most_salient_first":
         starts, stops = torch.zeros_like(n_removed), n_removed
     else:
-        starts, stops = n_features - n_removed, torch.full_like(n_removed, n_features)
+        starts, stops = feature_counts - n_removed, feature_counts.expand_as(n_removed)
     probabilities = removal_probabilities(
         forward_func,
         inputs_t,
@@ -208,9 +216,12 @@ def deletion_curve(
         )
         curve = curve.masked_fill(not_finite.unsqueeze(1), torch.nan)
     device = curve.device
+    n_removed = torch.cat([n_removed.new_zeros(n_removed.shape[0], 1), n_removed], dim=1)
+    if bool((feature_counts == feature_counts[0]).all()):
+        n_removed = n_removed[0]
     return DeletionCurve(
         fractions=torch.cat([steps.new_zeros(1), steps]).to(device=device, dtype=curve.dtype),
-        n_removed=torch.cat([n_removed.new_zeros(1), n_removed]).to(device),
+        n_removed=n_removed.to(device),
         probabilities=curve,
         target=probabilities.target,
     )

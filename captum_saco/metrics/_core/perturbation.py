@@ -43,7 +43,13 @@ class FeatureRanking(NamedTuple):
             inputs together).
         order (Tensor): ``(N, F)`` feature indices sorted by descending
             salience, ties in feature-index order (position 0 is the most
-            salient feature).
+            salient feature). Features absent from an example (a per-example
+            ``feature_mask`` that does not use every id) come after all its
+            present ones, with salience 0.
+        feature_counts (Tensor): ``(N,)`` the number ``F_n`` of features
+            present in each example (``F`` for all examples unless a
+            per-example ``feature_mask`` uses different ids); example ``n``'s
+            features are the ranks ``[0, F_n)``.
         element_ranks (tuple of Tensor): for each input, the rank (position in
             ``order``) of the feature each input element belongs to, shaped to
             broadcast against that input (for an image ``(N, 1, H, W)``).
@@ -51,10 +57,12 @@ class FeatureRanking(NamedTuple):
 
     salience: Tensor
     order: Tensor
+    feature_counts: Tensor
     element_ranks: Tuple[Tensor, ...]
 
     @property
     def n_features(self) -> int:
+        """``F``, the number of feature ids of the batch, all examples together."""
         return self.salience.shape[1]
 
 
@@ -64,8 +72,8 @@ class RemovalProbabilities(NamedTuple):
     Attributes:
         clean (Tensor): ``(N,)`` probability ``p(c | x)``.
         removed (Tensor): ``(N, P)`` probability after replacing the features
-            of ranks ``[starts[k], stops[k])`` with the baseline, for each of
-            the ``P`` removals.
+            of ranks ``[starts[n, k], stops[n, k])`` of example ``n`` with the
+            baseline, for each of the ``P`` removals.
         target (Tensor): ``(N,)`` the target class ``c`` of each example.
     """
 
@@ -200,7 +208,10 @@ def rank_features(
     summed), the tokens of ``(N, T, D)`` inputs (``D`` summed) and the scalars
     of ``(N, F)`` inputs, or the regions of ``feature_mask`` (one id may span
     several inputs, as in Captum's ``FeatureAblation``); the features of all
-    inputs are ranked together. Attributions on a grid smaller than the image
+    inputs are ranked together. A per-example ``feature_mask`` may give the
+    examples different ids (superpixels with a different number of regions
+    per image): each example ranks only the ids it uses, and the ids it does
+    not use are ranked after them. Attributions on a grid smaller than the image
     are upsampled bilinearly (``align_corners=False``).
 
     Args:
@@ -240,6 +251,7 @@ def rank_features(
             for size, offset, m in zip(sizes, offsets, maps)
         ]
         salience = flat_maps
+        present = torch.ones_like(salience, dtype=torch.bool)
     else:
         masks = feature_mask if isinstance(feature_mask, tuple) else (feature_mask,)
         if len(masks) != len(inputs) or not all(isinstance(m, Tensor) for m in masks):
@@ -253,19 +265,16 @@ def rank_features(
         flat_ids = torch.cat([r.expand(n, *r.shape[1:]).reshape(n, -1) for r in raw_ids], 1)
         _, dense = torch.unique(flat_ids, return_inverse=True)
         n_features = int(dense.max()) + 1
-        counts = torch.zeros(n, n_features, device=dense.device, dtype=torch.long)
-        counts.scatter_add_(1, dense, torch.ones_like(dense))
-        if not bool((counts > 0).all()):
-            raise ValueError(
-                "feature_mask: every example must use the same feature ids; some ids "
-                "are missing from some examples"
-            )
+        present = torch.zeros(n, n_features, device=dense.device, dtype=torch.bool)
+        present.scatter_(1, dense, True)
         salience = torch.zeros(n, n_features, device=flat_maps.device, dtype=flat_maps.dtype)
         salience.scatter_add_(1, dense, flat_maps)
         ids = list(torch.split(dense, [m[0].numel() for m in maps], dim=1))
         ids = [i.reshape(n, *m.shape[1:]) for i, m in zip(ids, maps)]
 
-    order = torch.sort(salience, dim=1, descending=True, stable=True).indices
+    # Attributions are finite, so -inf ranks the absent features after every present one.
+    sort_key = salience.masked_fill(~present, -torch.inf)
+    order = torch.sort(sort_key, dim=1, descending=True, stable=True).indices
     rank = torch.empty_like(order)
     rank.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
     element_ranks = []
@@ -276,7 +285,7 @@ def rank_features(
         for d in reduced_dims:
             r = r.unsqueeze(d)
         element_ranks.append(r)
-    return FeatureRanking(salience, order, tuple(element_ranks))
+    return FeatureRanking(salience, order, present.sum(dim=1), tuple(element_ranks))
 
 
 def resolve_baselines(inputs: Tuple[Tensor, ...], baselines: BaselineType) -> Tuple[Tensor, ...]:
@@ -388,7 +397,7 @@ def removal_probabilities(
     max_examples_per_batch: Optional[int] = None,
     apply_softmax: bool = True,
 ) -> RemovalProbabilities:
-    """Target-class probabilities with the feature ranks ``[starts[k], stops[k])`` removed.
+    """Target-class probabilities with the feature ranks ``[starts, stops)`` removed.
 
     Runs one clean forward pass per example and one per example and removal,
     in chunks of at most ``max_examples_per_batch`` examples, under
@@ -401,7 +410,8 @@ def removal_probabilities(
         inputs (tuple of Tensor): the formatted inputs.
         ranking (FeatureRanking): from :func:`rank_features`.
         starts, stops (Tensor): ``(P,)`` rank intervals to replace, one per
-            removal; rank 0 is the most salient feature.
+            removal, shared by all examples, or ``(N, P)`` per example; rank 0
+            is an example's most salient feature.
         baselines (tuple of Tensor): from :func:`resolve_baselines`.
         additional_forward_args (Any, optional): passed after the inputs; its
             tensors whose first dimension is ``N`` are indexed per example.
@@ -424,11 +434,11 @@ def removal_probabilities(
         )
     n = inputs[0].shape[0]
     device = inputs[0].device
-    n_removals = starts.shape[0]
+    n_removals = starts.shape[-1]
     chunk = max_examples_per_batch or max(n * n_removals, n, 1)
     extra = _format_additional_forward_args(additional_forward_args)
-    starts = starts.to(device)
-    stops = stops.to(device)
+    starts = starts.to(device).expand(n, n_removals)
+    stops = stops.to(device).expand(n, n_removals)
 
     with torch.no_grad():
         outputs = [
@@ -444,7 +454,9 @@ def removal_probabilities(
             for x, b, r in zip(inputs, baselines, ranking.element_ranks):
                 shape = (-1,) + (1,) * (r.dim() - 1)
                 r_rows = r[rows]
-                hit = (r_rows >= starts[step].view(shape)) & (r_rows < stops[step].view(shape))
+                hit = (r_rows >= starts[rows, step].view(shape)) & (
+                    r_rows < stops[rows, step].view(shape)
+                )
                 b_rows = b[rows] if b.shape[0] == n and n > 1 else b
                 perturbed.append(torch.where(hit, b_rows, x[rows]))
             output = _forward(forward_func, perturbed, extra, rows, n)
@@ -460,18 +472,35 @@ def removal_probabilities(
     return RemovalProbabilities(clean, removed, classes)
 
 
-def rank_intervals_of_groups(n_features: int, n_groups: int) -> Tuple[Tensor, Tensor]:
+def rank_intervals_of_groups(
+    n_features: Union[int, Tensor], n_groups: int
+) -> Tuple[Tensor, Tensor]:
     """Rank intervals ``[start, stop)`` of the groups ``torch.tensor_split`` makes.
 
-    The first ``n_features % n_groups`` groups hold one feature more.
+    The first ``n_features % n_groups`` groups hold one feature more; with
+    fewer features than groups the last groups are empty.
+
+    Args:
+        n_features (int or Tensor): ``F``, or the ``(N,)`` feature counts of
+            the examples.
+        n_groups (int): ``K``.
+
+    Returns:
+        tuple of Tensor: ``starts`` and ``stops``, ``(K,)`` for an int
+        ``n_features``, ``(N, K)`` for a tensor.
 
     Examples::
 
         >>> starts, stops = rank_intervals_of_groups(11, 4)
         >>> starts.tolist(), stops.tolist()
         ([0, 3, 6, 9], [3, 6, 9, 11])
+        >>> starts, stops = rank_intervals_of_groups(torch.tensor([11, 5]), 4)
+        >>> starts.tolist(), stops.tolist()
+        ([[0, 3, 6, 9], [0, 2, 3, 4]], [[3, 6, 9, 11], [2, 3, 4, 5]])
     """
-    groups = torch.tensor_split(torch.arange(n_features), n_groups)
-    starts = torch.tensor([int(g[0]) for g in groups])
-    stops = torch.tensor([int(g[-1]) + 1 for g in groups])
+    counts = torch.as_tensor(n_features).unsqueeze(-1)
+    group = torch.arange(n_groups, device=counts.device)
+    size, larger = counts // n_groups, counts % n_groups
+    starts = group * size + torch.minimum(group, larger)
+    stops = starts + size + (group < larger).long()
     return starts, stops

@@ -145,14 +145,17 @@ def saco(
 
     The coefficient is undefined, and NaN is returned for that example with
     one warning for the call, when all the example's feature saliences are
-    equal (the map carries no ranking), when ``Σ |w| = 0``, or when the
-    model's probabilities are not finite. The dataset-level score is the mean
+    equal (the map carries no ranking), when it has fewer features than
+    ``K``, when ``Σ |w| = 0``, or when the model's probabilities are not
+    finite. The dataset-level score is the mean
     of the defined coefficients (e.g. ``torch.nanmean``).
 
     Features: the pixels of ``(N, C, H, W)`` image inputs (a pixel's channels
     are replaced together), the tokens of ``(N, T, D)`` inputs, the scalars of
     ``(N, F)`` inputs, or the regions of ``feature_mask``. The features of all
-    inputs of a multi-input model are ranked together.
+    inputs of a multi-input model are ranked together. With a per-example
+    ``feature_mask`` (superpixels, e.g. SLIC, with ``F_n`` regions in example
+    ``n``) each example ranks and splits its own ``F_n`` features.
 
     Cost: one clean forward pass and ``K`` perturbed forward passes per
     example, batched in chunks of ``max_examples_per_batch`` under
@@ -190,13 +193,18 @@ def saco(
                     Default: None, the class the model predicts for each
                     clean example.
         n_groups (int, optional): ``K``, the number of salience groups;
-                    ``2 <= K <= F`` for ``F`` features. Default: 10
+                    ``2 <= K <= F`` for ``F`` features (with a per-example
+                    ``feature_mask``, ``F`` of the example with most
+                    features; an example with fewer than ``K`` gives NaN).
+                    Default: 10
         feature_mask (Tensor or tuple[Tensor, ...], optional): Integer feature
                     ids, one tensor per input, broadcastable to it (batch
                     dimension 1 or ``N``), as in Captum's ``FeatureAblation``.
                     A feature's salience is the sum of the attribution over
                     its region and a group replaces whole regions. A region
                     must hold whole pixels (all channels) or whole tokens.
+                    Examples may use different ids, e.g. ``(N, 1, H, W)``
+                    superpixels with a different number of regions each.
                     Default: None, every pixel, token or scalar is a feature.
         max_examples_per_batch (int, optional): The most examples (clean or
                     perturbed) passed to ``forward_func`` at once. Default:
@@ -216,7 +224,8 @@ def saco(
 
     Raises:
         ValueError: an attribution whose shape cannot be matched to its input,
-            non-finite attributions, ``n_groups`` outside ``[2, F]``, a target
+            non-finite attributions, ``n_groups`` outside ``[2, F]`` (``F``
+            the most features any example has), a target
             out of range, a baseline or feature mask of the wrong shape.
 
     Examples::
@@ -239,15 +248,16 @@ def saco(
     """
     inputs_t = format_inputs(inputs)
     ranking = rank_features(inputs_t, attributions, feature_mask)
-    n_features = ranking.n_features
+    feature_counts = ranking.feature_counts
+    max_features = int(feature_counts.max())
     if isinstance(n_groups, bool) or not isinstance(n_groups, int) or not (
-        2 <= n_groups <= n_features
+        2 <= n_groups <= max_features
     ):
         raise ValueError(
             f"n_groups: expected an int between 2 and the number of features "
-            f"({n_features}), got {n_groups!r}"
+            f"({max_features}), got {n_groups!r}"
         )
-    starts, stops = rank_intervals_of_groups(n_features, n_groups)
+    starts, stops = rank_intervals_of_groups(feature_counts, n_groups)
     probabilities = removal_probabilities(
         forward_func,
         inputs_t,
@@ -262,24 +272,26 @@ def saco(
     )
     n = ranking.salience.shape[0]
     device = ranking.salience.device
-    group_of_rank = torch.repeat_interleave(
-        torch.arange(n_groups, device=device), (stops - starts).to(device)
-    )
+    ranks = torch.arange(ranking.n_features, device=device).expand(n, -1).contiguous()
+    # Group n_groups collects the ranks past an example's own features.
+    group_of_rank = torch.searchsorted(stops, ranks, right=True)
     sorted_salience = ranking.salience.gather(1, ranking.order)
-    group_salience = sorted_salience.new_zeros(n, n_groups).index_add_(
+    group_salience = sorted_salience.new_zeros(n, n_groups + 1).scatter_add_(
         1, group_of_rank, sorted_salience
-    )
+    )[:, :n_groups]
     drop = probabilities.clean.unsqueeze(1) - probabilities.removed
     coefficient = saco_coefficient(group_salience, drop)
-    constant_map = (ranking.salience == ranking.salience[:, :1]).all(dim=1)
-    coefficient = coefficient.masked_fill(constant_map, torch.nan)
+    own_feature = ranks < feature_counts.unsqueeze(1)
+    constant_map = ((sorted_salience == sorted_salience[:, :1]) | ~own_feature).all(dim=1)
+    coefficient = coefficient.masked_fill(constant_map | (feature_counts < n_groups), torch.nan)
     undefined = torch.isnan(coefficient)
     if bool(undefined.any()):
         warnings.warn(
             f"saco: the coefficient is undefined for {int(undefined.sum())} of {n} "
             f"examples (indices {undefined.nonzero().flatten().tolist()}): their "
-            "attribution map is constant, their group saliences are all equal, or the "
-            "model's probabilities are not finite; returning NaN for them",
+            "attribution map is constant, they have fewer features than n_groups, their "
+            "group saliences are all equal, or the model's probabilities are not finite; "
+            "returning NaN for them",
             UserWarning,
             stacklevel=2,
         )
@@ -288,7 +300,7 @@ def saco(
     return SacoDetails(
         coefficient=coefficient,
         group_salience=group_salience,
-        group_size=(stops - starts).to(device).repeat(n, 1),
+        group_size=stops - starts,
         probability_drop=drop,
         clean_probability=probabilities.clean,
         target=probabilities.target,
