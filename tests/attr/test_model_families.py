@@ -7,10 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from tiny_models import tiny_timm, tiny_timm_distilled
+from tiny_models import tiny_hf_deit, tiny_timm, tiny_timm_distilled
 from torch import Tensor, nn
 from transformers import (
-    DeiTConfig,
     DeiTForImageClassification,
     DeiTForImageClassificationWithTeacher,
     ViTConfig,
@@ -115,26 +114,12 @@ def test_vit_parts_and_block0_tokens_reproduce_the_logits(
 # --- prefix tokens and image sizes ----------------------------------------------------
 
 
-def _tiny_hf_deit(cls: type) -> nn.Module:
-    torch.manual_seed(0)
-    config = DeiTConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=24,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=48,
-        num_labels=5,
-    )
-    return cls(config).eval()
-
-
 PREFIXED_MODELS = {
     "timm_distilled": (tiny_timm_distilled, 2),
     "timm_registers": (lambda: tiny_timm(reg_tokens=4), 5),
     "timm_registers_layer_scale": (lambda: tiny_timm(reg_tokens=2, init_values=0.1), 3),
-    "hf_deit": (lambda: _tiny_hf_deit(DeiTForImageClassification), 2),
-    "hf_deit_with_teacher": (lambda: _tiny_hf_deit(DeiTForImageClassificationWithTeacher), 2),
+    "hf_deit": (lambda: tiny_hf_deit(DeiTForImageClassification), 2),
+    "hf_deit_with_teacher": (lambda: tiny_hf_deit(DeiTForImageClassificationWithTeacher), 2),
 }
 
 
@@ -183,7 +168,7 @@ def test_raw_attention_drops_exactly_the_prefix_token_columns(name: str) -> None
 
 
 def test_distilled_models_expose_both_classifier_heads_in_their_parts(scores_of) -> None:
-    for model in (tiny_timm_distilled(), _tiny_hf_deit(DeiTForImageClassificationWithTeacher)):
+    for model in (tiny_timm_distilled(), tiny_hf_deit(DeiTForImageClassificationWithTeacher)):
         parts = vit_parts(model)
         assert [index for index, _ in parts.heads] == [0, 1]
         assert parts.num_prefix_tokens == 2

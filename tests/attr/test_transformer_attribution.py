@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from captum.attr import Attribution
-from tiny_models import tiny_timm, tiny_timm_distilled
+from tiny_models import tiny_hf_deit, tiny_timm, tiny_timm_distilled
 from torch import Tensor, nn
-from transformers import DeiTConfig, DeiTForImageClassificationWithTeacher
+from transformers import DeiTForImageClassificationWithTeacher
 
 import captum_saco
 from captum_saco.attr import TransformerAttribution
@@ -222,25 +222,11 @@ def test_a_non_finite_example_gives_a_non_finite_map_and_one_warning(
 # --- other models ---------------------------------------------------------------------
 
 
-def _tiny_hf_deit_with_teacher() -> nn.Module:
-    torch.manual_seed(0)
-    config = DeiTConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=24,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=48,
-        num_labels=5,
-    )
-    return DeiTForImageClassificationWithTeacher(config).eval()
-
-
 @pytest.mark.parametrize(
     "build",
     [
         tiny_timm_distilled,
-        _tiny_hf_deit_with_teacher,
+        lambda: tiny_hf_deit(DeiTForImageClassificationWithTeacher),
         lambda: tiny_timm(reg_tokens=4, init_values=0.1),
     ],
     ids=["timm_distilled", "hf_deit_with_teacher", "timm_registers_layer_scale"],
