@@ -2,7 +2,6 @@ import csv
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -196,7 +195,7 @@ def test_pretrained_weights_that_cannot_be_downloaded_are_a_clear_error(
     assert_one_sentence_error(rc, err, "cannot load the pretrained weights of 'resnet18'")
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_a_cuda_device_without_cuda_is_a_clear_error(capsys) -> None:
     rc, _, err = run_cli(capsys, "--device", "cuda")
     assert_one_sentence_error(rc, err, "CUDA is not available")
@@ -227,10 +226,11 @@ def test_python_dash_m_runs_the_command(tmp_path) -> None:
     assert json.loads(path.read_text())["n_images"] == 2
 
 
-@pytest.mark.skipif(shutil.which("captum-saco") is None, reason="console script not installed")
 def test_console_script_reports_errors_with_exit_status_2() -> None:
+    script = Path(sys.executable).with_name("captum-saco")
+    assert script.exists(), f"the install did not create the console script {script}"
     proc = subprocess.run(
-        ["captum-saco", "--methods", "nope"], capture_output=True, text=True, timeout=300
+        [str(script), "--methods", "nope"], capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 2 and "unknown method 'nope'" in proc.stderr
 

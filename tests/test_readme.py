@@ -12,7 +12,7 @@ PYTHON_BLOCKS = re.findall(r"```python\n(.*?)```", README, re.S)
 
 def test_readme_shows_the_two_setup_commands_that_ci_runs() -> None:
     install_and_run = 'pip install -e ".[all]" && python -m captum_saco'
-    install_and_test = 'pip install -e ".[test]" && python -m pytest'
+    install_and_test = 'pip install -e ".[test]" && python -m pytest -rs'
     assert install_and_run in README
     assert install_and_test in README
     assert install_and_test in (ROOT / ".ci" / "run").read_text()

@@ -11,18 +11,23 @@ import torchvision
 from torch import Tensor, nn
 from transformers import ViTConfig, ViTForImageClassification
 
-REFERENCE_FILE = (
-    Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "vit_chefer_reference.pt"
-)
+DATA = Path(__file__).resolve().parents[1] / "data"
+REFERENCE_FILE = DATA / "vit_chefer_reference.pt"
+MORE_REFERENCE_FILE = DATA / "vit_reference_more.pt"
 FAMILIES = ("timm", "huggingface", "torchvision")
 
 
 @pytest.fixture(scope="session")
 def reference() -> Dict:
-    """The recorded outputs of the original implementations (see its README)."""
-    if not REFERENCE_FILE.exists():
-        pytest.skip(f"reference attributions not found at {REFERENCE_FILE}")
+    """The recorded outputs of the original implementations (see tests/data/README.md)."""
     return torch.load(REFERENCE_FILE, weights_only=True)
+
+
+@pytest.fixture(scope="session")
+def more_reference() -> Dict:
+    """More recorded outputs for the same ViT: full LRP, LXT, conservative LRP,
+    AttCAT and float64 reruns (see tests/data/README.md)."""
+    return torch.load(MORE_REFERENCE_FILE, weights_only=True)
 
 
 def timm_from_reference(reference: Dict) -> nn.Module:
