@@ -27,7 +27,7 @@ examples of the batch.
 """
 
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,7 @@ from torch import Tensor
 
 from captum_saco._utils import TargetType, resolve_target
 from captum_saco.attr._core.adapters import BlockParts, ViTParts
+from captum_saco.attr._core.replay import BlockRecord, at_rows, block_forward
 
 _EPSILON = 1e-9
 
@@ -62,32 +63,6 @@ class AttentionRelevance:
     gradients: List[Tensor]
     relevances: List[Tensor]
     input_relevance: Tensor
-
-
-@dataclass(frozen=True)
-class _BlockRecord:
-    """The activations of one block that its relevance rules read.
-
-    After the attention, a block may be evaluated on some token positions only
-    (``rows``): the last block's output is read only at the classifier heads'
-    tokens, and the relevance of every other position is exactly zero.
-    """
-
-    rows: Optional[Tensor]  # positions kept after the attention, None for all
-    skip: Tensor  # block input at the kept positions, the first residual's skip
-    normed: Tensor  # norm1 output, the qkv input (N, T, D)
-    q: Tensor  # (N, heads, T, d)
-    k: Tensor
-    v: Tensor
-    scores: Tensor  # q @ k^T before the scale (N, heads, T, T)
-    attention: Tensor  # softmax(scale * scores)
-    context: Tensor  # attention @ v (N, heads, T, d)
-    merged: Tensor  # context with heads merged at the kept positions, the proj input
-    attention_branch: Tensor  # ls1 * proj(merged), the first residual's branch
-    mid: Tensor  # skip + attention_branch, the skip of the second residual
-    mlp_in: Tensor  # norm2 output, the fc1 input
-    hidden: Tensor  # act(fc1(mlp_in)), the fc2 input
-    mlp_branch: Tensor  # ls2 * fc2(hidden), the second residual's branch
 
 
 def _stabilised_divide(numerator: Tensor, denominator: Tensor) -> Tensor:
@@ -148,50 +123,8 @@ def _bilinear_relevance(
     return left_relevance / 2, right_relevance / 2
 
 
-def _block_forward(
-    block: BlockParts, tokens: Tensor, rows: Optional[Tensor] = None
-) -> _BlockRecord:
-    n, t, dim = tokens.shape
-    heads = block.num_heads
-    normed = block.norm1(tokens)
-    qkv = F.linear(normed, block.qkv_weight, block.qkv_bias)
-    q, k, v = qkv.reshape(n, t, 3, heads, dim // heads).permute(2, 0, 3, 1, 4).unbind(0)
-    scores = q @ k.transpose(-2, -1)
-    attention = (scores * (dim // heads) ** -0.5).softmax(dim=-1)
-    if not attention.requires_grad:
-        # Frozen weights and detached tokens: the gradient still starts here.
-        attention.requires_grad_(True)
-    context = attention @ v
-    merged = context.transpose(1, 2).reshape(n, t, dim)
-    skip = tokens
-    if rows is not None:
-        merged, skip = merged[:, rows], tokens[:, rows]
-    attention_branch = block.proj(merged)
-    if block.ls1 is not None:
-        attention_branch = attention_branch * block.ls1
-    mid = skip + attention_branch
-    mlp_in = block.norm2(mid)
-    hidden = block.act(block.fc1(mlp_in))
-    mlp_branch = block.fc2(hidden)
-    if block.ls2 is not None:
-        mlp_branch = mlp_branch * block.ls2
-    return _BlockRecord(
-        rows, skip, normed, q, k, v, scores, attention, context, merged, attention_branch,
-        mid, mlp_in, hidden, mlp_branch,
-    )
-
-
-def _at_rows(values: Tensor, rows: Optional[Tensor], length: int) -> Tensor:
-    """``values`` given at token positions ``rows``, zero-filled to ``length`` tokens."""
-    if rows is None:
-        return values
-    full = values.new_zeros(values.shape[0], length, values.shape[2])
-    full[:, rows] = values
-    return full
-
-
 def _block_relevance(
-    block: BlockParts, record: _BlockRecord, relevance: Tensor
+    block: BlockParts, record: BlockRecord, relevance: Tensor
 ) -> Tuple[Tensor, Tensor]:
     """Relevance of the block's input tokens and of its attention probabilities."""
     mid_relevance, mlp_relevance = _residual_relevance(record.mid, record.mlp_branch, relevance)
@@ -205,7 +138,7 @@ def _block_relevance(
     )
     n, heads, t, d = record.context.shape
     merged_relevance = _linear_relevance(record.merged, block.proj.weight, branch_relevance)
-    context_relevance = _at_rows(merged_relevance, record.rows, t)
+    context_relevance = at_rows(merged_relevance, record.rows, t)
     context_relevance = context_relevance.reshape(n, t, heads, d).transpose(1, 2)
     attention_relevance, v_relevance = _bilinear_relevance(
         record.attention, record.v, record.context, context_relevance
@@ -217,7 +150,7 @@ def _block_relevance(
         (q_relevance, k_relevance.transpose(-2, -1), v_relevance), dim=2
     )  # (N, heads, 3, T, d)
     qkv_relevance = qkv_relevance.permute(0, 3, 2, 1, 4).reshape(n, t, 3 * heads * d)
-    tokens_relevance = _at_rows(skip_relevance, record.rows, t) + _linear_relevance(
+    tokens_relevance = at_rows(skip_relevance, record.rows, t) + _linear_relevance(
         record.normed, block.qkv_weight, qkv_relevance
     )
     return tokens_relevance, attention_relevance
@@ -249,11 +182,11 @@ def attention_relevance(
         head_tokens = sorted({index for index, _ in parts.heads})
         position = {index: p for p, index in enumerate(head_tokens)}
         last_rows = torch.tensor(head_tokens, device=tokens.device)
-        records: List[_BlockRecord] = []
+        records: List[BlockRecord] = []
         hidden = tokens.detach()
         for b, block in enumerate(parts.blocks):
             rows = last_rows if b == len(parts.blocks) - 1 else None
-            records.append(_block_forward(block, hidden, rows))
+            records.append(block_forward(block, hidden, rows))
             hidden = records[-1].mid + records[-1].mlp_branch
         normed = parts.norm(hidden)
         logits = torch.stack(
@@ -273,7 +206,7 @@ def attention_relevance(
             )
         block_relevances: List[Tensor] = []
         for block, record in zip(reversed(parts.blocks), reversed(records)):
-            detached = _BlockRecord(
+            detached = BlockRecord(
                 *(None if value is None else value.detach() for value in vars(record).values())
             )
             relevance, attention_relevance_b = _block_relevance(block, detached, relevance)
