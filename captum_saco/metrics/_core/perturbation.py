@@ -142,7 +142,7 @@ def _feature_map(
             raise mismatch()
     elif not (a.dim() == len(feature_shape) + 1 and tuple(a.shape[1:]) == feature_shape):
         raise mismatch()
-    given = a.reshape(n, -1)
+    given = a.flatten(1)
     if tuple(a.shape[1:]) != feature_shape:
         if len(feature_shape) not in _INTERPOLATION_MODES:
             raise ValueError(
@@ -235,7 +235,7 @@ def rank_features(
     if not all(bool(torch.isfinite(m).all()) for m in given):
         raise ValueError("attributions: contain NaN or infinite values")
     n = inputs[0].shape[0]
-    flat_maps = torch.cat([m.reshape(n, -1) for m in maps], dim=1)
+    flat_maps = torch.cat([m.flatten(1) for m in maps], dim=1)
     given_flat = torch.cat(given, dim=1)
     constant = (given_flat == given_flat[:, :1]).all(dim=1)
 
@@ -258,7 +258,7 @@ def rank_features(
         raw_ids = [
             _feature_ids(m, x, i, len(inputs)) for i, (m, x) in enumerate(zip(masks, inputs))
         ]
-        flat_ids = torch.cat([r.expand(n, *r.shape[1:]).reshape(n, -1) for r in raw_ids], 1)
+        flat_ids = torch.cat([r.expand(n, *r.shape[1:]).flatten(1) for r in raw_ids], 1)
         _, dense = torch.unique(flat_ids, return_inverse=True)
         n_features = int(dense.max()) + 1 if dense.numel() else 0
         present = torch.zeros(n, n_features, device=dense.device, dtype=torch.bool)
@@ -276,7 +276,7 @@ def rank_features(
     element_ranks = []
     for feature_ids, x in zip(ids, inputs):
         _, reduced_dims = _feature_dims(x)
-        r = rank.gather(1, feature_ids.expand(n, *feature_ids.shape[1:]).reshape(n, -1))
+        r = rank.gather(1, feature_ids.expand(n, *feature_ids.shape[1:]).flatten(1))
         r = r.reshape(n, *feature_ids.shape[1:])
         for d in reduced_dims:
             r = r.unsqueeze(d)
@@ -544,7 +544,7 @@ def removal_probabilities(
         tables.append(torch.stack([which, examples, starts, stops], dim=1))
     jobs, inverse = torch.unique(torch.cat(tables), dim=0, return_inverse=True)
     parts: List[TargetProbability] = []
-    for chunk_jobs in jobs.split(chunk):
+    for chunk_jobs in jobs.split(chunk) if len(jobs) else ():
         rows = chunk_jobs[:, 1]
         output = _forward_rows(
             forward_func, prepared, _perturbed(prepared, rankings, chunk_jobs), rows

@@ -257,11 +257,26 @@ def saco(
        when the order is inverted.
 
     The coefficient is undefined, and NaN is returned for that example with
-    one warning for the call, when all the example's feature saliences are
-    equal (the map carries no ranking), when it has fewer features than
-    ``K``, when ``Σ |w| = 0``, or when the model's probabilities are not
-    finite. The dataset-level score is the mean
-    of the defined coefficients (e.g. ``torch.nanmean``).
+    one warning for the call, when the example's map as given (channels
+    summed, before any upsampling) or its feature saliences hold one value
+    (the map carries no ranking), when it has fewer features than ``K``,
+    when ``Σ |w| = 0``, or when the model's probabilities are not finite.
+    The dataset-level score is the mean of the defined coefficients (e.g.
+    ``torch.nanmean``). An empty batch (``N = 0``) gives an empty result
+    without calling ``forward_func``.
+
+    Saturation and ties: the drops are computed from the logits so that a
+    saturated model keeps them apart: where ``p(c|x) > 1/2`` as
+    ``Δ_i = q(x̃_i) − q(x)`` with ``q = 1 − p = exp(logsumexp of the other
+    classes − logsumexp of all)``, which stays exact where ``p`` rounds to 1,
+    elsewhere as ``p(x) − p(x̃_i)`` (the two agree to rounding wherever ``p``
+    is not saturated). Drops that are still exactly equal (an input-blind
+    model) count as agreement under the paper's rule (``ties="agree"``), so
+    that every map would look faithful: ``SacoDetails.tied_fraction`` reports
+    the share of tied pairs, a warning names the examples with more than half
+    their pairs tied, and ``ties="ignore"`` leaves tied pairs out of both
+    sums. Salience is ranked and summed, and probabilities computed, in
+    float32 or wider whatever the dtype of the attributions or the model.
 
     Features: the pixels of ``(N, C, H, W)`` image inputs (a pixel's channels
     are replaced together), the tokens of ``(N, T, D)`` inputs, the scalars of
@@ -327,8 +342,12 @@ def saco(
                     Default: True
         return_details (bool, optional): Keyword-only. Return a
                     :class:`SacoDetails` with the group saliences, group sizes,
-                    probability drops, clean probabilities and targets as well
-                    as the coefficient. Default: False
+                    probability drops, clean probabilities, targets and tied
+                    fractions as well as the coefficient. Default: False
+        ties (str, optional): Keyword-only. How a pair of groups with
+                    exactly equal drops counts: ``"agree"`` (the paper's rule:
+                    as agreement, ``w = s(G_i) − s(G_j)``) or ``"ignore"``
+                    (left out of both sums). Default: "agree"
 
     Returns:
         Tensor or SacoDetails: the coefficient of each example, shape ``(N,)``,
@@ -338,8 +357,13 @@ def saco(
     Raises:
         ValueError: an attribution whose shape cannot be matched to its input,
             non-finite attributions, ``n_groups`` outside ``[2, F]`` (``F``
-            the most features any example has), a target
-            out of range, a baseline or feature mask of the wrong shape.
+            the most features any example has), a target out of range or
+            of a wrong form, a baseline or feature mask of the wrong shape, a
+            baseline an integer input cannot hold, meta-device or sparse
+            tensors, a model with one output unless ``apply_softmax=False``.
+        TypeError: a ``forward_func`` that is not callable or returns no
+            scores, complex attributions, non-bool ``apply_softmax`` or
+            ``return_details``.
 
     Examples::
 
