@@ -139,7 +139,7 @@ class _Metric:
 _METRICS: Dict[str, _Metric] = {
     "saco": _Metric("saco", _identity, "higher is better"),
     "aopc": _Metric("deletion_curve", DeletionCurve.aopc, "higher is better"),
-    "lodds": _Metric("deletion_curve", DeletionCurve.log_odds, "lower is better"),
+    "lodds": _Metric("deletion_curve", DeletionCurve.lodds, "lower is better"),
     "auc": _Metric("deletion_curve", DeletionCurve.auc, "lower is better"),
     "comprehensiveness": _Metric("comprehensiveness", _identity, "lower is better"),
 }

@@ -85,6 +85,13 @@ def test_generator_of_wrong_type_is_a_type_error() -> None:
         RandomAttribution(_forward).attribute(torch.zeros(2, 2), generator=[1, 2])
 
 
+def test_inputs_are_checked_by_the_shared_formatter_and_named() -> None:
+    with pytest.raises(TypeError, match="inputs: expected a tensor"):
+        RandomAttribution(_forward).attribute([torch.zeros(2, 2)])
+    with pytest.raises(ValueError, match="inputs: all inputs must share the batch size"):
+        RandomAttribution(_forward).attribute((torch.zeros(2, 2), torch.zeros(3, 2)))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_maps_lie_on_the_inputs_device_even_with_a_cpu_generator() -> None:
     x = torch.zeros(2, 3, device="cuda")

@@ -10,6 +10,7 @@ from captum_saco.metrics._core.cumulative import (
     lodds,
 )
 from captum_saco.metrics._core.saco import SacoDetails, saco, saco_coefficient
+from captum_saco.metrics._core.scoring import score_attributions
 
 __all__ = [
     "DeletionCurve",
@@ -21,4 +22,5 @@ __all__ = [
     "lodds",
     "saco",
     "saco_coefficient",
+    "score_attributions",
 ]

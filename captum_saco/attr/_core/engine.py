@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from captum.attr import Attribution
 from torch import Tensor, nn
 
-from captum_saco._utils import TargetType, resolve_target
+from captum_saco._utils import TargetType, model_output, resolve_target
 from captum_saco.attr._core.adapters import ViTAdapter, adapter_for
 from captum_saco.attr._core.relevance import attention_relevance
 
@@ -47,18 +47,6 @@ class AttentionTrace:
     num_prefix_tokens: int
     grid: Tuple[int, int]
     relevances: Optional[List[Tensor]] = None
-
-
-def _model_output(output: Any) -> Tensor:
-    if isinstance(output, Tensor):
-        return output
-    logits = getattr(output, "logits", None)
-    if isinstance(logits, Tensor):
-        return logits
-    raise TypeError(
-        f"forward_func: expected the model to return a Tensor or an output with .logits, "
-        f"got {type(output).__name__}; pass a forward_func that returns the class scores"
-    )
 
 
 class AttentionAttribution(Attribution):
@@ -249,7 +237,7 @@ class AttentionAttribution(Attribution):
             else:
                 stack.enter_context(torch.no_grad())
                 model_input = images
-            output = _model_output(self.forward_func(model_input, *extra))
+            output = model_output(self.forward_func(model_input, *extra))
             if not record.complete():
                 raise ValueError(
                     "forward_func: running it did not run the whole model given at "

@@ -3,10 +3,12 @@
 from typing import Any, Callable, List, Optional, Sequence, Union
 
 import torch
-from captum._utils.common import _format_output, _format_tensor_into_tuples, _is_tuple
+from captum._utils.common import _format_output, _is_tuple
 from captum._utils.typing import TargetType, TensorOrTupleOfTensorsGeneric
 from captum.attr._utils.attribution import Attribution
 from torch import Tensor
+
+from captum_saco._utils import format_inputs
 
 GeneratorArg = Union[None, torch.Generator, Sequence[torch.Generator]]
 
@@ -99,7 +101,7 @@ class RandomAttribution(Attribution):
             True
         """
         is_inputs_tuple = _is_tuple(inputs)
-        formatted = _format_tensor_into_tuples(inputs)
+        formatted = format_inputs(inputs)
         n = formatted[0].shape[0]
         if generator is None or isinstance(generator, torch.Generator):
             attributions = tuple(_uniform_like(x, x.shape, generator) for x in formatted)

@@ -12,14 +12,12 @@ from typing import Any, Callable, Literal, NamedTuple, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from captum_saco._utils import TargetType
+from captum_saco._utils import BaselineType, TargetType, TensorOrTupleOfTensors
 from captum_saco.metrics._core.perturbation import (
-    BaselineType,
-    TensorOrTupleOfTensors,
-    format_inputs,
-    rank_features,
-    removal_probabilities,
-    resolve_baselines,
+    CleanPass,
+    FeatureRanking,
+    TargetProbability,
+    measure_removals,
 )
 
 Order = Literal["most_salient_first", "least_salient_first"]
@@ -38,9 +36,9 @@ class DeletionCurve(NamedTuple):
 
     Attributes:
         fractions (Tensor): ``(S + 1,)`` ``0, f_1, ..., f_S``.
-        n_removed (Tensor): ``(S + 1,)`` ``0, m_1, ..., m_S``; ``(N, S + 1)``,
-            one row per example, when the examples have different numbers of
-            features.
+        n_removed (Tensor): ``(N, S + 1)`` ``0, m_1, ..., m_S`` of each
+            example (rows differ when examples have different numbers of
+            features).
         probabilities (Tensor): ``(N, S + 1)`` ``p(c | x̃_k)``; column 0 is
             ``p(c | x)``.
         target (Tensor): ``(N,)`` the target class ``c``.
@@ -55,7 +53,7 @@ class DeletionCurve(NamedTuple):
         """``(N,)`` AOPC ``= (1/S) Σ_{k=1..S} [p(c|x) − p(c|x̃_k)]``."""
         return (self.probabilities[:, :1] - self.probabilities[:, 1:]).mean(dim=1)
 
-    def log_odds(self) -> Tensor:
+    def lodds(self) -> Tensor:
         """``(N,)`` LOdds ``= (1/S) Σ_{k=1..S} log(p(c|x̃_k) / p(c|x))``.
 
         Probabilities are clamped to the smallest positive normal number of
@@ -117,7 +115,7 @@ def deletion_curve(
     example's own ``F_n``.
 
     The AOPC, LOdds and AUC of a curve are its methods
-    :meth:`DeletionCurve.aopc`, :meth:`DeletionCurve.log_odds` and
+    :meth:`DeletionCurve.aopc`, :meth:`DeletionCurve.lodds` and
     :meth:`DeletionCurve.auc`, so one curve gives all three.
 
     Cost: one clean forward pass and ``S`` perturbed passes per example,
@@ -158,8 +156,7 @@ def deletion_curve(
                     Default: True
 
     Returns:
-        DeletionCurve: fractions ``(S + 1,)``, removed counts ``(S + 1,)``
-        (``(N, S + 1)`` when examples have different feature counts),
+        DeletionCurve: fractions ``(S + 1,)``, removed counts ``(N, S + 1)``,
         probabilities ``(N, S + 1)`` (column 0 the clean input) and targets,
         on the inputs' device. Examples whose probabilities are not finite
         give NaN metrics and one warning.
@@ -174,37 +171,52 @@ def deletion_curve(
         >>> curve = deletion_curve(model, images, attributions, target=1)
         >>> curve.fractions.tolist()
         [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
-        >>> curve.n_removed.tolist()
+        >>> curve.n_removed[0].tolist()
         [0, 6, 13, 19, 26, 32, 38, 45, 51, 58]
         >>> curve.probabilities.shape, curve.aopc().shape
         (torch.Size([2, 10]), torch.Size([2]))
     """
+    steps = _validate_fractions(fractions)
+    ranking, clean, removed = measure_removals(
+        forward_func,
+        inputs,
+        attributions,
+        lambda ranking: deletion_intervals(ranking, steps, order),
+        baselines=baselines,
+        additional_forward_args=additional_forward_args,
+        target=target,
+        feature_mask=feature_mask,
+        max_examples_per_batch=max_examples_per_batch,
+        apply_softmax=apply_softmax,
+    )
+    return curve_of(ranking, clean, removed, steps, order, stacklevel=2)
+
+
+def deletion_intervals(
+    ranking: FeatureRanking, steps: Tensor, order: Order
+) -> Tuple[Tensor, Tensor]:
+    """The ``(N, S)`` rank intervals removed at each fraction of ``steps``."""
     if order not in ("most_salient_first", "least_salient_first"):
         raise ValueError(
             f"order: expected 'most_salient_first' or 'least_salient_first', got {order!r}"
         )
-    steps = _validate_fractions(fractions)
-    inputs_t = format_inputs(inputs)
-    ranking = rank_features(inputs_t, attributions, feature_mask)
     feature_counts = ranking.feature_counts.unsqueeze(1)
     n_removed = torch.round(steps.to(feature_counts.device) * feature_counts).long()
     if order == "most_salient_first":
-        starts, stops = torch.zeros_like(n_removed), n_removed
-    else:
-        starts, stops = feature_counts - n_removed, feature_counts.expand_as(n_removed)
-    probabilities = removal_probabilities(
-        forward_func,
-        inputs_t,
-        ranking,
-        starts,
-        stops,
-        resolve_baselines(inputs_t, baselines),
-        additional_forward_args,
-        target,
-        max_examples_per_batch,
-        apply_softmax,
-    )
-    curve = torch.cat([probabilities.clean.unsqueeze(1), probabilities.removed], dim=1)
+        return torch.zeros_like(n_removed), n_removed
+    return feature_counts - n_removed, feature_counts.expand_as(n_removed)
+
+
+def curve_of(
+    ranking: FeatureRanking,
+    clean: CleanPass,
+    removed: TargetProbability,
+    steps: Tensor,
+    order: Order,
+    stacklevel: int,
+) -> DeletionCurve:
+    """The deletion curve of one ranking from its clean pass and its removals."""
+    curve = torch.cat([clean.probability.p.unsqueeze(1), removed.p], dim=1)
     not_finite = ~torch.isfinite(curve).all(dim=1)
     if bool(not_finite.any()):
         warnings.warn(
@@ -212,18 +224,16 @@ def deletion_curve(
             f"{int(not_finite.sum())} of {curve.shape[0]} examples (indices "
             f"{not_finite.nonzero().flatten().tolist()}); their metrics are NaN",
             UserWarning,
-            stacklevel=2,
+            stacklevel=stacklevel + 1,
         )
         curve = curve.masked_fill(not_finite.unsqueeze(1), torch.nan)
-    device = curve.device
-    n_removed = torch.cat([n_removed.new_zeros(n_removed.shape[0], 1), n_removed], dim=1)
-    if bool((feature_counts == feature_counts[0]).all()):
-        n_removed = n_removed[0]
+    starts, stops = deletion_intervals(ranking, steps, order)
+    n_removed = torch.cat([starts.new_zeros(starts.shape[0], 1), stops - starts], dim=1)
     return DeletionCurve(
-        fractions=torch.cat([steps.new_zeros(1), steps]).to(device=device, dtype=curve.dtype),
-        n_removed=n_removed.to(device),
+        fractions=torch.cat([steps.new_zeros(1), steps]).to(curve.device, curve.dtype),
+        n_removed=n_removed.to(curve.device),
         probabilities=curve,
-        target=probabilities.target,
+        target=clean.target,
     )
 
 
@@ -264,8 +274,16 @@ def aopc(
         torch.Size([2])
     """
     return deletion_curve(
-        forward_func, inputs, attributions, baselines, additional_forward_args, target,
-        fractions, feature_mask, max_examples_per_batch, order=order,
+        forward_func,
+        inputs,
+        attributions,
+        baselines=baselines,
+        additional_forward_args=additional_forward_args,
+        target=target,
+        fractions=fractions,
+        feature_mask=feature_mask,
+        max_examples_per_batch=max_examples_per_batch,
+        order=order,
         apply_softmax=apply_softmax,
     ).aopc()
 
@@ -306,10 +324,18 @@ def lodds(
         torch.Size([2])
     """
     return deletion_curve(
-        forward_func, inputs, attributions, baselines, additional_forward_args, target,
-        fractions, feature_mask, max_examples_per_batch, order=order,
+        forward_func,
+        inputs,
+        attributions,
+        baselines=baselines,
+        additional_forward_args=additional_forward_args,
+        target=target,
+        fractions=fractions,
+        feature_mask=feature_mask,
+        max_examples_per_batch=max_examples_per_batch,
+        order=order,
         apply_softmax=apply_softmax,
-    ).log_odds()
+    ).lodds()
 
 
 def auc(
@@ -349,8 +375,16 @@ def auc(
         torch.Size([2])
     """
     return deletion_curve(
-        forward_func, inputs, attributions, baselines, additional_forward_args, target,
-        fractions, feature_mask, max_examples_per_batch, order=order,
+        forward_func,
+        inputs,
+        attributions,
+        baselines=baselines,
+        additional_forward_args=additional_forward_args,
+        target=target,
+        fractions=fractions,
+        feature_mask=feature_mask,
+        max_examples_per_batch=max_examples_per_batch,
+        order=order,
         apply_softmax=apply_softmax,
     ).auc()
 
@@ -397,7 +431,15 @@ def comprehensiveness(
         torch.Size([2])
     """
     return deletion_curve(
-        forward_func, inputs, attributions, baselines, additional_forward_args, target,
-        fractions, feature_mask, max_examples_per_batch, order="least_salient_first",
+        forward_func,
+        inputs,
+        attributions,
+        baselines=baselines,
+        additional_forward_args=additional_forward_args,
+        target=target,
+        fractions=fractions,
+        feature_mask=feature_mask,
+        max_examples_per_batch=max_examples_per_batch,
+        order="least_salient_first",
         apply_softmax=apply_softmax,
     ).aopc()

@@ -6,19 +6,24 @@ contiguous stretches of that ranking with a baseline, and read the softmax
 probability of the target class on each perturbed input. This module owns
 those steps once:
 
-- :func:`format_inputs` turns Captum's tensor-or-tuple arguments into tuples;
+- :func:`prepare_inputs` formats the inputs, baselines and further arguments
+  (with :mod:`captum_saco._utils`);
 - :func:`rank_features` matches attributions of any shape Captum methods
   produce to the inputs, sums them per feature (pixel, token, scalar feature or
   ``feature_mask`` region) and ranks the features with a stable descending sort;
 - :func:`resolve_baselines` turns ``baselines`` into one tensor per input;
+- :func:`clean_pass` runs the clean inputs once and resolves the target;
 - :func:`removal_probabilities` builds the perturbed inputs (feature ranks in
-  ``[start, stop)`` replaced by the baseline) and runs them, chunked, through
-  the forward function under ``no_grad``.
+  ``[start, stop)`` replaced by the baseline) of any number of removals and
+  rankings and runs them, chunked, through the forward function.
 
-A metric only says which rank intervals to remove and what to compute from the
-probabilities.
+:func:`measure_removals` chains these steps for one metric; a metric only
+says which rank intervals to remove and what to compute from the
+probabilities. :func:`~captum_saco.metrics.score_attributions` shares the
+clean pass and the forward batches among several metrics and methods.
 """
 
+import math
 from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
@@ -26,10 +31,16 @@ import torch.nn.functional as F
 from captum._utils.common import _format_additional_forward_args
 from torch import Tensor
 
-from captum_saco._utils import TargetType, resolve_target
-
-TensorOrTupleOfTensors = Union[Tensor, Tuple[Tensor, ...]]
-BaselineType = Union[None, int, float, Tensor, Tuple[Union[int, float, Tensor], ...]]
+from captum_saco._utils import (
+    BaselineType,
+    TargetType,
+    TensorOrTupleOfTensors,
+    check_flag,
+    check_forward_func,
+    format_inputs,
+    forward_scores,
+    resolve_target,
+)
 
 _INTERPOLATION_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
@@ -53,52 +64,21 @@ class FeatureRanking(NamedTuple):
         element_ranks (tuple of Tensor): for each input, the rank (position in
             ``order``) of the feature each input element belongs to, shaped to
             broadcast against that input (for an image ``(N, 1, H, W)``).
+        constant (Tensor): ``(N,)`` bool, True where the example's maps, as
+            given (channels summed, before any upsampling, all inputs
+            together), hold one value: they carry no ranking.
     """
 
     salience: Tensor
     order: Tensor
     feature_counts: Tensor
     element_ranks: Tuple[Tensor, ...]
+    constant: Tensor
 
     @property
     def n_features(self) -> int:
         """``F``, the number of feature ids of the batch, all examples together."""
         return self.salience.shape[1]
-
-
-class RemovalProbabilities(NamedTuple):
-    """Target-class probabilities of the clean and of the perturbed inputs.
-
-    Attributes:
-        clean (Tensor): ``(N,)`` probability ``p(c | x)``.
-        removed (Tensor): ``(N, P)`` probability after replacing the features
-            of ranks ``[starts[n, k], stops[n, k])`` of example ``n`` with the
-            baseline, for each of the ``P`` removals.
-        target (Tensor): ``(N,)`` the target class ``c`` of each example.
-    """
-
-    clean: Tensor
-    removed: Tensor
-    target: Tensor
-
-
-def format_inputs(inputs: TensorOrTupleOfTensors) -> Tuple[Tensor, ...]:
-    """Return ``inputs`` as a non-empty tuple of tensors sharing one batch size."""
-    formatted = inputs if isinstance(inputs, tuple) else (inputs,)
-    if len(formatted) == 0 or not all(isinstance(x, Tensor) for x in formatted):
-        raise TypeError(
-            "inputs: expected a tensor or a non-empty tuple of tensors, got "
-            f"{type(inputs).__name__}"
-        )
-    if any(x.dim() == 0 for x in formatted):
-        raise ValueError("inputs: every input needs a batch dimension, got a 0-dim tensor")
-    n = formatted[0].shape[0]
-    if any(x.shape[0] != n for x in formatted):
-        raise ValueError(
-            "inputs: all inputs must share the batch size, got shapes "
-            f"{[tuple(x.shape) for x in formatted]}"
-        )
-    return formatted
 
 
 def _feature_dims(x: Tensor) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
@@ -115,18 +95,29 @@ def _feature_dims(x: Tensor) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
     return tuple(range(2, x.dim())), (1,)
 
 
-def _feature_map(attribution: Tensor, x: Tensor, index: int, n_inputs: int) -> Tensor:
-    """Match one attribution to its input; return its ``(N, *feature_shape)`` map."""
+def _feature_map(
+    attribution: Tensor, x: Tensor, index: int, n_inputs: int
+) -> Tuple[Tensor, Tensor]:
+    """Match one attribution to its input.
+
+    Returns its ``(N, *feature_shape)`` map and the ``(N, -1)`` map as given
+    (channels summed, before upsampling), both in float32 or wider whatever
+    the attribution's dtype (float16 sums overflow).
+    """
     feature_dims, reduced_dims = _feature_dims(x)
     feature_shape = tuple(x.shape[d] for d in feature_dims)
     n = x.shape[0]
-    a = attribution.detach()
-    if not a.is_floating_point():
-        a = a.to(torch.get_default_dtype())
-    a = a.to(x.device)
+    where = f"attributions[{index}]" if n_inputs > 1 else "attributions"
+    if attribution.is_complex():
+        raise TypeError(f"{where}: expected real values, got dtype {attribution.dtype}")
+    dtype = (
+        torch.promote_types(attribution.dtype, torch.float32)
+        if attribution.is_floating_point()
+        else torch.get_default_dtype()
+    )
+    a = attribution.detach().to(device=x.device, dtype=dtype)
 
     def mismatch() -> ValueError:
-        where = f"attributions[{index}]" if n_inputs > 1 else "attributions"
         expected = f"the input's shape or (N, {', '.join(map(str, feature_shape))})"
         if len(feature_dims) > 1:
             expected += ", (N, 1, H, W) or a smaller (N, [C,] h, w) grid"
@@ -141,9 +132,7 @@ def _feature_map(attribution: Tensor, x: Tensor, index: int, n_inputs: int) -> T
         grid = tuple(a.shape[d] for d in feature_dims)
         same_grid = grid == feature_shape
         reduced_ok = all(a.shape[d] in (1, x.shape[d]) for d in reduced_dims)
-        smaller_grid = len(feature_dims) > 1 and all(
-            g <= s for g, s in zip(grid, feature_shape)
-        )
+        smaller_grid = len(feature_dims) > 1 and all(g <= s for g, s in zip(grid, feature_shape))
         if (same_grid and reduced_ok) or (not same_grid and smaller_grid):
             a = a.sum(dim=reduced_dims)
         else:
@@ -153,14 +142,21 @@ def _feature_map(attribution: Tensor, x: Tensor, index: int, n_inputs: int) -> T
             raise mismatch()
     elif not (a.dim() == len(feature_shape) + 1 and tuple(a.shape[1:]) == feature_shape):
         raise mismatch()
+    given = a.flatten(1)
     if tuple(a.shape[1:]) != feature_shape:
+        if len(feature_shape) not in _INTERPOLATION_MODES:
+            raise ValueError(
+                f"{where}: a map of shape {tuple(attribution.shape)} would need upsampling "
+                f"over {len(feature_shape)} spatial dimensions (at most 3 are supported) to "
+                f"the input of shape {tuple(x.shape)}; give an attribution on the input's grid"
+            )
         a = F.interpolate(
             a.unsqueeze(1),
             size=feature_shape,
             mode=_INTERPOLATION_MODES[len(feature_shape)],
             align_corners=False,
         ).squeeze(1)
-    return a
+    return a, given
 
 
 def _feature_ids(mask: Tensor, x: Tensor, index: int, n_inputs: int) -> Tensor:
@@ -224,27 +220,27 @@ def rank_features(
         FeatureRanking: the per-feature salience, the ranking and the rank of
         every input element.
     """
-    attributions_t = attributions if isinstance(attributions, tuple) else (attributions,)
-    if not all(isinstance(a, Tensor) for a in attributions_t):
-        raise TypeError(
-            "attributions: expected a tensor or a tuple of tensors, got "
-            f"{type(attributions).__name__}"
-        )
+    attributions_t = format_inputs(attributions, name="attributions")
     if len(attributions_t) != len(inputs):
         raise ValueError(
             f"attributions: expected one attribution per input ({len(inputs)}), "
             f"got {len(attributions_t)}"
         )
-    maps = [
-        _feature_map(a, x, i, len(inputs)) for i, (a, x) in enumerate(zip(attributions_t, inputs))
-    ]
-    if not all(bool(torch.isfinite(m).all()) for m in maps):
+    maps, given = zip(
+        *(
+            _feature_map(a, x, i, len(inputs))
+            for i, (a, x) in enumerate(zip(attributions_t, inputs))
+        )
+    )
+    if not all(bool(torch.isfinite(m).all()) for m in given):
         raise ValueError("attributions: contain NaN or infinite values")
     n = inputs[0].shape[0]
-    flat_maps = torch.cat([m.reshape(n, -1) for m in maps], dim=1)
+    flat_maps = torch.cat([m.flatten(1) for m in maps], dim=1)
+    given_flat = torch.cat(given, dim=1)
+    constant = (given_flat == given_flat[:, :1]).all(dim=1)
 
     if feature_mask is None:
-        sizes = [m[0].numel() for m in maps]
+        sizes = [math.prod(m.shape[1:]) for m in maps]
         offsets = torch.tensor([0] + sizes[:-1]).cumsum(0).tolist()
         ids = [
             (torch.arange(size, device=m.device) + offset).reshape(1, *m.shape[1:])
@@ -262,14 +258,14 @@ def rank_features(
         raw_ids = [
             _feature_ids(m, x, i, len(inputs)) for i, (m, x) in enumerate(zip(masks, inputs))
         ]
-        flat_ids = torch.cat([r.expand(n, *r.shape[1:]).reshape(n, -1) for r in raw_ids], 1)
+        flat_ids = torch.cat([r.expand(n, *r.shape[1:]).flatten(1) for r in raw_ids], 1)
         _, dense = torch.unique(flat_ids, return_inverse=True)
-        n_features = int(dense.max()) + 1
+        n_features = int(dense.max()) + 1 if dense.numel() else 0
         present = torch.zeros(n, n_features, device=dense.device, dtype=torch.bool)
         present.scatter_(1, dense, True)
         salience = torch.zeros(n, n_features, device=flat_maps.device, dtype=flat_maps.dtype)
         salience.scatter_add_(1, dense, flat_maps)
-        ids = list(torch.split(dense, [m[0].numel() for m in maps], dim=1))
+        ids = list(torch.split(dense, [math.prod(m.shape[1:]) for m in maps], dim=1))
         ids = [i.reshape(n, *m.shape[1:]) for i, m in zip(ids, maps)]
 
     # Attributions are finite, so -inf ranks the absent features after every present one.
@@ -280,12 +276,26 @@ def rank_features(
     element_ranks = []
     for feature_ids, x in zip(ids, inputs):
         _, reduced_dims = _feature_dims(x)
-        r = rank.gather(1, feature_ids.expand(n, *feature_ids.shape[1:]).reshape(n, -1))
+        r = rank.gather(1, feature_ids.expand(n, *feature_ids.shape[1:]).flatten(1))
         r = r.reshape(n, *feature_ids.shape[1:])
         for d in reduced_dims:
             r = r.unsqueeze(d)
         element_ranks.append(r)
-    return FeatureRanking(salience, order, present.sum(dim=1), tuple(element_ranks))
+    return FeatureRanking(salience, order, present.sum(dim=1), tuple(element_ranks), constant)
+
+
+def _check_integer_baseline(b: Tensor, dtype: torch.dtype, where: str) -> None:
+    """Reject values that an integer input's dtype would silently change (-1 -> 255)."""
+    info = torch.iinfo(dtype) if dtype != torch.bool else None
+    low, high = (info.min, info.max) if info is not None else (0, 1)
+    values = b.double()
+    if not bool((values == values.round()).all()) or not bool(
+        ((values >= low) & (values <= high)).all()
+    ):
+        raise ValueError(
+            f"{where}: an input of dtype {dtype} needs integer baselines in [{low}, {high}], "
+            f"got values from {values.min().item()} to {values.max().item()}"
+        )
 
 
 def resolve_baselines(inputs: Tuple[Tensor, ...], baselines: BaselineType) -> Tuple[Tensor, ...]:
@@ -322,10 +332,13 @@ def resolve_baselines(inputs: Tuple[Tensor, ...], baselines: BaselineType) -> Tu
             )
             continue
         if isinstance(b, bool) or not isinstance(b, (int, float, Tensor)):
-            raise TypeError(
-                f"{where}: expected None, a number or a tensor, got {type(b).__name__}"
-            )
-        b = torch.as_tensor(b).detach().to(device=x.device, dtype=x.dtype)
+            raise TypeError(f"{where}: expected None, a number or a tensor, got {type(b).__name__}")
+        b = torch.as_tensor(b).detach().to(x.device)
+        if b.is_complex() or b.is_meta:
+            raise TypeError(f"{where}: expected real values, got a {b.dtype} tensor on {b.device}")
+        if not x.is_floating_point():
+            _check_integer_baseline(b, x.dtype, where)
+        b = b.to(x.dtype)
         if b.dim() > x.dim():
             b_ok = False
         else:
@@ -342,38 +355,97 @@ def resolve_baselines(inputs: Tuple[Tensor, ...], baselines: BaselineType) -> Tu
     return tuple(resolved)
 
 
-def _target_probabilities(
-    output: Tensor, target: TargetType, apply_softmax: bool
-) -> Tuple[Tensor, Tensor]:
-    scores, classes = resolve_target(output, target)
-    if apply_softmax:
-        dtype = torch.promote_types(scores.dtype, torch.float32)
-        scores = torch.softmax(scores, dim=-1, dtype=dtype)
-    return scores.gather(-1, classes.unsqueeze(-1)).squeeze(-1), classes
+class TargetProbability(NamedTuple):
+    """The target's probability ``p`` and its complement ``q = 1 − p``.
+
+    Both are computed from the logits in log space (``q`` as
+    ``exp(logsumexp of the other classes − logsumexp of all)``), so that ``q``
+    stays exact where ``p`` rounds to 1: differences of saturated
+    probabilities are read off ``q``. Float32 or wider whatever the model's
+    dtype.
+    """
+
+    p: Tensor
+    q: Tensor
+
+    def drop_from(self, clean: "TargetProbability") -> Tensor:
+        """``clean.p − self.p`` computed from whichever of ``p`` or ``q`` is exact.
+
+        Per example, from ``q`` (``self.q − clean.q``) where the clean
+        probability exceeds 1/2 and from ``p`` elsewhere: the same value
+        today's ``p(x) − p(x̃)`` gives wherever ``p`` is not saturated, and
+        distinct drops where ``p`` rounds to 1.
+        """
+        from_q = (clean.p > 0.5).unsqueeze(-1)
+        by_q = self.q - clean.q.unsqueeze(-1)
+        by_p = clean.p.unsqueeze(-1) - self.p
+        return torch.where(from_q, by_q, by_p)
 
 
-def _forward(
+class CleanPass(NamedTuple):
+    """What every metric of an example shares: its target and clean probability."""
+
+    probability: TargetProbability
+    target: Tensor
+
+
+class PreparedInputs(NamedTuple):
+    """The formatted inputs with their baselines and additional arguments."""
+
+    inputs: Tuple[Tensor, ...]
+    baselines: Tuple[Tensor, ...]
+    additional_forward_args: Optional[Tuple[Any, ...]]
+
+    @property
+    def n(self) -> int:
+        return self.inputs[0].shape[0]
+
+
+class Removal(NamedTuple):
+    """Rank intervals ``[starts, stops)`` to remove, ``(N, P)``, under one ranking."""
+
+    ranking: FeatureRanking
+    starts: Tensor
+    stops: Tensor
+
+
+def prepare_inputs(
+    *,
     forward_func: Callable[..., Any],
-    inputs: Sequence[Tensor],
-    additional_args: Optional[Tuple[Any, ...]],
-    rows: Tensor,
-    n: int,
-) -> Tensor:
-    """Run ``forward_func`` on a chunk whose examples come from ``rows``."""
-    args: Tuple[Any, ...] = ()
-    if additional_args is not None:
-        args = tuple(
-            a[rows] if isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == n else a
-            for a in additional_args
-        )
-    output = forward_func(*inputs, *args)
-    if not isinstance(output, Tensor) or output.dim() == 0 or output.shape[0] != len(rows):
-        shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+    inputs: TensorOrTupleOfTensors,
+    baselines: BaselineType,
+    additional_forward_args: Any,
+) -> PreparedInputs:
+    """Check ``forward_func`` and format the inputs, baselines and further arguments."""
+    check_forward_func(forward_func)
+    inputs_t = format_inputs(inputs)
+    return PreparedInputs(
+        inputs_t,
+        resolve_baselines(inputs_t, baselines),
+        _format_additional_forward_args(additional_forward_args),
+    )
+
+
+def target_probability(
+    output: Tensor, target: TargetType, apply_softmax: bool
+) -> Tuple[TargetProbability, Tensor]:
+    """The target's probability in ``output`` and the ``(N,)`` target classes."""
+    scores, classes = resolve_target(output, target)
+    dtype = torch.promote_types(scores.dtype, torch.float32)
+    scores = scores.to(dtype)
+    if not apply_softmax:
+        p = scores.gather(-1, classes.unsqueeze(-1)).squeeze(-1)
+        return TargetProbability(p, 1 - p), classes
+    if scores.shape[-1] == 1:
         raise ValueError(
-            f"forward_func: expected an output tensor with one row per example "
-            f"({len(rows)}), got {shape}"
+            "forward_func: the model has one output, and the softmax over one class is "
+            "always 1; pass apply_softmax=False if that output is a probability"
         )
-    return output
+    log_total = torch.logsumexp(scores, dim=-1)
+    p = torch.softmax(scores, dim=-1).gather(-1, classes.unsqueeze(-1)).squeeze(-1)
+    others = scores.scatter(-1, classes.unsqueeze(-1), -torch.inf)
+    q = torch.exp(torch.logsumexp(others, dim=-1) - log_total)
+    return TargetProbability(p, q), classes
 
 
 def _chunk_target(target: TargetType, classes: Tensor, rows: Tensor) -> TargetType:
@@ -385,45 +457,163 @@ def _chunk_target(target: TargetType, classes: Tensor, rows: Tensor) -> TargetTy
     return classes[rows]
 
 
+def _forward_rows(
+    forward_func: Callable[..., Any],
+    prepared: PreparedInputs,
+    inputs: Sequence[Tensor],
+    rows: Tensor,
+) -> Tensor:
+    """Class scores of ``inputs``, whose examples are the batch's ``rows``."""
+    args = prepared.additional_forward_args
+    if args is not None:
+        args = tuple(
+            a[rows] if isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == prepared.n else a
+            for a in args
+        )
+    return forward_scores(forward_func, inputs, args, len(rows))
+
+
+def clean_pass(
+    forward_func: Callable[..., Any],
+    prepared: PreparedInputs,
+    *,
+    target: TargetType,
+    apply_softmax: bool,
+    chunk: int,
+) -> CleanPass:
+    """Forward the clean inputs once; resolve the target (``None``: predicted class)."""
+    device = prepared.inputs[0].device
+    if prepared.n == 0:
+        empty = torch.zeros(0, device=device)
+        return CleanPass(TargetProbability(empty, empty), empty.long())
+    outputs = [
+        _forward_rows(forward_func, prepared, [x[rows] for x in prepared.inputs], rows)
+        for rows in torch.arange(prepared.n, device=device).split(chunk)
+    ]
+    probability, classes = target_probability(torch.cat(outputs), target, apply_softmax)
+    return CleanPass(probability, classes)
+
+
+def _perturbed(
+    prepared: PreparedInputs, rankings: Sequence[FeatureRanking], jobs: Tensor
+) -> List[Tensor]:
+    """The inputs of ``jobs`` (rows ``ranking, example, start, stop``, sorted by ranking)."""
+    which, examples, starts, stops = jobs.unbind(1)
+    used = torch.unique_consecutive(which).tolist()
+    perturbed = []
+    for i, (x, b) in enumerate(zip(prepared.inputs, prepared.baselines)):
+        ranks = torch.cat([rankings[m].element_ranks[i][examples[which == m]] for m in used])
+        shape = (-1,) + (1,) * (ranks.dim() - 1)
+        hit = (ranks >= starts.view(shape)) & (ranks < stops.view(shape))
+        b_rows = b[examples] if b.shape[0] == prepared.n and prepared.n > 1 else b
+        perturbed.append(torch.where(hit, b_rows, x[examples]))
+    return perturbed
+
+
 def removal_probabilities(
     forward_func: Callable[..., Any],
-    inputs: Tuple[Tensor, ...],
-    ranking: FeatureRanking,
-    starts: Tensor,
-    stops: Tensor,
-    baselines: Tuple[Tensor, ...],
-    additional_forward_args: Any = None,
-    target: TargetType = None,
-    max_examples_per_batch: Optional[int] = None,
-    apply_softmax: bool = True,
-) -> RemovalProbabilities:
-    """Target-class probabilities with the feature ranks ``[starts, stops)`` removed.
+    prepared: PreparedInputs,
+    clean: CleanPass,
+    removals: Sequence[Removal],
+    *,
+    target: TargetType,
+    apply_softmax: bool,
+    chunk: int,
+) -> List[TargetProbability]:
+    """Target probabilities with each removal's rank intervals replaced by the baseline.
 
-    Runs one clean forward pass per example and one per example and removal,
-    in chunks of at most ``max_examples_per_batch`` examples, under
-    ``torch.no_grad()``. The target (``None``: the class the model predicts
-    for the clean input) is resolved once on the clean output and kept for
-    the perturbed inputs. The user's tensors are never written to.
-
-    Args:
-        forward_func (Callable): the model or any function returning scores.
-        inputs (tuple of Tensor): the formatted inputs.
-        ranking (FeatureRanking): from :func:`rank_features`.
-        starts, stops (Tensor): ``(P,)`` rank intervals to replace, one per
-            removal, shared by all examples, or ``(N, P)`` per example; rank 0
-            is an example's most salient feature.
-        baselines (tuple of Tensor): from :func:`resolve_baselines`.
-        additional_forward_args (Any, optional): passed after the inputs; its
-            tensors whose first dimension is ``N`` are indexed per example.
-        target (int, tuple, Tensor, list, optional): any Captum target form.
-        max_examples_per_batch (int, optional): most examples per forward call.
-        apply_softmax (bool): softmax the output; ``False`` when
-            ``forward_func`` already returns probabilities.
+    All removals (of any metric and any ranking of the same inputs) are
+    forwarded together, in chunks of ``chunk`` rows under the caller's
+    ``no_grad``; a perturbed input asked for twice (the same ranking and
+    interval) is forwarded once. The user's tensors are never written to.
 
     Returns:
-        RemovalProbabilities: clean ``(N,)`` and removed ``(N, P)`` probabilities.
+        list of TargetProbability: ``(N, P_j)`` per removal ``j``.
     """
-    if max_examples_per_batch is not None and (
+    n = prepared.n
+    device = prepared.inputs[0].device
+    index = {id(r.ranking): i for i, r in enumerate(removals)}
+    rankings = [r.ranking for r in removals]
+    tables = []
+    for r in removals:
+        n_steps = r.starts.shape[-1]
+        examples = torch.arange(n, device=device).repeat_interleave(n_steps)
+        which = torch.full_like(examples, index[id(r.ranking)])
+        starts = r.starts.to(device).expand(n, n_steps).reshape(-1)
+        stops = r.stops.to(device).expand(n, n_steps).reshape(-1)
+        tables.append(torch.stack([which, examples, starts, stops], dim=1))
+    jobs, inverse = torch.unique(torch.cat(tables), dim=0, return_inverse=True)
+    parts: List[TargetProbability] = []
+    for chunk_jobs in jobs.split(chunk) if len(jobs) else ():
+        rows = chunk_jobs[:, 1]
+        output = _forward_rows(
+            forward_func, prepared, _perturbed(prepared, rankings, chunk_jobs), rows
+        )
+        probability, _ = target_probability(
+            output, _chunk_target(target, clean.target, rows), apply_softmax
+        )
+        parts.append(probability)
+    empty = clean.probability.p.new_zeros(0)
+    p = torch.cat([part.p for part in parts]) if parts else empty
+    q = torch.cat([part.q for part in parts]) if parts else empty
+    steps = [r.starts.shape[-1] for r in removals]
+    return [
+        TargetProbability(p[i].reshape(n, k), q[i].reshape(n, k))
+        for i, k in zip(inverse.split([n * k for k in steps]), steps)
+    ]
+
+
+def measure_removals(
+    forward_func: Callable[..., Any],
+    inputs: TensorOrTupleOfTensors,
+    attributions: TensorOrTupleOfTensors,
+    intervals: Callable[[FeatureRanking], Tuple[Tensor, Tensor]],
+    *,
+    baselines: BaselineType,
+    additional_forward_args: Any,
+    target: TargetType,
+    feature_mask: Union[None, Tensor, Tuple[Tensor, ...]],
+    max_examples_per_batch: Optional[int],
+    apply_softmax: bool,
+) -> Tuple[FeatureRanking, CleanPass, TargetProbability]:
+    """The one preparation of every metric: format, rank, baselines, removal.
+
+    ``intervals`` turns the ranking into the ``(N, P)`` rank intervals
+    ``[starts, stops)`` the metric removes (it validates the metric's own
+    arguments). Returns the ranking, the clean pass and the ``(N, P)``
+    probabilities with each interval removed.
+    """
+    check_flag("apply_softmax", apply_softmax)
+    prepared = prepare_inputs(
+        forward_func=forward_func,
+        inputs=inputs,
+        baselines=baselines,
+        additional_forward_args=additional_forward_args,
+    )
+    ranking = rank_features(prepared.inputs, attributions, feature_mask)
+    starts, stops = intervals(ranking)
+    chunk = chunk_rows(max_examples_per_batch, prepared.n * starts.shape[-1])
+    with torch.no_grad():
+        clean = clean_pass(
+            forward_func, prepared, target=target, apply_softmax=apply_softmax, chunk=chunk
+        )
+        (removed,) = removal_probabilities(
+            forward_func,
+            prepared,
+            clean,
+            [Removal(ranking, starts, stops)],
+            target=target,
+            apply_softmax=apply_softmax,
+            chunk=chunk,
+        )
+    return ranking, clean, removed
+
+
+def chunk_rows(max_examples_per_batch: Optional[int], n_rows: int) -> int:
+    """The rows per forward call: ``max_examples_per_batch``, or all ``n_rows`` at once."""
+    if max_examples_per_batch is None:
+        return max(n_rows, 1)
+    if (
         isinstance(max_examples_per_batch, bool)
         or not isinstance(max_examples_per_batch, int)
         or max_examples_per_batch < 1
@@ -432,44 +622,7 @@ def removal_probabilities(
             "max_examples_per_batch: expected a positive int or None, got "
             f"{max_examples_per_batch!r}"
         )
-    n = inputs[0].shape[0]
-    device = inputs[0].device
-    n_removals = starts.shape[-1]
-    chunk = max_examples_per_batch or max(n * n_removals, n, 1)
-    extra = _format_additional_forward_args(additional_forward_args)
-    starts = starts.to(device).expand(n, n_removals)
-    stops = stops.to(device).expand(n, n_removals)
-
-    with torch.no_grad():
-        outputs = [
-            _forward(forward_func, [x[rows] for x in inputs], extra, rows, n)
-            for rows in torch.arange(n, device=device).split(chunk)
-        ]
-        clean, classes = _target_probabilities(torch.cat(outputs), target, apply_softmax)
-
-        removed_parts: List[Tensor] = []
-        for flat in torch.arange(n * n_removals, device=device).split(chunk):
-            rows, step = flat // n_removals, flat % n_removals
-            perturbed = []
-            for x, b, r in zip(inputs, baselines, ranking.element_ranks):
-                shape = (-1,) + (1,) * (r.dim() - 1)
-                r_rows = r[rows]
-                hit = (r_rows >= starts[rows, step].view(shape)) & (
-                    r_rows < stops[rows, step].view(shape)
-                )
-                b_rows = b[rows] if b.shape[0] == n and n > 1 else b
-                perturbed.append(torch.where(hit, b_rows, x[rows]))
-            output = _forward(forward_func, perturbed, extra, rows, n)
-            p, _ = _target_probabilities(
-                output, _chunk_target(target, classes, rows), apply_softmax
-            )
-            removed_parts.append(p)
-        removed = (
-            torch.cat(removed_parts).reshape(n, n_removals)
-            if removed_parts
-            else clean.new_empty(n, 0)
-        )
-    return RemovalProbabilities(clean, removed, classes)
+    return max_examples_per_batch
 
 
 def rank_intervals_of_groups(

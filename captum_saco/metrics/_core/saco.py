@@ -6,16 +6,16 @@ from typing import Any, Callable, Literal, NamedTuple, Optional, Tuple, Union, o
 import torch
 from torch import Tensor
 
-from captum_saco._utils import TargetType
+from captum_saco._utils import BaselineType, TargetType, TensorOrTupleOfTensors, check_flag
 from captum_saco.metrics._core.perturbation import (
-    BaselineType,
-    TensorOrTupleOfTensors,
-    format_inputs,
-    rank_features,
+    CleanPass,
+    FeatureRanking,
+    TargetProbability,
+    measure_removals,
     rank_intervals_of_groups,
-    removal_probabilities,
-    resolve_baselines,
 )
+
+Ties = Literal["agree", "ignore"]
 
 
 class SacoDetails(NamedTuple):
@@ -32,6 +32,10 @@ class SacoDetails(NamedTuple):
             replaced by the baseline)``.
         clean_probability (Tensor): ``(N,)`` ``p(c|x)``.
         target (Tensor): ``(N,)`` the target class ``c``.
+        tied_fraction (Tensor): ``(N,)`` the fraction of the ``K(K−1)/2``
+            group pairs whose drops are exactly equal (a saturated or
+            input-blind model); under ``ties="agree"`` each counts as
+            agreement.
     """
 
     coefficient: Tensor
@@ -40,9 +44,12 @@ class SacoDetails(NamedTuple):
     probability_drop: Tensor
     clean_probability: Tensor
     target: Tensor
+    tied_fraction: Tensor
 
 
-def saco_coefficient(group_salience: Tensor, probability_drop: Tensor) -> Tensor:
+def saco_coefficient(
+    group_salience: Tensor, probability_drop: Tensor, ties: Ties = "agree"
+) -> Tensor:
     """The SaCo coefficient from group saliences and probability drops.
 
     For every pair of groups ``i < j``: ``w = s(G_i) − s(G_j)`` if
@@ -52,6 +59,9 @@ def saco_coefficient(group_salience: Tensor, probability_drop: Tensor) -> Tensor
     Args:
         group_salience (Tensor): ``(N, K)`` ``s(G_1), ..., s(G_K)``.
         probability_drop (Tensor): ``(N, K)`` ``Δ_1, ..., Δ_K``.
+        ties (str, optional): ``"agree"``, the paper's rule: a pair with
+            ``Δ_i == Δ_j`` counts as agreement. ``"ignore"``: such pairs are
+            left out of both sums. Default: "agree"
 
     Returns:
         Tensor: ``(N,)``; NaN where ``Σ |w| = 0`` or a drop is not finite.
@@ -63,16 +73,116 @@ def saco_coefficient(group_salience: Tensor, probability_drop: Tensor) -> Tensor
         tensor([1.])
         >>> saco_coefficient(torch.tensor([[3.0, 2.0, 1.0]]), torch.tensor([[0.1, 0.2, 0.5]]))
         tensor([-1.])
+        >>> saco_coefficient(torch.tensor([[3.0, 2.0, 1.0]]), torch.tensor([[0.1, 0.1, 0.5]]))
+        tensor([-0.5000])
+        >>> saco_coefficient(
+        ...     torch.tensor([[3.0, 2.0, 1.0]]), torch.tensor([[0.1, 0.1, 0.5]]), ties="ignore")
+        tensor([-1.])
     """
+    if ties not in ("agree", "ignore"):
+        raise ValueError(f"ties: expected 'agree' or 'ignore', got {ties!r}")
     difference = group_salience.unsqueeze(2) - group_salience.unsqueeze(1)
     agrees = probability_drop.unsqueeze(2) >= probability_drop.unsqueeze(1)
     weight = torch.where(agrees, difference, -difference)
-    k = group_salience.shape[1]
-    pairs = torch.ones(k, k, dtype=torch.bool, device=group_salience.device).triu(1)
+    pairs = _pairs(group_salience.shape[1], group_salience.device)
+    if ties == "ignore":
+        pairs = pairs & (probability_drop.unsqueeze(2) != probability_drop.unsqueeze(1))
     numerator = (weight * pairs).sum(dim=(1, 2))
     denominator = (difference.abs() * pairs).sum(dim=(1, 2))
     defined = (denominator > 0) & torch.isfinite(probability_drop).all(dim=1)
     return torch.where(defined, numerator / denominator, torch.full_like(numerator, torch.nan))
+
+
+def _pairs(k: int, device: torch.device) -> Tensor:
+    """``(K, K)`` bool, True for the pairs ``i < j``."""
+    return torch.ones(k, k, dtype=torch.bool, device=device).triu(1)
+
+
+def tied_fraction(probability_drop: Tensor) -> Tensor:
+    """``(N,)`` the fraction of group pairs ``i < j`` with exactly equal drops."""
+    k = probability_drop.shape[1]
+    tied = (probability_drop.unsqueeze(2) == probability_drop.unsqueeze(1)) & _pairs(
+        k, probability_drop.device
+    )
+    return tied.sum(dim=(1, 2)) / max(k * (k - 1) // 2, 1)
+
+
+def group_intervals(ranking: FeatureRanking, n_groups: int) -> Tuple[Tensor, Tensor]:
+    """The ``(N, K)`` rank intervals of the ``K = n_groups`` groups of each example."""
+    counts = ranking.feature_counts
+    max_features = int(counts.max()) if counts.numel() else ranking.n_features
+    if (
+        isinstance(n_groups, bool)
+        or not isinstance(n_groups, int)
+        or not (2 <= n_groups <= max_features)
+    ):
+        raise ValueError(
+            f"n_groups: expected an int between 2 and the number of features "
+            f"({max_features}), got {n_groups!r}"
+        )
+    return rank_intervals_of_groups(counts, n_groups)
+
+
+def saco_details(
+    ranking: FeatureRanking,
+    clean: CleanPass,
+    removed: TargetProbability,
+    n_groups: int,
+    ties: Ties,
+    stacklevel: int,
+) -> SacoDetails:
+    """SaCo of one ranking from its clean pass and its ``(N, K)`` group removals."""
+    starts, stops = rank_intervals_of_groups(ranking.feature_counts, n_groups)
+    n, n_features = ranking.salience.shape
+    ranks = torch.arange(n_features, device=stops.device).expand(n, -1).contiguous()
+    # Group n_groups collects the ranks past an example's own features.
+    group_of_rank = torch.searchsorted(stops, ranks, right=True)
+    sorted_salience = ranking.salience.gather(1, ranking.order)
+    group_salience = sorted_salience.new_zeros(n, n_groups + 1).scatter_add_(
+        1, group_of_rank, sorted_salience
+    )[:, :n_groups]
+    drop = removed.drop_from(clean.probability)
+    coefficient = saco_coefficient(group_salience, drop, ties)
+    own_feature = ranks < ranking.feature_counts.unsqueeze(1)
+    constant = ((sorted_salience == sorted_salience[:, :1]) | ~own_feature).all(dim=1)
+    constant = constant | ranking.constant | (ranking.feature_counts < n_groups)
+    coefficient = coefficient.masked_fill(constant, torch.nan)
+    ties_found = tied_fraction(drop)
+    _warn_about(coefficient, ties_found, stacklevel + 1)
+    return SacoDetails(
+        coefficient=coefficient,
+        group_salience=group_salience,
+        group_size=stops - starts,
+        probability_drop=drop,
+        clean_probability=clean.probability.p,
+        target=clean.target,
+        tied_fraction=ties_found,
+    )
+
+
+def _warn_about(coefficient: Tensor, ties_found: Tensor, stacklevel: int) -> None:
+    n = coefficient.shape[0]
+    undefined = torch.isnan(coefficient)
+    if bool(undefined.any()):
+        warnings.warn(
+            f"saco: the coefficient is undefined for {int(undefined.sum())} of {n} "
+            f"examples (indices {undefined.nonzero().flatten().tolist()}): their "
+            "attribution map is constant, they have fewer features than n_groups, their "
+            "group saliences are all equal, or the model's probabilities are not finite; "
+            "returning NaN for them",
+            UserWarning,
+            stacklevel=stacklevel + 1,
+        )
+    mostly_tied = ties_found > 0.5
+    if bool(mostly_tied.any()):
+        warnings.warn(
+            f"saco: {int(mostly_tied.sum())} of {n} examples (indices "
+            f"{mostly_tied.nonzero().flatten().tolist()}) have more than half of their "
+            "group pairs with exactly equal probability drops (a saturated or input-blind "
+            "model); ties='agree' counts each as agreement, ties='ignore' leaves them out",
+            UserWarning,
+            stacklevel=stacklevel + 1,
+        )
 
 
 @overload
@@ -89,6 +199,7 @@ def saco(
     *,
     apply_softmax: bool = True,
     return_details: Literal[False] = False,
+    ties: Ties = "agree",
 ) -> Tensor: ...
 
 
@@ -106,6 +217,7 @@ def saco(
     *,
     apply_softmax: bool = True,
     return_details: Literal[True],
+    ties: Ties = "agree",
 ) -> SacoDetails: ...
 
 
@@ -122,6 +234,7 @@ def saco(
     *,
     apply_softmax: bool = True,
     return_details: bool = False,
+    ties: Ties = "agree",
 ) -> Union[Tensor, SacoDetails]:
     r"""The Salience-guided Faithfulness Coefficient (SaCo) of attributions.
 
@@ -144,11 +257,26 @@ def saco(
        when the order is inverted.
 
     The coefficient is undefined, and NaN is returned for that example with
-    one warning for the call, when all the example's feature saliences are
-    equal (the map carries no ranking), when it has fewer features than
-    ``K``, when ``Σ |w| = 0``, or when the model's probabilities are not
-    finite. The dataset-level score is the mean
-    of the defined coefficients (e.g. ``torch.nanmean``).
+    one warning for the call, when the example's map as given (channels
+    summed, before any upsampling) or its feature saliences hold one value
+    (the map carries no ranking), when it has fewer features than ``K``,
+    when ``Σ |w| = 0``, or when the model's probabilities are not finite.
+    The dataset-level score is the mean of the defined coefficients (e.g.
+    ``torch.nanmean``). An empty batch (``N = 0``) gives an empty result
+    without calling ``forward_func``.
+
+    Saturation and ties: the drops are computed from the logits so that a
+    saturated model keeps them apart: where ``p(c|x) > 1/2`` as
+    ``Δ_i = q(x̃_i) − q(x)`` with ``q = 1 − p = exp(logsumexp of the other
+    classes − logsumexp of all)``, which stays exact where ``p`` rounds to 1,
+    elsewhere as ``p(x) − p(x̃_i)`` (the two agree to rounding wherever ``p``
+    is not saturated). Drops that are still exactly equal (an input-blind
+    model) count as agreement under the paper's rule (``ties="agree"``), so
+    that every map would look faithful: ``SacoDetails.tied_fraction`` reports
+    the share of tied pairs, a warning names the examples with more than half
+    their pairs tied, and ``ties="ignore"`` leaves tied pairs out of both
+    sums. Salience is ranked and summed, and probabilities computed, in
+    float32 or wider whatever the dtype of the attributions or the model.
 
     Features: the pixels of ``(N, C, H, W)`` image inputs (a pixel's channels
     are replaced together), the tokens of ``(N, T, D)`` inputs, the scalars of
@@ -214,8 +342,12 @@ def saco(
                     Default: True
         return_details (bool, optional): Keyword-only. Return a
                     :class:`SacoDetails` with the group saliences, group sizes,
-                    probability drops, clean probabilities and targets as well
-                    as the coefficient. Default: False
+                    probability drops, clean probabilities, targets and tied
+                    fractions as well as the coefficient. Default: False
+        ties (str, optional): Keyword-only. How a pair of groups with
+                    exactly equal drops counts: ``"agree"`` (the paper's rule:
+                    as agreement, ``w = s(G_i) − s(G_j)``) or ``"ignore"``
+                    (left out of both sums). Default: "agree"
 
     Returns:
         Tensor or SacoDetails: the coefficient of each example, shape ``(N,)``,
@@ -225,8 +357,13 @@ def saco(
     Raises:
         ValueError: an attribution whose shape cannot be matched to its input,
             non-finite attributions, ``n_groups`` outside ``[2, F]`` (``F``
-            the most features any example has), a target
-            out of range, a baseline or feature mask of the wrong shape.
+            the most features any example has), a target out of range or
+            of a wrong form, a baseline or feature mask of the wrong shape, a
+            baseline an integer input cannot hold, meta-device or sparse
+            tensors, a model with one output unless ``apply_softmax=False``.
+        TypeError: a ``forward_func`` that is not callable or returns no
+            scores, complex attributions, non-bool ``apply_softmax`` or
+            ``return_details``.
 
     Examples::
 
@@ -246,62 +383,20 @@ def saco(
         >>> details.probability_drop.shape
         torch.Size([2, 10])
     """
-    inputs_t = format_inputs(inputs)
-    ranking = rank_features(inputs_t, attributions, feature_mask)
-    feature_counts = ranking.feature_counts
-    max_features = int(feature_counts.max())
-    if isinstance(n_groups, bool) or not isinstance(n_groups, int) or not (
-        2 <= n_groups <= max_features
-    ):
-        raise ValueError(
-            f"n_groups: expected an int between 2 and the number of features "
-            f"({max_features}), got {n_groups!r}"
-        )
-    starts, stops = rank_intervals_of_groups(feature_counts, n_groups)
-    probabilities = removal_probabilities(
+    check_flag("return_details", return_details)
+    if ties not in ("agree", "ignore"):
+        raise ValueError(f"ties: expected 'agree' or 'ignore', got {ties!r}")
+    ranking, clean, removed = measure_removals(
         forward_func,
-        inputs_t,
-        ranking,
-        starts,
-        stops,
-        resolve_baselines(inputs_t, baselines),
-        additional_forward_args,
-        target,
-        max_examples_per_batch,
-        apply_softmax,
+        inputs,
+        attributions,
+        lambda ranking: group_intervals(ranking, n_groups),
+        baselines=baselines,
+        additional_forward_args=additional_forward_args,
+        target=target,
+        feature_mask=feature_mask,
+        max_examples_per_batch=max_examples_per_batch,
+        apply_softmax=apply_softmax,
     )
-    n = ranking.salience.shape[0]
-    device = ranking.salience.device
-    ranks = torch.arange(ranking.n_features, device=device).expand(n, -1).contiguous()
-    # Group n_groups collects the ranks past an example's own features.
-    group_of_rank = torch.searchsorted(stops, ranks, right=True)
-    sorted_salience = ranking.salience.gather(1, ranking.order)
-    group_salience = sorted_salience.new_zeros(n, n_groups + 1).scatter_add_(
-        1, group_of_rank, sorted_salience
-    )[:, :n_groups]
-    drop = probabilities.clean.unsqueeze(1) - probabilities.removed
-    coefficient = saco_coefficient(group_salience, drop)
-    own_feature = ranks < feature_counts.unsqueeze(1)
-    constant_map = ((sorted_salience == sorted_salience[:, :1]) | ~own_feature).all(dim=1)
-    coefficient = coefficient.masked_fill(constant_map | (feature_counts < n_groups), torch.nan)
-    undefined = torch.isnan(coefficient)
-    if bool(undefined.any()):
-        warnings.warn(
-            f"saco: the coefficient is undefined for {int(undefined.sum())} of {n} "
-            f"examples (indices {undefined.nonzero().flatten().tolist()}): their "
-            "attribution map is constant, they have fewer features than n_groups, their "
-            "group saliences are all equal, or the model's probabilities are not finite; "
-            "returning NaN for them",
-            UserWarning,
-            stacklevel=2,
-        )
-    if not return_details:
-        return coefficient
-    return SacoDetails(
-        coefficient=coefficient,
-        group_salience=group_salience,
-        group_size=stops - starts,
-        probability_drop=drop,
-        clean_probability=probabilities.clean,
-        target=probabilities.target,
-    )
+    details = saco_details(ranking, clean, removed, n_groups, ties, stacklevel=2)
+    return details if return_details else details.coefficient

@@ -1,0 +1,83 @@
+"""score_attributions gives what the single metrics give, from shared passes."""
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from captum_saco.metrics import aopc, auc, comprehensiveness, lodds, saco, score_attributions
+
+SINGLE = {
+    "saco": saco,
+    "aopc": aopc,
+    "lodds": lodds,
+    "auc": auc,
+    "comprehensiveness": comprehensiveness,
+}
+
+
+def _separately(model, images, maps, n_groups, **kwargs):
+    fractions = tuple(k / n_groups for k in range(1, n_groups))
+    out = {}
+    for method, a in maps.items():
+        out[method] = {}
+        for name, metric in SINGLE.items():
+            extra = {"n_groups": n_groups} if name == "saco" else {"fractions": fractions}
+            out[method][name] = metric(model, images, a, **extra, **kwargs)
+    return out
+
+
+@pytest.mark.parametrize("n_groups", [10, 7])
+def test_scores_equal_the_single_metrics_called_one_by_one(cnn, images, n_groups):
+    torch.manual_seed(40)
+    maps = {
+        "pixels": torch.randn(4, 8, 8),
+        "input": torch.randn(4, 3, 8, 8),
+        "grid": torch.rand(4, 2, 2),
+    }
+    scores = score_attributions(cnn, images, maps, n_groups=n_groups, target=2)
+    expected = _separately(cnn, images, maps, n_groups, target=2)
+    assert scores.keys() == maps.keys()
+    for method in maps:
+        assert list(scores[method]) == list(SINGLE)
+        for name in SINGLE:
+            assert torch.allclose(scores[method][name], expected[method][name], atol=1e-6), (
+                method,
+                name,
+            )
+
+
+def test_the_clean_pass_runs_once_and_perturbed_passes_share_batches(cnn, images):
+    calls = []
+
+    def counting(x: Tensor) -> Tensor:
+        calls.append(x.shape[0])
+        return cnn(x)
+
+    maps = {"a": torch.rand(4, 8, 8), "b": torch.rand(4, 8, 8)}
+    score_attributions(counting, images, maps, n_groups=4, max_examples_per_batch=1000)
+    # 64 pixels, K = 4: groups [0,16) [16,32) [32,48) [48,64); MoRF 16, 32, 48; LeRF 16, 32, 48.
+    # Shared per map: MoRF 16 = group 1 and LeRF 16 = group 4: 4 + 3 + 3 - 2 = 8 inputs.
+    assert calls == [4, 2 * 4 * 8]
+
+
+def test_metrics_may_be_chosen_and_unknown_ones_are_refused(cnn, images):
+    maps = {"a": torch.rand(4, 8, 8)}
+    assert list(score_attributions(cnn, images, maps, metrics=["auc"])["a"]) == ["auc"]
+    with pytest.raises(ValueError, match="metrics: expected a non-empty sequence"):
+        score_attributions(cnn, images, maps, metrics=["saco", "aupc"])
+    with pytest.raises(ValueError, match="metrics: expected a non-empty sequence"):
+        score_attributions(cnn, images, maps, metrics=[])
+    with pytest.raises(TypeError, match="attributions: expected a non-empty mapping"):
+        score_attributions(cnn, images, torch.rand(4, 8, 8))
+
+
+def test_a_hugging_face_style_output_and_a_per_example_target_are_accepted(cnn, images):
+    class Output:
+        def __init__(self, logits: Tensor) -> None:
+            self.logits = logits
+
+    model = nn.Module()
+    model.forward = lambda x: Output(cnn(x))  # type: ignore[method-assign]
+    target = torch.tensor([0, 1, 2, 3])
+    scores = score_attributions(model, images, {"a": torch.rand(4, 8, 8)}, target=target)
+    assert scores["a"]["saco"].shape == (4,)
