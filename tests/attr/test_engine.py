@@ -4,6 +4,7 @@ models of ``tiny_models.py``; the reference numbers are checked in
 ``test_model_families.py``."""
 
 import inspect
+import threading
 from typing import Dict
 
 import pytest
@@ -382,3 +383,79 @@ def test_per_example_arguments_must_have_one_row_per_example_when_chunked(
     method = RawAttention(vit, scaled)
     with pytest.raises(ValueError, match=r"additional_forward_args: .* one row per example \(4\)"):
         method.attribute(images, additional_forward_args=torch.ones(3), max_examples_per_batch=2)
+
+
+# --- concurrent calls ------------------------------------------------------------------
+@pytest.mark.parametrize("cls", [RawAttention, GradientWeightedAttention])
+def test_concurrent_calls_on_one_model_each_get_their_own_maps_and_restore_the_model(
+    cls: type, model: nn.Module, scores_of, state_of, same_state
+) -> None:
+    torch.manual_seed(2)
+    batches = [torch.rand(2, 3, 32, 32), torch.rand(3, 3, 32, 32)]
+    expected = [cls(model).attribute(batch, upsample=False) for batch in batches]
+    before = state_of(model)
+    barrier = threading.Barrier(2)
+
+    def forward(x: Tensor) -> Tensor:
+        # Both calls reach this point together unless the first holds the model: then
+        # the wait times out, the barrier breaks and the second call does not wait.
+        try:
+            barrier.wait(timeout=2)
+        except threading.BrokenBarrierError:
+            pass
+        return scores_of(model, x)
+
+    results: Dict[int, Tensor] = {}
+
+    def run(index: int) -> None:
+        results[index] = cls(model, forward).attribute(batches[index], upsample=False)
+
+    threads = [threading.Thread(target=run, args=(index,)) for index in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for index in range(2):
+        torch.testing.assert_close(results[index], expected[index])
+    same_state(before, state_of(model))
+
+
+def test_a_plain_forward_pass_in_another_thread_is_not_recorded(
+    vit: nn.Module, images: Tensor
+) -> None:
+    expected = RawAttention(vit).attribute(images, upsample=False)
+    other = torch.rand(1, 3, 32, 32)
+
+    def forward(x: Tensor) -> Tensor:
+        # another thread runs the model while this call captures it
+        thread = threading.Thread(target=vit, args=(other,))
+        thread.start()
+        thread.join()
+        return vit(x)
+
+    torch.testing.assert_close(
+        RawAttention(vit, forward).attribute(images, upsample=False), expected
+    )
+
+
+# --- inputs refused with the argument named ----------------------------------------------
+@pytest.mark.parametrize("cls", GRADIENT_METHODS + [TransformerAttribution])
+def test_integer_images_are_refused_by_methods_that_differentiate(
+    cls: type, vit: nn.Module
+) -> None:
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    with pytest.raises(TypeError, match=r"inputs: .*needs floating-point images.*torch.uint8"):
+        cls(vit).attribute(images)
+
+
+def test_meta_device_tensors_are_refused_with_the_argument_named(
+    vit: nn.Module, images: Tensor
+) -> None:
+    with pytest.raises(ValueError, match="inputs: a tensor on the meta device"):
+        RawAttention(vit).attribute(images.to("meta"))
+    with pytest.raises(ValueError, match="target: a tensor on the meta device"):
+        GradientWeightedAttention(vit).attribute(
+            images, target=torch.zeros(4, dtype=torch.long, device="meta")
+        )
+    with pytest.raises(ValueError, match="model: its parameters are on the meta device"):
+        RawAttention(tiny_timm().to("meta"))
