@@ -7,6 +7,8 @@ how timm, Hugging Face transformers and torchvision lay out their ViTs.
 """
 
 import sys
+import threading
+import weakref
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator, List, Optional, Tuple
@@ -55,6 +57,19 @@ SUPPORTED_MODELS = (
     "DeiTForImageClassificationWithTeacher (transformers >= 5), and torchvision "
     "VisionTransformer"
 )
+
+
+_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def _model_lock(model: nn.Module) -> threading.RLock:
+    """The lock that serialises the captures of ``model`` (one per model object)."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = threading.RLock()
+        return lock
 
 
 class _ReachedFirstBlock(Exception):
@@ -133,26 +148,35 @@ class ViTAdapter:
         no attention is recorded (for rules that replay the blocks themselves).
 
         Hooks and attention settings are removed and restored on leaving the block,
-        also when it is left by an exception.
+        also when it is left by an exception. Captures of one model are serialised:
+        a lock per model is held from patching to restoring, so concurrent
+        attribution calls from several threads wait for each other, and the hooks
+        record only the forward passes of the thread that holds the capture.
         """
         blocks = self.blocks()
         record = AttentionRecord(len(blocks))
+        owner = threading.get_ident()
 
         def store_tokens(module: nn.Module, args: Tuple, kwargs: dict) -> None:
+            if threading.get_ident() != owner:
+                return
             record.tokens = args[0] if args else next(iter(kwargs.values()))
             if stop_at_first_block:
                 raise _ReachedFirstBlock
 
         def store_grid(module: nn.Module, args: Tuple, output: Tensor) -> None:
-            record.grid = (int(output.shape[-2]), int(output.shape[-1]))
+            if threading.get_ident() == owner:
+                record.grid = (int(output.shape[-2]), int(output.shape[-1]))
 
         def attention_hook(index: int, read: Callable[[object], Tensor]) -> Callable:
             def hook(module: nn.Module, args: Tuple, output: object) -> None:
-                record.attentions[index] = read(output)
+                if threading.get_ident() == owner:
+                    record.attentions[index] = read(output)
 
             return hook
 
         with ExitStack() as stack:
+            stack.enter_context(_model_lock(self.model))
             stack.enter_context(self.attention_mode())
             handles = [
                 blocks[0].register_forward_pre_hook(store_tokens, with_kwargs=True),
