@@ -2,6 +2,7 @@
 numbers in batch, on every model family, its rules' conservation properties, and
 independence of the examples of a batch."""
 
+import copy
 from dataclasses import replace
 from typing import Callable, Dict
 
@@ -17,6 +18,7 @@ from captum_saco.attr._core.relevance import (
     AttentionRelevance,
     alpha1_beta0,
     attention_relevance,
+    embedding_in,
     pass_through,
     z_rule_half_each,
     z_rule_rescaled,
@@ -222,6 +224,33 @@ def test_first_block_stops_the_pass_early_and_gradients_can_be_left_out(
     torch.testing.assert_close(last.relevances[3], full.relevances[3], rtol=0, atol=0)
     with pytest.raises(ValueError, match="input_relevance"):
         relevance_of(timm_reference_model, reference["inputs"], first_block=1, input_relevance=True)
+
+
+# --- precision -------------------------------------------------------------------------
+def test_embedding_in_float64_gives_the_tokens_of_a_float64_model_and_removes_its_hook(
+    reference: Dict, reference_model: nn.Module, state_of, same_state
+) -> None:
+    before = state_of(reference_model)
+    adapter = adapter_for(reference_model)
+    with embedding_in(adapter, torch.float64), adapter.capture(stop_at_first_block=True) as record:
+        reference_model(reference["inputs"])
+    same_state(before, state_of(reference_model))
+    model64 = copy.deepcopy(reference_model).double()
+    expected = block0_tokens(model64, reference["inputs"].double())
+    assert record.tokens.dtype == torch.float64
+    torch.testing.assert_close(record.tokens, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_float64_tokens_give_the_float64_partial_lrp_of_the_original_on_a_float32_model(
+    reference: Dict, more_reference: Dict, reference_model: nn.Module
+) -> None:
+    tokens = block0_tokens(copy.deepcopy(reference_model).double(), reference["inputs"].double())
+    for target_kind in ("argmax", "fixed"):
+        target = reference["targets"][target_kind]
+        result = attention_relevance(vit_parts(reference_model), tokens, target)
+        assert result.relevances[-1].dtype == torch.float64
+        expected = more_reference["attributions"][target_kind]["partial_lrp_float64"]
+        assert relative_error(partial_lrp(result), expected) < 1e-4
 
 
 # --- batches ----------------------------------------------------------------------------

@@ -352,3 +352,26 @@ def attention_relevance(
         relevances=relevances,
         input_relevance=relevance if input_relevance else None,
     )
+
+
+#: the ``precision`` option of the LRP methods: the dtype the relevance pass computes in
+#: (``"model"``: the model's own dtype)
+PRECISIONS = {"float64": torch.float64, "model": None}
+
+
+def check_precision(precision: str) -> None:
+    """Refuse a ``precision`` option that is not one of :data:`PRECISIONS`."""
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {list(PRECISIONS)}, got {precision!r}")
+
+
+@contextmanager
+def computing_in(adapter: ViTAdapter, precision: str) -> Iterator[None]:
+    """While active, the relevance pass of the adapter's model computes in the
+    dtype of ``precision`` (see :func:`embedding_in`)."""
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        yield
+    else:
+        with embedding_in(adapter, dtype):
+            yield
