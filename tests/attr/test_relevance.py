@@ -2,6 +2,8 @@
 numbers in batch, on every model family, its rules' conservation properties, and
 independence of the examples of a batch."""
 
+import copy
+from dataclasses import replace
 from typing import Callable, Dict
 
 import pytest
@@ -12,11 +14,14 @@ from torch import Tensor, nn
 from captum_saco.attr import GradientWeightedAttention
 from captum_saco.attr._core.adapters import adapter_for, vit_parts
 from captum_saco.attr._core.relevance import (
+    CHEFER_RULES,
     AttentionRelevance,
-    _bilinear_relevance,
-    _linear_relevance,
-    _residual_relevance,
+    alpha1_beta0,
     attention_relevance,
+    embedding_in,
+    pass_through,
+    z_rule_half_each,
+    z_rule_rescaled,
 )
 
 
@@ -28,8 +33,8 @@ def block0_tokens(model: nn.Module, images: Tensor) -> Tensor:
     return record.tokens
 
 
-def relevance_of(model: nn.Module, images: Tensor, target=None) -> AttentionRelevance:
-    return attention_relevance(vit_parts(model), block0_tokens(model, images), target)
+def relevance_of(model: nn.Module, images: Tensor, target=None, **options) -> AttentionRelevance:
+    return attention_relevance(vit_parts(model), block0_tokens(model, images), target, **options)
 
 
 def partial_lrp(result: AttentionRelevance, num_prefix_tokens: int = 1) -> Tensor:
@@ -96,14 +101,17 @@ def test_shapes_are_per_block_batch_heads_tokens_tokens(
     for tensors in (result.attentions, result.gradients, result.relevances):
         assert len(tensors) == 4
         assert all(t.shape == (4, 3, 37, 37) for t in tensors)
-    assert result.input_relevance.shape == (4, 37, 48)
+    assert result.input_relevance is None
+    assert relevance_of(
+        timm_reference_model, reference["inputs"], input_relevance=True
+    ).input_relevance.shape == (4, 37, 48)
 
 
 # --- conservation -------------------------------------------------------------------------
 def test_each_example_conserves_its_unit_relevance_down_to_the_block0_tokens(
     reference: Dict, reference_model: nn.Module
 ) -> None:
-    result = relevance_of(reference_model, reference["inputs"], [0, 3, 7, 9])
+    result = relevance_of(reference_model, reference["inputs"], [0, 3, 7, 9], input_relevance=True)
     totals = result.input_relevance.sum(dim=(1, 2))
     torch.testing.assert_close(totals, torch.ones(4), rtol=0, atol=1e-4)
 
@@ -118,7 +126,7 @@ def test_prefix_tokens_heads_and_layer_scale_keep_logits_and_conservation(
 ) -> None:
     model = build()
     images = torch.rand(3, 3, 32, 32)
-    result = relevance_of(model, images)
+    result = relevance_of(model, images, input_relevance=True)
     with torch.no_grad():
         torch.testing.assert_close(result.logits, model(images), rtol=1e-5, atol=1e-5)
     totals = result.input_relevance.sum(dim=(1, 2))
@@ -129,7 +137,7 @@ def test_linear_rule_conserves_relevance_except_of_outputs_without_positive_cont
     torch.manual_seed(0)
     inputs, weight = torch.randn(2, 5, 8), torch.randn(6, 8)
     relevance = torch.randn(2, 5, 6)
-    result = _linear_relevance(inputs, weight, relevance)
+    result = alpha1_beta0(inputs, weight, relevance)
     positive_parts = (
         inputs.clamp(min=0) @ weight.clamp(min=0).t()
         + inputs.clamp(max=0) @ weight.clamp(max=0).t()
@@ -142,14 +150,14 @@ def test_linear_rule_is_alpha1_beta0_with_one_shared_denominator() -> None:
     torch.manual_seed(0)
     x, w, r = torch.randn(8), torch.randn(8), torch.randn(())
     positive = x.clamp(min=0) * w.clamp(min=0) + x.clamp(max=0) * w.clamp(max=0)
-    single = _linear_relevance(x[None], w[None], r[None])[0]
+    single = alpha1_beta0(x[None], w[None], r[None])[0]
     torch.testing.assert_close(single, positive / positive.sum() * r)
 
 
 def test_residual_rule_conserves_each_example_and_shares_by_absolute_branch_totals() -> None:
     torch.manual_seed(0)
     skip, branch, relevance = torch.randn(3, 4, 5), torch.randn(3, 4, 5), torch.randn(3, 4, 5)
-    skip_relevance, branch_relevance = _residual_relevance(skip, branch, relevance)
+    skip_relevance, branch_relevance = z_rule_rescaled(skip, branch, relevance)
     totals = relevance.sum(dim=(1, 2))
     torch.testing.assert_close(skip_relevance.sum((1, 2)) + branch_relevance.sum((1, 2)), totals)
     z_skip = (skip * relevance / (skip + branch)).sum(dim=(1, 2))
@@ -165,9 +173,84 @@ def test_attention_products_give_each_operand_half_of_the_relevance() -> None:
     torch.manual_seed(0)
     left, right = torch.rand(2, 3, 4, 4), torch.randn(2, 3, 4, 6)
     relevance = torch.randn(2, 3, 4, 6)
-    left_relevance, right_relevance = _bilinear_relevance(left, right, left @ right, relevance)
+    left_relevance, right_relevance = z_rule_half_each(left, right, left @ right, relevance)
     torch.testing.assert_close(left_relevance.sum((2, 3)), relevance.sum((2, 3)) / 2)
     torch.testing.assert_close(right_relevance.sum((2, 3)), relevance.sum((2, 3)) / 2)
+
+
+# --- named rules and how far the pass goes ------------------------------------------------
+def test_chefers_rules_are_the_named_rules_of_the_original() -> None:
+    assert CHEFER_RULES.linear is alpha1_beta0
+    assert CHEFER_RULES.product is z_rule_half_each
+    assert CHEFER_RULES.residual is z_rule_rescaled
+    assert CHEFER_RULES.elementwise is pass_through
+
+
+def test_another_residual_rule_changes_the_relevance_and_still_conserves_it(
+    reference: Dict, timm_reference_model: nn.Module
+) -> None:
+    def plain_z_rule(skip: Tensor, branch: Tensor, relevance: Tensor):
+        scale = relevance / (skip + branch)
+        return skip * scale, branch * scale
+
+    rules = replace(CHEFER_RULES, residual=plain_z_rule)
+    chefer = relevance_of(timm_reference_model, reference["inputs"], 3, input_relevance=True)
+    plain = relevance_of(
+        timm_reference_model, reference["inputs"], 3, input_relevance=True, rules=rules
+    )
+    assert relative_error(plain.relevances[0], chefer.relevances[0]) > 1e-2
+    totals = plain.input_relevance.sum(dim=(1, 2))
+    torch.testing.assert_close(totals, torch.ones(4), rtol=0, atol=1e-4)
+
+
+def test_the_pass_stops_at_block0s_attention_unless_the_input_relevance_is_asked_for(
+    reference: Dict, timm_reference_model: nn.Module
+) -> None:
+    short = relevance_of(timm_reference_model, reference["inputs"], 3)
+    full = relevance_of(timm_reference_model, reference["inputs"], 3, input_relevance=True)
+    assert short.input_relevance is None and full.input_relevance is not None
+    for mine, other in zip(short.relevances, full.relevances):
+        torch.testing.assert_close(mine, other, rtol=0, atol=0)
+
+
+def test_first_block_stops_the_pass_early_and_gradients_can_be_left_out(
+    reference: Dict, timm_reference_model: nn.Module
+) -> None:
+    full = relevance_of(timm_reference_model, reference["inputs"], 3)
+    last = relevance_of(
+        timm_reference_model, reference["inputs"], 3, first_block=3, gradients=False
+    )
+    assert last.relevances[:3] == [None, None, None] and last.gradients is None
+    torch.testing.assert_close(last.relevances[3], full.relevances[3], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="input_relevance"):
+        relevance_of(timm_reference_model, reference["inputs"], first_block=1, input_relevance=True)
+
+
+# --- precision -------------------------------------------------------------------------
+def test_embedding_in_float64_gives_the_tokens_of_a_float64_model_and_removes_its_hook(
+    reference: Dict, reference_model: nn.Module, state_of, same_state
+) -> None:
+    before = state_of(reference_model)
+    adapter = adapter_for(reference_model)
+    with embedding_in(adapter, torch.float64), adapter.capture(stop_at_first_block=True) as record:
+        reference_model(reference["inputs"])
+    same_state(before, state_of(reference_model))
+    model64 = copy.deepcopy(reference_model).double()
+    expected = block0_tokens(model64, reference["inputs"].double())
+    assert record.tokens.dtype == torch.float64
+    torch.testing.assert_close(record.tokens, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_float64_tokens_give_the_float64_partial_lrp_of_the_original_on_a_float32_model(
+    reference: Dict, more_reference: Dict, reference_model: nn.Module
+) -> None:
+    tokens = block0_tokens(copy.deepcopy(reference_model).double(), reference["inputs"].double())
+    for target_kind in ("argmax", "fixed"):
+        target = reference["targets"][target_kind]
+        result = attention_relevance(vit_parts(reference_model), tokens, target)
+        assert result.relevances[-1].dtype == torch.float64
+        expected = more_reference["attributions"][target_kind]["partial_lrp_float64"]
+        assert relative_error(partial_lrp(result), expected) < 1e-4
 
 
 # --- batches ----------------------------------------------------------------------------

@@ -1,70 +1,57 @@
-"""Layer-wise relevance of the attention probabilities of a Vision Transformer.
+"""Layer-wise relevance propagation (LRP) through a Vision Transformer.
 
 Transformer Attribution (Chefer et al., CVPR 2021) weighs each block's
 attention gradient by the LRP relevance ``R(A_b)`` of its attention
-probabilities. This module computes that relevance once, for any ViT given in
-the canonical form of :class:`~captum_saco.attr._core.adapters.ViTParts`: a
-functional forward pass from the tokens entering block 0 to the logits records
-every activation the rules need, one backward pass gives the gradients of the
-target logits, and an explicit reverse pass over the recorded activations
-propagates the relevance with the rules of the original implementation:
+probabilities; partial LRP reads ``R(A_b)`` of the last block and full LRP
+continues the pass down to the tokens entering block 0. This module computes
+these relevances for any ViT given in the canonical form of
+:class:`~captum_saco.attr._core.adapters.ViTParts`: a functional forward pass
+from the tokens entering block 0 to the logits records every activation the
+rules read (:mod:`~captum_saco.attr._core.replay`), one backward pass gives
+the gradients of the target logits, and an explicit reverse pass over the
+recorded activations propagates the relevance.
 
-- linear layers: alpha=1, beta=0, with one denominator shared by the positive
-  and negative parts of the input (biases take no relevance);
+Each step of the reverse pass applies a named rule, and a method is a choice
+of rules (:class:`LRPRules`). The rules of the authors' implementation
+(:data:`CHEFER_RULES`) are:
+
+- linear layers: :func:`alpha1_beta0`;
+- the products ``Q K^T`` and ``A V``: :func:`z_rule_half_each`;
+- residual additions: :func:`z_rule_rescaled`;
 - GELU, softmax, LayerNorm, dropout, layer scale, the attention scale, the
-  class-token selection and the final norm pass relevance unchanged;
-- the products ``Q K^T`` and ``A V``: z-rule (gradient times input), each
-  operand receiving half of the relevance;
-- residual additions: z-rule, then each branch rescaled so that the branch
-  totals are proportional to the absolute totals of the branches and the sum
-  is conserved; done per example (the original sums over the whole batch,
-  which is only right for batch size 1);
-- every division by ``z`` is stabilised as ``z + 1e-9`` and yields 0 where
-  ``z == 0``.
+  class-token selection and the final norm: :func:`pass_through`.
 
 Everything is batched; an example's relevance never depends on the other
-examples of the batch.
+examples of the batch. The pass computes in the dtype of the tokens it is
+given (the model's parts are cast to it): Chefer's residual rule divides by
+sums that nearly cancel, so callers that need the right numbers give float64
+tokens (see :func:`embedding_in`).
 """
 
-from dataclasses import dataclass
-from typing import List, Tuple
+import copy
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from captum_saco._utils import TargetType, resolve_target
-from captum_saco.attr._core.adapters import BlockParts, ViTParts
+from captum_saco.attr._core.adapters import BlockParts, ViTAdapter, ViTParts
 from captum_saco.attr._core.replay import BlockRecord, at_rows, block_forward
 
 _EPSILON = 1e-9
 
-
-@dataclass(frozen=True)
-class AttentionRelevance:
-    """What the relevance pass returns for a batch.
-
-    Attributes:
-        logits (Tensor): ``(N, C)`` logits of the functional forward pass.
-        classes (Tensor): ``(N,)`` the target class of each example.
-        attentions (list of Tensor): per block, the post-softmax attention
-            probabilities ``A_b`` of shape ``(N, heads, T, T)``.
-        gradients (list of Tensor): per block, the gradient of the target
-            logit with respect to ``A_b``.
-        relevances (list of Tensor): per block, the LRP relevance ``R(A_b)``.
-        input_relevance (Tensor): ``(N, T, D)`` the relevance of the tokens
-            entering block 0; it sums to 1 per example up to the relevance
-            the rules absorb (biases, zero denominators).
-    """
-
-    logits: Tensor
-    classes: Tensor
-    attentions: List[Tensor]
-    gradients: List[Tensor]
-    relevances: List[Tensor]
-    input_relevance: Tensor
+#: ``rule(inputs, weight, relevance)``: relevance of ``inputs`` from that of ``inputs @ weight.T``
+LinearRule = Callable[[Tensor, Tensor, Tensor], Tensor]
+#: ``rule(left, right, product, relevance)``: relevance of both operands of ``left @ right``
+ProductRule = Callable[[Tensor, Tensor, Tensor, Tensor], Tuple[Tensor, Tensor]]
+#: ``rule(skip, branch, relevance)``: relevance of both operands of ``skip + branch``
+SumRule = Callable[[Tensor, Tensor, Tensor], Tuple[Tensor, Tensor]]
 
 
+# --- the rules ----------------------------------------------------------------------------
 def _stabilised_divide(numerator: Tensor, denominator: Tensor) -> Tensor:
     """``numerator / (denominator + 1e-9)``, and 0 where the denominator is 0."""
     shifted = denominator + _EPSILON
@@ -72,14 +59,20 @@ def _stabilised_divide(numerator: Tensor, denominator: Tensor) -> Tensor:
     return (numerator / shifted).masked_fill_(denominator == 0, 0.0)
 
 
-def _linear_relevance(inputs: Tensor, weight: Tensor, relevance: Tensor) -> Tensor:
-    """LRP alpha=1, beta=0 through ``inputs @ weight.T`` (bias ignored).
+def pass_through(relevance: Tensor) -> Tensor:
+    """The identity rule: an element-wise layer hands its output's relevance to its input."""
+    return relevance
 
-    The positive part of the inputs meets the positive weights and the
-    negative part the negative weights; both share one denominator ``z``.
-    ``z`` is a sum of non-negative products, so where ``z == 0`` every product
-    is 0 and the output's relevance reaches no input, as in the original's
-    masked division, without the mask.
+
+def alpha1_beta0(inputs: Tensor, weight: Tensor, relevance: Tensor) -> Tensor:
+    """LRP-alpha1-beta0 through ``inputs @ weight.T`` (bias ignored), as in
+    Captum's ``Alpha1_Beta0_Rule`` and zennit's ``AlphaBeta(1, 0)``.
+
+    The positive part of the inputs meets the positive weights and the negative
+    part the negative weights (only positive contributions count); both share
+    one denominator ``z``, stabilised as ``z + 1e-9``. ``z`` is a sum of
+    non-negative products, so where ``z == 0`` every product is 0 and the
+    output's relevance reaches no input.
     """
     shape = inputs.shape
     positive_in = inputs.reshape(-1, shape[-1]).clamp(min=0)
@@ -92,11 +85,21 @@ def _linear_relevance(inputs: Tensor, weight: Tensor, relevance: Tensor) -> Tens
     return result.addcmul_(negative_in, scale @ negative_w).reshape(shape)
 
 
-def _residual_relevance(skip: Tensor, branch: Tensor, relevance: Tensor) -> Tuple[Tensor, Tensor]:
-    """Split the relevance of ``skip + branch`` between its two operands.
+def z_rule_half_each(
+    left: Tensor, right: Tensor, product: Tensor, relevance: Tensor
+) -> Tuple[Tensor, Tensor]:
+    """The z-rule (gradient times input) through ``product = left @ right``, each
+    operand receiving half of the relevance."""
+    scale = _stabilised_divide(relevance, product)
+    left_relevance = left * (scale @ right.transpose(-2, -1))
+    right_relevance = right * (left.transpose(-2, -1) @ scale)
+    return left_relevance / 2, right_relevance / 2
 
-    The z-rule splits it; each operand is then rescaled so that its total is
-    the example's total relevance times its share of the absolute totals.
+
+def z_rule_rescaled(skip: Tensor, branch: Tensor, relevance: Tensor) -> Tuple[Tensor, Tensor]:
+    """The z-rule through ``skip + branch``, then each operand rescaled so that its
+    total is the example's total relevance times its share of the absolute totals
+    (Chefer's residual rule, per example where the original sums over the batch).
     """
     scale = _stabilised_divide(relevance, skip + branch)
     skip_relevance, branch_relevance = skip * scale, branch * scale
@@ -113,53 +116,188 @@ def _residual_relevance(skip: Tensor, branch: Tensor, relevance: Tensor) -> Tupl
     )
 
 
-def _bilinear_relevance(
-    left: Tensor, right: Tensor, product: Tensor, relevance: Tensor
-) -> Tuple[Tensor, Tensor]:
-    """z-rule through ``product = left @ right``; each operand receives half."""
-    scale = _stabilised_divide(relevance, product)
-    left_relevance = left * (scale @ right.transpose(-2, -1))
-    right_relevance = right * (left.transpose(-2, -1) @ scale)
-    return left_relevance / 2, right_relevance / 2
+@dataclass(frozen=True)
+class LRPRules:
+    """The rules of one LRP method, by the kind of layer they pass relevance through.
+
+    Attributes:
+        linear (LinearRule): linear layers (qkv, attention output, MLP, classifier).
+        product (ProductRule): the attention products ``Q K^T`` and ``A V``.
+        residual (SumRule): the residual additions.
+        elementwise (Callable): GELU, softmax, LayerNorm, dropout, layer scale.
+    """
+
+    linear: LinearRule = alpha1_beta0
+    product: ProductRule = z_rule_half_each
+    residual: SumRule = z_rule_rescaled
+    elementwise: Callable[[Tensor], Tensor] = pass_through
+
+
+#: The rules of Chefer et al.'s implementation (Transformer Attribution, partial and full LRP).
+CHEFER_RULES = LRPRules()
+
+
+# --- the relevance pass -------------------------------------------------------------------
+@dataclass(frozen=True)
+class AttentionRelevance:
+    """What the relevance pass returns for a batch.
+
+    Attributes:
+        logits (Tensor): ``(N, C)`` logits of the functional forward pass.
+        classes (Tensor): ``(N,)`` the target class of each example.
+        attentions (list of Tensor): per block, the post-softmax attention
+            probabilities ``A_b`` of shape ``(N, heads, T, T)``.
+        gradients (list of Tensor or None): per block, the gradient of the target
+            logit with respect to ``A_b``; ``None`` when not asked for.
+        relevances (list of Tensor or None): per block, the LRP relevance
+            ``R(A_b)``; ``None`` for the blocks before ``first_block``.
+        input_relevance (Tensor or None): ``(N, T, D)`` the relevance of the tokens
+            entering block 0 when asked for; it sums to 1 per example up to the
+            relevance the rules absorb (biases, zero denominators).
+    """
+
+    logits: Tensor
+    classes: Tensor
+    attentions: List[Tensor]
+    gradients: Optional[List[Tensor]]
+    relevances: List[Optional[Tensor]]
+    input_relevance: Optional[Tensor] = None
+
+
+def parts_in(parts: ViTParts, dtype: torch.dtype) -> ViTParts:
+    """``parts`` computing in ``dtype``: the same ``parts`` if they already do, else
+    copies of the layers cast to ``dtype`` (the model is not touched)."""
+    if parts.blocks[0].qkv_weight.dtype == dtype:
+        return parts
+
+    def cast(layer):
+        if isinstance(layer, Tensor):
+            return layer.detach().to(dtype)
+        if isinstance(layer, nn.Module):
+            return copy.deepcopy(layer).to(dtype)
+        return layer  # None, or a function such as an activation
+
+    blocks = [
+        replace(block, **{k: cast(v) for k, v in vars(block).items()}) for block in parts.blocks
+    ]
+    heads = [(index, cast(head)) for index, head in parts.heads]
+    return replace(parts, blocks=blocks, norm=cast(parts.norm), heads=heads)
+
+
+@contextmanager
+def embedding_in(adapter: ViTAdapter, dtype: torch.dtype) -> Iterator[None]:
+    """While active, the patch embedding of the adapter's model computes in
+    ``dtype`` (its output replaced by the convolution recomputed in ``dtype``),
+    so that the tokens entering block 0 come out in ``dtype`` as well, the
+    prefix tokens and position embeddings being promoted when added to them.
+    The hook is removed on exit, also on exceptions.
+    """
+    conv = adapter.patch_embedding()
+    if not isinstance(conv, nn.Conv2d) or conv.padding_mode != "zeros":
+        raise ValueError(
+            f"model: the patch embedding must be a zero-padded Conv2d to compute in {dtype}, "
+            f"got {conv}"
+        )
+
+    def recompute(module: nn.Conv2d, args: Tuple, output: Tensor) -> Tensor:
+        bias = None if module.bias is None else module.bias.to(dtype)
+        return F.conv2d(
+            args[0].to(dtype), module.weight.to(dtype), bias,
+            module.stride, module.padding, module.dilation, module.groups,
+        )  # fmt: skip
+
+    handle = conv.register_forward_hook(recompute) if conv.weight.dtype != dtype else None
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.remove()
+
+
+def _replay(parts: ViTParts, tokens: Tensor) -> Tuple[List[BlockRecord], Tensor, Tensor]:
+    """The blocks' records, the final-norm output and the logits from ``tokens``."""
+    # After the last attention only the heads' tokens matter.
+    head_tokens = sorted({index for index, _ in parts.heads})
+    last_rows = torch.tensor(head_tokens, device=tokens.device)
+    records: List[BlockRecord] = []
+    hidden = tokens.detach()
+    for b, block in enumerate(parts.blocks):
+        rows = last_rows if b == len(parts.blocks) - 1 else None
+        records.append(block_forward(block, hidden, rows))
+        hidden = records[-1].mid + records[-1].mlp_branch
+    normed = parts.norm(hidden)
+    position = {index: p for p, index in enumerate(head_tokens)}
+    logits = torch.stack([head(normed[:, position[index]]) for index, head in parts.heads])
+    return records, normed, logits.mean(dim=0)
+
+
+def _head_relevance(parts: ViTParts, normed: Tensor, classes: Tensor, rules: LRPRules) -> Tensor:
+    """Relevance of the final norm's output, seeded with the one-hot target; with
+    several classifier heads (DeiT distilled) each head, on its token, receives
+    ``1 / len(heads)`` of it, as their logits are averaged."""
+    num_classes = parts.heads[0][1].out_features
+    seed = F.one_hot(classes, num_classes).to(normed.dtype) / len(parts.heads)
+    head_tokens = sorted({index for index, _ in parts.heads})
+    relevance = torch.zeros_like(normed)
+    for index, head in parts.heads:
+        position = head_tokens.index(index)
+        relevance[:, position] += rules.linear(normed[:, position], head.weight, seed)
+    return rules.elementwise(relevance)
 
 
 def _block_relevance(
-    block: BlockParts, record: BlockRecord, relevance: Tensor
-) -> Tuple[Tensor, Tensor]:
-    """Relevance of the block's input tokens and of its attention probabilities."""
-    mid_relevance, mlp_relevance = _residual_relevance(record.mid, record.mlp_branch, relevance)
-    hidden_relevance = _linear_relevance(record.hidden, block.fc2.weight, mlp_relevance)
-    mid_relevance = mid_relevance + _linear_relevance(
-        record.mlp_in, block.fc1.weight, hidden_relevance
+    block: BlockParts, record: BlockRecord, relevance: Tensor, rules: LRPRules, to_input: bool
+) -> Tuple[Optional[Tensor], Tensor]:
+    """Relevance of the block's input tokens (``None`` unless ``to_input``) and of
+    its attention probabilities."""
+    mid_relevance, mlp_relevance = rules.residual(record.mid, record.mlp_branch, relevance)
+    hidden_relevance = rules.elementwise(
+        rules.linear(record.hidden, block.fc2.weight, rules.elementwise(mlp_relevance))
     )
-
-    skip_relevance, branch_relevance = _residual_relevance(
+    mid_relevance = mid_relevance + rules.elementwise(
+        rules.linear(record.mlp_in, block.fc1.weight, hidden_relevance)
+    )
+    skip_relevance, branch_relevance = rules.residual(
         record.skip, record.attention_branch, mid_relevance
     )
     n, heads, t, d = record.context.shape
-    merged_relevance = _linear_relevance(record.merged, block.proj.weight, branch_relevance)
+    merged_relevance = rules.linear(
+        record.merged, block.proj.weight, rules.elementwise(branch_relevance)
+    )
     context_relevance = at_rows(merged_relevance, record.rows, t)
     context_relevance = context_relevance.reshape(n, t, heads, d).transpose(1, 2)
-    attention_relevance, v_relevance = _bilinear_relevance(
+    attention_relevance, v_relevance = rules.product(
         record.attention, record.v, record.context, context_relevance
     )
-    q_relevance, k_relevance = _bilinear_relevance(
-        record.q, record.k.transpose(-2, -1), record.scores, attention_relevance
+    if not to_input:
+        return None, attention_relevance
+    q_relevance, k_relevance = rules.product(
+        record.q, record.k.transpose(-2, -1), record.scores, rules.elementwise(attention_relevance)
     )
     qkv_relevance = torch.stack(
         (q_relevance, k_relevance.transpose(-2, -1), v_relevance), dim=2
     )  # (N, heads, 3, T, d)
     qkv_relevance = qkv_relevance.permute(0, 3, 2, 1, 4).reshape(n, t, 3 * heads * d)
-    tokens_relevance = at_rows(skip_relevance, record.rows, t) + _linear_relevance(
-        record.normed, block.qkv_weight, qkv_relevance
+    tokens_relevance = at_rows(skip_relevance, record.rows, t) + rules.elementwise(
+        rules.linear(record.normed, block.qkv_weight, qkv_relevance)
     )
     return tokens_relevance, attention_relevance
 
 
 def attention_relevance(
-    parts: ViTParts, tokens: Tensor, target: TargetType = None
+    parts: ViTParts,
+    tokens: Tensor,
+    target: TargetType = None,
+    *,
+    gradients: bool = True,
+    first_block: int = 0,
+    input_relevance: bool = False,
+    rules: LRPRules = CHEFER_RULES,
 ) -> AttentionRelevance:
     """Attention probabilities, their gradients and their LRP relevance, per block.
+
+    The pass computes in ``tokens.dtype`` (the parts are cast to it, see
+    :func:`parts_in`).
 
     Args:
         parts (ViTParts): the model in canonical form.
@@ -168,54 +306,72 @@ def attention_relevance(
         target (int, list, Tensor or None, optional): the class to explain,
             in any form :func:`captum_saco._utils.resolve_target` accepts for
             ``(N, C)`` logits. Default: the predicted class.
+        gradients (bool, optional): whether to take the gradients of the target
+            logits with respect to the attention (one backward pass). Default: True.
+        first_block (int, optional): the relevance pass stops once ``R(A_b)`` of
+            this block is known. Default: 0.
+        input_relevance (bool, optional): whether to continue the pass through
+            block 0 down to ``tokens`` (needs ``first_block=0``). Default: False.
+        rules (LRPRules, optional): the rules. Default: :data:`CHEFER_RULES`.
 
     Returns:
         AttentionRelevance: the logits, the target classes and per block
         ``A_b``, ``grad(A_b)`` of the target logit and ``R(A_b)``, each of
-        shape ``(N, heads, T, T)``, plus the relevance of ``tokens``. The
-        relevance is seeded with the one-hot target at the classifier output;
-        with several classifier heads (DeiT distilled) each head, on its
-        token, receives ``1 / len(heads)`` of it, as their logits are averaged.
+        shape ``(N, heads, T, T)``, plus the relevance of ``tokens`` if asked
+        for. The relevance is seeded with the one-hot target at the classifier
+        output.
     """
-    with torch.enable_grad():
-        # After the last attention only the heads' tokens matter.
-        head_tokens = sorted({index for index, _ in parts.heads})
-        position = {index: p for p, index in enumerate(head_tokens)}
-        last_rows = torch.tensor(head_tokens, device=tokens.device)
-        records: List[BlockRecord] = []
-        hidden = tokens.detach()
-        for b, block in enumerate(parts.blocks):
-            rows = last_rows if b == len(parts.blocks) - 1 else None
-            records.append(block_forward(block, hidden, rows))
-            hidden = records[-1].mid + records[-1].mlp_branch
-        normed = parts.norm(hidden)
-        logits = torch.stack(
-            [head(normed[:, position[index]]) for index, head in parts.heads]
-        ).mean(dim=0)
+    if input_relevance and first_block != 0:
+        raise ValueError("input_relevance: the pass reaches the tokens only with first_block=0")
+    parts = parts_in(parts, tokens.dtype)
+    with torch.set_grad_enabled(gradients):
+        records, normed, logits = _replay(parts, tokens)
         _, classes = resolve_target(logits.detach(), target)
         attentions = [record.attention for record in records]
-        chosen = logits.gather(1, classes[:, None]).sum()
-        gradients = list(torch.autograd.grad(chosen, attentions))
+        grads = None
+        if gradients:
+            chosen = logits.gather(1, classes[:, None]).sum()
+            grads = list(torch.autograd.grad(chosen, attentions))
 
     with torch.no_grad():
-        seed = F.one_hot(classes, logits.shape[1]).to(logits.dtype) / len(parts.heads)
-        relevance = torch.zeros_like(normed)
-        for index, head in parts.heads:
-            relevance[:, position[index]] += _linear_relevance(
-                normed[:, position[index]].detach(), head.weight, seed
+        relevance = _head_relevance(parts, normed.detach(), classes, rules)
+        relevances: List[Optional[Tensor]] = [None] * len(records)
+        for b in reversed(range(first_block, len(records))):
+            record = BlockRecord(
+                *(None if value is None else value.detach() for value in vars(records[b]).values())
             )
-        block_relevances: List[Tensor] = []
-        for block, record in zip(reversed(parts.blocks), reversed(records)):
-            detached = BlockRecord(
-                *(None if value is None else value.detach() for value in vars(record).values())
+            to_input = b > first_block or input_relevance
+            relevance, relevances[b] = _block_relevance(
+                parts.blocks[b], record, relevance, rules, to_input
             )
-            relevance, attention_relevance_b = _block_relevance(block, detached, relevance)
-            block_relevances.append(attention_relevance_b)
     return AttentionRelevance(
         logits=logits.detach(),
         classes=classes,
         attentions=[attention.detach() for attention in attentions],
-        gradients=gradients,
-        relevances=block_relevances[::-1],
-        input_relevance=relevance,
+        gradients=grads,
+        relevances=relevances,
+        input_relevance=relevance if input_relevance else None,
     )
+
+
+#: the ``precision`` option of the LRP methods: the dtype the relevance pass computes in
+#: (``"model"``: the model's own dtype)
+PRECISIONS = {"float64": torch.float64, "model": None}
+
+
+def check_precision(precision: str) -> None:
+    """Refuse a ``precision`` option that is not one of :data:`PRECISIONS`."""
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {list(PRECISIONS)}, got {precision!r}")
+
+
+@contextmanager
+def computing_in(adapter: ViTAdapter, precision: str) -> Iterator[None]:
+    """While active, the relevance pass of the adapter's model computes in the
+    dtype of ``precision`` (see :func:`embedding_in`)."""
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        yield
+    else:
+        with embedding_in(adapter, dtype):
+            yield
