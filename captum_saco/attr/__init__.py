@@ -1,7 +1,7 @@
 """Attribution methods for Vision Transformers, as Captum ``Attribution`` classes."""
 
 from captum_saco.attr._core.attention_rollout import AttentionRollout
-from captum_saco.attr._core.engine import AttentionAttribution
+from captum_saco.attr._core.engine import AttentionAttribution, AttentionTrace, Needs
 from captum_saco.attr._core.gradient_weighted_attention import GradientWeightedAttention
 from captum_saco.attr._core.random_attribution import RandomAttribution
 from captum_saco.attr._core.raw_attention import RawAttention
@@ -9,8 +9,10 @@ from captum_saco.attr._core.transformer_attribution import TransformerAttributio
 
 __all__ = [
     "AttentionAttribution",
+    "AttentionTrace",
     "AttentionRollout",
     "GradientWeightedAttention",
+    "Needs",
     "RandomAttribution",
     "RawAttention",
     "TransformerAttribution",

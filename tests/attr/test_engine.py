@@ -9,7 +9,12 @@ import torch.nn.functional as F
 from captum.attr import Attribution
 from torch import Tensor, nn
 
-from captum_saco.attr import AttentionRollout, GradientWeightedAttention, RawAttention
+from captum_saco.attr import (
+    AttentionRollout,
+    GradientWeightedAttention,
+    RawAttention,
+    TransformerAttribution,
+)
 
 METHODS = [RawAttention, AttentionRollout, GradientWeightedAttention]
 
@@ -188,7 +193,7 @@ def test_forward_func_output_without_scores_is_refused(
         method.attribute(images)
 
 
-def test_unknown_options_are_refused_before_running_the_model(
+def test_unknown_options_are_refused_by_python_before_running_the_model(
     timm_reference_model: nn.Module, images: Tensor
 ) -> None:
     calls = []
@@ -197,10 +202,9 @@ def test_unknown_options_are_refused_before_running_the_model(
         calls.append(1)
         return timm_reference_model(x)
 
-    unknown_start_layer = r"unknown option\(s\) \['start_layer'\].*\['aggregate_layers'\]"
-    with pytest.raises(TypeError, match=unknown_start_layer):
+    with pytest.raises(TypeError, match="unexpected keyword argument 'start_layer'"):
         GradientWeightedAttention(timm_reference_model, forward).attribute(images, start_layer=1)
-    with pytest.raises(TypeError, match=r"unknown option\(s\) \['head_fusion'\]"):
+    with pytest.raises(TypeError, match="unexpected keyword argument 'head_fusion'"):
         RawAttention(timm_reference_model, forward).attribute(images, head_fusion="max")
     assert calls == []
 
@@ -285,3 +289,69 @@ def test_a_non_finite_example_gives_a_non_finite_map_and_one_warning(
     assert len(record) == 1
     assert torch.isfinite(maps[[0, 2, 3]]).all()
     assert not torch.isfinite(maps[1]).all()
+
+
+# --- chunks ---------------------------------------------------------------------------
+@pytest.mark.parametrize("cls", METHODS + [TransformerAttribution])
+@pytest.mark.parametrize("target", [None, 2, [1, 2, 3, 4], torch.tensor([4, 3, 2, 1])])
+def test_chunked_examples_give_the_same_maps_as_one_batch(
+    cls: type, timm_reference_model: nn.Module, images: Tensor, target
+) -> None:
+    def scaled(x: Tensor, factors: Tensor) -> Tensor:
+        return timm_reference_model(x * factors[:, None, None, None])
+
+    factors = torch.tensor([0.5, 1.0, 1.5, 2.0])
+    method = cls(timm_reference_model, scaled)
+    whole = method.attribute(images, target, factors, upsample=False)
+    chunked = method.attribute(images, target, factors, upsample=False, max_examples_per_batch=3)
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-7)
+
+
+def test_chunks_run_the_model_on_at_most_max_examples_per_batch_images(
+    timm_reference_model: nn.Module, images: Tensor
+) -> None:
+    sizes = []
+
+    def forward(x: Tensor) -> Tensor:
+        sizes.append(x.shape[0])
+        return timm_reference_model(x)
+
+    GradientWeightedAttention(timm_reference_model, forward).attribute(
+        images, max_examples_per_batch=3
+    )
+    assert sizes == [3, 1]
+
+
+@pytest.mark.parametrize(
+    "options, error, message",
+    [
+        ({"max_examples_per_batch": 0}, ValueError, "max_examples_per_batch: expected a positive"),
+        ({"max_examples_per_batch": 2.0}, TypeError, "max_examples_per_batch: expected an int"),
+        ({"max_examples_per_batch": True}, TypeError, "max_examples_per_batch: expected an int"),
+        ({"upsample": "no"}, TypeError, "upsample: expected a bool"),
+        ({"upsample": 0}, TypeError, "upsample: expected a bool"),
+    ],
+)
+def test_bad_pipeline_options_are_refused_before_running_the_model(
+    timm_reference_model: nn.Module, images: Tensor, options: Dict, error: type, message: str
+) -> None:
+    calls = []
+
+    def forward(x: Tensor) -> Tensor:
+        calls.append(1)
+        return timm_reference_model(x)
+
+    with pytest.raises(error, match=message):
+        RawAttention(timm_reference_model, forward).attribute(images, **options)
+    assert calls == []
+
+
+def test_per_example_arguments_must_have_one_row_per_example_when_chunked(
+    timm_reference_model: nn.Module, images: Tensor
+) -> None:
+    def scaled(x: Tensor, factors: Tensor) -> Tensor:
+        return timm_reference_model(x * factors[:, None, None, None])
+
+    method = RawAttention(timm_reference_model, scaled)
+    with pytest.raises(ValueError, match=r"additional_forward_args: .* one row per example \(4\)"):
+        method.attribute(images, additional_forward_args=torch.ones(3), max_examples_per_batch=2)

@@ -92,7 +92,7 @@ class _KeepTrace(AttentionAttribution):
 
     def _token_relevance(self, trace: AttentionTrace) -> Tensor:
         self.trace = trace
-        return trace.attentions[-1].mean(1)
+        return trace.attentions[-1][:, :, 0].mean(1)
 
 
 def _check_parts_reproduce_logits(model: nn.Module, images: Tensor, scores_of) -> None:

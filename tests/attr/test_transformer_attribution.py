@@ -141,8 +141,7 @@ def test_bad_start_layer_is_refused_and_the_model_left_as_found(
 
 
 def test_unknown_options_are_refused(images: Tensor, timm_reference_model: nn.Module) -> None:
-    unknown = r"unknown option\(s\) \['head_fusion'\].*\['start_layer'\]"
-    with pytest.raises(TypeError, match=unknown):
+    with pytest.raises(TypeError, match="unexpected keyword argument 'head_fusion'"):
         TransformerAttribution(timm_reference_model).attribute(images, head_fusion="max")
 
 

@@ -1,20 +1,14 @@
 """Attention rollout (Abnar & Zuidema, 2020)."""
 
+from typing import Any, Optional, Tuple, Union
+
 import torch
 from torch import Tensor
 
-from captum_saco.attr._core.engine import AttentionAttribution, AttentionTrace
+from captum_saco._utils import TargetType
+from captum_saco.attr._core.engine import AttentionAttribution, AttentionTrace, check_start_layer
 
 _HEAD_FUSIONS = ("mean", "max", "min")
-
-
-def _check_start_layer(start_layer: int, num_blocks: int) -> None:
-    if isinstance(start_layer, bool) or not isinstance(start_layer, int):
-        raise TypeError(f"start_layer: expected an int, got {type(start_layer).__name__}")
-    if not 0 <= start_layer < num_blocks:
-        raise ValueError(
-            f"start_layer: expected a block index in [0, {num_blocks}), got {start_layer}"
-        )
 
 
 class AttentionRollout(AttentionAttribution):
@@ -22,16 +16,6 @@ class AttentionRollout(AttentionAttribution):
     Transformers", ACL 2020): per block ``Â_b = rownorm(fuse_h A_b + I)``, rolled
     out as ``J = Â_L ··· Â_s``; the class token's row of ``J``. Needs no gradient
     and runs no backward pass.
-
-    Options of :meth:`attribute`:
-
-    - ``start_layer`` (int, default 0): the first block ``s`` rolled out.
-    - ``head_fusion`` (str, default ``"mean"``): how the heads are fused,
-      ``"mean"``, ``"max"`` or ``"min"``.
-    - ``discard_ratio`` (float in ``[0, 1)``, default 0): per example and block,
-      this fraction of the fused attention's entries, the lowest ones, is set to
-      zero before the identity is added (the "discard" variant popularised by
-      jacobgil/vit-explain).
 
     Args:
         model (nn.Module): the ViT whose attention is read (timm, Hugging Face or
@@ -52,19 +36,73 @@ class AttentionRollout(AttentionAttribution):
         torch.Size([2, 1, 4, 4])
     """
 
-    def _token_relevance(
+    def attribute(
         self,
-        trace: AttentionTrace,
+        inputs: Union[Tensor, Tuple[Tensor]],
+        target: TargetType = None,
+        additional_forward_args: Any = None,
         *,
         start_layer: int = 0,
         head_fusion: str = "mean",
         discard_ratio: float = 0.0,
-    ) -> Tensor:
-        _check_start_layer(start_layer, len(trace.attentions))
+        upsample: bool = True,
+        max_examples_per_batch: Optional[int] = None,
+    ) -> Union[Tensor, Tuple[Tensor]]:
+        r"""
+        Args:
+            inputs (Tensor or tuple[Tensor]): images ``(N, C, H, W)`` as the model
+                takes them, or a tuple holding that one tensor.
+            target (int, tuple, Tensor, list, optional): the output index explained
+                for each example, in any form Captum accepts. The map itself does
+                not depend on it (attention is read, not differentiated); it is
+                checked against the model's output. Default: the predicted class.
+            additional_forward_args (Any, optional): further positional arguments of
+                ``forward_func`` after the inputs (a non-tuple is passed as one
+                argument); with ``max_examples_per_batch``, tensors among them are
+                split with the inputs.
+            start_layer (int, optional): the first block ``s`` rolled out.
+                Default: 0.
+            head_fusion (str, optional): how the heads are fused, ``"mean"``,
+                ``"max"`` or ``"min"``. Default: ``"mean"``.
+            discard_ratio (float, optional): in ``[0, 1)``; per example and block,
+                this fraction of the fused attention's entries, the lowest ones, is
+                set to zero before the identity is added (the "discard" variant
+                popularised by jacobgil/vit-explain). Default: 0.
+            upsample (bool, optional): if ``True`` (default), the patch-grid map is
+                upsampled bilinearly to ``(H, W)`` and repeated over the ``C``
+                channels; if ``False``, the patch grid ``(N, 1, h, w)`` is returned.
+            max_examples_per_batch (int, optional): the most examples run through
+                the model at once (same results, memory bounded by the chunk).
+                Default: all at once.
+
+        Returns:
+            *Tensor* or *tuple[Tensor]* of **attributions**: the class token's row
+            of the rolled-out attention, in the same form as ``inputs`` and on
+            their device.
+
+        Raises:
+            TypeError, ValueError: for options outside the ranges above (before the
+                model runs), and as :meth:`AttentionAttribution.attribute`.
+        """
+        check_start_layer(start_layer, self.num_blocks)
         if head_fusion not in _HEAD_FUSIONS:
             raise ValueError(f"head_fusion: expected one of {_HEAD_FUSIONS}, got {head_fusion!r}")
         if not 0.0 <= discard_ratio < 1.0:
             raise ValueError(f"discard_ratio: expected a value in [0, 1), got {discard_ratio}")
+        return self._attribute(
+            inputs,
+            target,
+            additional_forward_args,
+            upsample=upsample,
+            max_examples_per_batch=max_examples_per_batch,
+            start_layer=start_layer,
+            head_fusion=head_fusion,
+            discard_ratio=discard_ratio,
+        )
+
+    def _token_relevance(
+        self, trace: AttentionTrace, *, start_layer: int, head_fusion: str, discard_ratio: float
+    ) -> Tensor:
         joint = None
         for attention in trace.attentions[start_layer:]:
             fused = _fuse_heads(attention, head_fusion)
@@ -74,7 +112,7 @@ class AttentionRollout(AttentionAttribution):
             fused = fused / fused.sum(dim=-1, keepdim=True)
             joint = fused if joint is None else fused @ joint
         assert joint is not None
-        return joint
+        return joint[:, 0]
 
 
 def _fuse_heads(attention: Tensor, head_fusion: str) -> Tensor:

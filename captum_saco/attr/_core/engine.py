@@ -1,19 +1,34 @@
 """The pipeline shared by the attention-based attribution methods for ViTs."""
 
-import inspect
+import enum
 import warnings
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Tuple, Union
+from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
+from captum._utils.common import _format_additional_forward_args
 from captum.attr import Attribution
+from captum.attr._utils.batching import _tuple_splice_range
 from torch import Tensor, nn
 
 from captum_saco._utils import TargetType, resolve_target
 from captum_saco.attr._core.adapters import ViTAdapter, adapter_for
 from captum_saco.attr._core.relevance import attention_relevance
+
+
+class Needs(enum.IntEnum):
+    """What an attention rule reads, in increasing order of cost; each level
+    includes the ones below it."""
+
+    #: the post-softmax attention probabilities of every block (no backward pass)
+    ATTENTION = 1
+    #: and their gradients w.r.t. the target logit (one backward pass per chunk)
+    GRADIENTS = 2
+    #: and their LRP relevance (the relevance pass of
+    #: :func:`~captum_saco.attr._core.relevance.attention_relevance`)
+    RELEVANCE = 3
 
 
 @dataclass(frozen=True)
@@ -61,34 +76,55 @@ def _model_output(output: Any) -> Tensor:
     )
 
 
+def check_start_layer(start_layer: int, num_blocks: int) -> None:
+    """Refuse a ``start_layer`` option that is not a block index of the model."""
+    if isinstance(start_layer, bool) or not isinstance(start_layer, int):
+        raise TypeError(f"start_layer: expected an int, got {type(start_layer).__name__}")
+    if not 0 <= start_layer < num_blocks:
+        raise ValueError(
+            f"start_layer: expected a block index in [0, {num_blocks}), got {start_layer}"
+        )
+
+
 class AttentionAttribution(Attribution):
     r"""Base class of the attribution methods that read a Vision Transformer's
-    attention.
+    attention, and the public base for user-written attention rules.
 
-    One pipeline serves every method (like pytorch-grad-cam's ``BaseCAM``): it runs
-    the model once while recording each block's post-softmax attention
-    probabilities, resolves the target (the predicted class by default), takes the
-    gradient of the target logits with respect to the probabilities when the method
-    needs it (one backward pass for the whole batch), hands everything to the
-    method's rule, takes the class token's row without the prefix-token columns,
-    lays it out on the patch grid and optionally upsamples it to the input's size.
+    One pipeline serves every method (like pytorch-grad-cam's ``BaseCAM``): it
+    checks the inputs, splits them into chunks of at most
+    ``max_examples_per_batch`` examples, and per chunk runs the model once while
+    recording each block's post-softmax attention probabilities, resolves the
+    target (the predicted class by default), takes the gradient of the target
+    logits with respect to the probabilities when the rule needs it (one backward
+    pass per chunk), hands everything to the rule as an :class:`AttentionTrace`,
+    takes the class token's row without the prefix-token columns, lays it out on
+    the patch grid and optionally upsamples it to the input's size.
 
-    A method subclasses this class and implements :meth:`_token_relevance`, which
-    turns an :class:`AttentionTrace` into a token-to-token relevance matrix
-    ``(N, T, T)`` (only the class token's row, row 0, is used); it sets the class
-    attribute ``needs_gradients`` to ``True`` if the rule reads
-    ``trace.gradients``. Method options are the keyword arguments of
-    ``_token_relevance``; :meth:`attribute` passes them through and rejects unknown
-    ones before running the model.
+    The contract for a rule (a subclass):
 
-    A rule that reads the LRP relevance of the attention sets ``needs_relevance``
-    to ``True``: the model then runs only up to its first block, and the relevance
-    pass (:func:`~captum_saco.attr._core.relevance.attention_relevance`) replays the
-    blocks from the tokens entering block 0 in canonical form, filling
-    ``trace.attentions``, ``trace.gradients``, ``trace.relevances`` and
-    ``trace.scores`` (the classifier head's logits, which such a rule explains
-    whatever ``forward_func`` returns). ``_token_relevance`` runs in the caller's
-    gradient mode.
+    - the class attribute :attr:`needs` says what the rule reads:
+      :attr:`Needs.ATTENTION` (default; no backward pass),
+      :attr:`Needs.GRADIENTS` (``trace.gradients`` too) or
+      :attr:`Needs.RELEVANCE` (``trace.relevances`` too: the model then runs only
+      up to its first block, and the relevance pass
+      (:func:`~captum_saco.attr._core.relevance.attention_relevance`) replays the
+      blocks from the tokens entering block 0 in canonical form, filling
+      ``trace.attentions``, ``trace.gradients``, ``trace.relevances`` and
+      ``trace.scores``, the classifier head's logits, which such a rule explains
+      whatever ``forward_func`` returns);
+    - ``_token_relevance(trace, **options) -> Tensor`` is the rule: the class
+      token's relevance for every token, ``(N, T)``, prefix tokens included (the
+      pipeline drops their columns). It runs in the caller's gradient mode;
+    - the public ``attribute`` declares the rule's options as keyword-only
+      arguments, validates them (before the model runs; :attr:`num_blocks` serves
+      ``start_layer`` checks) and delegates to
+      ``self._attribute(inputs, target, additional_forward_args,
+      upsample=upsample, max_examples_per_batch=max_examples_per_batch,
+      **options)``, which passes the options to ``_token_relevance``;
+    - a method that reaches the pixels overrides
+      ``_explain(images, target, extra, *, upsample, **options)`` instead, which
+      returns, per chunk, the ``(N, C, H, W)`` map when ``upsample`` is ``True``
+      and the ``(N, 1, h, w)`` patch-token map otherwise.
 
     Supported models: timm ``VisionTransformer`` with class-token pooling (DeiT
     distilled, register tokens, dynamic image sizes), Hugging Face
@@ -111,30 +147,26 @@ class AttentionAttribution(Attribution):
         >>> vit = timm.models.VisionTransformer(
         ...     img_size=32, patch_size=8, embed_dim=24, depth=2, num_heads=2, num_classes=5).eval()
         >>> class MaxHeadAttention(AttentionAttribution):
-        ...     # the last block's attention, fused over heads by their maximum
+        ...     # the last block's class-token attention, fused over heads by their maximum
         ...     def _token_relevance(self, trace):
-        ...         return trace.attentions[-1].amax(dim=1)
+        ...         return trace.attentions[-1][:, :, 0].amax(dim=1)
         >>> MaxHeadAttention(vit).attribute(torch.rand(2, 3, 32, 32), upsample=False).shape
         torch.Size([2, 1, 4, 4])
     """
 
-    #: whether the rule reads the gradient of the target logits w.r.t. the attention
-    needs_gradients: bool = False
-    #: whether the rule reads the LRP relevance of the attention (with its gradient)
-    needs_relevance: bool = False
+    #: what the rule reads from the trace
+    needs: Needs = Needs.ATTENTION
 
     def __init__(self, model: nn.Module, forward_func: Optional[Callable] = None) -> None:
         self._adapter: ViTAdapter = adapter_for(model)
         if forward_func is not None and not callable(forward_func):
-            raise TypeError(
-                f"forward_func: expected a callable, got {type(forward_func).__name__}"
-            )
-        self.model = model
+            raise TypeError(f"forward_func: expected a callable, got {type(forward_func).__name__}")
         super().__init__(model if forward_func is None else forward_func)
 
-    def _token_relevance(self, trace: AttentionTrace, **options: Any) -> Tensor:
-        """The method's rule: token-to-token relevance ``(N, T, T)`` from the trace."""
-        raise NotImplementedError
+    @property
+    def num_blocks(self) -> int:
+        """The number of transformer blocks of the model."""
+        return len(self._adapter.blocks())
 
     def attribute(
         self,
@@ -143,7 +175,7 @@ class AttentionAttribution(Attribution):
         additional_forward_args: Any = None,
         *,
         upsample: bool = True,
-        **options: Any,
+        max_examples_per_batch: Optional[int] = None,
     ) -> Union[Tensor, Tuple[Tensor]]:
         r"""
         Args:
@@ -154,13 +186,18 @@ class AttentionAttribution(Attribution):
                 class.
             additional_forward_args (Any, optional): further positional arguments of
                 ``forward_func`` after the inputs (a non-tuple is passed as one
-                argument).
+                argument). With ``max_examples_per_batch``, every tensor among them
+                is taken to hold one row per example and is split with the inputs,
+                as in Captum.
             upsample (bool, optional): if ``True`` (default), the patch-grid relevance
                 is upsampled bilinearly (``align_corners=False``) to ``(H, W)`` and
                 repeated over the ``C`` channels, giving the input's shape; if
                 ``False``, the patch grid ``(N, 1, h, w)`` is returned, row-major as
                 the model orders its patches.
-            **options: the method's options (see the method's class).
+            max_examples_per_batch (int, optional): the most examples run through
+                the model at once; the inputs are split into chunks of that size,
+                which bounds the memory of the recorded attention (and gradients),
+                with the same results as one batch. Default: all at once.
 
         Returns:
             *Tensor* or *tuple[Tensor]* of **attributions**: the relevance of the
@@ -168,76 +205,72 @@ class AttentionAttribution(Attribution):
             ``inputs`` and on their device.
 
         Raises:
-            TypeError: for an unknown option or inputs that are not tensors.
-            ValueError: for malformed inputs or targets.
+            TypeError: for inputs that are not tensors, a non-bool ``upsample`` or
+                a non-int ``max_examples_per_batch``.
+            ValueError: for malformed inputs, targets or ``max_examples_per_batch``.
         """
-        is_tuple = isinstance(inputs, tuple)
-        images = self._check_inputs(inputs)
-        self._check_options(options)
-        trace = self._trace(images, target, additional_forward_args)
-        relevance = self._token_relevance(trace, **options)
-        grid = self._patch_grid(relevance[:, 0], trace)
-        not_finite = ~torch.isfinite(grid.flatten(1)).all(dim=1)
+        return self._attribute(
+            inputs,
+            target,
+            additional_forward_args,
+            upsample=upsample,
+            max_examples_per_batch=max_examples_per_batch,
+        )
+
+    def _attribute(
+        self,
+        inputs: Union[Tensor, Tuple[Tensor]],
+        target: TargetType,
+        additional_forward_args: Any,
+        *,
+        upsample: bool,
+        max_examples_per_batch: Optional[int],
+        **options: Any,
+    ) -> Union[Tensor, Tuple[Tensor]]:
+        """The shared pipeline: checks, chunks, :meth:`_explain` per chunk, joins."""
+        images = _check_inputs(inputs)
+        check_flag("upsample", upsample)
+        extra = _format_additional_forward_args(additional_forward_args) or ()
+        chunks = [
+            self._explain(chunk, chunk_target, chunk_extra, upsample=upsample, **options)
+            for chunk, chunk_target, chunk_extra in _chunks(
+                images, target, extra, max_examples_per_batch
+            )
+        ]
+        maps = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+        not_finite = ~torch.isfinite(maps.flatten(1)).all(dim=1)
         if not_finite.any():
             warnings.warn(
                 f"{type(self).__name__}: the maps of examples "
                 f"{not_finite.nonzero().flatten().tolist()} are not finite (non-finite "
                 "inputs or model outputs?)",
-                stacklevel=2,
+                stacklevel=3,
             )
+        maps = maps.to(images.device)
+        return (maps,) if isinstance(inputs, tuple) else maps
+
+    def _explain(
+        self, images: Tensor, target: TargetType, extra: Tuple, *, upsample: bool, **options: Any
+    ) -> Tensor:
+        """One chunk's maps: the rule's class-token row on the patch grid."""
+        trace = self._trace(images, target, extra)
+        grid = self._patch_grid(self._token_relevance(trace, **options), trace)
         if upsample:
             grid = F.interpolate(
                 grid, size=images.shape[-2:], mode="bilinear", align_corners=False
             ).repeat(1, images.shape[1], 1, 1)
-        grid = grid.to(images.device)
-        return (grid,) if is_tuple else grid
+        return grid
 
-    @staticmethod
-    def _check_inputs(inputs: Union[Tensor, Tuple[Tensor]]) -> Tensor:
-        if isinstance(inputs, tuple):
-            if len(inputs) != 1:
-                raise ValueError(
-                    f"inputs: expected one image tensor (or a tuple holding one), got a tuple "
-                    f"of {len(inputs)}; pass further model arguments as additional_forward_args"
-                )
-            inputs = inputs[0]
-        if not isinstance(inputs, Tensor):
-            raise TypeError(f"inputs: expected a Tensor, got {type(inputs).__name__}")
-        if inputs.dim() != 4:
-            raise ValueError(
-                f"inputs: expected images of shape (N, C, H, W), got {tuple(inputs.shape)}"
-            )
-        return inputs
+    def _token_relevance(self, trace: AttentionTrace, **options: Any) -> Tensor:
+        """The method's rule: the class token's relevance ``(N, T)`` for every token."""
+        raise NotImplementedError
 
-    def _check_options(self, options: dict) -> None:
-        try:
-            inspect.signature(self._token_relevance).bind(None, **options)
-        except TypeError:
-            allowed = [
-                name
-                for name, p in inspect.signature(self._token_relevance).parameters.items()
-                if p.kind is p.KEYWORD_ONLY
-            ]
-            unknown = sorted(set(options) - set(allowed))
-            raise TypeError(
-                f"{type(self).__name__}.attribute: unknown option(s) {unknown}; "
-                f"its options are {allowed}"
-            ) from None
-
-    def _trace(
-        self, images: Tensor, target: TargetType, additional_forward_args: Any
-    ) -> AttentionTrace:
-        if additional_forward_args is None:
-            extra: Tuple = ()
-        elif isinstance(additional_forward_args, tuple):
-            extra = additional_forward_args
-        else:
-            extra = (additional_forward_args,)
-        if self.needs_relevance:
+    def _trace(self, images: Tensor, target: TargetType, extra: Tuple) -> AttentionTrace:
+        if self.needs >= Needs.RELEVANCE:
             return self._relevance_trace(images, target, extra)
         with ExitStack() as stack:
             record = stack.enter_context(self._adapter.capture())
-            if self.needs_gradients:
+            if self.needs >= Needs.GRADIENTS:
                 # Gradients are needed even inside no_grad() or inference_mode(). A
                 # fresh leaf that requires grad puts the attention into the graph even
                 # when the model's parameters are frozen; the user's tensor is not
@@ -258,7 +291,7 @@ class AttentionAttribution(Attribution):
             scores, classes = resolve_target(output, target)
             attentions: List[Tensor] = record.attentions  # type: ignore[assignment]
             gradients = None
-            if self.needs_gradients:
+            if self.needs >= Needs.GRADIENTS:
                 objective = scores.gather(1, classes[:, None]).sum()
                 gradients = [g.detach() for g in torch.autograd.grad(objective, attentions)]
         assert record.tokens is not None and record.grid is not None
@@ -308,3 +341,64 @@ class AttentionAttribution(Attribution):
                 "(token dropping or pruning is not supported)"
             )
         return patches.reshape(-1, 1, h, w)
+
+
+def _check_inputs(inputs: Union[Tensor, Tuple[Tensor]]) -> Tensor:
+    if isinstance(inputs, tuple):
+        if len(inputs) != 1:
+            raise ValueError(
+                f"inputs: expected one image tensor (or a tuple holding one), got a tuple "
+                f"of {len(inputs)}; pass further model arguments as additional_forward_args"
+            )
+        inputs = inputs[0]
+    if not isinstance(inputs, Tensor):
+        raise TypeError(f"inputs: expected a Tensor, got {type(inputs).__name__}")
+    if inputs.dim() != 4 or inputs.shape[0] == 0:
+        raise ValueError(
+            f"inputs: expected images of shape (N, C, H, W) with N > 0, got {tuple(inputs.shape)}"
+        )
+    return inputs
+
+
+def check_flag(name: str, value: bool) -> None:
+    """Refuse a flag option that is not a bool (``"no"`` would count as true)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected a bool, got {type(value).__name__}")
+
+
+def _chunks(
+    images: Tensor, target: TargetType, extra: Tuple, max_examples_per_batch: Optional[int]
+) -> Iterator[Tuple[Tensor, TargetType, Tuple]]:
+    """The inputs, their targets and per-example extra arguments in chunks of at most
+    ``max_examples_per_batch`` examples (Captum's convention: list targets, tensor
+    targets of more than one element and every tensor in ``extra`` are split)."""
+    n = images.shape[0]
+    if max_examples_per_batch is None:
+        yield images, target, extra
+        return
+    if isinstance(max_examples_per_batch, bool) or not isinstance(max_examples_per_batch, int):
+        raise TypeError(
+            "max_examples_per_batch: expected an int or None, "
+            f"got {type(max_examples_per_batch).__name__}"
+        )
+    if max_examples_per_batch < 1:
+        raise ValueError(
+            f"max_examples_per_batch: expected a positive int, got {max_examples_per_batch}"
+        )
+    for value in extra:
+        if isinstance(value, Tensor) and (value.dim() == 0 or value.shape[0] != n):
+            raise ValueError(
+                "additional_forward_args: with max_examples_per_batch, every tensor is split "
+                f"with the inputs and needs one row per example ({n}), got shape "
+                f"{tuple(value.shape)}"
+            )
+    per_example_target = isinstance(target, list) or (
+        isinstance(target, Tensor) and target.numel() > 1
+    )
+    for start in range(0, n, max_examples_per_batch):
+        end = start + max_examples_per_batch
+        yield (
+            images[start:end],
+            target[start:end] if per_example_target else target,  # type: ignore[index]
+            _tuple_splice_range(extra, start, end),
+        )

@@ -1,9 +1,12 @@
 """Gradient-weighted multi-layer attention (Chefer et al., ICCV 2021)."""
 
+from typing import Any, Optional, Tuple, Union
+
 import torch
 from torch import Tensor
 
-from captum_saco.attr._core.engine import AttentionAttribution, AttentionTrace
+from captum_saco._utils import TargetType
+from captum_saco.attr._core.engine import AttentionAttribution, AttentionTrace, Needs, check_flag
 
 
 def _weighted(attention: Tensor, gradient: Tensor) -> Tensor:
@@ -18,12 +21,6 @@ class GradientWeightedAttention(AttentionAttribution):
     block from the first, ``R ← R + mean_h clamp(grad(A_b) ⊙ A_b, min=0) · R``;
     the class token's row of ``R``. Gradients are of the target's logit; one
     backward pass serves the whole batch.
-
-    Options of :meth:`attribute`:
-
-    - ``aggregate_layers`` (bool, default ``True``): if ``False``, only the last
-      block is used, ``mean_h clamp(grad(A_L) ⊙ A_L, min=0)`` (the "gradient,
-      no aggregation" ablation of the SaCo paper).
 
     Args:
         model (nn.Module): the ViT whose attention is read (timm, Hugging Face or
@@ -45,15 +42,61 @@ class GradientWeightedAttention(AttentionAttribution):
         (torch.Size([2, 3, 32, 32]), True)
     """
 
-    needs_gradients = True
+    needs = Needs.GRADIENTS
 
-    def _token_relevance(self, trace: AttentionTrace, *, aggregate_layers: bool = True) -> Tensor:
+    def attribute(
+        self,
+        inputs: Union[Tensor, Tuple[Tensor]],
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        *,
+        aggregate_layers: bool = True,
+        upsample: bool = True,
+        max_examples_per_batch: Optional[int] = None,
+    ) -> Union[Tensor, Tuple[Tensor]]:
+        r"""
+        Args:
+            inputs (Tensor or tuple[Tensor]): images ``(N, C, H, W)`` as the model
+                takes them, or a tuple holding that one tensor.
+            target (int, tuple, Tensor, list, optional): the output index whose
+                logit's gradient weighs the attention, for each example, in any form
+                Captum accepts. Default: the predicted class.
+            additional_forward_args (Any, optional): further positional arguments of
+                ``forward_func`` after the inputs (a non-tuple is passed as one
+                argument); with ``max_examples_per_batch``, tensors among them are
+                split with the inputs.
+            aggregate_layers (bool, optional): if ``False``, only the last block is
+                used, ``mean_h clamp(grad(A_L) ⊙ A_L, min=0)`` (the "gradient, no
+                aggregation" ablation of the SaCo paper). Default: ``True``.
+            upsample (bool, optional): if ``True`` (default), the patch-grid map is
+                upsampled bilinearly to ``(H, W)`` and repeated over the ``C``
+                channels; if ``False``, the patch grid ``(N, 1, h, w)`` is returned.
+            max_examples_per_batch (int, optional): the most examples run through
+                the model at once; one backward pass per chunk (same results, memory
+                bounded by the chunk). Default: all at once.
+
+        Returns:
+            *Tensor* or *tuple[Tensor]* of **attributions**: the class token's row
+            of ``R``, non-negative, in the same form as ``inputs`` and on their
+            device.
+        """
+        check_flag("aggregate_layers", aggregate_layers)
+        return self._attribute(
+            inputs,
+            target,
+            additional_forward_args,
+            upsample=upsample,
+            max_examples_per_batch=max_examples_per_batch,
+            aggregate_layers=aggregate_layers,
+        )
+
+    def _token_relevance(self, trace: AttentionTrace, *, aggregate_layers: bool) -> Tensor:
         assert trace.gradients is not None
         if not aggregate_layers:
-            return _weighted(trace.attentions[-1], trace.gradients[-1])
+            return _weighted(trace.attentions[-1], trace.gradients[-1])[:, 0]
         first = trace.attentions[0]
         relevance = torch.eye(first.shape[-1], dtype=first.dtype, device=first.device)
         relevance = relevance.expand(first.shape[0], -1, -1)
         for attention, gradient in zip(trace.attentions, trace.gradients):
             relevance = relevance + _weighted(attention, gradient) @ relevance
-        return relevance
+        return relevance[:, 0]

@@ -1,10 +1,17 @@
 """Transformer Attribution (Chefer et al., CVPR 2021)."""
 
+from typing import Any, Optional, Tuple, Union
+
 import torch
 from torch import Tensor
 
-from captum_saco.attr._core.attention_rollout import _check_start_layer
-from captum_saco.attr._core.engine import AttentionAttribution, AttentionTrace
+from captum_saco._utils import TargetType
+from captum_saco.attr._core.engine import (
+    AttentionAttribution,
+    AttentionTrace,
+    Needs,
+    check_start_layer,
+)
 
 
 class TransformerAttribution(AttentionAttribution):
@@ -29,11 +36,6 @@ class TransformerAttribution(AttentionAttribution):
     pre-norm ViT blocks (an error names what the canonical form cannot express).
     The model itself runs only up to its first block; the cost is one forward
     and backward pass of the replayed blocks and the relevance pass.
-
-    Options of :meth:`attribute`:
-
-    - ``start_layer`` (int, default 0): the first block ``s`` chained (the
-      authors' evaluation scripts use 1).
 
     Args:
         model (nn.Module): the ViT whose attention is read (timm, Hugging Face or
@@ -60,11 +62,55 @@ class TransformerAttribution(AttentionAttribution):
         torch.Size([2, 1, 4, 4])
     """
 
-    needs_relevance = True
+    needs = Needs.RELEVANCE
 
-    def _token_relevance(self, trace: AttentionTrace, *, start_layer: int = 0) -> Tensor:
-        """The class token's row of ``J``, as an ``(N, 1, T)`` matrix."""
-        _check_start_layer(start_layer, len(trace.attentions))
+    def attribute(
+        self,
+        inputs: Union[Tensor, Tuple[Tensor]],
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        *,
+        start_layer: int = 0,
+        upsample: bool = True,
+        max_examples_per_batch: Optional[int] = None,
+    ) -> Union[Tensor, Tuple[Tensor]]:
+        r"""
+        Args:
+            inputs (Tensor or tuple[Tensor]): images ``(N, C, H, W)`` as the model
+                takes them, or a tuple holding that one tensor.
+            target (int, tuple, Tensor, list, optional): the class explained for
+                each example, in any form Captum accepts. Default: the predicted
+                class.
+            additional_forward_args (Any, optional): further positional arguments of
+                ``forward_func`` after the inputs (a non-tuple is passed as one
+                argument); with ``max_examples_per_batch``, tensors among them are
+                split with the inputs.
+            start_layer (int, optional): the first block ``s`` chained (the
+                authors' evaluation scripts use 1). Default: 0.
+            upsample (bool, optional): if ``True`` (default), the patch-grid map is
+                upsampled bilinearly to ``(H, W)`` and repeated over the ``C``
+                channels; if ``False``, the patch grid ``(N, 1, h, w)`` is returned.
+            max_examples_per_batch (int, optional): the most examples explained at
+                once (same results, memory bounded by the chunk). Default: all at
+                once.
+
+        Returns:
+            *Tensor* or *tuple[Tensor]* of **attributions**: the class token's row
+            of ``J``, non-negative, in the same form as ``inputs`` and on their
+            device.
+        """
+        check_start_layer(start_layer, self.num_blocks)
+        return self._attribute(
+            inputs,
+            target,
+            additional_forward_args,
+            upsample=upsample,
+            max_examples_per_batch=max_examples_per_batch,
+            start_layer=start_layer,
+        )
+
+    def _token_relevance(self, trace: AttentionTrace, *, start_layer: int) -> Tensor:
+        """The class token's row of ``J``, ``(N, T)``."""
         assert trace.gradients is not None and trace.relevances is not None
         # Row 0 of (Ā_L + I) ··· (Ā_s + I), from the left: r ← r Ā_b + r.
         first = trace.relevances[0]
@@ -75,4 +121,4 @@ class TransformerAttribution(AttentionAttribution):
         ):
             weighted = (gradient * relevance).clamp_(min=0).mean(dim=1)
             row = torch.baddbmm(row, row, weighted)
-        return row
+        return row[:, 0]
