@@ -19,6 +19,7 @@ from torch import Tensor
 
 from captum_saco._utils import TargetType, resolve_target
 from captum_saco.attr._core.adapters import ViTAdapter
+from captum_saco.attr._core.engine import AttentionAttribution
 from captum_saco.attr._core.replay import GradientRules, model_forward
 
 
@@ -94,3 +95,23 @@ def gradient_x_input(
         logits=logits.detach(),
         classes=classes,
     )
+
+
+class GradientRuleAttribution(AttentionAttribution):
+    """Base of the methods that are gradient times input under named
+    :class:`~captum_saco.attr._core.replay.GradientRules`: a subclass's
+    ``attribute`` passes ``rules=GradientRules(...)`` to ``self._attribute``."""
+
+    def _explain(
+        self,
+        images: Tensor,
+        target: TargetType,
+        extra: Tuple,
+        *,
+        upsample: bool,
+        rules: GradientRules,
+    ) -> Tensor:
+        """The pixel relevance ``(N, C, H, W)``, or with ``upsample=False`` the patch
+        embedding's relevance ``(N, 1, h, w)``."""
+        result = gradient_x_input(self._adapter, self.forward_func, images, target, extra, rules)
+        return result.pixels if upsample else result.patches[:, None]
