@@ -31,6 +31,8 @@ from captum_saco.attr import (
     RawAttention,
     TransformerAttribution,
 )
+from captum_saco.attr._core.attn_lrp import AttnLRP
+from captum_saco.attr._core.conservative_lrp import ConservativeLRP
 
 BATCH = 16
 
@@ -40,12 +42,16 @@ RATIOS: List[Tuple[str, type, Dict, str, float]] = [
     ("AttentionRollout", AttentionRollout, {}, "forward", 1.3),
     ("GradientWeightedAttention", GradientWeightedAttention, {}, "forward+backward", 1.3),
     ("TransformerAttribution", TransformerAttribution, {}, "forward+backward", 2.5),
+    ("ConservativeLRP", ConservativeLRP, {}, "forward+backward", 1.3),
+    ("AttnLRP", AttnLRP, {}, "forward+backward", 1.3),
 ]
 
 # (label, method class, options): batch of BATCH at once vs image by image
 SPEED_UPS: List[Tuple[str, type, Dict]] = [
     ("GradientWeightedAttention", GradientWeightedAttention, {}),
     ("TransformerAttribution", TransformerAttribution, {}),
+    ("ConservativeLRP", ConservativeLRP, {}),
+    ("AttnLRP", AttnLRP, {}),
 ]
 
 

@@ -1,18 +1,71 @@
-"""The canonical forward pass of a ViT block, replayed from its input tokens.
+"""The canonical forward pass of a ViT, replayed from the tokens entering block 0.
 
-Methods that need more than the model's own forward pass (the LRP relevance
-pass of :mod:`captum_saco.attr._core.relevance`) run each block of the model's
-canonical form (:class:`~captum_saco.attr._core.adapters.BlockParts`)
-functionally and keep every activation their rules read.
+Methods that need more than the model's own forward pass run each block of the
+model's canonical form (:class:`~captum_saco.attr._core.adapters.ViTParts`)
+functionally and keep every activation their rules read: the LRP relevance pass
+of :mod:`captum_saco.attr._core.relevance` reads the records, and the
+gradient-times-input methods (conservative LRP, AttnLRP) change how the gradient
+flows through the replay with named :class:`GradientRules`. The rules never
+change a forward value: with any rules the replay returns the model's logits.
+
+The replay computes in the dtype of the tokens it is given; the weights are cast
+to it on the fly (a float16 model replayed from float32 tokens computes in
+float32).
 """
 
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, fields
+from typing import Callable, List, Optional, Tuple
 
+import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-from captum_saco.attr._core.adapters import BlockParts
+from captum_saco.attr._core.adapters import BlockParts, ViTParts
+
+
+@dataclass(frozen=True)
+class GradientRules:
+    """How the gradient flows through the replay (the forward values never change).
+
+    Each field names the rule of one kind of layer; ``"gradient"`` is the plain
+    gradient everywhere. Gradient times input under these rules is the relevance
+    of LRP variants for transformers written in gradient-times-input form:
+
+    - ``attention``: ``"detached"`` treats the attention probabilities as
+      constants (the AH rule of Ali et al., ICML 2022: the query and key get no
+      gradient); ``"uniform"`` keeps the softmax's gradient and divides the
+      gradient of the query and the key by 4 and that of the value by 2 (the
+      uniform rule on both attention products of AttnLRP, Achtibat et al., ICML
+      2024: each operand of ``Q K^T`` and ``A V`` gets half of the relevance).
+    - ``norm``: ``"std_detached"`` treats each LayerNorm's standard deviation
+      ``sqrt(var + eps)`` (biased variance) as a constant and keeps the gradient
+      of the mean (the LN rule of Ali et al.; LXT's ``layer_norm_forward``).
+    - ``activation``: ``"identity"`` gives the element-wise activation the
+      gradient ``act(x) / x`` (0 where ``x == 0``), so that gradient times input
+      passes the output's relevance to the input unchanged (AttnLRP's identity
+      rule; LXT's ``non_linear_forward``, which divides by ``x + 1e-10``).
+    """
+
+    attention: str = "gradient"
+    norm: str = "gradient"
+    activation: str = "gradient"
+
+    def __post_init__(self) -> None:
+        allowed = {
+            "attention": ("gradient", "detached", "uniform"),
+            "norm": ("gradient", "std_detached"),
+            "activation": ("gradient", "identity"),
+        }
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if value not in allowed[field.name]:
+                raise ValueError(
+                    f"{field.name}_rule: expected one of {allowed[field.name]}, got {value!r}"
+                )
+
+
+#: the plain gradient everywhere: the model's own forward and backward pass
+PLAIN_GRADIENT = GradientRules()
 
 
 @dataclass(frozen=True)
@@ -41,31 +94,126 @@ class BlockRecord:
     mlp_branch: Tensor  # ls2 * fc2(hidden), the second residual's branch
 
 
-def block_forward(block: BlockParts, tokens: Tensor, rows: Optional[Tensor] = None) -> BlockRecord:
+@dataclass(frozen=True)
+class ModelRecord:
+    """A replay of the whole model: every block's record, the final norm's output
+    at the classifier heads' tokens and the logits."""
+
+    blocks: List[BlockRecord]
+    normed: Tensor  # (N, number of head tokens, D), ordered as ``head_tokens``
+    head_tokens: List[int]  # the distinct token positions the heads read, sorted
+    logits: Tensor  # (N, C): mean over the heads of head(normed token)
+
+
+class _ScaledGradient(torch.autograd.Function):
+    """Identity forward; the gradient is multiplied by ``factor``."""
+
+    @staticmethod
+    def forward(ctx, values: Tensor, factor: float) -> Tensor:  # type: ignore[override]
+        ctx.factor = factor
+        return values.view_as(values)
+
+    @staticmethod
+    def backward(ctx, gradient: Tensor) -> Tuple[Tensor, None]:  # type: ignore[override]
+        return gradient * ctx.factor, None
+
+
+class _IdentityRule(torch.autograd.Function):
+    """``act(x)`` forward; the gradient is multiplied by ``act(x) / x`` (0 at 0)."""
+
+    @staticmethod
+    def forward(ctx, values: Tensor, act: Callable[[Tensor], Tensor]) -> Tensor:  # type: ignore[override]
+        output = act(values)
+        zero = values == 0
+        ctx.save_for_backward((output / values.masked_fill(zero, 1)).masked_fill_(zero, 0))
+        return output
+
+    @staticmethod
+    def backward(ctx, gradient: Tensor) -> Tuple[Tensor, None]:  # type: ignore[override]
+        (ratio,) = ctx.saved_tensors
+        return gradient * ratio, None
+
+
+def _cast(values: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
+    return None if values is None else values.to(dtype)
+
+
+def _linear(layer: nn.Linear, inputs: Tensor) -> Tensor:
+    return F.linear(inputs, _cast(layer.weight, inputs.dtype), _cast(layer.bias, inputs.dtype))
+
+
+def layer_norm(norm: nn.Module, inputs: Tensor, rule: str = "gradient") -> Tensor:
+    """``norm(inputs)`` in the dtype of ``inputs``, its gradient as ``rule`` says
+    (see :class:`GradientRules`)."""
+    if not isinstance(norm, nn.LayerNorm):
+        if rule == "gradient":
+            return norm(inputs)
+        raise ValueError(
+            f"model: the norm rule {rule!r} needs LayerNorm layers, got {type(norm).__name__}"
+        )
+    weight, bias = _cast(norm.weight, inputs.dtype), _cast(norm.bias, inputs.dtype)
+    if rule == "gradient":
+        return F.layer_norm(inputs, norm.normalized_shape, weight, bias, norm.eps)
+    centred = inputs - inputs.mean(dim=-1, keepdim=True)
+    std = (centred.square().mean(dim=-1, keepdim=True) + norm.eps).sqrt()
+    normed = centred / std.detach()
+    if weight is not None:
+        normed = normed * weight
+    return normed if bias is None else normed + bias
+
+
+def _attention(
+    q: Tensor, k: Tensor, v: Tensor, rule: str
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``(q, k, v, scores, attention)`` with the attention rule applied."""
+    if rule == "uniform":
+        q, k = _ScaledGradient.apply(q, 0.25), _ScaledGradient.apply(k, 0.25)
+        v = _ScaledGradient.apply(v, 0.5)
+    if rule == "detached":
+        q, k = q.detach(), k.detach()
+    scores = q @ k.transpose(-2, -1)
+    attention = (scores * q.shape[-1] ** -0.5).softmax(dim=-1)
+    return q, k, v, scores, attention
+
+
+def block_forward(
+    block: BlockParts,
+    tokens: Tensor,
+    rows: Optional[Tensor] = None,
+    rules: GradientRules = PLAIN_GRADIENT,
+) -> BlockRecord:
+    """One block replayed on ``tokens`` ``(N, T, D)``, in their dtype, keeping every
+    activation; after the attention only the positions ``rows`` (all if ``None``)."""
     n, t, dim = tokens.shape
     heads = block.num_heads
-    normed = block.norm1(tokens)
-    qkv = F.linear(normed, block.qkv_weight, block.qkv_bias)
+    normed = layer_norm(block.norm1, tokens, rules.norm)
+    qkv = F.linear(
+        normed, _cast(block.qkv_weight, tokens.dtype), _cast(block.qkv_bias, tokens.dtype)
+    )
     q, k, v = qkv.reshape(n, t, 3, heads, dim // heads).permute(2, 0, 3, 1, 4).unbind(0)
-    scores = q @ k.transpose(-2, -1)
-    attention = (scores * (dim // heads) ** -0.5).softmax(dim=-1)
+    q, k, v, scores, attention = _attention(q, k, v, rules.attention)
     if not attention.requires_grad:
-        # Frozen weights and detached tokens: the gradient still starts here.
+        # Frozen weights and detached tokens, or detached attention: the gradient
+        # with respect to the attention still starts here.
         attention.requires_grad_(True)
     context = attention @ v
     merged = context.transpose(1, 2).reshape(n, t, dim)
     skip = tokens
     if rows is not None:
         merged, skip = merged[:, rows], tokens[:, rows]
-    attention_branch = block.proj(merged)
+    attention_branch = _linear(block.proj, merged)
     if block.ls1 is not None:
-        attention_branch = attention_branch * block.ls1
+        attention_branch = attention_branch * _cast(block.ls1, tokens.dtype)
     mid = skip + attention_branch
-    mlp_in = block.norm2(mid)
-    hidden = block.act(block.fc1(mlp_in))
-    mlp_branch = block.fc2(hidden)
+    mlp_in = layer_norm(block.norm2, mid, rules.norm)
+    before_act = _linear(block.fc1, mlp_in)
+    if rules.activation == "identity":
+        hidden = _IdentityRule.apply(before_act, block.act)
+    else:
+        hidden = block.act(before_act)
+    mlp_branch = _linear(block.fc2, hidden)
     if block.ls2 is not None:
-        mlp_branch = mlp_branch * block.ls2
+        mlp_branch = mlp_branch * _cast(block.ls2, tokens.dtype)
     return BlockRecord(
         rows,
         skip,
@@ -83,6 +231,31 @@ def block_forward(block: BlockParts, tokens: Tensor, rows: Optional[Tensor] = No
         hidden,
         mlp_branch,
     )
+
+
+def model_forward(
+    parts: ViTParts, tokens: Tensor, rules: GradientRules = PLAIN_GRADIENT
+) -> ModelRecord:
+    """The whole model replayed from the tokens ``(N, T, D)`` entering block 0, in
+    their dtype, to the logits (the mean of the classifier heads' logits).
+
+    After the last block's attention, only the heads' tokens are computed: no
+    other position reaches the logits.
+    """
+    head_tokens = sorted({index for index, _ in parts.heads})
+    last_rows = torch.tensor(head_tokens, device=tokens.device)
+    records: List[BlockRecord] = []
+    hidden = tokens
+    for b, block in enumerate(parts.blocks):
+        rows = last_rows if b == len(parts.blocks) - 1 else None
+        records.append(block_forward(block, hidden, rows, rules))
+        hidden = records[-1].mid + records[-1].mlp_branch
+    normed = layer_norm(parts.norm, hidden, rules.norm)
+    position = {index: p for p, index in enumerate(head_tokens)}
+    logits = torch.stack(
+        [_linear(head, normed[:, position[index]]) for index, head in parts.heads]
+    ).mean(dim=0)
+    return ModelRecord(records, normed, head_tokens, logits)
 
 
 def at_rows(values: Tensor, rows: Optional[Tensor], length: int) -> Tensor:

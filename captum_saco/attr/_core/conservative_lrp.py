@@ -1,0 +1,110 @@
+"""Conservative LRP (Ali et al., ICML 2022)."""
+
+from typing import Any, Optional, Tuple, Union
+
+from torch import Tensor
+
+from captum_saco._utils import TargetType
+from captum_saco.attr._core.gradient_x_input import GradientRuleAttribution
+from captum_saco.attr._core.replay import GradientRules
+
+
+class ConservativeLRP(GradientRuleAttribution):
+    r"""Conservative LRP (Ali, Schnake, Eberle, Montavon, Müller and Wolf, "XAI for
+    Transformers: Better Explanations through Conservative Propagation", ICML 2022):
+    gradient times input of the target's logit, with the attention probabilities
+    treated as constants (AH rule) and each LayerNorm's standard deviation treated
+    as a constant while its mean keeps its gradient (LN rule; biased variance,
+    ``eps`` inside the square root, as the model computes it). Linear layers, the
+    patch embedding and, by default, the activation get the plain gradient (the
+    authors' setting without the gamma rule). With ``activation_rule="identity"``
+    the activation passes relevance unchanged, which is LXT's CP-LRP
+    (``lxt.efficient`` on torchvision ViTs).
+
+    One backward pass gives the relevance of the whole batch: the model runs its own
+    patch and position embedding up to block 0; the blocks, the final norm and the
+    classifier head are replayed from there in canonical form with the rules
+    (:mod:`captum_saco.attr._core.replay`), so the relevance is that of the
+    classifier head's logits whatever ``forward_func`` returns. An example's
+    relevance does not depend on the rest of the batch. The replay and the products
+    are computed in float32 at least (float16 and bfloat16 models too; their own
+    patch embedding runs in their precision), and the attributions are returned in
+    that precision.
+
+    Args:
+        model (nn.Module): the ViT to explain (timm, Hugging Face or torchvision, see
+            :class:`AttentionAttribution`), with plain pre-norm LayerNorm blocks.
+        forward_func (Callable, optional): a function that runs ``model`` on the
+            inputs (with ``additional_forward_args``); it runs only up to the model's
+            first block. Default: ``model``.
+
+    Examples::
+
+        >>> import torch, timm
+        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+        <torch._C.Generator object at ...>
+        >>> vit = timm.models.VisionTransformer(
+        ...     img_size=32, patch_size=8, embed_dim=24, depth=2, num_heads=2, num_classes=5).eval()
+        >>> images = torch.rand(2, 3, 32, 32)
+        >>> explainer = ConservativeLRP(vit)
+        >>> with torch.no_grad():
+        ...     pixels = explainer.attribute(images, target=[0, 4])
+        >>> pixels.shape
+        torch.Size([2, 3, 32, 32])
+        >>> explainer.attribute(images, upsample=False, activation_rule="identity").shape
+        torch.Size([2, 1, 4, 4])
+    """
+
+    def attribute(
+        self,
+        inputs: Union[Tensor, Tuple[Tensor]],
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        *,
+        activation_rule: str = "gradient",
+        upsample: bool = True,
+        max_examples_per_batch: Optional[int] = None,
+    ) -> Union[Tensor, Tuple[Tensor]]:
+        r"""
+        Args:
+            inputs (Tensor or tuple[Tensor]): images ``(N, C, H, W)`` as the model
+                takes them, or a tuple holding that one tensor.
+            target (int, tuple, Tensor, list, optional): the class whose logit is
+                explained, for each example, in any form Captum accepts for
+                ``(N, C)`` outputs. Default: the predicted class (of the replayed
+                classifier head).
+            additional_forward_args (Any, optional): further positional arguments of
+                ``forward_func`` after the inputs (a non-tuple is passed as one
+                argument); with ``max_examples_per_batch``, tensors among them are
+                split with the inputs.
+            activation_rule (str, optional): ``"gradient"`` (default; Ali et al.) or
+                ``"identity"`` (the activation's gradient becomes ``act(x) / x``,
+                0 at ``x == 0``: LXT's CP-LRP; LXT divides by ``x + 1e-10``, which
+                moves the results by less than 1e-7 of their maximum on the
+                reference ViT).
+            upsample (bool, optional): if ``True`` (default), the relevance of the
+                pixels ``(N, C, H, W)``; if ``False``, the relevance of the patch
+                embedding's output summed over its channels, ``(N, 1, h, w)``.
+            max_examples_per_batch (int, optional): the most examples run at once;
+                one backward pass per chunk (same results, memory bounded by the
+                chunk). Default: all at once.
+
+        Returns:
+            *Tensor* or *tuple[Tensor]* of **attributions**: the relevance (gradient
+            times input under the rules), signed and not normalised, in the same
+            form as ``inputs`` and on their device, in float32 for half-precision
+            inputs.
+
+        Raises:
+            ValueError: for an unknown ``activation_rule``, malformed inputs or
+                targets, or blocks the canonical form cannot express.
+        """
+        rules = GradientRules(attention="detached", norm="std_detached", activation=activation_rule)
+        return self._attribute(
+            inputs,
+            target,
+            additional_forward_args,
+            upsample=upsample,
+            max_examples_per_batch=max_examples_per_batch,
+            rules=rules,
+        )

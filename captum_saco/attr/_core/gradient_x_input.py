@@ -1,0 +1,117 @@
+"""Gradient times input of a ViT under named gradient rules.
+
+The LRP variants for transformers that are written in gradient-times-input form
+(conservative LRP, AttnLRP) differ only in how the gradient flows through some
+layers (:class:`~captum_saco.attr._core.replay.GradientRules`). One backward
+pass gives their relevance at the pixels, at the patch embedding's output and at
+the tokens entering block 0: the model runs its own patch embedding (and
+position embedding) up to block 0, the blocks, final norm and classifier heads
+are replayed from there in canonical form with the rules, and the gradient of
+the target logit flows back through the replay and the model's own embedding.
+"""
+
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Callable, List, Tuple
+
+import torch
+from torch import Tensor
+
+from captum_saco._utils import TargetType, resolve_target
+from captum_saco.attr._core.adapters import ViTAdapter
+from captum_saco.attr._core.engine import AttentionAttribution
+from captum_saco.attr._core.replay import GradientRules, model_forward
+
+
+@dataclass(frozen=True)
+class GradientXInput:
+    """Gradient times input of the target logits, at three places of the model.
+
+    Attributes:
+        pixels (Tensor): ``(N, C, H, W)`` at the input images.
+        patches (Tensor): ``(N, h, w)`` at the patch embedding's output, summed
+            over the embedding channels.
+        tokens (Tensor): ``(N, T)`` at the tokens entering block 0 (prefix tokens
+            first), summed over the embedding dimension.
+        logits (Tensor): ``(N, C)`` the logits of the replay.
+        classes (Tensor): ``(N,)`` the target class of each example.
+    """
+
+    pixels: Tensor
+    patches: Tensor
+    tokens: Tensor
+    logits: Tensor
+    classes: Tensor
+
+
+def gradient_x_input(
+    adapter: ViTAdapter,
+    forward_func: Callable,
+    images: Tensor,
+    target: TargetType,
+    extra: Tuple,
+    rules: GradientRules,
+) -> GradientXInput:
+    """Gradient times input of the target logits under ``rules``, in one backward pass.
+
+    ``forward_func(images, *extra)`` runs up to the model's first block. The replay
+    computes in float32 at least (in the tokens' dtype if wider), and the products
+    are taken in that precision; the model's own embedding runs in its dtype. The
+    gradient is that of the sum over the batch of each example's target logit, so
+    an example's relevance does not depend on the rest of the batch.
+    """
+    parts = adapter.parts()
+    with ExitStack() as stack:
+        stack.enter_context(torch.inference_mode(False))
+        stack.enter_context(torch.enable_grad())
+        pixels = images.clone() if images.is_inference() else images.detach()
+        pixels.requires_grad_()
+        embedded: List[Tensor] = []
+        handle = adapter.patch_embedding().register_forward_hook(
+            lambda module, args, output: embedded.append(output)
+        )
+        stack.callback(handle.remove)
+        with adapter.capture(stop_at_first_block=True) as record:
+            forward_func(pixels, *extra)
+        if record.tokens is None or not embedded:
+            raise ValueError(
+                "forward_func: running it did not run the model given at construction; "
+                "forward_func must call that model on the inputs"
+            )
+        tokens = record.tokens
+        dtype = torch.promote_types(tokens.dtype, torch.float32)
+        logits = model_forward(parts, tokens.to(dtype), rules).logits
+        _, classes = resolve_target(logits.detach(), target)
+        objective = logits.gather(1, classes[:, None]).sum()
+        gradients = torch.autograd.grad(objective, (pixels, embedded[-1], tokens))
+    pixel_relevance, patch_relevance, token_relevance = (
+        value.detach().to(dtype) * gradient.to(dtype)
+        for value, gradient in zip((pixels, embedded[-1], tokens), gradients)
+    )
+    return GradientXInput(
+        pixels=pixel_relevance,
+        patches=patch_relevance.sum(dim=1),
+        tokens=token_relevance.sum(dim=-1),
+        logits=logits.detach(),
+        classes=classes,
+    )
+
+
+class GradientRuleAttribution(AttentionAttribution):
+    """Base of the methods that are gradient times input under named
+    :class:`~captum_saco.attr._core.replay.GradientRules`: a subclass's
+    ``attribute`` passes ``rules=GradientRules(...)`` to ``self._attribute``."""
+
+    def _explain(
+        self,
+        images: Tensor,
+        target: TargetType,
+        extra: Tuple,
+        *,
+        upsample: bool,
+        rules: GradientRules,
+    ) -> Tensor:
+        """The pixel relevance ``(N, C, H, W)``, or with ``upsample=False`` the patch
+        embedding's relevance ``(N, 1, h, w)``."""
+        result = gradient_x_input(self._adapter, self.forward_func, images, target, extra, rules)
+        return result.pixels if upsample else result.patches[:, None]
