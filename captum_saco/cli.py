@@ -14,7 +14,7 @@ import importlib
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -25,10 +25,11 @@ from captum_saco.evaluation import (
     DEFAULT_METRICS,
     METHODS,
     METRICS,
+    EvaluationResult,
     evaluate,
-    plot_evaluation,
     saco_case_study,
 )
+from captum_saco.visualization import plot_evaluation
 
 EMBEDDED_MODEL = "fashion_mnist_vit"
 DEFAULT_LIMIT = 200
@@ -36,7 +37,9 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 
 
 class CliError(Exception):
-    """A problem the user can fix, reported as one sentence without a traceback."""
+    """A usage error: a problem the user can fix, reported as one sentence
+    without a traceback (exit status 2). Any other exception is a bug and
+    keeps its traceback."""
 
 
 def _names(values: Optional[List[str]], default: Sequence[str]) -> List[str]:
@@ -45,14 +48,22 @@ def _names(values: Optional[List[str]], default: Sequence[str]) -> List[str]:
     return [name for value in values for name in value.split(",") if name]
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _int_in(low: int, high: int, what: str) -> Callable[[str], int]:
+    """An argparse type: an int in ``[low, high]``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_in(1, sys.maxsize, "a positive integer")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--n-groups",
-        type=_positive_int,
+        type=_int_in(2, sys.maxsize, "an integer >= 2"),
         default=10,
         help="SaCo groups / deletion steps (default 10)",
     )
@@ -113,7 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", help="e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu)"
     )
     parser.add_argument(
-        "--seed", type=int, default=0, help="seed of random attribution (default 0)"
+        "--seed",
+        type=_int_in(0, 2**62, "an integer in [0, 2**62]"),
+        default=0,
+        help="seed of random attribution (default 0)",
     )
     parser.add_argument("--output", help="write the table to FILE (.json, .csv or .md)")
     parser.add_argument(
@@ -146,6 +160,11 @@ def _check_names(methods: List[str], metrics: List[str]) -> None:
             raise CliError(f"unknown metric {name!r}; choose from {', '.join(METRICS)}")
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def _load_model(name: str, pretrained: bool) -> nn.Module:
     if name == EMBEDDED_MODEL:
         from captum_saco.datasets import load_fashion_mnist_vit
@@ -175,13 +194,14 @@ def _load_model(name: str, pretrained: bool) -> nn.Module:
         raise CliError("--model with a timm model name needs timm: pip install 'captum-saco[timm]'")
     if not timm.is_model(name):
         raise CliError(f"--model {name!r} is neither a timm model name nor 'module:function'")
+    if not pretrained:
+        return timm.create_model(name)
     try:
-        return timm.create_model(name, pretrained=pretrained)
+        return timm.create_model(name, pretrained=True)
     except Exception as e:  # downloads fail in many ways (offline, hub errors, files)
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CliError(
             f"cannot load the pretrained weights of {name!r} (no network or no cached "
-            f"weights?): {first_line}"
+            f"weights?): {_first_line(e)}"
         )
 
 
@@ -244,6 +264,28 @@ def _setup_device(requested: Optional[str]) -> Tuple[torch.device, bool]:
     return device, distributed
 
 
+def _write_outputs(
+    args: argparse.Namespace,
+    result: EvaluationResult,
+    model: nn.Module,
+    images: Tensor,
+    methods: List[str],
+) -> None:
+    if args.output is not None:
+        try:
+            result.save(args.output)
+        except OSError as e:
+            raise CliError(f"--output: cannot write {args.output!r}: {e}")
+    if args.plot is not None:
+        study = saco_case_study(model, images, 0, methods, n_groups=args.n_groups, seed=args.seed)
+        try:
+            plot_evaluation(result, args.plot, study, images[0])
+        except ImportError as e:
+            raise CliError(f"--plot: {e}")
+        except OSError as e:
+            raise CliError(f"--plot: cannot write {args.plot!r}: {e}")
+
+
 def run(args: argparse.Namespace) -> int:
     methods = _names(args.methods, DEFAULT_METHODS)
     metrics = _names(args.metrics, DEFAULT_METRICS)
@@ -267,13 +309,7 @@ def run(args: argparse.Namespace) -> int:
         )
         if is_main:
             print(result.format_table())
-            if args.output is not None:
-                result.save(args.output)
-            if args.plot is not None:
-                study = saco_case_study(
-                    model, images, 0, methods, n_groups=args.n_groups, seed=args.seed
-                )
-                plot_evaluation(result, args.plot, study, images[0])
+            _write_outputs(args, result, model, images, methods)
     finally:
         if distributed and dist.is_initialized():
             dist.destroy_process_group()
@@ -286,6 +322,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return run(args)
-    except (CliError, ValueError, TypeError, ImportError, OSError) as e:
+    except CliError as e:
         print(f"captum-saco: error: {e}", file=sys.stderr)
         return 2

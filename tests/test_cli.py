@@ -287,3 +287,31 @@ def test_torchrun_with_two_processes_gives_the_single_process_table(capsys, tmp_
         )
         assert g["mean"] == pytest.approx(e["mean"], abs=1e-6)
         assert g["std"] == pytest.approx(e["std"], abs=1e-6)
+
+
+def test_a_library_bug_keeps_its_traceback_instead_of_a_usage_error(monkeypatch) -> None:
+    def broken(*args, **kwargs):
+        raise ValueError("an internal inconsistency")
+
+    monkeypatch.setattr("captum_saco.cli.evaluate", broken)
+    with pytest.raises(ValueError, match="an internal inconsistency"):
+        main(["--limit", "2", *FAST])
+
+
+def test_a_timm_model_that_fails_to_build_without_pretrained_does_not_blame_the_network(
+    monkeypatch,
+) -> None:
+    def failing_create_model(name, **kwargs):
+        raise RuntimeError("bad configuration")
+
+    monkeypatch.setattr("timm.create_model", failing_create_model)
+    with pytest.raises(RuntimeError, match="bad configuration"):
+        main(["--model", "resnet18", "--images", ".", *FAST])
+
+
+@pytest.mark.parametrize("option, value", [("--n-groups", "1"), ("--seed", "-1")])
+def test_out_of_range_numbers_are_rejected_by_the_parser(capsys, option, value) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([option, value])
+    assert exit_info.value.code == 2
+    assert f"argument {option}: expected" in capsys.readouterr().err

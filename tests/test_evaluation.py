@@ -15,9 +15,9 @@ from captum_saco.evaluation import (
     METRICS,
     EvaluationResult,
     evaluate,
-    plot_evaluation,
     saco_case_study,
 )
+from captum_saco.visualization import plot_evaluation
 
 
 def tiny_vit() -> VisionTransformer:
@@ -240,8 +240,19 @@ def test_case_study_matches_the_evaluation_for_that_image(model, images, result)
         )
 
 
-def test_plot_writes_a_png(result, model, images, tmp_path) -> None:
+def test_plot_writes_a_png_and_leaves_the_matplotlib_backend_as_it_was(
+    result, model, images, tmp_path
+) -> None:
+    import matplotlib
+
     path = tmp_path / "plot.png"
     study = saco_case_study(model, images, methods=["random", "saliency"])
-    plot_evaluation(result, str(path), study, images[0])
+    previous = matplotlib.get_backend()
+    try:
+        # A backend other than Agg, as in a notebook (inline) or an IDE.
+        matplotlib.use("svg")
+        plot_evaluation(result, str(path), study, images[0])
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(previous)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
