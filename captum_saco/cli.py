@@ -13,6 +13,7 @@ import argparse
 import importlib
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -29,6 +30,7 @@ from captum_saco.evaluation import (
     evaluate,
     saco_case_study,
 )
+from captum_saco.evaluation.registry import logits_of
 from captum_saco.visualization import plot_evaluation
 
 EMBEDDED_MODEL = "fashion_mnist_vit"
@@ -42,10 +44,13 @@ class CliError(Exception):
     keeps its traceback."""
 
 
-def _names(values: Optional[List[str]], default: Sequence[str]) -> List[str]:
-    if not values:
+def _names(option: str, values: Optional[List[str]], default: Sequence[str]) -> List[str]:
+    if values is None:
         return list(default)
-    return [name for value in values for name in value.split(",") if name]
+    names = [name for value in values for name in value.split(",") if name]
+    if not names:
+        raise CliError(f"{option} expects at least one name, got {' '.join(values)!r}")
+    return names
 
 
 def _int_in(low: int, high: int, what: str) -> Callable[[str], int]:
@@ -138,17 +143,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_writable(option: str, path: str, suffixes: Sequence[str]) -> None:
+    """Fail before any work if ``path`` cannot be written."""
+    if Path(path).suffix.lower() not in suffixes:
+        endings = ", ".join(suffixes[:-1]) + " or " if len(suffixes) > 1 else ""
+        raise CliError(f"{option} must end in {endings}{suffixes[-1]}, got {path!r}")
+    target = Path(path).resolve()
+    if target.is_dir():
+        raise CliError(f"{option}: {path!r} is a folder, not a file name")
+    if not target.parent.is_dir():
+        raise CliError(f"{option}: the folder of {path!r} does not exist")
+    try:
+        # The result is written to a temporary file in the same folder first.
+        with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".captum-saco-"):
+            pass
+    except OSError as e:
+        raise CliError(f"{option}: cannot write in the folder of {path!r} ({e.strerror or e})")
+    if target.exists() and not os.access(target, os.W_OK):
+        raise CliError(f"{option}: {path!r} is not writable")
+
+
 def _check_output_paths(args: argparse.Namespace) -> None:
     if args.output is not None:
-        if Path(args.output).suffix.lower() not in {".json", ".csv", ".md"}:
-            raise CliError(f"--output must end in .json, .csv or .md, got {args.output!r}")
-        if not Path(args.output).resolve().parent.is_dir():
-            raise CliError(f"--output: the folder of {args.output!r} does not exist")
+        _check_writable("--output", args.output, (".json", ".csv", ".md"))
     if args.plot is not None:
-        if Path(args.plot).suffix.lower() != ".png":
-            raise CliError(f"--plot must end in .png, got {args.plot!r}")
-        if not Path(args.plot).resolve().parent.is_dir():
-            raise CliError(f"--plot: the folder of {args.plot!r} does not exist")
+        _check_writable("--plot", args.plot, (".png",))
 
 
 def _check_names(methods: List[str], metrics: List[str]) -> None:
@@ -182,7 +201,10 @@ def _load_model(name: str, pretrained: bool) -> nn.Module:
             raise CliError(
                 f"--model {name!r}: cannot import {function_name!r} from {module_name!r} ({e})"
             )
-        model = function()
+        try:
+            model = function()
+        except Exception as e:
+            raise CliError(f"--model {name!r} raised {type(e).__name__}: {_first_line(e)}")
         if not isinstance(model, nn.Module):
             raise CliError(
                 f"--model {name!r} returned a {type(model).__name__}, not a torch.nn.Module"
@@ -228,9 +250,30 @@ def _load_images(folder: Path, model: nn.Module, limit: int) -> Tensor:
         try:
             with Image.open(path) as image:
                 images.append(transform(image.convert(mode)))
-        except OSError as e:
+        except (OSError, Image.DecompressionBombError) as e:
             raise CliError(f"cannot read the image {str(path)!r}: {e}")
     return torch.stack(images)
+
+
+def _check_model_accepts(name: str, model: nn.Module, x: Tensor) -> None:
+    """Fail with one sentence if the model cannot classify the prepared images."""
+    try:
+        with torch.no_grad():
+            output = logits_of(model)(x)
+    except Exception as e:
+        raise CliError(
+            f"--model {name!r} does not accept the images as prepared for it "
+            f"({'x'.join(map(str, x.shape[1:]))}): {_first_line(e)}"
+        )
+    if not isinstance(output, Tensor) or output.dim() != 2:
+        raise CliError(
+            f"--model {name!r} must return (N, classes) logits, got "
+            + (
+                f"shape {tuple(output.shape)}"
+                if isinstance(output, Tensor)
+                else type(output).__name__
+            )
+        )
 
 
 def _load_data(args: argparse.Namespace, model: nn.Module) -> Tensor:
@@ -243,16 +286,27 @@ def _load_data(args: argparse.Namespace, model: nn.Module) -> Tensor:
     return load_fashion_mnist_samples(limit=args.limit).images
 
 
+def _check_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise CliError(f"--device {name!r} is not a device (e.g. cpu, cuda, cuda:1)")
+    if device.type == "meta":
+        raise CliError("--device meta holds no data to evaluate; use cpu or an accelerator")
+    if device.type == "mps":
+        available = torch.backends.mps.is_available()
+    else:
+        backend = getattr(torch, device.type, None)
+        available = device.type == "cpu" or bool(getattr(backend, "is_available", bool)())
+    if not available:
+        raise CliError(f"--device {name!r}: {device.type.upper()} is not available here")
+    return device
+
+
 def _setup_device(requested: Optional[str]) -> Tuple[torch.device, bool]:
     """The device of this process, and whether this run is distributed
     (initialising the process group under ``torchrun``)."""
-    device_name = requested or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device_name)
-    except RuntimeError:
-        raise CliError(f"--device {device_name!r} is not a device (e.g. cpu, cuda, cuda:1)")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CliError(f"--device {device_name!r}: CUDA is not available here")
+    device = _check_device(requested or ("cuda" if torch.cuda.is_available() else "cpu"))
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed and not dist.is_initialized():
         if device.type == "cuda":
@@ -287,8 +341,8 @@ def _write_outputs(
 
 
 def run(args: argparse.Namespace) -> int:
-    methods = _names(args.methods, DEFAULT_METHODS)
-    metrics = _names(args.metrics, DEFAULT_METRICS)
+    methods = _names("--methods", args.methods, DEFAULT_METHODS)
+    metrics = _names("--metrics", args.metrics, DEFAULT_METRICS)
     _check_names(methods, metrics)
     _check_output_paths(args)
     device, distributed = _setup_device(args.device)
@@ -296,6 +350,7 @@ def run(args: argparse.Namespace) -> int:
         is_main = not distributed or dist.get_rank() == 0
         model = _load_model(args.model, args.pretrained).eval().to(device)
         images = _load_data(args, model)
+        _check_model_accepts(args.model, model, images[:1].to(device))
         result = evaluate(
             model,
             images,

@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import os
+import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -53,6 +54,29 @@ def output_suffix(path: str) -> str:
     if suffix not in SUFFIXES:
         raise ValueError(f"output: expected a file name ending in .json, .csv or .md, got {path!r}")
     return suffix
+
+
+def write_atomically(path: str, text: str) -> None:
+    """Write ``text`` to a temporary file in ``path``'s folder, then rename it
+    to ``path``: a failed write (a full disk) leaves the previous file whole."""
+    folder = os.path.dirname(os.path.abspath(path))
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".captum-saco-", suffix=".tmp")
+    os.close(handle)
+    try:
+        with open(temporary, "w", newline="") as f:
+            f.write(text)
+        mode = os.stat(path).st_mode if os.path.exists(path) else _default_file_mode()
+        os.chmod(temporary, mode & 0o777)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def _default_file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 @dataclass
@@ -145,6 +169,4 @@ class EvaluationResult:
         """Write the table to ``path`` as JSON, CSV or Markdown by its suffix
         (``.json``, ``.csv``, ``.md``)."""
         writers = {".json": self.to_json, ".csv": self.to_csv, ".md": self.to_markdown}
-        text = writers[output_suffix(path)]()
-        with open(path, "w", newline="") as f:
-            f.write(text)
+        write_atomically(path, writers[output_suffix(path)]())

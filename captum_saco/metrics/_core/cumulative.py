@@ -264,8 +264,16 @@ def aopc(
         torch.Size([2])
     """
     return deletion_curve(
-        forward_func, inputs, attributions, baselines, additional_forward_args, target,
-        fractions, feature_mask, max_examples_per_batch, order=order,
+        forward_func,
+        inputs,
+        attributions,
+        baselines,
+        additional_forward_args,
+        target,
+        fractions,
+        feature_mask,
+        max_examples_per_batch,
+        order=order,
         apply_softmax=apply_softmax,
     ).aopc()
 
@@ -306,8 +314,16 @@ def lodds(
         torch.Size([2])
     """
     return deletion_curve(
-        forward_func, inputs, attributions, baselines, additional_forward_args, target,
-        fractions, feature_mask, max_examples_per_batch, order=order,
+        forward_func,
+        inputs,
+        attributions,
+        baselines,
+        additional_forward_args,
+        target,
+        fractions,
+        feature_mask,
+        max_examples_per_batch,
+        order=order,
         apply_softmax=apply_softmax,
     ).log_odds()
 
@@ -349,8 +365,16 @@ def auc(
         torch.Size([2])
     """
     return deletion_curve(
-        forward_func, inputs, attributions, baselines, additional_forward_args, target,
-        fractions, feature_mask, max_examples_per_batch, order=order,
+        forward_func,
+        inputs,
+        attributions,
+        baselines,
+        additional_forward_args,
+        target,
+        fractions,
+        feature_mask,
+        max_examples_per_batch,
+        order=order,
         apply_softmax=apply_softmax,
     ).auc()
 
@@ -397,7 +421,15 @@ def comprehensiveness(
         torch.Size([2])
     """
     return deletion_curve(
-        forward_func, inputs, attributions, baselines, additional_forward_args, target,
-        fractions, feature_mask, max_examples_per_batch, order="least_salient_first",
+        forward_func,
+        inputs,
+        attributions,
+        baselines,
+        additional_forward_args,
+        target,
+        fractions,
+        feature_mask,
+        max_examples_per_batch,
+        order="least_salient_first",
         apply_softmax=apply_softmax,
     ).aopc()
