@@ -1,9 +1,7 @@
 """captum-saco: the SaCo faithfulness metric and Vision Transformer attribution
 methods for Captum."""
 
-__version__ = "0.1.0"
-
-from captum_saco.attr import (  # noqa: E402
+from captum_saco.attr import (
     AttentionAttribution,
     AttentionRollout,
     GradientWeightedAttention,
@@ -11,8 +9,8 @@ from captum_saco.attr import (  # noqa: E402
     RawAttention,
     TransformerAttribution,
 )
-from captum_saco.evaluation import EvaluationResult, evaluate  # noqa: E402
-from captum_saco.metrics import (  # noqa: E402
+from captum_saco.evaluation import EvaluationResult, evaluate
+from captum_saco.metrics import (
     aopc,
     auc,
     comprehensiveness,
@@ -20,6 +18,8 @@ from captum_saco.metrics import (  # noqa: E402
     lodds,
     saco,
 )
+
+__version__ = "0.1.0"
 
 __all__ = [
     "AttentionAttribution",

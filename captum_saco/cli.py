@@ -13,8 +13,9 @@ import argparse
 import importlib
 import os
 import sys
+import tempfile
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -25,10 +26,12 @@ from captum_saco.evaluation import (
     DEFAULT_METRICS,
     METHODS,
     METRICS,
+    EvaluationResult,
     evaluate,
-    plot_evaluation,
     saco_case_study,
 )
+from captum_saco.evaluation.registry import logits_of
+from captum_saco.visualization import plot_evaluation
 
 EMBEDDED_MODEL = "fashion_mnist_vit"
 DEFAULT_LIMIT = 200
@@ -36,23 +39,36 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 
 
 class CliError(Exception):
-    """A problem the user can fix, reported as one sentence without a traceback."""
+    """A usage error: a problem the user can fix, reported as one sentence
+    without a traceback (exit status 2). Any other exception is a bug and
+    keeps its traceback."""
 
 
-def _names(values: Optional[List[str]], default: Sequence[str]) -> List[str]:
-    if not values:
+def _names(option: str, values: Optional[List[str]], default: Sequence[str]) -> List[str]:
+    if values is None:
         return list(default)
-    return [name for value in values for name in value.split(",") if name]
+    names = [name for value in values for name in value.split(",") if name]
+    if not names:
+        raise CliError(f"{option} expects at least one name, got {' '.join(values)!r}")
+    return names
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _int_in(low: int, high: int, what: str) -> Callable[[str], int]:
+    """An argparse type: an int in ``[low, high]``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_in(1, sys.maxsize, "a positive integer")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--n-groups",
-        type=_positive_int,
+        type=_int_in(2, sys.maxsize, "an integer >= 2"),
         default=10,
         help="SaCo groups / deletion steps (default 10)",
     )
@@ -113,7 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", help="e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu)"
     )
     parser.add_argument(
-        "--seed", type=int, default=0, help="seed of random attribution (default 0)"
+        "--seed",
+        type=_int_in(0, 2**62, "an integer in [0, 2**62]"),
+        default=0,
+        help="seed of random attribution (default 0)",
     )
     parser.add_argument("--output", help="write the table to FILE (.json, .csv or .md)")
     parser.add_argument(
@@ -124,17 +143,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_writable(option: str, path: str, suffixes: Sequence[str]) -> None:
+    """Fail before any work if ``path`` cannot be written."""
+    if Path(path).suffix.lower() not in suffixes:
+        endings = ", ".join(suffixes[:-1]) + " or " if len(suffixes) > 1 else ""
+        raise CliError(f"{option} must end in {endings}{suffixes[-1]}, got {path!r}")
+    target = Path(path).resolve()
+    if target.is_dir():
+        raise CliError(f"{option}: {path!r} is a folder, not a file name")
+    if not target.parent.is_dir():
+        raise CliError(f"{option}: the folder of {path!r} does not exist")
+    try:
+        # The result is written to a temporary file in the same folder first.
+        with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".captum-saco-"):
+            pass
+    except OSError as e:
+        raise CliError(f"{option}: cannot write in the folder of {path!r} ({e.strerror or e})")
+    if target.exists() and not os.access(target, os.W_OK):
+        raise CliError(f"{option}: {path!r} is not writable")
+
+
 def _check_output_paths(args: argparse.Namespace) -> None:
     if args.output is not None:
-        if Path(args.output).suffix.lower() not in {".json", ".csv", ".md"}:
-            raise CliError(f"--output must end in .json, .csv or .md, got {args.output!r}")
-        if not Path(args.output).resolve().parent.is_dir():
-            raise CliError(f"--output: the folder of {args.output!r} does not exist")
+        _check_writable("--output", args.output, (".json", ".csv", ".md"))
     if args.plot is not None:
-        if Path(args.plot).suffix.lower() != ".png":
-            raise CliError(f"--plot must end in .png, got {args.plot!r}")
-        if not Path(args.plot).resolve().parent.is_dir():
-            raise CliError(f"--plot: the folder of {args.plot!r} does not exist")
+        _check_writable("--plot", args.plot, (".png",))
 
 
 def _check_names(methods: List[str], metrics: List[str]) -> None:
@@ -144,6 +177,11 @@ def _check_names(methods: List[str], metrics: List[str]) -> None:
     for name in metrics:
         if name not in METRICS:
             raise CliError(f"unknown metric {name!r}; choose from {', '.join(METRICS)}")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _load_model(name: str, pretrained: bool) -> nn.Module:
@@ -163,7 +201,10 @@ def _load_model(name: str, pretrained: bool) -> nn.Module:
             raise CliError(
                 f"--model {name!r}: cannot import {function_name!r} from {module_name!r} ({e})"
             )
-        model = function()
+        try:
+            model = function()
+        except Exception as e:
+            raise CliError(f"--model {name!r} raised {type(e).__name__}: {_first_line(e)}")
         if not isinstance(model, nn.Module):
             raise CliError(
                 f"--model {name!r} returned a {type(model).__name__}, not a torch.nn.Module"
@@ -175,13 +216,14 @@ def _load_model(name: str, pretrained: bool) -> nn.Module:
         raise CliError("--model with a timm model name needs timm: pip install 'captum-saco[timm]'")
     if not timm.is_model(name):
         raise CliError(f"--model {name!r} is neither a timm model name nor 'module:function'")
+    if not pretrained:
+        return timm.create_model(name)
     try:
-        return timm.create_model(name, pretrained=pretrained)
+        return timm.create_model(name, pretrained=True)
     except Exception as e:  # downloads fail in many ways (offline, hub errors, files)
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CliError(
             f"cannot load the pretrained weights of {name!r} (no network or no cached "
-            f"weights?): {first_line}"
+            f"weights?): {_first_line(e)}"
         )
 
 
@@ -208,9 +250,30 @@ def _load_images(folder: Path, model: nn.Module, limit: int) -> Tensor:
         try:
             with Image.open(path) as image:
                 images.append(transform(image.convert(mode)))
-        except OSError as e:
+        except (OSError, Image.DecompressionBombError) as e:
             raise CliError(f"cannot read the image {str(path)!r}: {e}")
     return torch.stack(images)
+
+
+def _check_model_accepts(name: str, model: nn.Module, x: Tensor) -> None:
+    """Fail with one sentence if the model cannot classify the prepared images."""
+    try:
+        with torch.no_grad():
+            output = logits_of(model)(x)
+    except Exception as e:
+        raise CliError(
+            f"--model {name!r} does not accept the images as prepared for it "
+            f"({'x'.join(map(str, x.shape[1:]))}): {_first_line(e)}"
+        )
+    if not isinstance(output, Tensor) or output.dim() != 2:
+        raise CliError(
+            f"--model {name!r} must return (N, classes) logits, got "
+            + (
+                f"shape {tuple(output.shape)}"
+                if isinstance(output, Tensor)
+                else type(output).__name__
+            )
+        )
 
 
 def _load_data(args: argparse.Namespace, model: nn.Module) -> Tensor:
@@ -223,16 +286,27 @@ def _load_data(args: argparse.Namespace, model: nn.Module) -> Tensor:
     return load_fashion_mnist_samples(limit=args.limit).images
 
 
+def _check_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise CliError(f"--device {name!r} is not a device (e.g. cpu, cuda, cuda:1)")
+    if device.type == "meta":
+        raise CliError("--device meta holds no data to evaluate; use cpu or an accelerator")
+    if device.type == "mps":
+        available = torch.backends.mps.is_available()
+    else:
+        backend = getattr(torch, device.type, None)
+        available = device.type == "cpu" or bool(getattr(backend, "is_available", bool)())
+    if not available:
+        raise CliError(f"--device {name!r}: {device.type.upper()} is not available here")
+    return device
+
+
 def _setup_device(requested: Optional[str]) -> Tuple[torch.device, bool]:
     """The device of this process, and whether this run is distributed
     (initialising the process group under ``torchrun``)."""
-    device_name = requested or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device_name)
-    except RuntimeError:
-        raise CliError(f"--device {device_name!r} is not a device (e.g. cpu, cuda, cuda:1)")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CliError(f"--device {device_name!r}: CUDA is not available here")
+    device = _check_device(requested or ("cuda" if torch.cuda.is_available() else "cpu"))
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed and not dist.is_initialized():
         if device.type == "cuda":
@@ -244,9 +318,31 @@ def _setup_device(requested: Optional[str]) -> Tuple[torch.device, bool]:
     return device, distributed
 
 
+def _write_outputs(
+    args: argparse.Namespace,
+    result: EvaluationResult,
+    model: nn.Module,
+    images: Tensor,
+    methods: List[str],
+) -> None:
+    if args.output is not None:
+        try:
+            result.save(args.output)
+        except OSError as e:
+            raise CliError(f"--output: cannot write {args.output!r}: {e}")
+    if args.plot is not None:
+        study = saco_case_study(model, images, 0, methods, n_groups=args.n_groups, seed=args.seed)
+        try:
+            plot_evaluation(result, args.plot, study, images[0])
+        except ImportError as e:
+            raise CliError(f"--plot: {e}")
+        except OSError as e:
+            raise CliError(f"--plot: cannot write {args.plot!r}: {e}")
+
+
 def run(args: argparse.Namespace) -> int:
-    methods = _names(args.methods, DEFAULT_METHODS)
-    metrics = _names(args.metrics, DEFAULT_METRICS)
+    methods = _names("--methods", args.methods, DEFAULT_METHODS)
+    metrics = _names("--metrics", args.metrics, DEFAULT_METRICS)
     _check_names(methods, metrics)
     _check_output_paths(args)
     device, distributed = _setup_device(args.device)
@@ -254,6 +350,7 @@ def run(args: argparse.Namespace) -> int:
         is_main = not distributed or dist.get_rank() == 0
         model = _load_model(args.model, args.pretrained).eval().to(device)
         images = _load_data(args, model)
+        _check_model_accepts(args.model, model, images[:1].to(device))
         result = evaluate(
             model,
             images,
@@ -267,13 +364,7 @@ def run(args: argparse.Namespace) -> int:
         )
         if is_main:
             print(result.format_table())
-            if args.output is not None:
-                result.save(args.output)
-            if args.plot is not None:
-                study = saco_case_study(
-                    model, images, 0, methods, n_groups=args.n_groups, seed=args.seed
-                )
-                plot_evaluation(result, args.plot, study, images[0])
+            _write_outputs(args, result, model, images, methods)
     finally:
         if distributed and dist.is_initialized():
             dist.destroy_process_group()
@@ -286,6 +377,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return run(args)
-    except (CliError, ValueError, TypeError, ImportError, OSError) as e:
+    except CliError as e:
         print(f"captum-saco: error: {e}", file=sys.stderr)
         return 2

@@ -33,6 +33,36 @@ def not_a_model() -> str:
     return "model"
 
 
+def raising_model() -> torch.nn.Module:
+    raise RuntimeError("the checkpoint is corrupt")
+
+
+def vit_without_data_config() -> torch.nn.Module:
+    """A timm ViT for 32-px images without ``pretrained_cfg``: timm's default
+    data config resizes images to 224 px, which it does not accept."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    return VisionTransformer(
+        img_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=2, num_classes=3
+    ).eval()
+
+
+def decompression_bomb_png(path: Path) -> None:
+    """A valid PNG whose header declares 40000 x 40000 pixels (Pillow refuses
+    to decode more than 2 x 89 million)."""
+    import struct
+    import zlib
+
+    Image.new("L", (8, 8)).save(path)
+    data = bytearray(path.read_bytes())
+    ihdr = 8 + 8  # signature, then the IHDR chunk's length and type
+    data[ihdr : ihdr + 8] = struct.pack(">II", 40000, 40000)
+    crc = zlib.crc32(bytes(data[ihdr - 4 : ihdr + 13]))
+    data[ihdr + 13 : ihdr + 17] = struct.pack(">I", crc)
+    path.write_bytes(bytes(data))
+
+
 def run_cli(capsys, *args: str):
     rc = main(list(args))
     out, err = capsys.readouterr()
@@ -165,6 +195,11 @@ def test_a_module_function_model_runs_on_an_image_folder(capsys, tmp_path) -> No
         (["--model", "test_cli:tiny_cnn"], "--model needs --images"),
         (["--pretrained"], "--pretrained applies to timm models"),
         (["--device", "tpu:x"], "is not a device"),
+        (["--device", "meta"], "--device meta holds no data"),
+        (["--device", "mps"], "MPS is not available"),
+        (["--methods", ","], "--methods expects at least one name"),
+        (["--metrics", ","], "--metrics expects at least one name"),
+        (["--model", "test_cli:raising_model"], "raised RuntimeError: the checkpoint is corrupt"),
     ],
 )
 def test_user_errors_are_one_sentence_and_exit_status_2(capsys, args, match) -> None:
@@ -287,3 +322,66 @@ def test_torchrun_with_two_processes_gives_the_single_process_table(capsys, tmp_
         )
         assert g["mean"] == pytest.approx(e["mean"], abs=1e-6)
         assert g["std"] == pytest.approx(e["std"], abs=1e-6)
+
+
+def test_a_library_bug_keeps_its_traceback_instead_of_a_usage_error(monkeypatch) -> None:
+    def broken(*args, **kwargs):
+        raise ValueError("an internal inconsistency")
+
+    monkeypatch.setattr("captum_saco.cli.evaluate", broken)
+    with pytest.raises(ValueError, match="an internal inconsistency"):
+        main(["--limit", "2", *FAST])
+
+
+def test_a_timm_model_that_fails_to_build_without_pretrained_does_not_blame_the_network(
+    monkeypatch,
+) -> None:
+    def failing_create_model(name, **kwargs):
+        raise RuntimeError("bad configuration")
+
+    monkeypatch.setattr("timm.create_model", failing_create_model)
+    with pytest.raises(RuntimeError, match="bad configuration"):
+        main(["--model", "resnet18", "--images", ".", *FAST])
+
+
+@pytest.mark.parametrize("option, value", [("--n-groups", "1"), ("--seed", "-1")])
+def test_out_of_range_numbers_are_rejected_by_the_parser(capsys, option, value) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([option, value])
+    assert exit_info.value.code == 2
+    assert f"argument {option}: expected" in capsys.readouterr().err
+
+
+def test_a_model_that_does_not_accept_its_resized_images_is_a_clear_error(
+    capsys, grey_folder
+) -> None:
+    rc, _, err = run_cli(
+        capsys, "--model", "test_cli:vit_without_data_config", "--images", str(grey_folder), *FAST
+    )
+    assert_one_sentence_error(rc, err, "does not accept the images as prepared for it (3x224x224)")
+
+
+def test_a_decompression_bomb_is_a_clear_error(capsys, tmp_path) -> None:
+    decompression_bomb_png(tmp_path / "bomb.png")
+    rc, _, err = run_cli(capsys, "--images", str(tmp_path), *FAST)
+    assert_one_sentence_error(rc, err, "bomb.png")
+
+
+@pytest.mark.parametrize("option, name", [("--output", "d.json"), ("--plot", "d.png")])
+def test_an_output_that_is_a_folder_fails_before_any_work(
+    capsys, monkeypatch, tmp_path, option, name
+) -> None:
+    monkeypatch.setattr("captum_saco.cli.evaluate", lambda *a, **k: pytest.fail("evaluated"))
+    (tmp_path / name).mkdir()
+    rc, _, err = run_cli(capsys, option, str(tmp_path / name), *FAST)
+    assert_one_sentence_error(rc, err, f"{option}: ")
+
+
+@pytest.mark.parametrize("option, name", [("--output", "t.json"), ("--plot", "t.png")])
+def test_an_output_in_a_read_only_folder_fails_before_any_work(
+    capsys, monkeypatch, option, name
+) -> None:
+    monkeypatch.setattr("captum_saco.cli.evaluate", lambda *a, **k: pytest.fail("evaluated"))
+    # /proc refuses new files even to root, for whom permission bits do not count.
+    rc, _, err = run_cli(capsys, option, f"/proc/{name}", *FAST)
+    assert_one_sentence_error(rc, err, f"{option}: cannot write in the folder of")

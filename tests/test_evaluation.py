@@ -15,9 +15,9 @@ from captum_saco.evaluation import (
     METRICS,
     EvaluationResult,
     evaluate,
-    plot_evaluation,
     saco_case_study,
 )
+from captum_saco.visualization import plot_evaluation
 
 
 def tiny_vit() -> VisionTransformer:
@@ -240,8 +240,109 @@ def test_case_study_matches_the_evaluation_for_that_image(model, images, result)
         )
 
 
-def test_plot_writes_a_png(result, model, images, tmp_path) -> None:
+def test_plot_writes_a_png_and_leaves_the_matplotlib_backend_as_it_was(
+    result, model, images, tmp_path
+) -> None:
+    import matplotlib
+
     path = tmp_path / "plot.png"
     study = saco_case_study(model, images, methods=["random", "saliency"])
-    plot_evaluation(result, str(path), study, images[0])
+    previous = matplotlib.get_backend()
+    try:
+        # A backend other than Agg, as in a notebook (inline) or an IDE.
+        matplotlib.use("svg")
+        plot_evaluation(result, str(path), study, images[0])
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(previous)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_failed_save_leaves_the_previous_file_whole(result, tmp_path, monkeypatch) -> None:
+    import builtins
+
+    path = tmp_path / "table.json"
+    path.write_text("previous good result")
+    real_open = builtins.open
+
+    class FullDisk:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, text):
+            self.f.write(text[: len(text) // 2])
+            raise OSError(28, "No space left on device")
+
+    def open_on_a_full_disk(file, mode="r", *args, **kwargs):
+        f = real_open(file, mode, *args, **kwargs)
+        in_folder = str(file).startswith(str(tmp_path))
+        return FullDisk(f) if in_folder and "w" in mode else f
+
+    monkeypatch.setattr(builtins, "open", open_on_a_full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        result.save(str(path))
+    monkeypatch.undo()
+    assert path.read_text() == "previous good result"
+    assert [p.name for p in tmp_path.iterdir()] == ["table.json"]
+
+
+def test_saving_keeps_the_permissions_of_the_replaced_file(result, tmp_path) -> None:
+    path = tmp_path / "table.json"
+    path.write_text("old")
+    path.chmod(0o640)
+    result.save(str(path))
+    assert path.stat().st_mode & 0o777 == 0o640 and path.read_text() == result.to_json()
+
+
+def tiny_hf_vit():
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    config = ViTConfig(
+        image_size=8,
+        patch_size=4,
+        num_channels=1,
+        hidden_size=8,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=16,
+        num_labels=3,
+    )
+    return ViTForImageClassification(config).eval()
+
+
+class Logits(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x).logits
+
+
+def test_a_hugging_face_model_is_evaluated_on_its_logits(images) -> None:
+    hf = tiny_hf_vit()
+    methods, metrics = ["random", "raw_attention", "saliency"], ["saco", "aopc"]
+    result = evaluate(hf, images, methods=methods, metrics=metrics, batch_size=4)
+    assert all(r.n == 6 for r in result.rows)
+    plain = evaluate(Logits(hf).eval(), images, methods=["random", "saliency"], metrics=metrics)
+    for key, values in plain.per_example.items():
+        torch.testing.assert_close(result.per_example[key], values)
+    study = saco_case_study(hf, images, index=2, methods=["saliency"])
+    assert study["saliency"].coefficient.item() == pytest.approx(
+        result.per_example[("saliency", "saco")][2].item(), abs=1e-6
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs, match", [(dict(methods=[]), "methods"), (dict(metrics=[]), "metrics")]
+)
+def test_no_methods_or_no_metrics_are_a_value_error(model, images, kwargs, match) -> None:
+    with pytest.raises(ValueError, match=f"{match}: expected at least one"):
+        evaluate(model, images, **kwargs)
