@@ -592,7 +592,9 @@ def measure_removals(
     )
     ranking = rank_features(prepared.inputs, attributions, feature_mask)
     starts, stops = intervals(ranking)
-    chunk = chunk_rows(max_examples_per_batch, prepared.n * starts.shape[-1])
+    chunk = chunk_rows(
+        max_examples_per_batch, forward_func, prepared, prepared.n * starts.shape[-1]
+    )
     with torch.no_grad():
         clean = clean_pass(
             forward_func, prepared, target=target, apply_softmax=apply_softmax, chunk=chunk
@@ -609,20 +611,64 @@ def measure_removals(
     return ranking, clean, removed
 
 
-def chunk_rows(max_examples_per_batch: Optional[int], n_rows: int) -> int:
-    """The rows per forward call: ``max_examples_per_batch``, or all ``n_rows`` at once."""
-    if max_examples_per_batch is None:
-        return max(n_rows, 1)
-    if (
-        isinstance(max_examples_per_batch, bool)
-        or not isinstance(max_examples_per_batch, int)
-        or max_examples_per_batch < 1
-    ):
-        raise ValueError(
-            "max_examples_per_batch: expected a positive int or None, got "
-            f"{max_examples_per_batch!r}"
-        )
-    return max_examples_per_batch
+CPU_MAX_ROWS = 64
+"""The most rows per forward call on a CPU when ``max_examples_per_batch`` is None."""
+CPU_MAX_ELEMENTS = 1 << 22
+"""The most input elements per forward call on a CPU (27 rows of 3 x 224 x 224)."""
+GPU_MEMORY_SHARE = 0.5
+"""The share of the free GPU memory the default chunk may fill."""
+
+
+def chunk_rows(
+    max_examples_per_batch: Optional[int],
+    forward_func: Callable[..., Any],
+    prepared: PreparedInputs,
+    n_rows: int,
+) -> int:
+    """The rows per forward call: ``max_examples_per_batch``, or the default rule.
+
+    The default rule, for throughput: on a CPU at most :data:`CPU_MAX_ROWS`
+    rows and at most :data:`CPU_MAX_ELEMENTS` input elements per call (one
+    huge batch is slower than chunks of a few dozen rows once the
+    activations leave the caches; ``benchmarks/bench_batching.py`` measures
+    the knee); on a GPU as many rows as fill :data:`GPU_MEMORY_SHARE` of the
+    free memory (``torch.cuda.mem_get_info``) at the peak memory per row of
+    one probe forward pass of a few clean rows. ``n_rows`` (the rows to run)
+    caps either.
+    """
+    if max_examples_per_batch is not None:
+        if (
+            isinstance(max_examples_per_batch, bool)
+            or not isinstance(max_examples_per_batch, int)
+            or max_examples_per_batch < 1
+        ):
+            raise ValueError(
+                "max_examples_per_batch: expected a positive int or None, got "
+                f"{max_examples_per_batch!r}"
+            )
+        return max_examples_per_batch
+    device = prepared.inputs[0].device
+    if device.type == "cuda" and prepared.n > 0:
+        rows = _rows_fitting_gpu_memory(forward_func, prepared, device)
+    else:
+        elements = max(sum(math.prod(x.shape[1:]) for x in prepared.inputs), 1)
+        rows = max(1, min(CPU_MAX_ROWS, CPU_MAX_ELEMENTS // elements))
+    return max(1, min(rows, n_rows))
+
+
+def _rows_fitting_gpu_memory(
+    forward_func: Callable[..., Any], prepared: PreparedInputs, device: torch.device
+) -> int:
+    """Rows whose forward pass fills :data:`GPU_MEMORY_SHARE` of the free GPU memory."""
+    probe = torch.arange(min(prepared.n, 4), device=device)
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    with torch.no_grad():
+        _forward_rows(forward_func, prepared, [x[probe] for x in prepared.inputs], probe)
+    per_row = max((torch.cuda.max_memory_allocated(device) - before) / len(probe), 1.0)
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(GPU_MEMORY_SHARE * free / per_row)
 
 
 def rank_intervals_of_groups(
