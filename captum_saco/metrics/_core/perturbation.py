@@ -220,6 +220,15 @@ def rank_features(
         FeatureRanking: the per-feature salience, the ranking and the rank of
         every input element.
     """
+    with torch.autocast(inputs[0].device.type, enabled=False):
+        return _rank_features(inputs, attributions, feature_mask)
+
+
+def _rank_features(
+    inputs: Tuple[Tensor, ...],
+    attributions: TensorOrTupleOfTensors,
+    feature_mask: Union[None, Tensor, Tuple[Tensor, ...]],
+) -> FeatureRanking:
     attributions_t = format_inputs(attributions, name="attributions")
     if len(attributions_t) != len(inputs):
         raise ValueError(
@@ -429,7 +438,17 @@ def prepare_inputs(
 def target_probability(
     output: Tensor, target: TargetType, apply_softmax: bool
 ) -> Tuple[TargetProbability, Tensor]:
-    """The target's probability in ``output`` and the ``(N,)`` target classes."""
+    """The target's probability in ``output`` and the ``(N,)`` target classes.
+
+    Computed in float32 or wider, outside any ``torch.autocast`` region.
+    """
+    with torch.autocast(output.device.type, enabled=False):
+        return _target_probability(output, target, apply_softmax)
+
+
+def _target_probability(
+    output: Tensor, target: TargetType, apply_softmax: bool
+) -> Tuple[TargetProbability, Tensor]:
     scores, classes = resolve_target(output, target)
     dtype = torch.promote_types(scores.dtype, torch.float32)
     scores = scores.to(dtype)
