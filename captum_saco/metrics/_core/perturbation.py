@@ -248,34 +248,7 @@ def _rank_features(
     given_flat = torch.cat(given, dim=1)
     constant = (given_flat == given_flat[:, :1]).all(dim=1)
 
-    if feature_mask is None:
-        sizes = [math.prod(m.shape[1:]) for m in maps]
-        offsets = torch.tensor([0] + sizes[:-1]).cumsum(0).tolist()
-        ids = [
-            (torch.arange(size, device=m.device) + offset).reshape(1, *m.shape[1:])
-            for size, offset, m in zip(sizes, offsets, maps)
-        ]
-        salience = flat_maps
-        present = torch.ones_like(salience, dtype=torch.bool)
-    else:
-        masks = feature_mask if isinstance(feature_mask, tuple) else (feature_mask,)
-        if len(masks) != len(inputs) or not all(isinstance(m, Tensor) for m in masks):
-            raise ValueError(
-                f"feature_mask: expected one integer tensor per input ({len(inputs)}), "
-                f"got {type(feature_mask).__name__} of length {len(masks)}"
-            )
-        raw_ids = [
-            _feature_ids(m, x, i, len(inputs)) for i, (m, x) in enumerate(zip(masks, inputs))
-        ]
-        flat_ids = torch.cat([r.expand(n, *r.shape[1:]).flatten(1) for r in raw_ids], 1)
-        _, dense = torch.unique(flat_ids, return_inverse=True)
-        n_features = int(dense.max()) + 1 if dense.numel() else 0
-        present = torch.zeros(n, n_features, device=dense.device, dtype=torch.bool)
-        present.scatter_(1, dense, True)
-        salience = torch.zeros(n, n_features, device=flat_maps.device, dtype=flat_maps.dtype)
-        salience.scatter_add_(1, dense, flat_maps)
-        ids = list(torch.split(dense, [math.prod(m.shape[1:]) for m in maps], dim=1))
-        ids = [i.reshape(n, *m.shape[1:]) for i, m in zip(ids, maps)]
+    salience, present, ids = _feature_salience(inputs, maps, flat_maps, feature_mask)
 
     # Attributions are finite, so -inf ranks the absent features after every present one.
     sort_key = salience.masked_fill(~present, -torch.inf)
@@ -291,6 +264,42 @@ def _rank_features(
             r = r.unsqueeze(d)
         element_ranks.append(r)
     return FeatureRanking(salience, order, present.sum(dim=1), tuple(element_ranks), constant)
+
+
+def _feature_salience(
+    inputs: Tuple[Tensor, ...],
+    maps: Sequence[Tensor],
+    flat_maps: Tensor,
+    feature_mask: Union[None, Tensor, Tuple[Tensor, ...]],
+) -> Tuple[Tensor, Tensor, List[Tensor]]:
+    """Salience ``(N, F)`` and presence ``(N, F)`` of each feature id, and the id of
+    every map element (per input)."""
+    n = inputs[0].shape[0]
+    if feature_mask is None:
+        sizes = [math.prod(m.shape[1:]) for m in maps]
+        offsets = torch.tensor([0] + sizes[:-1]).cumsum(0).tolist()
+        ids = [
+            (torch.arange(size, device=m.device) + offset).reshape(1, *m.shape[1:])
+            for size, offset, m in zip(sizes, offsets, maps)
+        ]
+        return flat_maps, torch.ones_like(flat_maps, dtype=torch.bool), ids
+    masks = feature_mask if isinstance(feature_mask, tuple) else (feature_mask,)
+    if len(masks) != len(inputs) or not all(isinstance(m, Tensor) for m in masks):
+        raise ValueError(
+            f"feature_mask: expected one integer tensor per input ({len(inputs)}), "
+            f"got {type(feature_mask).__name__} of length {len(masks)}"
+        )
+    raw_ids = [_feature_ids(m, x, i, len(inputs)) for i, (m, x) in enumerate(zip(masks, inputs))]
+    flat_ids = torch.cat([r.expand(n, *r.shape[1:]).flatten(1) for r in raw_ids], 1)
+    _, dense = torch.unique(flat_ids, return_inverse=True)
+    n_features = int(dense.max()) + 1 if dense.numel() else 0
+    present = torch.zeros(n, n_features, device=dense.device, dtype=torch.bool)
+    present.scatter_(1, dense, True)
+    salience = torch.zeros(n, n_features, device=flat_maps.device, dtype=flat_maps.dtype)
+    salience.scatter_add_(1, dense, flat_maps)
+    ids = list(torch.split(dense, [math.prod(m.shape[1:]) for m in maps], dim=1))
+    ids = [i.reshape(n, *m.shape[1:]) for i, m in zip(ids, maps)]
+    return salience, present, ids
 
 
 def _check_integer_baseline(b: Tensor, dtype: torch.dtype, where: str) -> None:
