@@ -152,7 +152,7 @@ def deletion_curve(
         max_examples_per_batch (int, optional): The most examples passed to
                     ``forward_func`` at once. Default:
                     None, chosen for throughput: on a CPU at most 64
-                    rows and 2**22 input elements per call, on a GPU as many
+                    rows and 2**20 input elements per call, on a GPU as many
                     rows as fill half the free memory (see
                     ``perturbation.chunk_rows``).
         order (str, optional): Keyword-only. ``"most_salient_first"`` or

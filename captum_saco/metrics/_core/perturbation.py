@@ -641,8 +641,14 @@ def measure_removals(
 
 CPU_MAX_ROWS = 64
 """The most rows per forward call on a CPU when ``max_examples_per_batch`` is None."""
-CPU_MAX_ELEMENTS = 1 << 22
-"""The most input elements per forward call on a CPU (27 rows of 3 x 224 x 224)."""
+CPU_MAX_ELEMENTS = 1 << 20
+"""The most input elements per forward call on a CPU (6 rows of 3 x 224 x 224).
+
+Measured with benchmarks/bench_batching.py (1 thread): ViT-S/16 and ResNet-18 at
+224 px run fastest at 4 to 8 rows per call (27 rows: 1.15x to 1.5x slower), the
+embedded ViT and a small CNN at 48 to 576 rows (64 rows: within 1.09x of the best),
+and one batch of all rows is 1.5x slower than 64 on the embedded ViT.
+"""
 GPU_MEMORY_SHARE = 0.5
 """The share of the free GPU memory the default chunk may fill."""
 

@@ -345,7 +345,7 @@ def saco(
         max_examples_per_batch (int, optional): The most examples (clean or
                     perturbed) passed to ``forward_func`` at once. Default:
                     None, chosen for throughput: on a CPU at most 64
-                    rows and 2**22 input elements per call, on a GPU as many
+                    rows and 2**20 input elements per call, on a GPU as many
                     rows as fill half the free memory (see
                     ``perturbation.chunk_rows``).
         apply_softmax (bool, optional): Keyword-only. Set to False when
