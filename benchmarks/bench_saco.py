@@ -1,185 +1,174 @@
-"""Cost of ``captum_saco.metrics.saco`` against what it cannot avoid.
+"""Cost of the metrics with default arguments against what they cannot avoid.
 
-SaCo needs one clean forward pass and K perturbed passes per example. This
-script measures, side by side in one run on a small timm ViT (N=32, K=10):
+Measured side by side in one run, on the embedded Fashion-MNIST ViT (64
+shipped images) and on a ViT-S/16-sized timm model at 224 px (random weights,
+a few random images), with random attribution maps:
 
-- ``saco`` itself;
-- the N·(K+1) bare forward passes alone, with the same chunking, on inputs
-  built beforehand (the floor any implementation pays);
-- a straightforward per-example implementation (one image and one group at a
-  time, pairs in a Python loop), as the official code does it.
+- ``saco`` (K = 10) and ``deletion_curve`` (9 steps) with default arguments,
+  so with the default forward chunking;
+- the same N·(K+1) (resp. N·10) forward passes on inputs built beforehand,
+  chunked in batches of 8, 16, 32, 64 and all at once: the floor is the
+  *best* of these (goal: ours / floor <= 1.10);
+- on the embedded model, ``quantus.PixelFlipping`` doing the same deletion
+  work (8 steps of 98 pixels, baseline 0, same images, maps and targets;
+  goal: ours / Quantus <= 0.8), and the check that both curves agree.
 
-It prints the median and minimum of each over several interleaved rounds, the
-overhead ratio saco / bare passes (goal: at most 1.10) and the speed-up over
-the per-example implementation.
+It prints the minimum and median wall time of each over interleaved rounds.
 
-    python benchmarks/bench_saco.py [--rounds 5] [--device cpu] [--threads T]
+    python benchmarks/bench_saco.py [--rounds 5] [--threads 2] [--vit-s-images 4]
 """
 
 import argparse
 import statistics
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional
 
+import numpy as np
+import quantus
+import timm
 import torch
-from timm.models.vision_transformer import VisionTransformer
-from torch import Tensor
+from torch import Tensor, nn
 
-from captum_saco.metrics import saco
+from captum_saco.datasets import load_fashion_mnist_samples, load_fashion_mnist_vit
+from captum_saco.metrics import deletion_curve, saco
 
-N, K = 32, 10
+K = 10
+CHUNKS: List[Optional[int]] = [8, 16, 32, 64, None]
 
 
-def bare_passes(
-    model: torch.nn.Module, clean: Tensor, perturbed: Tensor, chunk: Optional[int]
-) -> None:
-    """Forward the clean and the prebuilt perturbed batches, chunked as saco chunks them."""
-    size = chunk or perturbed.shape[0]
+def bare_passes(model: nn.Module, rows: Tensor, chunk: Optional[int]) -> None:
     with torch.no_grad():
-        for part in clean.split(chunk or clean.shape[0]):
-            model(part)
-        for part in perturbed.split(size):
+        for part in rows.split(chunk or rows.shape[0]):
             model(part)
 
 
-def per_example_saco(model: torch.nn.Module, images: Tensor, pixel_maps: Tensor) -> List[float]:
-    """A straightforward SaCo: one example, one group, one forward pass at a time."""
-    results = []
-    with torch.no_grad():
-        for image, pixel_map in zip(images, pixel_maps):
-            baseline = image.mean(dim=(1, 2), keepdim=True)
-            probabilities = torch.softmax(model(image[None]), dim=1)[0]
-            target = int(probabilities.argmax())
-            order = torch.sort(pixel_map.flatten(), descending=True, stable=True).indices
-            salience, drop = [], []
-            for group in torch.tensor_split(order, K):
-                perturbed = image.clone()
-                removed = torch.zeros(pixel_map.numel(), dtype=torch.bool, device=image.device)
-                removed[group] = True
-                removed = removed.view_as(pixel_map)
-                perturbed[:, removed] = baseline.expand_as(image)[:, removed]
-                p = torch.softmax(model(perturbed[None]), dim=1)[0, target]
-                salience.append(float(pixel_map.flatten()[group].sum()))
-                drop.append(float(probabilities[target] - p))
-            numerator = denominator = 0.0
-            for i in range(K):
-                for j in range(i + 1, K):
-                    w = salience[i] - salience[j]
-                    if drop[i] < drop[j]:
-                        w = -w
-                    numerator += w
-                    denominator += abs(w)
-            results.append(numerator / denominator)
-    return results
-
-
-def prebuilt_perturbations(images: Tensor, pixel_maps: Tensor) -> Tensor:
-    """The N·K perturbed images saco builds, made once outside the timing."""
-    baseline = images.mean(dim=(2, 3), keepdim=True)
-    order = torch.sort(pixel_maps.flatten(1), dim=1, descending=True, stable=True).indices
+def removed_rows(images: Tensor, maps: Tensor, intervals: List[tuple], baseline: Tensor) -> Tensor:
+    """The clean images followed by each image with each rank interval replaced."""
+    n = images.shape[0]
+    order = maps.flatten(1).argsort(dim=1, descending=True, stable=True)
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1]).expand_as(order))
-    rank = rank.view(N, 1, 1, *pixel_maps.shape[1:])
-    groups = torch.tensor_split(torch.arange(order.shape[1]), K)
-    bounds = [(int(g[0]), int(g[-1]) + 1) for g in groups]
-    starts = torch.tensor([b[0] for b in bounds]).view(1, K, 1, 1, 1)
-    stops = torch.tensor([b[1] for b in bounds]).view(1, K, 1, 1, 1)
-    hit = (rank >= starts) & (rank < stops)
-    return torch.where(hit, baseline.unsqueeze(1), images.unsqueeze(1)).flatten(0, 1)
+    rank = rank.view(n, 1, *maps.shape[1:])
+    perturbed = [
+        torch.where((rank >= start) & (rank < stop), baseline, images) for start, stop in intervals
+    ]
+    return torch.cat([images, torch.stack(perturbed, 1).flatten(0, 1)])
 
 
-def timed(fn: Callable[[], object], device: torch.device) -> Tuple[float, float]:
-    """Wall-clock and process CPU seconds of one call."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    wall, cpu = time.perf_counter(), time.process_time()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - wall, time.process_time() - cpu
+def timings(runs: Dict[str, Callable[[], object]], rounds: int) -> Dict[str, List[float]]:
+    for fn in runs.values():  # warm-up
+        fn()
+    times: Dict[str, List[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, fn in runs.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
 
 
-def summary(values: List[float]) -> Tuple[float, float]:
-    return statistics.median(values), min(values)
+def report(title: str, times: Dict[str, List[float]], ours: Dict[str, str]) -> None:
+    print(title)
+    for name, values in times.items():
+        print(
+            f"  {name:34s} min {min(values) * 1e3:9.1f} ms  median "
+            f"{statistics.median(values) * 1e3:9.1f} ms"
+        )
+    for metric, prefix in ours.items():
+        floor = min(min(v) for n, v in times.items() if n.startswith(prefix))
+        print(
+            f"  {metric} (defaults) / best chunked bare passes (goal <= 1.10): "
+            f"{min(times[metric]) / floor:.3f}"
+        )
+
+
+def bench_model(name: str, model: nn.Module, images: Tensor, maps: Tensor, rounds: int) -> None:
+    n, features = images.shape[0], maps[0].numel()
+    baseline = images.mean(dim=(2, 3), keepdim=True)
+    bounds = torch.tensor_split(torch.arange(features), K)
+    groups = [(int(g[0]), int(g[-1]) + 1) for g in bounds]
+    steps = [(0, round(k / K * features)) for k in range(1, K)]
+    saco_rows = removed_rows(images, maps, groups, baseline)
+    curve_rows = removed_rows(images, maps, steps, baseline)
+    runs: Dict[str, Callable[[], object]] = {
+        "saco": lambda: saco(model, images, maps, n_groups=K),
+        "deletion_curve": lambda: deletion_curve(model, images, maps),
+    }
+    for c in CHUNKS:
+        label = "all" if c is None else str(c)
+        runs[f"bare saco passes, chunks of {label}"] = lambda c=c: bare_passes(model, saco_rows, c)
+        runs[f"bare curve passes, chunks of {label}"] = lambda c=c: bare_passes(
+            model, curve_rows, c
+        )
+    title = f"{name}: N={n}, K={K}, threads={torch.get_num_threads()}, {rounds} rounds"
+    report(title, timings(runs, rounds), {"saco": "bare saco", "deletion_curve": "bare curve"})
+
+
+def bench_quantus(model: nn.Module, images: Tensor, maps: Tensor, rounds: int) -> None:
+    """Ours against quantus.PixelFlipping on the same 8 deletion steps."""
+    n, features, n_steps = images.shape[0], maps[0].numel(), 8
+    with torch.no_grad():
+        targets = model(images).argmax(1)
+    fractions = [k / n_steps for k in range(1, n_steps + 1)]
+    flipping = quantus.PixelFlipping(
+        features_in_step=features // n_steps,
+        perturb_baseline=0.0,
+        normalise=False,
+        abs=False,
+        disable_warnings=True,
+    )
+    x_np, y_np, a_np = images.numpy(), targets.numpy(), maps[:, None].numpy()
+
+    def theirs() -> np.ndarray:
+        return np.asarray(
+            flipping(
+                model=model,
+                x_batch=x_np,
+                y_batch=y_np,
+                a_batch=a_np,
+                device="cpu",
+                softmax=True,
+                batch_size=64,
+            )
+        )
+
+    def ours() -> Tensor:
+        return deletion_curve(
+            model, images, maps, baselines=0.0, target=targets, fractions=fractions
+        ).probabilities[:, 1:]
+
+    difference = (ours() - torch.from_numpy(theirs()).float()).abs().max().item()
+    times = timings({"ours (deletion_curve)": ours, "quantus.PixelFlipping": theirs}, rounds)
+    report(f"deletion curves, {n_steps} steps of {features // n_steps} pixels, N={n}", times, {})
+    ratio = min(times["ours (deletion_curve)"]) / min(times["quantus.PixelFlipping"])
+    print(
+        f"  ours / Quantus (goal <= 0.8): {ratio:.3f}; curves agree: largest difference "
+        f"{difference:.2e} ({'yes' if difference < 1e-5 else 'NO'})"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument(
-        "--slow-rounds", type=int, default=2, help="rounds of the slow per-example loop"
-    )
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument(
-        "--threads", type=int, default=1,
-        help="torch CPU threads (default 1: stable ratios on a shared machine; 0: torch's default)",
-    )
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (0: default)")
+    parser.add_argument("--vit-s-images", type=int, default=4)
     args = parser.parse_args()
-    device = torch.device(args.device)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-
     torch.manual_seed(0)
-    model = VisionTransformer(
-        img_size=32, patch_size=4, embed_dim=96, depth=4, num_heads=3, num_classes=10
-    ).eval().to(device)
-    images = torch.randn(N, 3, 32, 32, device=device)
-    pixel_maps = torch.rand(N, 32, 32, device=device)
-    perturbed = prebuilt_perturbations(images.cpu(), pixel_maps.cpu()).to(device)
-
-    # Correctness first (on a few examples): both implementations agree.
-    reference = saco(model, images[:4], pixel_maps[:4], n_groups=K)
-    naive = torch.tensor(per_example_saco(model, images[:4], pixel_maps[:4]))
-    assert torch.allclose(reference.cpu(), naive, atol=1e-4), (reference, naive)
-
-    chunks: List[Optional[int]] = [None, 64]
-    runs: Dict[str, Callable[[], object]] = {}
-    for chunk in chunks:
-        label = "all at once" if chunk is None else f"chunks of {chunk}"
-        runs[f"bare passes ({label})"] = lambda c=chunk: bare_passes(model, images, perturbed, c)
-        runs[f"saco ({label})"] = lambda c=chunk: saco(
-            model, images, pixel_maps, n_groups=K, max_examples_per_batch=c
-        )
-    slow = "per-example saco"
-    runs[slow] = lambda: per_example_saco(model, images, pixel_maps)
-
-    for name, fn in runs.items():  # warm-up (the per-example loop was warmed above)
-        if name != slow:
-            fn()
-    wall: Dict[str, List[float]] = {name: [] for name in runs}
-    cpu: Dict[str, List[float]] = {name: [] for name in runs}
-    for round_ in range(args.rounds):
-        for name, fn in runs.items():
-            if name != slow or round_ < args.slow_rounds:
-                w, c = timed(fn, device)
-                wall[name].append(w)
-                cpu[name].append(c)
-
-    print(
-        f"saco on timm VisionTransformer(img_size=32, patch_size=4, embed_dim=96, depth=4), "
-        f"N={N}, K={K}, device={device}, threads={torch.get_num_threads()}, "
-        f"{args.rounds} rounds ({args.slow_rounds} of the per-example loop)"
+    fashion = load_fashion_mnist_vit().eval()
+    images = load_fashion_mnist_samples(limit=64).images
+    maps = torch.rand(images.shape[0], *images.shape[2:])
+    bench_model("embedded Fashion-MNIST ViT", fashion, images, maps, args.rounds)
+    bench_quantus(fashion, images, maps, args.rounds)
+    vit_s = timm.models.VisionTransformer(embed_dim=384, depth=12, num_heads=6).eval()
+    n = args.vit_s_images
+    bench_model(
+        "ViT-S/16 224px (random weights)",
+        vit_s,
+        torch.randn(n, 3, 224, 224),
+        torch.rand(n, 224, 224),
+        max(2, args.rounds // 2),
     )
-    print(f"  {'':28s} {'wall median':>12s} {'wall min':>10s} {'CPU median':>11s} {'CPU min':>9s}")
-    for name in runs:
-        (wm, wn), (cm, cn) = summary(wall[name]), summary(cpu[name])
-        print(
-            f"  {name:28s} {wm * 1e3:9.1f} ms {wn * 1e3:7.1f} ms "
-            f"{cm * 1e3:8.1f} ms {cn * 1e3:6.1f} ms"
-        )
-    print(f"  ratio saco / {N}*({K}+1) bare passes (goal <= 1.10), median and min:")
-    for chunk in chunks:
-        label = "all at once" if chunk is None else f"chunks of {chunk}"
-        ratios = []
-        for kind, times in (("wall", wall), ("CPU", cpu)):
-            sm, sn = summary(times[f"saco ({label})"])
-            bm, bn = summary(times[f"bare passes ({label})"])
-            ratios.append(f"{kind} {sm / bm:.3f} / {sn / bn:.3f}")
-        print(f"    {label:16s} " + "   ".join(ratios))
-    speedups = []
-    for kind, times in (("wall", wall), ("CPU", cpu)):
-        (nm, nn), (fm, fn_) = summary(times[slow]), summary(times["saco (all at once)"])
-        speedups.append(f"{kind} {nm / fm:.1f}x / {nn / fn_:.1f}x")
-    print("  speed-up over per-example saco, median and min: " + "   ".join(speedups))
 
 
 if __name__ == "__main__":

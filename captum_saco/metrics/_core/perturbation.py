@@ -220,6 +220,15 @@ def rank_features(
         FeatureRanking: the per-feature salience, the ranking and the rank of
         every input element.
     """
+    with torch.autocast(inputs[0].device.type, enabled=False):
+        return _rank_features(inputs, attributions, feature_mask)
+
+
+def _rank_features(
+    inputs: Tuple[Tensor, ...],
+    attributions: TensorOrTupleOfTensors,
+    feature_mask: Union[None, Tensor, Tuple[Tensor, ...]],
+) -> FeatureRanking:
     attributions_t = format_inputs(attributions, name="attributions")
     if len(attributions_t) != len(inputs):
         raise ValueError(
@@ -239,34 +248,7 @@ def rank_features(
     given_flat = torch.cat(given, dim=1)
     constant = (given_flat == given_flat[:, :1]).all(dim=1)
 
-    if feature_mask is None:
-        sizes = [math.prod(m.shape[1:]) for m in maps]
-        offsets = torch.tensor([0] + sizes[:-1]).cumsum(0).tolist()
-        ids = [
-            (torch.arange(size, device=m.device) + offset).reshape(1, *m.shape[1:])
-            for size, offset, m in zip(sizes, offsets, maps)
-        ]
-        salience = flat_maps
-        present = torch.ones_like(salience, dtype=torch.bool)
-    else:
-        masks = feature_mask if isinstance(feature_mask, tuple) else (feature_mask,)
-        if len(masks) != len(inputs) or not all(isinstance(m, Tensor) for m in masks):
-            raise ValueError(
-                f"feature_mask: expected one integer tensor per input ({len(inputs)}), "
-                f"got {type(feature_mask).__name__} of length {len(masks)}"
-            )
-        raw_ids = [
-            _feature_ids(m, x, i, len(inputs)) for i, (m, x) in enumerate(zip(masks, inputs))
-        ]
-        flat_ids = torch.cat([r.expand(n, *r.shape[1:]).flatten(1) for r in raw_ids], 1)
-        _, dense = torch.unique(flat_ids, return_inverse=True)
-        n_features = int(dense.max()) + 1 if dense.numel() else 0
-        present = torch.zeros(n, n_features, device=dense.device, dtype=torch.bool)
-        present.scatter_(1, dense, True)
-        salience = torch.zeros(n, n_features, device=flat_maps.device, dtype=flat_maps.dtype)
-        salience.scatter_add_(1, dense, flat_maps)
-        ids = list(torch.split(dense, [math.prod(m.shape[1:]) for m in maps], dim=1))
-        ids = [i.reshape(n, *m.shape[1:]) for i, m in zip(ids, maps)]
+    salience, present, ids = _feature_salience(inputs, maps, flat_maps, feature_mask)
 
     # Attributions are finite, so -inf ranks the absent features after every present one.
     sort_key = salience.masked_fill(~present, -torch.inf)
@@ -282,6 +264,42 @@ def rank_features(
             r = r.unsqueeze(d)
         element_ranks.append(r)
     return FeatureRanking(salience, order, present.sum(dim=1), tuple(element_ranks), constant)
+
+
+def _feature_salience(
+    inputs: Tuple[Tensor, ...],
+    maps: Sequence[Tensor],
+    flat_maps: Tensor,
+    feature_mask: Union[None, Tensor, Tuple[Tensor, ...]],
+) -> Tuple[Tensor, Tensor, List[Tensor]]:
+    """Salience ``(N, F)`` and presence ``(N, F)`` of each feature id, and the id of
+    every map element (per input)."""
+    n = inputs[0].shape[0]
+    if feature_mask is None:
+        sizes = [math.prod(m.shape[1:]) for m in maps]
+        offsets = torch.tensor([0] + sizes[:-1]).cumsum(0).tolist()
+        ids = [
+            (torch.arange(size, device=m.device) + offset).reshape(1, *m.shape[1:])
+            for size, offset, m in zip(sizes, offsets, maps)
+        ]
+        return flat_maps, torch.ones_like(flat_maps, dtype=torch.bool), ids
+    masks = feature_mask if isinstance(feature_mask, tuple) else (feature_mask,)
+    if len(masks) != len(inputs) or not all(isinstance(m, Tensor) for m in masks):
+        raise ValueError(
+            f"feature_mask: expected one integer tensor per input ({len(inputs)}), "
+            f"got {type(feature_mask).__name__} of length {len(masks)}"
+        )
+    raw_ids = [_feature_ids(m, x, i, len(inputs)) for i, (m, x) in enumerate(zip(masks, inputs))]
+    flat_ids = torch.cat([r.expand(n, *r.shape[1:]).flatten(1) for r in raw_ids], 1)
+    _, dense = torch.unique(flat_ids, return_inverse=True)
+    n_features = int(dense.max()) + 1 if dense.numel() else 0
+    present = torch.zeros(n, n_features, device=dense.device, dtype=torch.bool)
+    present.scatter_(1, dense, True)
+    salience = torch.zeros(n, n_features, device=flat_maps.device, dtype=flat_maps.dtype)
+    salience.scatter_add_(1, dense, flat_maps)
+    ids = list(torch.split(dense, [math.prod(m.shape[1:]) for m in maps], dim=1))
+    ids = [i.reshape(n, *m.shape[1:]) for i, m in zip(ids, maps)]
+    return salience, present, ids
 
 
 def _check_integer_baseline(b: Tensor, dtype: torch.dtype, where: str) -> None:
@@ -429,7 +447,17 @@ def prepare_inputs(
 def target_probability(
     output: Tensor, target: TargetType, apply_softmax: bool
 ) -> Tuple[TargetProbability, Tensor]:
-    """The target's probability in ``output`` and the ``(N,)`` target classes."""
+    """The target's probability in ``output`` and the ``(N,)`` target classes.
+
+    Computed in float32 or wider, outside any ``torch.autocast`` region.
+    """
+    with torch.autocast(output.device.type, enabled=False):
+        return _target_probability(output, target, apply_softmax)
+
+
+def _target_probability(
+    output: Tensor, target: TargetType, apply_softmax: bool
+) -> Tuple[TargetProbability, Tensor]:
     scores, classes = resolve_target(output, target)
     dtype = torch.promote_types(scores.dtype, torch.float32)
     scores = scores.to(dtype)
@@ -592,7 +620,9 @@ def measure_removals(
     )
     ranking = rank_features(prepared.inputs, attributions, feature_mask)
     starts, stops = intervals(ranking)
-    chunk = chunk_rows(max_examples_per_batch, prepared.n * starts.shape[-1])
+    chunk = chunk_rows(
+        max_examples_per_batch, forward_func, prepared, prepared.n * starts.shape[-1]
+    )
     with torch.no_grad():
         clean = clean_pass(
             forward_func, prepared, target=target, apply_softmax=apply_softmax, chunk=chunk
@@ -609,20 +639,70 @@ def measure_removals(
     return ranking, clean, removed
 
 
-def chunk_rows(max_examples_per_batch: Optional[int], n_rows: int) -> int:
-    """The rows per forward call: ``max_examples_per_batch``, or all ``n_rows`` at once."""
-    if max_examples_per_batch is None:
-        return max(n_rows, 1)
-    if (
-        isinstance(max_examples_per_batch, bool)
-        or not isinstance(max_examples_per_batch, int)
-        or max_examples_per_batch < 1
-    ):
-        raise ValueError(
-            "max_examples_per_batch: expected a positive int or None, got "
-            f"{max_examples_per_batch!r}"
-        )
-    return max_examples_per_batch
+CPU_MAX_ROWS = 64
+"""The most rows per forward call on a CPU when ``max_examples_per_batch`` is None."""
+CPU_MAX_ELEMENTS = 1 << 20
+"""The most input elements per forward call on a CPU (6 rows of 3 x 224 x 224).
+
+Measured with benchmarks/bench_batching.py (1 thread): ViT-S/16 and ResNet-18 at
+224 px run fastest at 4 to 8 rows per call (27 rows: 1.15x to 1.5x slower), the
+embedded ViT and a small CNN at 48 to 576 rows (64 rows: within 1.09x of the best),
+and one batch of all rows is 1.5x slower than 64 on the embedded ViT.
+"""
+GPU_MEMORY_SHARE = 0.5
+"""The share of the free GPU memory the default chunk may fill."""
+
+
+def chunk_rows(
+    max_examples_per_batch: Optional[int],
+    forward_func: Callable[..., Any],
+    prepared: PreparedInputs,
+    n_rows: int,
+) -> int:
+    """The rows per forward call: ``max_examples_per_batch``, or the default rule.
+
+    The default rule, for throughput: on a CPU at most :data:`CPU_MAX_ROWS`
+    rows and at most :data:`CPU_MAX_ELEMENTS` input elements per call (one
+    huge batch is slower than chunks of a few dozen rows once the
+    activations leave the caches; ``benchmarks/bench_batching.py`` measures
+    the knee); on a GPU as many rows as fill :data:`GPU_MEMORY_SHARE` of the
+    free memory (``torch.cuda.mem_get_info``) at the peak memory per row of
+    one probe forward pass of a few clean rows. ``n_rows`` (the rows to run)
+    caps either.
+    """
+    if max_examples_per_batch is not None:
+        if (
+            isinstance(max_examples_per_batch, bool)
+            or not isinstance(max_examples_per_batch, int)
+            or max_examples_per_batch < 1
+        ):
+            raise ValueError(
+                "max_examples_per_batch: expected a positive int or None, got "
+                f"{max_examples_per_batch!r}"
+            )
+        return max_examples_per_batch
+    device = prepared.inputs[0].device
+    if device.type == "cuda" and prepared.n > 0:
+        rows = _rows_fitting_gpu_memory(forward_func, prepared, device)
+    else:
+        elements = max(sum(math.prod(x.shape[1:]) for x in prepared.inputs), 1)
+        rows = max(1, min(CPU_MAX_ROWS, CPU_MAX_ELEMENTS // elements))
+    return max(1, min(rows, n_rows))
+
+
+def _rows_fitting_gpu_memory(
+    forward_func: Callable[..., Any], prepared: PreparedInputs, device: torch.device
+) -> int:
+    """Rows whose forward pass fills :data:`GPU_MEMORY_SHARE` of the free GPU memory."""
+    probe = torch.arange(min(prepared.n, 4), device=device)
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    with torch.no_grad():
+        _forward_rows(forward_func, prepared, [x[probe] for x in prepared.inputs], probe)
+    per_row = max((torch.cuda.max_memory_allocated(device) - before) / len(probe), 1.0)
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(GPU_MEMORY_SHARE * free / per_row)
 
 
 def rank_intervals_of_groups(

@@ -124,9 +124,8 @@ def score_attributions(
     rankings = {m: rank_features(prepared.inputs, a, feature_mask) for m, a in attributions.items()}
     removals = {m: _removals_of(r, names, n_groups, steps) for m, r in rankings.items()}
     flat = [(m, kind, r) for m, per in removals.items() for kind, r in per.items()]
-    chunk = chunk_rows(
-        max_examples_per_batch, prepared.n * sum(r.starts.shape[-1] for *_, r in flat)
-    )
+    n_rows = prepared.n * sum(r.starts.shape[-1] for *_, r in flat)
+    chunk = chunk_rows(max_examples_per_batch, forward_func, prepared, n_rows)
     with torch.no_grad():
         clean = clean_pass(forward_func, prepared, target=target, apply_softmax=True, chunk=chunk)
         removed = removal_probabilities(

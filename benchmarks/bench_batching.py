@@ -1,0 +1,89 @@
+"""Where is the knee? CPU throughput of bare forward passes against the chunk size.
+
+The metrics run ``N * (K + 1)`` forward passes; on a CPU one huge batch is
+not the fastest way to run them (activations fall out of the caches). This
+script times the same rows forwarded in chunks of 1, 2, 4, ..., for several
+models, interleaving the chunk sizes over rounds, and prints the time per row
+and the activation elements per chunk (a model's largest activation times the
+chunk size), so that the default chunking rule of
+:mod:`captum_saco.metrics` can be checked against it:
+
+    python benchmarks/bench_batching.py [--rounds 3] [--threads 2]
+"""
+
+import argparse
+import time
+from typing import Callable, Dict, List, Tuple
+
+import timm
+import torch
+from torch import Tensor, nn
+
+from captum_saco.datasets import load_fashion_mnist_vit
+from captum_saco.metrics._core.perturbation import PreparedInputs, chunk_rows
+
+
+def models() -> Dict[str, Tuple[nn.Module, Tuple[int, ...], int]]:
+    """name -> (model, input shape without batch, rows to forward)."""
+    torch.manual_seed(0)
+    return {
+        "fashion ViT 28px": (load_fashion_mnist_vit().eval(), (1, 28, 28), 576),
+        "ViT-S/16 224px": (
+            timm.models.VisionTransformer(embed_dim=384, depth=12, num_heads=6).eval(),
+            (3, 224, 224),
+            48,
+        ),
+        "small CNN 32px": (
+            nn.Sequential(
+                nn.Conv2d(3, 16, 3, padding=1),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+                nn.Conv2d(16, 32, 3, padding=1),
+                nn.ReLU(),
+                nn.AdaptiveAvgPool2d(1),
+                nn.Flatten(),
+                nn.Linear(32, 10),
+            ).eval(),
+            (3, 32, 32),
+            576,
+        ),
+        "ResNet-18 224px": (timm.create_model("resnet18").eval(), (3, 224, 224), 48),
+    }
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def run(model: nn.Module, x: Tensor, chunk: int) -> None:
+    with torch.no_grad():
+        for part in x.split(chunk):
+            model(part)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    for name, (model, shape, rows) in models().items():
+        x = torch.randn(rows, *shape)
+        chunks = [c for c in (4, 8, 16, 27, 48, 64, 128, 256, 576) if c <= rows]
+        times: Dict[int, List[float]] = {c: [] for c in chunks}
+        run(model, x[:8], 8)  # warm-up
+        for _ in range(args.rounds):
+            for c in chunks:
+                times[c].append(timed(lambda: run(model, x, c)))
+        best = min(min(t) for t in times.values())
+        rule = chunk_rows(None, model, PreparedInputs((x,), (x[:1],), None), rows)
+        print(f"{name}: {rows} rows, threads={args.threads}, default rule -> {rule} rows")
+        for c in chunks:
+            t = min(times[c])
+            print(f"  chunk {c:4d}: {t / rows * 1e3:8.3f} ms/row  {t / best:5.2f}x best")
+
+
+if __name__ == "__main__":
+    main()
