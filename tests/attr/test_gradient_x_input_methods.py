@@ -35,6 +35,17 @@ CASES = {
         {},
         GradientRules(attention="uniform", norm="std_detached", activation="identity"),
     ),
+    "lxt_cp_lrp_gamma": (
+        ConservativeLRP,
+        {"activation_rule": "identity", "embedding_gamma": 0.25, "linear_gamma": 0.05},
+        GradientRules(
+            attention="detached",
+            norm="std_detached",
+            activation="identity",
+            linear_gamma=0.05,
+            embedding_gamma=0.25,
+        ),
+    ),
 }
 METHODS = [ConservativeLRP, AttnLRP]
 
@@ -173,6 +184,25 @@ def test_unknown_activation_rule_is_refused_by_name_before_running_the_model(
 
     with pytest.raises(ValueError, match=r"activation_rule: expected one of .*'identity'"):
         ConservativeLRP(timm_reference_model, never).attribute(images, activation_rule="relu")
+
+
+@pytest.mark.parametrize("option", ["linear_gamma", "embedding_gamma"])
+def test_negative_gamma_is_refused_by_name_before_running_the_model(
+    timm_reference_model: nn.Module, images: Tensor, option: str
+) -> None:
+    def never(x: Tensor) -> Tensor:
+        raise AssertionError("the model ran")
+
+    with pytest.raises(ValueError, match=f"{option}: expected a number >= 0"):
+        AttnLRP(timm_reference_model, never).attribute(images, **{option: -0.1})
+
+
+def test_gamma_rule_gives_a_zero_gradient_where_the_layer_input_is_zero() -> None:
+    model = tiny_timm()
+    images = torch.rand(2, 3, 32, 32)
+    images[:, :, :8, :8] = 0  # a whole patch of zero pixels
+    maps = ConservativeLRP(model).attribute(images, embedding_gamma=0.25, linear_gamma=0.1)
+    assert torch.isfinite(maps).all() and (maps[:, :, :8, :8] == 0).all()
 
 
 # --- batches, gradient modes, precision --------------------------------------------------

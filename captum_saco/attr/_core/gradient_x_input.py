@@ -12,15 +12,15 @@ the target logit flows back through the replay and the model's own embedding.
 
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Callable, List, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from captum_saco._utils import TargetType, resolve_target
 from captum_saco.attr._core.adapters import ViTAdapter
 from captum_saco.attr._core.engine import AttentionAttribution
-from captum_saco.attr._core.replay import GradientRules, model_forward
+from captum_saco.attr._core.replay import GradientRules, gamma_rule, model_forward
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,24 @@ class GradientXInput:
     tokens: Tensor
     logits: Tensor
     classes: Tensor
+
+
+def _embedding_hook(embedded: List[Tensor], gamma: float) -> Callable:
+    """A forward hook on the patch embedding that keeps its output in ``embedded``
+    and, with ``gamma > 0``, gives the convolution the gamma rule."""
+
+    def hook(module: nn.Module, args: Tuple, output: Tensor) -> Optional[Tensor]:
+        if gamma > 0:
+            if not isinstance(module, nn.Conv2d):
+                raise ValueError(
+                    f"embedding_gamma: the patch embedding is a {type(module).__name__}, "
+                    "not a Conv2d"
+                )
+            output = gamma_rule(module._conv_forward, args[0], module.weight, module.bias, gamma)
+        embedded.append(output)
+        return output if gamma > 0 else None
+
+    return hook
 
 
 def gradient_x_input(
@@ -68,7 +86,7 @@ def gradient_x_input(
         pixels.requires_grad_()
         embedded: List[Tensor] = []
         handle = adapter.patch_embedding().register_forward_hook(
-            lambda module, args, output: embedded.append(output)
+            _embedding_hook(embedded, rules.embedding_gamma)
         )
         stack.callback(handle.remove)
         with adapter.capture(stop_at_first_block=True) as record:
