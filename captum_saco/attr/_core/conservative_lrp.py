@@ -23,15 +23,8 @@ class ConservativeLRP(GradientRuleAttribution):
     the MLP's linear layers, the classifier head and the patch embedding
     (``linear_gamma``, ``embedding_gamma``).
 
-    One backward pass gives the relevance of the whole batch: the model runs its own
-    patch and position embedding up to block 0; the blocks, the final norm and the
-    classifier head are replayed from there in canonical form with the rules
-    (:mod:`captum_saco.attr._core.replay`), so the relevance is that of the
-    classifier head's logits whatever ``forward_func`` returns. An example's
-    relevance does not depend on the rest of the batch. The replay and the products
-    are computed in float32 at least (float16 and bfloat16 models too; their own
-    patch embedding runs in their precision), and the attributions are returned in
-    that precision.
+    Computed as :class:`GradientRuleAttribution` describes (one backward pass for
+    the batch, float32 at least).
 
     Args:
         model (nn.Module): the ViT to explain (timm, Hugging Face or torchvision, see
@@ -86,14 +79,12 @@ class ConservativeLRP(GradientRuleAttribution):
                 0 at ``x == 0``: LXT's CP-LRP; LXT divides by ``x + 1e-10``, which
                 moves the results by less than 1e-7 of their maximum on the
                 reference ViT).
-            linear_gamma (float, optional): if positive, the linear layers of the MLPs
-                and the classifier head get zennit's generalised gamma rule with this
-                gamma (``zennit.rules.Gamma``, as LXT combines it with zennit; the
-                attention projections keep the gradient). Default: 0, the gradient.
-            embedding_gamma (float, optional): the same for the patch embedding's
-                convolution. LXT's ViT example sweeps (conv, linear) gammas and
-                recommends none; ``embedding_gamma=0.25, linear_gamma=0.05`` with
-                ``activation_rule="identity"`` reproduces its recorded CP-LRP run.
+            linear_gamma (float, optional): zennit's gamma rule on the MLPs' linear
+                layers and the classifier head (see :class:`GradientRuleAttribution`).
+                Default: 0, the gradient.
+            embedding_gamma (float, optional): zennit's gamma rule on the patch
+                embedding's convolution; ``embedding_gamma=0.25, linear_gamma=0.05``
+                with ``activation_rule="identity"`` is LXT's recorded CP-LRP gamma run.
                 Default: 0.
             upsample (bool, optional): if ``True`` (default), the relevance of the
                 pixels ``(N, C, H, W)``; if ``False``, the relevance of the patch

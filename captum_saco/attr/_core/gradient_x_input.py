@@ -116,9 +116,31 @@ def gradient_x_input(
 
 
 class GradientRuleAttribution(AttentionAttribution):
-    """Base of the methods that are gradient times input under named
-    :class:`~captum_saco.attr._core.replay.GradientRules`: a subclass's
-    ``attribute`` passes ``rules=GradientRules(...)`` to ``self._attribute``."""
+    r"""Base of the methods that are gradient times input under named
+    :class:`~captum_saco.attr._core.replay.GradientRules` (``ConservativeLRP``,
+    ``AttnLRP``); a subclass's ``attribute`` passes ``rules=GradientRules(...)`` to
+    ``self._attribute``.
+
+    One backward pass gives the relevance of the whole batch: the model runs its own
+    patch and position embedding up to block 0; the blocks, the final norm and the
+    classifier head are replayed from there in canonical form with the rules
+    (:mod:`captum_saco.attr._core.replay`), so the relevance is that of the
+    classifier head's logits whatever ``forward_func`` returns. An example's
+    relevance does not depend on the rest of the batch. The replay and the products
+    are computed in float32 at least (float16 and bfloat16 models too; their own
+    patch embedding runs in their precision), and the attributions are returned in
+    that precision.
+
+    Gamma rule (options ``linear_gamma`` and ``embedding_gamma``): if positive,
+    the MLPs' linear layers and the classifier head, or the patch embedding's
+    convolution, get zennit's generalised gamma rule with that gamma
+    (``zennit.rules.Gamma``, stabiliser 1e-6, written as a gradient as LXT does when
+    it combines zennit with its rules; see
+    :func:`~captum_saco.attr._core.replay.gamma_rule`). The attention projections
+    keep the gradient, as in LXT (zennit's hooks never fire on torch's
+    ``MultiheadAttention``). LXT's ViT example sweeps (convolution, linear) gammas
+    and recommends none.
+    """
 
     def _explain(
         self,

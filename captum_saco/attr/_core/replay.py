@@ -155,14 +155,21 @@ class _GammaRule(torch.autograd.Function):
     written as a gradient (relevance divided by the input, 0 where it is 0)."""
 
     @staticmethod
-    def forward(ctx, inputs, layer, weight, bias, gamma):  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx,
+        inputs: Tensor,
+        layer: Callable[[Tensor, Tensor, Optional[Tensor]], Tensor],
+        weight: Tensor,
+        bias: Optional[Tensor],
+        gamma: float,
+    ) -> Tensor:
         output = layer(inputs, weight, bias)
         ctx.save_for_backward(inputs, output, weight, bias)
         ctx.layer, ctx.gamma = layer, gamma
         return output
 
     @staticmethod
-    def backward(ctx, gradient):  # type: ignore[override]
+    def backward(ctx, gradient: Tensor) -> Tuple[Optional[Tensor], ...]:  # type: ignore[override]
         inputs, output, weight, bias = ctx.saved_tensors
         layer, gamma = ctx.layer, ctx.gamma
         relevance = gradient * output
