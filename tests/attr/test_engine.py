@@ -15,7 +15,9 @@ from tiny_models import TINY_FAMILIES, tiny_timm
 from torch import Tensor, nn
 
 from captum_saco.attr import (
+    AttCAT,
     AttentionAttribution,
+    AttentionGradCAM,
     AttentionRollout,
     AttentionTrace,
     GradientWeightedAttention,
@@ -24,7 +26,7 @@ from captum_saco.attr import (
     TransformerAttribution,
 )
 
-METHODS = [RawAttention, AttentionRollout, GradientWeightedAttention]
+METHODS = [RawAttention, AttentionRollout, GradientWeightedAttention, AttentionGradCAM, AttCAT]
 GRADIENT_METHODS = [cls for cls in METHODS if cls.needs >= Needs.GRADIENTS]
 
 

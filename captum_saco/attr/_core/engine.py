@@ -52,6 +52,13 @@ class AttentionTrace:
         relevances (list of Tensor or None): per block, the LRP relevance of
             ``attentions`` (see :mod:`captum_saco.attr._core.relevance`); ``None``
             for methods that need no relevance.
+        block_inputs (list of Tensor or None): per block, the tokens ``(N, T, D)``
+            entering it (the residual stream; ``block_inputs[0]`` is ``tokens``);
+            ``None`` in the trace of the relevance pass.
+        block_gradients (list of Tensor or None): per block, the gradient of the
+            sum over the batch of the target logits with respect to
+            ``block_inputs``; ``None`` where ``gradients`` is ``None`` and in the
+            trace of the relevance pass.
     """
 
     attentions: List[Tensor]
@@ -62,6 +69,8 @@ class AttentionTrace:
     num_prefix_tokens: int
     grid: Tuple[int, int]
     relevances: Optional[List[Tensor]] = None
+    block_inputs: Optional[List[Tensor]] = None
+    block_gradients: Optional[List[Tensor]] = None
 
 
 def _model_output(output: Any) -> Tensor:
@@ -305,19 +314,24 @@ class AttentionAttribution(Attribution):
                 )
             scores, classes = resolve_target(output, target)
             attentions: List[Tensor] = record.attentions  # type: ignore[assignment]
-            gradients = None
+            block_inputs: List[Tensor] = record.block_inputs  # type: ignore[assignment]
+            gradients = block_gradients = None
             if self.needs >= Needs.GRADIENTS:
                 objective = scores.gather(1, classes[:, None]).sum()
-                gradients = [g.detach() for g in torch.autograd.grad(objective, attentions)]
-        assert record.tokens is not None and record.grid is not None
+                both = torch.autograd.grad(objective, attentions + block_inputs)
+                gradients = [g.detach() for g in both[: len(attentions)]]
+                block_gradients = [g.detach() for g in both[len(attentions) :]]
+        assert record.grid is not None
         return AttentionTrace(
             attentions=[a.detach() for a in attentions],
             gradients=gradients,
-            tokens=record.tokens.detach(),
+            tokens=block_inputs[0].detach(),
             scores=scores.detach(),
             classes=classes,
             num_prefix_tokens=self._adapter.num_prefix_tokens,
             grid=record.grid,
+            block_inputs=[x.detach() for x in block_inputs],
+            block_gradients=block_gradients,
         )
 
     def _relevance_trace(self, images: Tensor, target: TargetType, extra: Tuple) -> AttentionTrace:
