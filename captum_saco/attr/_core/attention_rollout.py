@@ -65,9 +65,17 @@ class AttentionRollout(AttentionAttribution):
             head_fusion (str, optional): how the heads are fused, ``"mean"``,
                 ``"max"`` or ``"min"``. Default: ``"mean"``.
             discard_ratio (float, optional): in ``[0, 1)``; per example and block,
-                this fraction of the fused attention's entries, the lowest ones, is
-                set to zero before the identity is added (the "discard" variant
-                popularised by jacobgil/vit-explain). Default: 0.
+                the ``int(T² · discard_ratio)`` lowest entries of the fused attention
+                are set to zero before the identity is added, except the class
+                token's attention to itself (entry ``(0, 0)``), which is never
+                discarded (so one entry fewer is zeroed when it is among the
+                lowest): the "discard" variant of jacobgil/vit-explain's
+                ``vit_rollout.py``, followed exactly. Two differences from that
+                script: it divides ``(fused + I) / 2`` by ``.sum(dim=-1)``, which
+                broadcasts to dividing entry ``(i, j)`` by the sum of row ``j``,
+                where rows are normalised here as in Abnar & Zuidema; and it
+                discards for the first example of a batch only, where every example
+                is treated here. Default: 0.
             upsample (bool, optional): if ``True`` (default), the patch-grid map is
                 upsampled bilinearly to ``(H, W)`` and repeated over the ``C``
                 channels; if ``False``, the patch grid ``(N, 1, h, w)`` is returned.
@@ -103,16 +111,17 @@ class AttentionRollout(AttentionAttribution):
     def _token_relevance(
         self, trace: AttentionTrace, *, start_layer: int, head_fusion: str, discard_ratio: float
     ) -> Tensor:
-        joint = None
-        for attention in trace.attentions[start_layer:]:
+        # Row 0 of Â_L ··· Â_s, from the left: r ← r Â_b, b = L, ..., s.
+        first = trace.attentions[0]
+        row = first.new_zeros(first.shape[0], 1, first.shape[-1])
+        row[:, 0, 0] = 1
+        for attention in reversed(trace.attentions[start_layer:]):
             fused = _fuse_heads(attention, head_fusion)
             if discard_ratio > 0:
                 fused = _discard_lowest(fused, discard_ratio)
             fused = fused + torch.eye(fused.shape[-1], dtype=fused.dtype, device=fused.device)
-            fused = fused / fused.sum(dim=-1, keepdim=True)
-            joint = fused if joint is None else fused @ joint
-        assert joint is not None
-        return joint[:, 0]
+            row = row @ (fused / fused.sum(dim=-1, keepdim=True))
+        return row[:, 0]
 
 
 def _fuse_heads(attention: Tensor, head_fusion: str) -> Tensor:
@@ -124,7 +133,11 @@ def _fuse_heads(attention: Tensor, head_fusion: str) -> Tensor:
 
 
 def _discard_lowest(fused: Tensor, discard_ratio: float) -> Tensor:
+    """Zero the ``int(T² · discard_ratio)`` lowest entries of each example's
+    ``(T, T)`` matrix, except entry ``(0, 0)`` (as jacobgil/vit-explain)."""
     flat = fused.flatten(1)
     count = int(flat.shape[1] * discard_ratio)
     lowest = flat.topk(count, dim=1, largest=False).indices
-    return flat.scatter(1, lowest, 0.0).view_as(fused)
+    discarded = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, lowest, True)
+    discarded[:, 0] = False
+    return flat.masked_fill(discarded, 0.0).view_as(fused)

@@ -52,6 +52,13 @@ class AttentionTrace:
         relevances (list of Tensor or None): per block, the LRP relevance of
             ``attentions`` (see :mod:`captum_saco.attr._core.relevance`); ``None``
             for methods that need no relevance.
+        block_inputs (list of Tensor or None): per block, the tokens ``(N, T, D)``
+            entering it (the residual stream; ``block_inputs[0]`` is ``tokens``);
+            ``None`` in the trace of the relevance pass.
+        block_gradients (list of Tensor or None): per block, the gradient of the
+            sum over the batch of the target logits with respect to
+            ``block_inputs``; ``None`` where ``gradients`` is ``None`` and in the
+            trace of the relevance pass.
     """
 
     attentions: List[Tensor]
@@ -62,6 +69,8 @@ class AttentionTrace:
     num_prefix_tokens: int
     grid: Tuple[int, int]
     relevances: Optional[List[Tensor]] = None
+    block_inputs: Optional[List[Tensor]] = None
+    block_gradients: Optional[List[Tensor]] = None
 
 
 def _model_output(output: Any) -> Tensor:
@@ -159,6 +168,11 @@ class AttentionAttribution(Attribution):
 
     def __init__(self, model: nn.Module, forward_func: Optional[Callable] = None) -> None:
         self._adapter: ViTAdapter = adapter_for(model)
+        if any(p.is_meta for p in model.parameters()):
+            raise ValueError(
+                "model: its parameters are on the meta device and hold no values; "
+                "materialise them first (e.g. model.to_empty(device=...) and load weights)"
+            )
         if forward_func is not None and not callable(forward_func):
             raise TypeError(f"forward_func: expected a callable, got {type(forward_func).__name__}")
         super().__init__(model if forward_func is None else forward_func)
@@ -205,9 +219,11 @@ class AttentionAttribution(Attribution):
             ``inputs`` and on their device.
 
         Raises:
-            TypeError: for inputs that are not tensors, a non-bool ``upsample`` or
-                a non-int ``max_examples_per_batch``.
-            ValueError: for malformed inputs, targets or ``max_examples_per_batch``.
+            TypeError: for inputs that are not tensors (or not floating point, for
+                methods that differentiate the model), a non-bool ``upsample`` or a
+                non-int ``max_examples_per_batch``.
+            ValueError: for malformed inputs, targets or ``max_examples_per_batch``,
+                and tensors on the meta device.
         """
         return self._attribute(
             inputs,
@@ -229,6 +245,14 @@ class AttentionAttribution(Attribution):
     ) -> Union[Tensor, Tuple[Tensor]]:
         """The shared pipeline: checks, chunks, :meth:`_explain` per chunk, joins."""
         images = _check_inputs(inputs)
+        if self.needs >= Needs.GRADIENTS and not images.is_floating_point():
+            raise TypeError(
+                f"inputs: {type(self).__name__} differentiates the model's output, which "
+                f"needs floating-point images, got dtype {images.dtype}; convert them as the "
+                "model expects (e.g. images.float() / 255 and its normalisation)"
+            )
+        if isinstance(target, Tensor) and target.is_meta:
+            raise ValueError("target: a tensor on the meta device holds no values")
         check_flag("upsample", upsample)
         extra = _format_additional_forward_args(additional_forward_args) or ()
         chunks = [
@@ -290,19 +314,24 @@ class AttentionAttribution(Attribution):
                 )
             scores, classes = resolve_target(output, target)
             attentions: List[Tensor] = record.attentions  # type: ignore[assignment]
-            gradients = None
+            block_inputs: List[Tensor] = record.block_inputs  # type: ignore[assignment]
+            gradients = block_gradients = None
             if self.needs >= Needs.GRADIENTS:
                 objective = scores.gather(1, classes[:, None]).sum()
-                gradients = [g.detach() for g in torch.autograd.grad(objective, attentions)]
-        assert record.tokens is not None and record.grid is not None
+                both = torch.autograd.grad(objective, attentions + block_inputs)
+                gradients = [g.detach() for g in both[: len(attentions)]]
+                block_gradients = [g.detach() for g in both[len(attentions) :]]
+        assert record.grid is not None
         return AttentionTrace(
             attentions=[a.detach() for a in attentions],
             gradients=gradients,
-            tokens=record.tokens.detach(),
+            tokens=block_inputs[0].detach(),
             scores=scores.detach(),
             classes=classes,
             num_prefix_tokens=self._adapter.num_prefix_tokens,
             grid=record.grid,
+            block_inputs=[x.detach() for x in block_inputs],
+            block_gradients=block_gradients,
         )
 
     def _relevance_trace(self, images: Tensor, target: TargetType, extra: Tuple) -> AttentionTrace:
@@ -353,6 +382,8 @@ def _check_inputs(inputs: Union[Tensor, Tuple[Tensor]]) -> Tensor:
         inputs = inputs[0]
     if not isinstance(inputs, Tensor):
         raise TypeError(f"inputs: expected a Tensor, got {type(inputs).__name__}")
+    if inputs.is_meta:
+        raise ValueError("inputs: a tensor on the meta device holds no values")
     if inputs.dim() != 4 or inputs.shape[0] == 0:
         raise ValueError(
             f"inputs: expected images of shape (N, C, H, W) with N > 0, got {tuple(inputs.shape)}"
