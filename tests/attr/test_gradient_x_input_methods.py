@@ -3,6 +3,7 @@ number for number against the original code (Ali et al.'s rules, LXT 2.1), on ev
 model family, batched, in any gradient mode and precision, the model left as found."""
 
 import copy
+import threading
 from typing import Dict
 
 import pytest
@@ -306,3 +307,48 @@ def test_forward_func_that_does_not_run_the_model_is_refused(
 ) -> None:
     with pytest.raises(ValueError, match="forward_func"):
         AttnLRP(timm_reference_model, lambda x: x.mean(dim=(2, 3))).attribute(images)
+
+
+@pytest.mark.parametrize("cls", METHODS)
+def test_integer_images_are_refused_by_name(cls: type, timm_reference_model: nn.Module) -> None:
+    images = torch.randint(0, 256, (2, 3, 96, 96), dtype=torch.uint8)
+    with pytest.raises(TypeError, match=r"inputs: .*needs floating-point images"):
+        cls(timm_reference_model).attribute(images)
+
+
+def test_concurrent_calls_with_the_gamma_rule_each_get_their_own_maps(
+    timm_reference_model: nn.Module, images: Tensor, state_of, same_state
+) -> None:
+    method = ConservativeLRP(timm_reference_model)
+    options = {"embedding_gamma": 0.25, "linear_gamma": 0.05}
+    batches = [images[:2], images[2:]]
+    expected = [method.attribute(batch, **options) for batch in batches]
+    before = state_of(timm_reference_model)
+    results: Dict[int, Tensor] = {}
+
+    def run(index: int) -> None:
+        # the other thread runs the model plainly meanwhile: no gamma rule there
+        results[index] = method.attribute(batches[index], **options)
+        results[index + 2] = timm_reference_model(batches[1 - index])
+
+    threads = [threading.Thread(target=run, args=(index,)) for index in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for index in range(2):
+        torch.testing.assert_close(results[index], expected[index])
+        torch.testing.assert_close(results[index + 2], timm_reference_model(batches[1 - index]))
+    same_state(before, state_of(timm_reference_model))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("key", sorted(CASES))
+def test_a_cuda_model_gives_the_cpu_maps_on_the_inputs_device(
+    timm_reference_model: nn.Module, images: Tensor, key: str
+) -> None:
+    cls, options, _ = CASES[key]
+    expected = cls(timm_reference_model).attribute(images, **options)
+    maps = cls(copy.deepcopy(timm_reference_model).cuda()).attribute(images.cuda(), **options)
+    assert maps.device.type == "cuda"
+    assert relative_error(maps.cpu(), expected).max() < 1e-4

@@ -10,6 +10,7 @@ are replayed from there in canonical form with the rules, and the gradient of
 the target logit flows back through the replay and the model's own embedding.
 """
 
+import threading
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple
@@ -18,8 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from captum_saco._utils import TargetType, resolve_target
-from captum_saco.attr._core.adapters import ViTAdapter
-from captum_saco.attr._core.engine import AttentionAttribution
+from captum_saco.attr._core.adapters import ViTAdapter, _model_lock
+from captum_saco.attr._core.engine import AttentionAttribution, Needs
 from captum_saco.attr._core.replay import GradientRules, gamma_rule, model_forward
 
 
@@ -46,9 +47,13 @@ class GradientXInput:
 
 def _embedding_hook(embedded: List[Tensor], gamma: float) -> Callable:
     """A forward hook on the patch embedding that keeps its output in ``embedded``
-    and, with ``gamma > 0``, gives the convolution the gamma rule."""
+    and, with ``gamma > 0``, gives the convolution the gamma rule; it acts only on
+    the forward passes of the thread that registers it."""
+    owner = threading.get_ident()
 
     def hook(module: nn.Module, args: Tuple, output: Tensor) -> Optional[Tensor]:
+        if threading.get_ident() != owner:
+            return None
         if gamma > 0:
             if not isinstance(module, nn.Conv2d):
                 raise ValueError(
@@ -84,6 +89,8 @@ def gradient_x_input(
         stack.enter_context(torch.enable_grad())
         pixels = images.clone() if images.is_inference() else images.detach()
         pixels.requires_grad_()
+        # the capture's lock (re-entrant), held while the embedding hook is there too
+        stack.enter_context(_model_lock(adapter.model))
         embedded: List[Tensor] = []
         handle = adapter.patch_embedding().register_forward_hook(
             _embedding_hook(embedded, rules.embedding_gamma)
@@ -141,6 +148,8 @@ class GradientRuleAttribution(AttentionAttribution):
     ``MultiheadAttention``). LXT's ViT example sweeps (convolution, linear) gammas
     and recommends none.
     """
+
+    needs = Needs.GRADIENTS  # it differentiates the model (floating-point images only)
 
     def _explain(
         self,
