@@ -1,5 +1,6 @@
 """The pipeline shared by the attention-based attribution methods for ViTs."""
 
+import dataclasses
 import enum
 import warnings
 from contextlib import ExitStack
@@ -216,7 +217,8 @@ class AttentionAttribution(Attribution):
         Returns:
             *Tensor* or *tuple[Tensor]* of **attributions**: the relevance of the
             patches for the class token, not normalised, in the same form as
-            ``inputs`` and on their device.
+            ``inputs`` and on their device; float32 for float16 and bfloat16
+            models (the rule computes in float32), else the model's dtype.
 
         Raises:
             TypeError: for inputs that are not tensors (or not floating point, for
@@ -276,13 +278,18 @@ class AttentionAttribution(Attribution):
     def _explain(
         self, images: Tensor, target: TargetType, extra: Tuple, *, upsample: bool, **options: Any
     ) -> Tensor:
-        """One chunk's maps: the rule's class-token row on the patch grid."""
+        """One chunk's maps: the rule's class-token row on the patch grid.
+
+        The rule runs with autocast disabled on a trace whose half-precision
+        tensors are widened to float32, so that its products and sums are float32
+        whatever precision the model ran in."""
         trace = self._trace(images, target, extra)
-        grid = self._patch_grid(self._token_relevance(trace, **options), trace)
-        if upsample:
-            grid = F.interpolate(
-                grid, size=images.shape[-2:], mode="bilinear", align_corners=False
-            ).repeat(1, images.shape[1], 1, 1)
+        with torch.autocast(images.device.type, enabled=False):
+            grid = self._patch_grid(self._token_relevance(_widened(trace), **options), trace)
+            if upsample:
+                grid = F.interpolate(
+                    grid, size=images.shape[-2:], mode="bilinear", align_corners=False
+                ).repeat(1, images.shape[1], 1, 1)
         return grid
 
     def _token_relevance(self, trace: AttentionTrace, **options: Any) -> Tensor:
@@ -347,7 +354,11 @@ class AttentionAttribution(Attribution):
             # Inside inference_mode() the tokens are inference tensors, which the
             # replay's autograd graph cannot save: it works on a normal copy.
             tokens = record.tokens.clone() if record.tokens.is_inference() else record.tokens
-            result = attention_relevance(self._adapter.parts(), tokens.detach(), target)
+            parts = self._adapter.parts()
+            # The replay runs in the precision of the model's weights, also under autocast.
+            tokens = tokens.detach().to(parts.blocks[0].qkv_weight.dtype)
+            with torch.autocast(tokens.device.type, enabled=False):
+                result = attention_relevance(parts, tokens, target)
         return AttentionTrace(
             attentions=result.attentions,
             gradients=result.gradients,
@@ -370,6 +381,21 @@ class AttentionAttribution(Attribution):
                 "(token dropping or pruning is not supported)"
             )
         return patches.reshape(-1, 1, h, w)
+
+
+def _widened(trace: AttentionTrace) -> AttentionTrace:
+    """``trace`` with its float16 and bfloat16 tensors in float32."""
+
+    def widen(value: Any) -> Any:
+        if isinstance(value, list):
+            return [widen(v) for v in value]
+        if isinstance(value, Tensor) and value.dtype in (torch.float16, torch.bfloat16):
+            return value.float()
+        return value
+
+    return dataclasses.replace(
+        trace, **{f.name: widen(getattr(trace, f.name)) for f in dataclasses.fields(trace)}
+    )
 
 
 def _check_inputs(inputs: Union[Tensor, Tuple[Tensor]]) -> Tensor:
