@@ -260,6 +260,16 @@ def test_half_precision_models_give_float32_maps_close_to_float32(
     assert relative_error(maps, expected).max() < (0.015 if dtype == torch.float16 else 0.08)
 
 
+@pytest.mark.parametrize("cls", METHODS)
+def test_under_autocast_a_float32_model_is_explained_in_float32(
+    cls: type, timm_reference_model: nn.Module, images: Tensor
+) -> None:
+    expected = cls(timm_reference_model).attribute(images, upsample=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        maps = cls(timm_reference_model).attribute(images, upsample=False)
+    torch.testing.assert_close(maps, expected, rtol=0, atol=0)
+
+
 def test_a_non_finite_example_gives_a_non_finite_map_and_leaves_the_others_alone(
     timm_reference_model: nn.Module, images: Tensor
 ) -> None:

@@ -79,7 +79,9 @@ def gradient_x_input(
 
     ``forward_func(images, *extra)`` runs up to the model's first block. The replay
     computes in float32 at least (in the tokens' dtype if wider), and the products
-    are taken in that precision; the model's own embedding runs in its dtype. The
+    are taken in that precision; the model's own embedding runs in the dtype of its
+    weights. A caller's autocast is switched off for the call: under it, a float32
+    model is explained in float32. The
     gradient is that of the sum over the batch of each example's target logit, so
     an example's relevance does not depend on the rest of the batch.
     """
@@ -87,6 +89,8 @@ def gradient_x_input(
     with ExitStack() as stack:
         stack.enter_context(torch.inference_mode(False))
         stack.enter_context(torch.enable_grad())
+        # the model's weights set the precision, not the caller's autocast
+        stack.enter_context(torch.autocast(images.device.type, enabled=False))
         pixels = images.clone() if images.is_inference() else images.detach()
         pixels.requires_grad_()
         # the capture's lock (re-entrant), held while the embedding hook is there too
