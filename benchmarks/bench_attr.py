@@ -1,31 +1,48 @@
-"""Cost of the ViT attribution methods against the passes they cannot avoid.
+"""Cost, memory and precision of the ViT attribution methods, measured side by side.
 
-On a small timm ViT (96x96 images, 16x16 patches, width 192, 6 blocks, random
-weights) and a batch of 16, this script measures side by side, in interleaved
-rounds of one run:
+Every method is one line of ``ENTRIES``: its label, its class, its options, the
+baseline its cost is compared with (``"forward"``: one forward pass without
+gradient, the model as configured, fused attention included; or
+``"forward+backward"``: one forward pass and the gradient of the summed target
+logits with respect to the input, what Captum's Saliency pays), the goal for
+that ratio, and whether the batch speed-up, the memory bound and the precision
+are measured for it. The script prints, from one run:
 
-- the baselines: one forward pass (no gradient; the model as configured, fused
-  attention included) and one forward + backward pass (gradient of the summed
-  target logits with respect to the input, what Captum's Saliency pays);
-- every method in ``RATIOS``, printed as a ratio to its baseline with its goal;
-- for every method in ``SPEED_UPS``, the whole batch at once against the same
-  method run image by image.
-
-Adding a method is one line in ``RATIOS`` and, if wanted, one in ``SPEED_UPS``.
+1. cost ratios: the median time of ``attribute`` on a batch of 16 over the median
+   of its baseline, in interleaved rounds (small timm ViT: 96x96 images, 16x16
+   patches, width 192, 6 blocks, random weights);
+2. batch speed-ups: the batch at once against the same method image by image;
+3. memory: the peak of torch's allocations during ``attribute`` on a batch of 64
+   with ``max_examples_per_batch=8`` over the peak on a batch of 8 (goal <= 1.3),
+   at 224x224 (197 tokens) with ``upsample=False`` (the upsampled map, the result
+   itself, grows with the batch whatever the chunks). On the CPU the peak is
+   taken from the memory events of ``torch.profiler`` (every allocation and
+   free of torch's CPU allocator, accumulated in time order); on CUDA from
+   ``torch.cuda.max_memory_allocated``. Model weights and inputs exist before
+   the call and are not counted;
+4. precision: for float16 and bfloat16 copies of the model and for float32 under
+   ``torch.autocast(bfloat16)``, max |map - float32 map| / max |float32 map| over
+   the batch (the model's own rounding, which the rules do not add to: they
+   compute in float32).
 
     python benchmarks/bench_attr.py [--rounds 10] [--device cpu] [--threads N]
 """
 
 import argparse
+import contextlib
+import itertools
 import statistics
 import time
-from typing import Callable, Dict, List, Tuple
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List
 
 import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from captum_saco.attr import (
+    AttCAT,
+    AttentionGradCAM,
     AttentionRollout,
     GradientWeightedAttention,
     RawAttention,
@@ -35,24 +52,41 @@ from captum_saco.attr._core.attn_lrp import AttnLRP
 from captum_saco.attr._core.conservative_lrp import ConservativeLRP
 
 BATCH = 16
+MEMORY_BATCH, MEMORY_CHUNK = 64, 8
 
-# (label, method class, options, baseline, goal): cost of attribute() / cost of baseline
-RATIOS: List[Tuple[str, type, Dict, str, float]] = [
-    ("RawAttention", RawAttention, {}, "forward", 1.3),
-    ("AttentionRollout", AttentionRollout, {}, "forward", 1.3),
-    ("GradientWeightedAttention", GradientWeightedAttention, {}, "forward+backward", 1.3),
-    ("TransformerAttribution", TransformerAttribution, {}, "forward+backward", 2.5),
-    ("ConservativeLRP", ConservativeLRP, {}, "forward+backward", 1.3),
-    ("AttnLRP", AttnLRP, {}, "forward+backward", 1.3),
+
+@dataclass(frozen=True)
+class Entry:
+    """One attribution method of the benchmark."""
+
+    label: str
+    cls: type
+    options: Dict = field(default_factory=dict)
+    baseline: str = "forward+backward"  # or "forward"
+    goal: float = 1.3  # for the cost ratio to the baseline
+    speed_up: bool = True  # measure the batch against image by image
+    memory: bool = True  # measure the peak memory of chunks
+    precision: bool = True  # measure float16 / bfloat16 / autocast against float32
+
+
+ENTRIES: List[Entry] = [
+    Entry("RawAttention", RawAttention, baseline="forward", speed_up=False),
+    Entry("AttentionRollout", AttentionRollout, baseline="forward", speed_up=False),
+    Entry("GradientWeightedAttention", GradientWeightedAttention),
+    Entry("AttentionGradCAM", AttentionGradCAM),
+    Entry("AttCAT", AttCAT),
+    Entry("TransformerAttribution", TransformerAttribution, goal=2.0),
+    Entry("ConservativeLRP", ConservativeLRP),
+    Entry("AttnLRP", AttnLRP),
 ]
 
-# (label, method class, options): batch of BATCH at once vs image by image
-SPEED_UPS: List[Tuple[str, type, Dict]] = [
-    ("GradientWeightedAttention", GradientWeightedAttention, {}),
-    ("TransformerAttribution", TransformerAttribution, {}),
-    ("ConservativeLRP", ConservativeLRP, {}),
-    ("AttnLRP", AttnLRP, {}),
-]
+
+def build_model(image_size: int, device: str) -> nn.Module:
+    torch.manual_seed(0)
+    model = VisionTransformer(
+        img_size=image_size, patch_size=16, embed_dim=192, depth=6, num_heads=3, num_classes=10
+    )
+    return model.eval().to(device)
 
 
 def forward(model: nn.Module, images: Tensor) -> None:
@@ -66,10 +100,8 @@ def forward_backward(model: nn.Module, images: Tensor, target: Tensor) -> None:
     torch.autograd.grad(scores.gather(1, target[:, None]).sum(), inputs)
 
 
-def timed_rounds(
-    jobs: Dict[str, Callable[[], None]], rounds: int, device: str
-) -> Dict[str, List[float]]:
-    """Run every job once per round, interleaved, after a warm-up; seconds per call."""
+def timed_rounds(jobs: Dict[str, Callable[[], None]], rounds: int, device: str) -> Dict[str, float]:
+    """Run every job once per round, interleaved, after a warm-up; median seconds."""
     times: Dict[str, List[float]] = {name: [] for name in jobs}
     for job in jobs.values():
         job()
@@ -82,43 +114,41 @@ def timed_rounds(
             if device != "cpu":
                 torch.cuda.synchronize()
             times[name].append(time.perf_counter() - start)
-    return times
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def peak_bytes(job: Callable[[], None], device: str) -> int:
+    """The peak of torch's allocations made while ``job`` runs (see the module doc)."""
+    if device != "cpu":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        job()
+        return torch.cuda.max_memory_allocated() - before
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=activities, profile_memory=True) as profile:
+        job()
+    events = sorted(profile.events(), key=lambda event: event.time_range.start)
+    return max(itertools.accumulate(event.self_cpu_memory_usage for event in events), default=0)
 
-    torch.manual_seed(0)
-    model = VisionTransformer(
-        img_size=96, patch_size=16, embed_dim=192, depth=6, num_heads=3, num_classes=10
-    ).eval().to(args.device)
+
+def report_costs(args: argparse.Namespace) -> None:
+    model = build_model(96, args.device)
     images = torch.rand(BATCH, 3, 96, 96, device=args.device)
     with torch.no_grad():
         target = model(images).argmax(dim=1)
-
     jobs: Dict[str, Callable[[], None]] = {
         "forward": lambda: forward(model, images),
         "forward+backward": lambda: forward_backward(model, images, target),
     }
-    for label, cls, options, _, _ in RATIOS:
-        method = cls(model)
-        jobs[label] = lambda m=method, o=options: m.attribute(images, target=target, **o)
-    for label, cls, options in SPEED_UPS:
-        method = cls(model)
-        jobs[f"{label} image by image"] = lambda m=method, o=options: [
-            m.attribute(images[i : i + 1], target=target[i : i + 1], **o) for i in range(BATCH)
-        ]
-        jobs.setdefault(label, lambda m=method, o=options: m.attribute(images, target=target, **o))
-
-    times = timed_rounds(jobs, args.rounds, args.device)
-    median = {name: statistics.median(t) for name, t in times.items()}
-
+    for entry in ENTRIES:
+        method = entry.cls(model)
+        jobs[entry.label] = lambda m=method, o=entry.options: m.attribute(images, target, **o)
+        if entry.speed_up:
+            jobs[f"{entry.label} image by image"] = lambda m=method, o=entry.options: [
+                m.attribute(images[i : i + 1], target[i : i + 1], **o) for i in range(BATCH)
+            ]
+    median = timed_rounds(jobs, args.rounds, args.device)
     print(
         f"batch {BATCH}, {args.rounds} interleaved rounds on {args.device} "
         f"({torch.get_num_threads()} CPU threads); median ms per call"
@@ -126,20 +156,90 @@ def main() -> None:
     for name in ("forward", "forward+backward"):
         print(f"  {name:<44s} {1e3 * median[name]:8.2f} ms")
     print("cost ratios (median method / median baseline):")
-    for label, _, _, baseline, goal in RATIOS:
-        ratio = median[label] / median[baseline]
-        verdict = "ok" if ratio <= goal else "over goal"
+    for entry in ENTRIES:
+        ratio = median[entry.label] / median[entry.baseline]
+        verdict = "ok" if ratio <= entry.goal else "over goal"
         print(
-            f"  {label:<28s} {1e3 * median[label]:8.2f} ms  / {baseline:<17s} = {ratio:5.2f}"
-            f"  (goal <= {goal}: {verdict})"
+            f"  {entry.label:<28s} {1e3 * median[entry.label]:8.2f} ms  / {entry.baseline:<17s}"
+            f" = {ratio:5.2f}  (goal <= {entry.goal}: {verdict})"
         )
     print(f"batch of {BATCH} vs image by image (speed-up = image-by-image time / batch time):")
-    for label, _, _ in SPEED_UPS:
-        single = median[f"{label} image by image"]
+    for entry in (entry for entry in ENTRIES if entry.speed_up):
+        single = median[f"{entry.label} image by image"]
         print(
-            f"  {label:<28s} {1e3 * median[label]:8.2f} ms vs {1e3 * single:8.2f} ms"
-            f"  = x{single / median[label]:5.2f}"
+            f"  {entry.label:<28s} {1e3 * median[entry.label]:8.2f} ms vs {1e3 * single:8.2f} ms"
+            f"  = x{single / median[entry.label]:5.2f}"
         )
+
+
+def report_memory(args: argparse.Namespace) -> None:
+    model = build_model(224, args.device)
+    images = torch.rand(MEMORY_BATCH, 3, 224, 224, device=args.device)
+    how = "torch.profiler CPU memory events" if args.device == "cpu" else "CUDA allocator"
+    print(
+        f"peak memory ({how}), 224x224, upsample=False: batch {MEMORY_BATCH} with "
+        f"max_examples_per_batch={MEMORY_CHUNK} / batch {MEMORY_CHUNK} (goal <= 1.3)"
+    )
+    for entry in (entry for entry in ENTRIES if entry.memory):
+        method = entry.cls(model)
+        options = dict(entry.options, upsample=False)
+        chunked = peak_bytes(
+            lambda: method.attribute(images, 0, max_examples_per_batch=MEMORY_CHUNK, **options),
+            args.device,
+        )
+        alone = peak_bytes(
+            lambda: method.attribute(images[:MEMORY_CHUNK], 0, **options), args.device
+        )
+        verdict = "ok" if chunked <= 1.3 * alone else "over goal"
+        print(
+            f"  {entry.label:<28s} {chunked / 2**20:8.1f} MiB / {alone / 2**20:8.1f} MiB"
+            f" = {chunked / alone:5.2f}  ({verdict})"
+        )
+
+
+def report_precision(args: argparse.Namespace) -> None:
+    model = build_model(96, args.device)
+    torch.manual_seed(1)
+    images = torch.rand(BATCH, 3, 96, 96, device=args.device)
+    settings = {
+        "float16": (torch.float16, contextlib.nullcontext),
+        "bfloat16": (torch.bfloat16, contextlib.nullcontext),
+        "autocast(bfloat16)": (
+            torch.float32,
+            lambda: torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16),
+        ),
+    }
+    print("max |map - float32 map| / max |float32 map| over the batch (target: class 0):")
+    print(f"  {'':<28s}" + "".join(f"{name:>20s}" for name in settings))
+    for entry in (entry for entry in ENTRIES if entry.precision):
+        reference = entry.cls(model).attribute(images, 0, upsample=False, **entry.options)
+        row = []
+        for dtype, context in settings.values():
+            with context():
+                maps = entry.cls(model.to(dtype)).attribute(
+                    images.to(dtype), 0, upsample=False, **entry.options
+                )
+            model.float()
+            difference = (maps.double() - reference.double()).abs().max()
+            row.append(f"{(difference / reference.double().abs().max()).item():20.1e}")
+        print(f"  {entry.label:<28s}" + "".join(row))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    parser.add_argument(
+        "--only", choices=("costs", "memory", "precision"), help="run one section only"
+    )
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sections = {"costs": report_costs, "memory": report_memory, "precision": report_precision}
+    for name, report in sections.items():
+        if args.only in (None, name):
+            report(args)
 
 
 if __name__ == "__main__":

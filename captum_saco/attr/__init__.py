@@ -1,5 +1,7 @@
 """Attribution methods for Vision Transformers, as Captum ``Attribution`` classes."""
 
+from captum_saco.attr._core.attcat import AttCAT
+from captum_saco.attr._core.attention_gradcam import AttentionGradCAM
 from captum_saco.attr._core.attention_rollout import AttentionRollout
 from captum_saco.attr._core.engine import AttentionAttribution, AttentionTrace, Needs
 from captum_saco.attr._core.gradient_weighted_attention import GradientWeightedAttention
@@ -8,7 +10,9 @@ from captum_saco.attr._core.raw_attention import RawAttention
 from captum_saco.attr._core.transformer_attribution import TransformerAttribution
 
 __all__ = [
+    "AttCAT",
     "AttentionAttribution",
+    "AttentionGradCAM",
     "AttentionTrace",
     "AttentionRollout",
     "GradientWeightedAttention",

@@ -3,6 +3,7 @@ gradient modes, and the model left exactly as found. Every test runs on the tiny
 models of ``tiny_models.py``; the reference numbers are checked in
 ``test_model_families.py``."""
 
+import dataclasses
 import inspect
 import threading
 from typing import Dict
@@ -15,7 +16,9 @@ from tiny_models import TINY_FAMILIES, tiny_timm
 from torch import Tensor, nn
 
 from captum_saco.attr import (
+    AttCAT,
     AttentionAttribution,
+    AttentionGradCAM,
     AttentionRollout,
     AttentionTrace,
     GradientWeightedAttention,
@@ -24,7 +27,7 @@ from captum_saco.attr import (
     TransformerAttribution,
 )
 
-METHODS = [RawAttention, AttentionRollout, GradientWeightedAttention]
+METHODS = [RawAttention, AttentionRollout, GradientWeightedAttention, AttentionGradCAM, AttCAT]
 GRADIENT_METHODS = [cls for cls in METHODS if cls.needs >= Needs.GRADIENTS]
 
 
@@ -459,3 +462,52 @@ def test_meta_device_tensors_are_refused_with_the_argument_named(
         )
     with pytest.raises(ValueError, match="model: its parameters are on the meta device"):
         RawAttention(tiny_timm().to("meta"))
+
+
+# --- half precision and autocast ----------------------------------------------------------
+def _as_float64(trace: AttentionTrace) -> AttentionTrace:
+    def widen(value):
+        if isinstance(value, list):
+            return [widen(v) for v in value]
+        return value.double() if isinstance(value, Tensor) and value.is_floating_point() else value
+
+    return dataclasses.replace(
+        trace, **{f.name: widen(getattr(trace, f.name)) for f in dataclasses.fields(trace)}
+    )
+
+
+def _with_float64_rule(cls: type) -> type:
+    """``cls`` that also applies its rule in float64 to the trace it is handed."""
+
+    class WithFloat64Rule(cls):
+        def _token_relevance(self, trace: AttentionTrace, **options) -> Tensor:
+            self.dtypes = {a.dtype for a in trace.attentions + (trace.gradients or [])}
+            self.exact = super()._token_relevance(_as_float64(trace), **options)
+            return super()._token_relevance(trace, **options)
+
+    return WithFloat64Rule
+
+
+@pytest.mark.parametrize("cls", METHODS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_rules_of_half_precision_models_compute_float32_maps_in_float32(
+    cls: type, dtype: torch.dtype, images: Tensor
+) -> None:
+    method = _with_float64_rule(cls)(tiny_timm().to(dtype))
+    maps = method.attribute(images.to(dtype), target=1, upsample=False)
+    assert maps.dtype == torch.float32
+    assert method.dtypes == {torch.float32}
+    exact = method.exact[:, 1:].reshape(maps.shape)
+    torch.testing.assert_close(maps.double(), exact, rtol=1e-5, atol=1e-5 * exact.abs().max())
+
+
+@pytest.mark.parametrize("cls", METHODS + [TransformerAttribution])
+def test_works_under_autocast_with_float32_rules_and_maps(
+    cls: type, model: nn.Module, images: Tensor
+) -> None:
+    method = _with_float64_rule(cls)(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        maps = method.attribute(images, target=1, upsample=False)
+    assert maps.dtype == torch.float32
+    exact = method.exact[:, 1:].reshape(maps.shape)
+    torch.testing.assert_close(maps.double(), exact, rtol=1e-5, atol=1e-5 * exact.abs().max())

@@ -3,6 +3,7 @@ number for number against the original code (Ali et al.'s rules, LXT 2.1), on ev
 model family, batched, in any gradient mode and precision, the model left as found."""
 
 import copy
+import threading
 from typing import Dict
 
 import pytest
@@ -34,6 +35,17 @@ CASES = {
         AttnLRP,
         {},
         GradientRules(attention="uniform", norm="std_detached", activation="identity"),
+    ),
+    "lxt_cp_lrp_gamma": (
+        ConservativeLRP,
+        {"activation_rule": "identity", "embedding_gamma": 0.25, "linear_gamma": 0.05},
+        GradientRules(
+            attention="detached",
+            norm="std_detached",
+            activation="identity",
+            linear_gamma=0.05,
+            embedding_gamma=0.25,
+        ),
     ),
 }
 METHODS = [ConservativeLRP, AttnLRP]
@@ -175,6 +187,25 @@ def test_unknown_activation_rule_is_refused_by_name_before_running_the_model(
         ConservativeLRP(timm_reference_model, never).attribute(images, activation_rule="relu")
 
 
+@pytest.mark.parametrize("option", ["linear_gamma", "embedding_gamma"])
+def test_negative_gamma_is_refused_by_name_before_running_the_model(
+    timm_reference_model: nn.Module, images: Tensor, option: str
+) -> None:
+    def never(x: Tensor) -> Tensor:
+        raise AssertionError("the model ran")
+
+    with pytest.raises(ValueError, match=f"{option}: expected a number >= 0"):
+        AttnLRP(timm_reference_model, never).attribute(images, **{option: -0.1})
+
+
+def test_gamma_rule_gives_a_zero_gradient_where_the_layer_input_is_zero() -> None:
+    model = tiny_timm()
+    images = torch.rand(2, 3, 32, 32)
+    images[:, :, :8, :8] = 0  # a whole patch of zero pixels
+    maps = ConservativeLRP(model).attribute(images, embedding_gamma=0.25, linear_gamma=0.1)
+    assert torch.isfinite(maps).all() and (maps[:, :, :8, :8] == 0).all()
+
+
 # --- batches, gradient modes, precision --------------------------------------------------
 @pytest.mark.parametrize("cls", METHODS)
 def test_a_batch_gives_the_maps_of_its_images_one_by_one(
@@ -229,6 +260,16 @@ def test_half_precision_models_give_float32_maps_close_to_float32(
     assert relative_error(maps, expected).max() < (0.015 if dtype == torch.float16 else 0.08)
 
 
+@pytest.mark.parametrize("cls", METHODS)
+def test_under_autocast_a_float32_model_is_explained_in_float32(
+    cls: type, timm_reference_model: nn.Module, images: Tensor
+) -> None:
+    expected = cls(timm_reference_model).attribute(images, upsample=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        maps = cls(timm_reference_model).attribute(images, upsample=False)
+    torch.testing.assert_close(maps, expected, rtol=0, atol=0)
+
+
 def test_a_non_finite_example_gives_a_non_finite_map_and_leaves_the_others_alone(
     timm_reference_model: nn.Module, images: Tensor
 ) -> None:
@@ -276,3 +317,48 @@ def test_forward_func_that_does_not_run_the_model_is_refused(
 ) -> None:
     with pytest.raises(ValueError, match="forward_func"):
         AttnLRP(timm_reference_model, lambda x: x.mean(dim=(2, 3))).attribute(images)
+
+
+@pytest.mark.parametrize("cls", METHODS)
+def test_integer_images_are_refused_by_name(cls: type, timm_reference_model: nn.Module) -> None:
+    images = torch.randint(0, 256, (2, 3, 96, 96), dtype=torch.uint8)
+    with pytest.raises(TypeError, match=r"inputs: .*needs floating-point images"):
+        cls(timm_reference_model).attribute(images)
+
+
+def test_concurrent_calls_with_the_gamma_rule_each_get_their_own_maps(
+    timm_reference_model: nn.Module, images: Tensor, state_of, same_state
+) -> None:
+    method = ConservativeLRP(timm_reference_model)
+    options = {"embedding_gamma": 0.25, "linear_gamma": 0.05}
+    batches = [images[:2], images[2:]]
+    expected = [method.attribute(batch, **options) for batch in batches]
+    before = state_of(timm_reference_model)
+    results: Dict[int, Tensor] = {}
+
+    def run(index: int) -> None:
+        # the other thread runs the model plainly meanwhile: no gamma rule there
+        results[index] = method.attribute(batches[index], **options)
+        results[index + 2] = timm_reference_model(batches[1 - index])
+
+    threads = [threading.Thread(target=run, args=(index,)) for index in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for index in range(2):
+        torch.testing.assert_close(results[index], expected[index])
+        torch.testing.assert_close(results[index + 2], timm_reference_model(batches[1 - index]))
+    same_state(before, state_of(timm_reference_model))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("key", sorted(CASES))
+def test_a_cuda_model_gives_the_cpu_maps_on_the_inputs_device(
+    timm_reference_model: nn.Module, images: Tensor, key: str
+) -> None:
+    cls, options, _ = CASES[key]
+    expected = cls(timm_reference_model).attribute(images, **options)
+    maps = cls(copy.deepcopy(timm_reference_model).cuda()).attribute(images.cuda(), **options)
+    assert maps.device.type == "cuda"
+    assert relative_error(maps.cpu(), expected).max() < 1e-4

@@ -17,7 +17,9 @@ from transformers import (
 )
 
 from captum_saco.attr import (
+    AttCAT,
     AttentionAttribution,
+    AttentionGradCAM,
     AttentionRollout,
     GradientWeightedAttention,
     RawAttention,
@@ -32,6 +34,7 @@ REFERENCE_CASES = {
     "rollout_start1": (AttentionRollout, {"start_layer": 1}),
     "generic_attention": (GradientWeightedAttention, {}),
     "last_layer_grad_attention": (GradientWeightedAttention, {"aggregate_layers": False}),
+    "attn_gradcam": (AttentionGradCAM, {}),
 }
 
 
@@ -142,7 +145,9 @@ def _last_attention_by_hand(model: nn.Module, images: Tensor) -> Tensor:
 
 
 @pytest.mark.parametrize("name", sorted(PREFIXED_MODELS))
-@pytest.mark.parametrize("cls", [RawAttention, AttentionRollout, GradientWeightedAttention])
+@pytest.mark.parametrize(
+    "cls", [RawAttention, AttentionRollout, GradientWeightedAttention, AttentionGradCAM, AttCAT]
+)
 def test_models_with_several_prefix_tokens_give_patch_grid_maps(name: str, cls: type) -> None:
     build, num_prefix = PREFIXED_MODELS[name]
     model = build()

@@ -83,21 +83,27 @@ class AttentionRecord:
         attentions (list of Tensor or None): per block, the post-softmax attention
             probabilities ``(N, heads, T, T)`` as the forward pass used them (in
             the autograd graph whenever gradients were enabled).
-        tokens (Tensor or None): the tokens ``(N, T, D)`` entering block 0.
+        block_inputs (list of Tensor or None): per block, the tokens ``(N, T, D)``
+            entering it (the residual stream), as the forward pass used them.
         grid (tuple of int or None): the patch grid ``(h, w)`` of the input.
     """
 
     def __init__(self, num_blocks: int) -> None:
         self.attentions: List[Optional[Tensor]] = [None] * num_blocks
-        self.tokens: Optional[Tensor] = None
+        self.block_inputs: List[Optional[Tensor]] = [None] * num_blocks
         self.grid: Optional[Tuple[int, int]] = None
+
+    @property
+    def tokens(self) -> Optional[Tensor]:
+        """The tokens ``(N, T, D)`` entering block 0."""
+        return self.block_inputs[0]
 
     def complete(self) -> bool:
         """Whether the forward pass ran through the whole captured model."""
         return (
-            self.tokens is not None
-            and self.grid is not None
+            self.grid is not None
             and all(a is not None for a in self.attentions)
+            and all(x is not None for x in self.block_inputs)
         )
 
 
@@ -140,12 +146,12 @@ class ViTAdapter:
     # --- shared --------------------------------------------------------------------
     @contextmanager
     def capture(self, stop_at_first_block: bool = False) -> Iterator[AttentionRecord]:
-        """Record attention probabilities, the tokens entering block 0 and the patch
-        grid of every forward pass of the model run inside the block.
+        """Record attention probabilities, the tokens entering every block and the
+        patch grid of every forward pass of the model run inside the block.
 
         With ``stop_at_first_block``, the forward pass is cut short once the tokens
         entering block 0 are recorded: the rest of the ``with`` block is skipped and
-        no attention is recorded (for rules that replay the blocks themselves).
+        nothing else is recorded (for rules that replay the blocks themselves).
 
         Hooks and attention settings are removed and restored on leaving the block,
         also when it is left by an exception. Captures of one model are serialised:
@@ -157,12 +163,15 @@ class ViTAdapter:
         record = AttentionRecord(len(blocks))
         owner = threading.get_ident()
 
-        def store_tokens(module: nn.Module, args: Tuple, kwargs: dict) -> None:
-            if threading.get_ident() != owner:
-                return
-            record.tokens = args[0] if args else next(iter(kwargs.values()))
-            if stop_at_first_block:
-                raise _ReachedFirstBlock
+        def input_hook(index: int) -> Callable:
+            def hook(module: nn.Module, args: Tuple, kwargs: dict) -> None:
+                if threading.get_ident() != owner:
+                    return
+                record.block_inputs[index] = args[0] if args else next(iter(kwargs.values()))
+                if stop_at_first_block:
+                    raise _ReachedFirstBlock
+
+            return hook
 
         def store_grid(module: nn.Module, args: Tuple, output: Tensor) -> None:
             if threading.get_ident() == owner:
@@ -178,12 +187,10 @@ class ViTAdapter:
         with ExitStack() as stack:
             stack.enter_context(_model_lock(self.model))
             stack.enter_context(self.attention_mode())
-            handles = [
-                blocks[0].register_forward_pre_hook(store_tokens, with_kwargs=True),
-                self.patch_embedding().register_forward_hook(store_grid),
-            ]
+            handles = [self.patch_embedding().register_forward_hook(store_grid)]
             stack.callback(lambda: [h.remove() for h in handles])
-            for index, (module, read) in enumerate(self.attention_sources()):
+            for index, (block, (module, read)) in enumerate(zip(blocks, self.attention_sources())):
+                handles.append(block.register_forward_pre_hook(input_hook(index), with_kwargs=True))
                 handles.append(module.register_forward_hook(attention_hook(index, read)))
             try:
                 yield record

@@ -8,8 +8,6 @@ from captum_saco._utils import TargetType
 from captum_saco.attr._core.gradient_x_input import GradientRuleAttribution
 from captum_saco.attr._core.replay import GradientRules
 
-_ATTN_LRP = GradientRules(attention="uniform", norm="std_detached", activation="identity")
-
 
 class AttnLRP(GradientRuleAttribution):
     r"""AttnLRP (Achtibat, Hatefi, Dreyer, Jain, Wiegand, Lapuschkin and Samek,
@@ -22,17 +20,11 @@ class AttnLRP(GradientRuleAttribution):
     its gradient) and the activation passes relevance unchanged (identity rule:
     gradient ``act(x) / x``, 0 at ``x == 0``; LXT divides by ``x + 1e-10``, which
     moves the results by less than 1e-7 of their maximum on the reference ViT).
-    Linear layers and the patch embedding get the plain gradient (LRP-0).
+    Linear layers and the patch embedding get the plain gradient (LRP-0), or
+    optionally zennit's gamma rule (``linear_gamma``, ``embedding_gamma``).
 
-    One backward pass gives the relevance of the whole batch: the model runs its
-    own patch and position embedding up to block 0; the blocks, the final norm and
-    the classifier head are replayed from there in canonical form with the rules
-    (:mod:`captum_saco.attr._core.replay`), so the relevance is that of the
-    classifier head's logits whatever ``forward_func`` returns. An example's
-    relevance does not depend on the rest of the batch. The replay and the products
-    are computed in float32 at least (float16 and bfloat16 models too; their own
-    patch embedding runs in their precision), and the attributions are returned in
-    that precision.
+    Computed as :class:`GradientRuleAttribution` describes (one backward pass for
+    the batch, float32 at least).
 
     Args:
         model (nn.Module): the ViT to explain (timm, Hugging Face or torchvision, see
@@ -63,6 +55,8 @@ class AttnLRP(GradientRuleAttribution):
         target: TargetType = None,
         additional_forward_args: Any = None,
         *,
+        linear_gamma: float = 0.0,
+        embedding_gamma: float = 0.0,
         upsample: bool = True,
         max_examples_per_batch: Optional[int] = None,
     ) -> Union[Tensor, Tuple[Tensor]]:
@@ -78,6 +72,11 @@ class AttnLRP(GradientRuleAttribution):
                 ``forward_func`` after the inputs (a non-tuple is passed as one
                 argument); with ``max_examples_per_batch``, tensors among them are
                 split with the inputs.
+            linear_gamma (float, optional): zennit's gamma rule on the MLPs' linear
+                layers and the classifier head (see :class:`GradientRuleAttribution`).
+                Default: 0, the gradient.
+            embedding_gamma (float, optional): zennit's gamma rule on the patch
+                embedding's convolution. Default: 0.
             upsample (bool, optional): if ``True`` (default), the relevance of the
                 pixels ``(N, C, H, W)``; if ``False``, the relevance of the patch
                 embedding's output summed over its channels, ``(N, 1, h, w)``.
@@ -91,7 +90,7 @@ class AttnLRP(GradientRuleAttribution):
             in float32 for half-precision inputs.
 
         Raises:
-            ValueError: for malformed inputs or targets, or blocks the canonical
+            ValueError: for a negative gamma, malformed inputs or targets, or blocks the canonical
                 form cannot express.
         """
         return self._attribute(
@@ -100,5 +99,11 @@ class AttnLRP(GradientRuleAttribution):
             additional_forward_args,
             upsample=upsample,
             max_examples_per_batch=max_examples_per_batch,
-            rules=_ATTN_LRP,
+            rules=GradientRules(
+                attention="uniform",
+                norm="std_detached",
+                activation="identity",
+                linear_gamma=linear_gamma,
+                embedding_gamma=embedding_gamma,
+            ),
         )

@@ -19,17 +19,12 @@ class ConservativeLRP(GradientRuleAttribution):
     patch embedding and, by default, the activation get the plain gradient (the
     authors' setting without the gamma rule). With ``activation_rule="identity"``
     the activation passes relevance unchanged, which is LXT's CP-LRP
-    (``lxt.efficient`` on torchvision ViTs).
+    (``lxt.efficient`` on torchvision ViTs), optionally with zennit's gamma rule on
+    the MLP's linear layers, the classifier head and the patch embedding
+    (``linear_gamma``, ``embedding_gamma``).
 
-    One backward pass gives the relevance of the whole batch: the model runs its own
-    patch and position embedding up to block 0; the blocks, the final norm and the
-    classifier head are replayed from there in canonical form with the rules
-    (:mod:`captum_saco.attr._core.replay`), so the relevance is that of the
-    classifier head's logits whatever ``forward_func`` returns. An example's
-    relevance does not depend on the rest of the batch. The replay and the products
-    are computed in float32 at least (float16 and bfloat16 models too; their own
-    patch embedding runs in their precision), and the attributions are returned in
-    that precision.
+    Computed as :class:`GradientRuleAttribution` describes (one backward pass for
+    the batch, float32 at least).
 
     Args:
         model (nn.Module): the ViT to explain (timm, Hugging Face or torchvision, see
@@ -62,6 +57,8 @@ class ConservativeLRP(GradientRuleAttribution):
         additional_forward_args: Any = None,
         *,
         activation_rule: str = "gradient",
+        linear_gamma: float = 0.0,
+        embedding_gamma: float = 0.0,
         upsample: bool = True,
         max_examples_per_batch: Optional[int] = None,
     ) -> Union[Tensor, Tuple[Tensor]]:
@@ -82,6 +79,13 @@ class ConservativeLRP(GradientRuleAttribution):
                 0 at ``x == 0``: LXT's CP-LRP; LXT divides by ``x + 1e-10``, which
                 moves the results by less than 1e-7 of their maximum on the
                 reference ViT).
+            linear_gamma (float, optional): zennit's gamma rule on the MLPs' linear
+                layers and the classifier head (see :class:`GradientRuleAttribution`).
+                Default: 0, the gradient.
+            embedding_gamma (float, optional): zennit's gamma rule on the patch
+                embedding's convolution; ``embedding_gamma=0.25, linear_gamma=0.05``
+                with ``activation_rule="identity"`` is LXT's recorded CP-LRP gamma run.
+                Default: 0.
             upsample (bool, optional): if ``True`` (default), the relevance of the
                 pixels ``(N, C, H, W)``; if ``False``, the relevance of the patch
                 embedding's output summed over its channels, ``(N, 1, h, w)``.
@@ -96,10 +100,16 @@ class ConservativeLRP(GradientRuleAttribution):
             inputs.
 
         Raises:
-            ValueError: for an unknown ``activation_rule``, malformed inputs or
+            ValueError: for an unknown ``activation_rule``, a negative gamma, malformed inputs or
                 targets, or blocks the canonical form cannot express.
         """
-        rules = GradientRules(attention="detached", norm="std_detached", activation=activation_rule)
+        rules = GradientRules(
+            attention="detached",
+            norm="std_detached",
+            activation=activation_rule,
+            linear_gamma=linear_gamma,
+            embedding_gamma=embedding_gamma,
+        )
         return self._attribute(
             inputs,
             target,

@@ -1,5 +1,6 @@
 """The pipeline shared by the attention-based attribution methods for ViTs."""
 
+import dataclasses
 import enum
 import warnings
 from contextlib import ExitStack
@@ -52,6 +53,13 @@ class AttentionTrace:
         relevances (list of Tensor or None): per block, the LRP relevance of
             ``attentions`` (see :mod:`captum_saco.attr._core.relevance`); ``None``
             for methods that need no relevance.
+        block_inputs (list of Tensor or None): per block, the tokens ``(N, T, D)``
+            entering it (the residual stream; ``block_inputs[0]`` is ``tokens``);
+            ``None`` in the trace of the relevance pass.
+        block_gradients (list of Tensor or None): per block, the gradient of the
+            sum over the batch of the target logits with respect to
+            ``block_inputs``; ``None`` where ``gradients`` is ``None`` and in the
+            trace of the relevance pass.
     """
 
     attentions: List[Tensor]
@@ -62,6 +70,8 @@ class AttentionTrace:
     num_prefix_tokens: int
     grid: Tuple[int, int]
     relevances: Optional[List[Tensor]] = None
+    block_inputs: Optional[List[Tensor]] = None
+    block_gradients: Optional[List[Tensor]] = None
 
 
 def check_start_layer(start_layer: int, num_blocks: int) -> None:
@@ -195,7 +205,8 @@ class AttentionAttribution(Attribution):
         Returns:
             *Tensor* or *tuple[Tensor]* of **attributions**: the relevance of the
             patches for the class token, not normalised, in the same form as
-            ``inputs`` and on their device.
+            ``inputs`` and on their device; float32 for float16 and bfloat16
+            models (the rule computes in float32), else the model's dtype.
 
         Raises:
             TypeError: for inputs that are not tensors (or not floating point, for
@@ -255,13 +266,18 @@ class AttentionAttribution(Attribution):
     def _explain(
         self, images: Tensor, target: TargetType, extra: Tuple, *, upsample: bool, **options: Any
     ) -> Tensor:
-        """One chunk's maps: the rule's class-token row on the patch grid."""
+        """One chunk's maps: the rule's class-token row on the patch grid.
+
+        The rule runs with autocast disabled on a trace whose half-precision
+        tensors are widened to float32, so that its products and sums are float32
+        whatever precision the model ran in."""
         trace = self._trace(images, target, extra)
-        grid = self._patch_grid(self._token_relevance(trace, **options), trace)
-        if upsample:
-            grid = F.interpolate(
-                grid, size=images.shape[-2:], mode="bilinear", align_corners=False
-            ).repeat(1, images.shape[1], 1, 1)
+        with torch.autocast(images.device.type, enabled=False):
+            grid = self._patch_grid(self._token_relevance(_widened(trace), **options), trace)
+            if upsample:
+                grid = F.interpolate(
+                    grid, size=images.shape[-2:], mode="bilinear", align_corners=False
+                ).repeat(1, images.shape[1], 1, 1)
         return grid
 
     def _token_relevance(self, trace: AttentionTrace, **options: Any) -> Tensor:
@@ -293,19 +309,24 @@ class AttentionAttribution(Attribution):
                 )
             scores, classes = resolve_target(output, target)
             attentions: List[Tensor] = record.attentions  # type: ignore[assignment]
-            gradients = None
+            block_inputs: List[Tensor] = record.block_inputs  # type: ignore[assignment]
+            gradients = block_gradients = None
             if self.needs >= Needs.GRADIENTS:
                 objective = scores.gather(1, classes[:, None]).sum()
-                gradients = [g.detach() for g in torch.autograd.grad(objective, attentions)]
-        assert record.tokens is not None and record.grid is not None
+                both = torch.autograd.grad(objective, attentions + block_inputs)
+                gradients = [g.detach() for g in both[: len(attentions)]]
+                block_gradients = [g.detach() for g in both[len(attentions) :]]
+        assert record.grid is not None
         return AttentionTrace(
             attentions=[a.detach() for a in attentions],
             gradients=gradients,
-            tokens=record.tokens.detach(),
+            tokens=block_inputs[0].detach(),
             scores=scores.detach(),
             classes=classes,
             num_prefix_tokens=self._adapter.num_prefix_tokens,
             grid=record.grid,
+            block_inputs=[x.detach() for x in block_inputs],
+            block_gradients=block_gradients,
         )
 
     def _relevance_trace(self, images: Tensor, target: TargetType, extra: Tuple) -> AttentionTrace:
@@ -321,7 +342,11 @@ class AttentionAttribution(Attribution):
             # Inside inference_mode() the tokens are inference tensors, which the
             # replay's autograd graph cannot save: it works on a normal copy.
             tokens = record.tokens.clone() if record.tokens.is_inference() else record.tokens
-            result = attention_relevance(self._adapter.parts(), tokens.detach(), target)
+            parts = self._adapter.parts()
+            # The replay runs in the precision of the model's weights, also under autocast.
+            tokens = tokens.detach().to(parts.blocks[0].qkv_weight.dtype)
+            with torch.autocast(tokens.device.type, enabled=False):
+                result = attention_relevance(parts, tokens, target)
         return AttentionTrace(
             attentions=result.attentions,
             gradients=result.gradients,
@@ -344,6 +369,21 @@ class AttentionAttribution(Attribution):
                 "(token dropping or pruning is not supported)"
             )
         return patches.reshape(-1, 1, h, w)
+
+
+def _widened(trace: AttentionTrace) -> AttentionTrace:
+    """``trace`` with its float16 and bfloat16 tensors in float32."""
+
+    def widen(value: Any) -> Any:
+        if isinstance(value, list):
+            return [widen(v) for v in value]
+        if isinstance(value, Tensor) and value.dtype in (torch.float16, torch.bfloat16):
+            return value.float()
+        return value
+
+    return dataclasses.replace(
+        trace, **{f.name: widen(getattr(trace, f.name)) for f in dataclasses.fields(trace)}
+    )
 
 
 def _check_inputs(inputs: Union[Tensor, Tuple[Tensor]]) -> Tensor:

@@ -10,17 +10,18 @@ are replayed from there in canonical form with the rules, and the gradient of
 the target logit flows back through the replay and the model's own embedding.
 """
 
+import threading
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Callable, List, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from captum_saco._utils import TargetType, resolve_target
-from captum_saco.attr._core.adapters import ViTAdapter
-from captum_saco.attr._core.engine import AttentionAttribution
-from captum_saco.attr._core.replay import GradientRules, model_forward
+from captum_saco.attr._core.adapters import ViTAdapter, _model_lock
+from captum_saco.attr._core.engine import AttentionAttribution, Needs
+from captum_saco.attr._core.replay import GradientRules, gamma_rule, model_forward
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,28 @@ class GradientXInput:
     classes: Tensor
 
 
+def _embedding_hook(embedded: List[Tensor], gamma: float) -> Callable:
+    """A forward hook on the patch embedding that keeps its output in ``embedded``
+    and, with ``gamma > 0``, gives the convolution the gamma rule; it acts only on
+    the forward passes of the thread that registers it."""
+    owner = threading.get_ident()
+
+    def hook(module: nn.Module, args: Tuple, output: Tensor) -> Optional[Tensor]:
+        if threading.get_ident() != owner:
+            return None
+        if gamma > 0:
+            if not isinstance(module, nn.Conv2d):
+                raise ValueError(
+                    f"embedding_gamma: the patch embedding is a {type(module).__name__}, "
+                    "not a Conv2d"
+                )
+            output = gamma_rule(module._conv_forward, args[0], module.weight, module.bias, gamma)
+        embedded.append(output)
+        return output if gamma > 0 else None
+
+    return hook
+
+
 def gradient_x_input(
     adapter: ViTAdapter,
     forward_func: Callable,
@@ -56,7 +79,9 @@ def gradient_x_input(
 
     ``forward_func(images, *extra)`` runs up to the model's first block. The replay
     computes in float32 at least (in the tokens' dtype if wider), and the products
-    are taken in that precision; the model's own embedding runs in its dtype. The
+    are taken in that precision; the model's own embedding runs in the dtype of its
+    weights. A caller's autocast is switched off for the call: under it, a float32
+    model is explained in float32. The
     gradient is that of the sum over the batch of each example's target logit, so
     an example's relevance does not depend on the rest of the batch.
     """
@@ -64,11 +89,15 @@ def gradient_x_input(
     with ExitStack() as stack:
         stack.enter_context(torch.inference_mode(False))
         stack.enter_context(torch.enable_grad())
+        # the model's weights set the precision, not the caller's autocast
+        stack.enter_context(torch.autocast(images.device.type, enabled=False))
         pixels = images.clone() if images.is_inference() else images.detach()
         pixels.requires_grad_()
+        # the capture's lock (re-entrant), held while the embedding hook is there too
+        stack.enter_context(_model_lock(adapter.model))
         embedded: List[Tensor] = []
         handle = adapter.patch_embedding().register_forward_hook(
-            lambda module, args, output: embedded.append(output)
+            _embedding_hook(embedded, rules.embedding_gamma)
         )
         stack.callback(handle.remove)
         with adapter.capture(stop_at_first_block=True) as record:
@@ -98,9 +127,33 @@ def gradient_x_input(
 
 
 class GradientRuleAttribution(AttentionAttribution):
-    """Base of the methods that are gradient times input under named
-    :class:`~captum_saco.attr._core.replay.GradientRules`: a subclass's
-    ``attribute`` passes ``rules=GradientRules(...)`` to ``self._attribute``."""
+    r"""Base of the methods that are gradient times input under named
+    :class:`~captum_saco.attr._core.replay.GradientRules` (``ConservativeLRP``,
+    ``AttnLRP``); a subclass's ``attribute`` passes ``rules=GradientRules(...)`` to
+    ``self._attribute``.
+
+    One backward pass gives the relevance of the whole batch: the model runs its own
+    patch and position embedding up to block 0; the blocks, the final norm and the
+    classifier head are replayed from there in canonical form with the rules
+    (:mod:`captum_saco.attr._core.replay`), so the relevance is that of the
+    classifier head's logits whatever ``forward_func`` returns. An example's
+    relevance does not depend on the rest of the batch. The replay and the products
+    are computed in float32 at least (float16 and bfloat16 models too; their own
+    patch embedding runs in their precision), and the attributions are returned in
+    that precision.
+
+    Gamma rule (options ``linear_gamma`` and ``embedding_gamma``): if positive,
+    the MLPs' linear layers and the classifier head, or the patch embedding's
+    convolution, get zennit's generalised gamma rule with that gamma
+    (``zennit.rules.Gamma``, stabiliser 1e-6, written as a gradient as LXT does when
+    it combines zennit with its rules; see
+    :func:`~captum_saco.attr._core.replay.gamma_rule`). The attention projections
+    keep the gradient, as in LXT (zennit's hooks never fire on torch's
+    ``MultiheadAttention``). LXT's ViT example sweeps (convolution, linear) gammas
+    and recommends none.
+    """
+
+    needs = Needs.GRADIENTS  # it differentiates the model (floating-point images only)
 
     def _explain(
         self,

@@ -44,11 +44,18 @@ class GradientRules:
       gradient ``act(x) / x`` (0 where ``x == 0``), so that gradient times input
       passes the output's relevance to the input unchanged (AttnLRP's identity
       rule; LXT's ``non_linear_forward``, which divides by ``x + 1e-10``).
+    - ``linear_gamma``: if positive, the MLP's linear layers and the classifier
+      heads get zennit's generalised gamma rule with this gamma (see
+      :func:`gamma_rule`); the attention projections keep the gradient, as in
+      LXT's CP-LRP with zennit. ``embedding_gamma``: the same for the patch
+      embedding, which the model runs itself (applied by the caller of the replay).
     """
 
     attention: str = "gradient"
     norm: str = "gradient"
     activation: str = "gradient"
+    linear_gamma: float = 0.0
+    embedding_gamma: float = 0.0
 
     def __post_init__(self) -> None:
         allowed = {
@@ -56,9 +63,13 @@ class GradientRules:
             "norm": ("gradient", "std_detached"),
             "activation": ("gradient", "identity"),
         }
+        for name in ("linear_gamma", "embedding_gamma"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"{name}: expected a number >= 0, got {value!r}")
         for field in fields(self):
             value = getattr(self, field.name)
-            if value not in allowed[field.name]:
+            if field.name in allowed and value not in allowed[field.name]:
                 raise ValueError(
                     f"{field.name}_rule: expected one of {allowed[field.name]}, got {value!r}"
                 )
@@ -134,12 +145,91 @@ class _IdentityRule(torch.autograd.Function):
         return gradient * ratio, None
 
 
+def _stabilised(values: Tensor) -> Tensor:
+    """zennit's default stabiliser: ``values + 1e-6 * sign(values)``, sign(0) = 1."""
+    return values + 1e-6 * torch.where(values < 0, -1.0, 1.0).to(values.dtype)
+
+
+class _GammaRule(torch.autograd.Function):
+    """``layer(x, weight, bias)`` forward; zennit's generalised gamma rule backward,
+    written as a gradient (relevance divided by the input, 0 where it is 0)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx,
+        inputs: Tensor,
+        layer: Callable[[Tensor, Tensor, Optional[Tensor]], Tensor],
+        weight: Tensor,
+        bias: Optional[Tensor],
+        gamma: float,
+    ) -> Tensor:
+        output = layer(inputs, weight, bias)
+        ctx.save_for_backward(inputs, output, weight, bias)
+        ctx.layer, ctx.gamma = layer, gamma
+        return output
+
+    @staticmethod
+    def backward(ctx, gradient: Tensor) -> Tuple[Optional[Tensor], ...]:  # type: ignore[override]
+        inputs, output, weight, bias = ctx.saved_tensors
+        layer, gamma = ctx.layer, ctx.gamma
+        relevance = gradient * output
+        up, down = weight + gamma * weight.clamp(min=0), weight + gamma * weight.clamp(max=0)
+        biases = (
+            (None, None)
+            if bias is None
+            else (
+                bias + gamma * bias.clamp(min=0),
+                bias + gamma * bias.clamp(max=0),
+            )
+        )
+        with torch.enable_grad():
+            positive = inputs.detach().clamp(min=0).requires_grad_()
+            negative = inputs.detach().clamp(max=0).requires_grad_()
+            # positive outputs: positive inputs with more positive weight; negative outputs alike
+            z_up = layer(positive, up, biases[0]) + layer(negative, down, None)
+            z_down = layer(positive, down, biases[1]) + layer(negative, up, None)
+            scales = (
+                torch.where(output > 0, relevance / _stabilised(z_up.detach()), 0),
+                torch.where(output < 0, relevance / _stabilised(z_down.detach()), 0),
+            )
+            from_positive, from_negative = torch.autograd.grad(
+                (z_up, z_down), (positive, negative), scales
+            )
+        input_relevance = positive.detach() * from_positive + negative.detach() * from_negative
+        zero = inputs == 0
+        input_gradient = (input_relevance / inputs.masked_fill(zero, 1)).masked_fill_(zero, 0)
+        return input_gradient, None, None, None, None
+
+
+def gamma_rule(
+    layer: Callable[[Tensor, Tensor, Optional[Tensor]], Tensor],
+    inputs: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    gamma: float,
+) -> Tensor:
+    """``layer(inputs, weight, bias)`` whose gradient is zennit's generalised gamma
+    rule (``zennit.rules.Gamma``, stabiliser 1e-6) in gradient-times-input form.
+
+    The output's relevance ``R = gradient * output`` goes, at outputs ``> 0``, to
+    the positive inputs through ``w + gamma * w^+`` and to the negative inputs
+    through ``w + gamma * w^-`` (the other way round at outputs ``< 0``), in
+    proportion to their contributions (bias modified alike in the denominator);
+    the input gradient is the input relevance divided by the input (0 where the
+    input is 0; LXT's zennit patch divides by ``input + 1e-10``).
+    """
+    return _GammaRule.apply(inputs, layer, weight, bias, gamma)
+
+
 def _cast(values: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
     return None if values is None else values.to(dtype)
 
 
-def _linear(layer: nn.Linear, inputs: Tensor) -> Tensor:
-    return F.linear(inputs, _cast(layer.weight, inputs.dtype), _cast(layer.bias, inputs.dtype))
+def _linear(layer: nn.Linear, inputs: Tensor, gamma: float = 0.0) -> Tensor:
+    weight, bias = _cast(layer.weight, inputs.dtype), _cast(layer.bias, inputs.dtype)
+    if gamma > 0:
+        return gamma_rule(F.linear, inputs, weight, bias, gamma)
+    return F.linear(inputs, weight, bias)
 
 
 def layer_norm(norm: nn.Module, inputs: Tensor, rule: str = "gradient") -> Tensor:
@@ -206,12 +296,12 @@ def block_forward(
         attention_branch = attention_branch * _cast(block.ls1, tokens.dtype)
     mid = skip + attention_branch
     mlp_in = layer_norm(block.norm2, mid, rules.norm)
-    before_act = _linear(block.fc1, mlp_in)
+    before_act = _linear(block.fc1, mlp_in, rules.linear_gamma)
     if rules.activation == "identity":
         hidden = _IdentityRule.apply(before_act, block.act)
     else:
         hidden = block.act(before_act)
-    mlp_branch = _linear(block.fc2, hidden)
+    mlp_branch = _linear(block.fc2, hidden, rules.linear_gamma)
     if block.ls2 is not None:
         mlp_branch = mlp_branch * _cast(block.ls2, tokens.dtype)
     return BlockRecord(
@@ -253,7 +343,10 @@ def model_forward(
     normed = layer_norm(parts.norm, hidden, rules.norm)
     position = {index: p for p, index in enumerate(head_tokens)}
     logits = torch.stack(
-        [_linear(head, normed[:, position[index]]) for index, head in parts.heads]
+        [
+            _linear(head, normed[:, position[index]], rules.linear_gamma)
+            for index, head in parts.heads
+        ]
     ).mean(dim=0)
     return ModelRecord(records, normed, head_tokens, logits)
 

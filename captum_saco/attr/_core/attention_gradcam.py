@@ -1,0 +1,88 @@
+"""Grad-CAM on the last block's attention (as run by Chefer et al., CVPR 2021)."""
+
+from typing import Any, Optional, Tuple, Union
+
+from torch import Tensor
+
+from captum_saco._utils import TargetType
+from captum_saco.attr._core.engine import AttentionAttribution, AttentionTrace, Needs
+
+
+class AttentionGradCAM(AttentionAttribution):
+    r"""Grad-CAM (Selvaraju et al., ICCV 2017) on the last block's attention, the
+    baseline of Chefer, Gur and Wolf, "Transformer Interpretability Beyond
+    Attention Visualization" (CVPR 2021) and of the SaCo paper: per head ``h``,
+    the class token's attention row ``A_L[h, 0]`` weighted by the head's mean
+    gradient over the patch entries of that row,
+    ``w_h = mean_j ∂y_t/∂A_L[h, 0, j]``; then the mean over heads, clamped at 0:
+    ``clamp(mean_h w_h A_L[h, 0], min=0)``. Gradients are of the target's logit;
+    one backward pass per chunk of examples.
+
+    Args:
+        model (nn.Module): the ViT whose attention is read (timm, Hugging Face or
+            torchvision, see :class:`AttentionAttribution`).
+        forward_func (Callable, optional): the function whose output is explained;
+            it must run ``model``. Default: ``model``.
+
+    Examples::
+
+        >>> import torch, timm
+        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+        <torch._C.Generator object at ...>
+        >>> vit = timm.models.VisionTransformer(
+        ...     img_size=32, patch_size=8, embed_dim=24, depth=2, num_heads=2, num_classes=5).eval()
+        >>> images = torch.rand(2, 3, 32, 32)
+        >>> with torch.no_grad():
+        ...     maps = AttentionGradCAM(vit).attribute(images, target=[0, 4])
+        >>> maps.shape, bool((maps >= 0).all())
+        (torch.Size([2, 3, 32, 32]), True)
+    """
+
+    needs = Needs.GRADIENTS
+
+    def attribute(
+        self,
+        inputs: Union[Tensor, Tuple[Tensor]],
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        *,
+        upsample: bool = True,
+        max_examples_per_batch: Optional[int] = None,
+    ) -> Union[Tensor, Tuple[Tensor]]:
+        r"""
+        Args:
+            inputs (Tensor or tuple[Tensor]): images ``(N, C, H, W)`` as the model
+                takes them, or a tuple holding that one tensor.
+            target (int, tuple, Tensor, list, optional): the output index whose
+                logit's gradient weighs the heads, for each example, in any form
+                Captum accepts. Default: the predicted class.
+            additional_forward_args (Any, optional): further positional arguments of
+                ``forward_func`` after the inputs (a non-tuple is passed as one
+                argument); with ``max_examples_per_batch``, tensors among them are
+                split with the inputs.
+            upsample (bool, optional): if ``True`` (default), the patch-grid map is
+                upsampled bilinearly to ``(H, W)`` and repeated over the ``C``
+                channels; if ``False``, the patch grid ``(N, 1, h, w)`` is returned.
+            max_examples_per_batch (int, optional): the most examples run through
+                the model at once; one backward pass per chunk (same results, memory
+                bounded by the chunk). Default: all at once.
+
+        Returns:
+            *Tensor* or *tuple[Tensor]* of **attributions**: the clamped,
+            gradient-weighted class-token attention, in the same form as
+            ``inputs`` and on their device.
+        """
+        return self._attribute(
+            inputs,
+            target,
+            additional_forward_args,
+            upsample=upsample,
+            max_examples_per_batch=max_examples_per_batch,
+        )
+
+    def _token_relevance(self, trace: AttentionTrace) -> Tensor:
+        assert trace.gradients is not None
+        row = trace.attentions[-1][:, :, 0]  # (N, heads, T)
+        gradient = trace.gradients[-1][:, :, 0]
+        weights = gradient[:, :, trace.num_prefix_tokens :].mean(dim=-1, keepdim=True)
+        return (weights * row).mean(dim=1).clamp(min=0)
