@@ -14,8 +14,8 @@ from captum.attr._utils.batching import _tuple_splice_range
 from torch import Tensor, nn
 
 from captum_saco._utils import TargetType, resolve_target
-from captum_saco.attr._core.adapters import ViTAdapter, adapter_for
-from captum_saco.attr._core.relevance import attention_relevance
+from captum_saco.attr._core.adapters import ViTAdapter, ViTParts, adapter_for
+from captum_saco.attr._core.relevance import AttentionRelevance, attention_relevance
 
 
 class Needs(enum.IntEnum):
@@ -51,7 +51,9 @@ class AttentionTrace:
         grid (tuple of int): the patch grid ``(h, w)``; ``T = num_prefix_tokens + h * w``.
         relevances (list of Tensor or None): per block, the LRP relevance of
             ``attentions`` (see :mod:`captum_saco.attr._core.relevance`); ``None``
-            for methods that need no relevance.
+            for methods that need no relevance (and for blocks a rule does not read).
+        input_relevance (Tensor or None): ``(N, T, D)`` the LRP relevance of
+            ``tokens``, for rules that continue the relevance pass through block 0.
     """
 
     attentions: List[Tensor]
@@ -62,6 +64,7 @@ class AttentionTrace:
     num_prefix_tokens: int
     grid: Tuple[int, int]
     relevances: Optional[List[Tensor]] = None
+    input_relevance: Optional[Tensor] = None
 
 
 def _model_output(output: Any) -> Tensor:
@@ -318,7 +321,7 @@ class AttentionAttribution(Attribution):
             # Inside inference_mode() the tokens are inference tensors, which the
             # replay's autograd graph cannot save: it works on a normal copy.
             tokens = record.tokens.clone() if record.tokens.is_inference() else record.tokens
-            result = attention_relevance(self._adapter.parts(), tokens.detach(), target)
+            result = self._relevance(self._adapter.parts(), tokens.detach(), target)
         return AttentionTrace(
             attentions=result.attentions,
             gradients=result.gradients,
@@ -328,7 +331,13 @@ class AttentionAttribution(Attribution):
             num_prefix_tokens=self._adapter.num_prefix_tokens,
             grid=record.grid,
             relevances=result.relevances,
+            input_relevance=result.input_relevance,
         )
+
+    def _relevance(self, parts: ViTParts, tokens: Tensor, target: TargetType) -> AttentionRelevance:
+        """The relevance pass of :attr:`Needs.RELEVANCE`; a rule that reads less (no
+        gradients, only the last blocks) or more (``input_relevance``) overrides it."""
+        return attention_relevance(parts, tokens, target)
 
     @staticmethod
     def _patch_grid(row: Tensor, trace: AttentionTrace) -> Tensor:
