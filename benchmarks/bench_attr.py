@@ -31,6 +31,8 @@ from captum_saco.attr import (
     RawAttention,
     TransformerAttribution,
 )
+from captum_saco.attr._core.full_lrp import FullLRP
+from captum_saco.attr._core.partial_lrp import PartialLRP
 
 BATCH = 16
 
@@ -39,13 +41,24 @@ RATIOS: List[Tuple[str, type, Dict, str, float]] = [
     ("RawAttention", RawAttention, {}, "forward", 1.3),
     ("AttentionRollout", AttentionRollout, {}, "forward", 1.3),
     ("GradientWeightedAttention", GradientWeightedAttention, {}, "forward+backward", 1.3),
-    ("TransformerAttribution", TransformerAttribution, {}, "forward+backward", 2.5),
+    ("TransformerAttribution", TransformerAttribution, {}, "forward+backward", 2.0),
+    (
+        "TransformerAttribution model",
+        TransformerAttribution,
+        {"precision": "model"},
+        "forward+backward",
+        2.0,
+    ),
+    ("PartialLRP", PartialLRP, {}, "forward+backward", 2.0),
+    ("FullLRP", FullLRP, {}, "forward+backward", 2.0),
 ]
 
 # (label, method class, options): batch of BATCH at once vs image by image
 SPEED_UPS: List[Tuple[str, type, Dict]] = [
     ("GradientWeightedAttention", GradientWeightedAttention, {}),
     ("TransformerAttribution", TransformerAttribution, {}),
+    ("PartialLRP", PartialLRP, {}),
+    ("FullLRP", FullLRP, {}),
 ]
 
 
@@ -89,9 +102,13 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
-    model = VisionTransformer(
-        img_size=96, patch_size=16, embed_dim=192, depth=6, num_heads=3, num_classes=10
-    ).eval().to(args.device)
+    model = (
+        VisionTransformer(
+            img_size=96, patch_size=16, embed_dim=192, depth=6, num_heads=3, num_classes=10
+        )
+        .eval()
+        .to(args.device)
+    )
     images = torch.rand(BATCH, 3, 96, 96, device=args.device)
     with torch.no_grad():
         target = model(images).argmax(dim=1)
