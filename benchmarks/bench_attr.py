@@ -50,6 +50,8 @@ from captum_saco.attr import (
 )
 from captum_saco.attr._core.attn_lrp import AttnLRP
 from captum_saco.attr._core.conservative_lrp import ConservativeLRP
+from captum_saco.attr._core.full_lrp import FullLRP
+from captum_saco.attr._core.partial_lrp import PartialLRP
 
 BATCH = 16
 MEMORY_BATCH, MEMORY_CHUNK = 64, 8
@@ -76,6 +78,16 @@ ENTRIES: List[Entry] = [
     Entry("AttentionGradCAM", AttentionGradCAM),
     Entry("AttCAT", AttCAT),
     Entry("TransformerAttribution", TransformerAttribution, goal=2.0),
+    Entry(
+        "TransformerAttribution model",
+        TransformerAttribution,
+        {"precision": "model"},
+        goal=2.0,
+        memory=False,
+        precision=False,
+    ),
+    Entry("PartialLRP", PartialLRP, goal=2.0),
+    Entry("FullLRP", FullLRP, goal=2.0),
     Entry("ConservativeLRP", ConservativeLRP),
     Entry("AttnLRP", AttnLRP),
 ]

@@ -15,8 +15,8 @@ from captum.attr._utils.batching import _tuple_splice_range
 from torch import Tensor, nn
 
 from captum_saco._utils import TargetType, model_output, resolve_target
-from captum_saco.attr._core.adapters import ViTAdapter, adapter_for
-from captum_saco.attr._core.relevance import attention_relevance
+from captum_saco.attr._core.adapters import ViTAdapter, ViTParts, adapter_for
+from captum_saco.attr._core.relevance import AttentionRelevance, attention_relevance
 
 
 class Needs(enum.IntEnum):
@@ -52,7 +52,9 @@ class AttentionTrace:
         grid (tuple of int): the patch grid ``(h, w)``; ``T = num_prefix_tokens + h * w``.
         relevances (list of Tensor or None): per block, the LRP relevance of
             ``attentions`` (see :mod:`captum_saco.attr._core.relevance`); ``None``
-            for methods that need no relevance.
+            for methods that need no relevance (and for blocks a rule does not read).
+        input_relevance (Tensor or None): ``(N, T, D)`` the LRP relevance of
+            ``tokens``, for rules that continue the relevance pass through block 0.
         block_inputs (list of Tensor or None): per block, the tokens ``(N, T, D)``
             entering it (the residual stream; ``block_inputs[0]`` is ``tokens``);
             ``None`` in the trace of the relevance pass.
@@ -72,6 +74,7 @@ class AttentionTrace:
     relevances: Optional[List[Tensor]] = None
     block_inputs: Optional[List[Tensor]] = None
     block_gradients: Optional[List[Tensor]] = None
+    input_relevance: Optional[Tensor] = None
 
 
 def check_start_layer(start_layer: int, num_blocks: int) -> None:
@@ -343,10 +346,11 @@ class AttentionAttribution(Attribution):
             # replay's autograd graph cannot save: it works on a normal copy.
             tokens = record.tokens.clone() if record.tokens.is_inference() else record.tokens
             parts = self._adapter.parts()
-            # The replay runs in the precision of the model's weights, also under autocast.
-            tokens = tokens.detach().to(parts.blocks[0].qkv_weight.dtype)
+            # The replay runs at least in the precision of the model's weights, also
+            # under autocast (wider where a rule asked for wider tokens).
+            dtype = torch.promote_types(tokens.dtype, parts.blocks[0].qkv_weight.dtype)
             with torch.autocast(tokens.device.type, enabled=False):
-                result = attention_relevance(parts, tokens, target)
+                result = self._relevance(parts, tokens.detach().to(dtype), target)
         return AttentionTrace(
             attentions=result.attentions,
             gradients=result.gradients,
@@ -356,7 +360,13 @@ class AttentionAttribution(Attribution):
             num_prefix_tokens=self._adapter.num_prefix_tokens,
             grid=record.grid,
             relevances=result.relevances,
+            input_relevance=result.input_relevance,
         )
+
+    def _relevance(self, parts: ViTParts, tokens: Tensor, target: TargetType) -> AttentionRelevance:
+        """The relevance pass of :attr:`Needs.RELEVANCE`; a rule that reads less (no
+        gradients, only the last blocks) or more (``input_relevance``) overrides it."""
+        return attention_relevance(parts, tokens, target)
 
     @staticmethod
     def _patch_grid(row: Tensor, trace: AttentionTrace) -> Tensor:

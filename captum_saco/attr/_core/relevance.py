@@ -116,6 +116,31 @@ def z_rule_rescaled(skip: Tensor, branch: Tensor, relevance: Tensor) -> Tuple[Te
     )
 
 
+def z_box(conv: nn.Conv2d, inputs: Tensor, relevance: Tensor, low: Tensor, high: Tensor) -> Tensor:
+    """The z^B rule (Montavon et al., 2017; zennit's ``ZBox``) through the
+    convolution ``conv`` (bias ignored) for inputs bounded by ``low`` and ``high``
+    (broadcastable to ``inputs``): with ``z = conv_w(x) - conv_w+(low) - conv_w-(high)
+    + 1e-9``, the input relevance is ``x * conv_w^T(R / z) - low * conv_w+^T(R / z)
+    - high * conv_w-^T(R / z)``, computed in ``inputs.dtype``.
+    """
+    weight = conv.weight.to(inputs.dtype)
+    positive, negative = weight.clamp(min=0), weight.clamp(max=0)
+    low, high = low.expand_as(inputs), high.expand_as(inputs)
+    layout = (conv.stride, conv.padding, conv.dilation, conv.groups)
+
+    def forward(x: Tensor, w: Tensor) -> Tensor:
+        return F.conv2d(x, w, None, *layout)
+
+    def backward(scale: Tensor, w: Tensor) -> Tensor:
+        return torch.nn.grad.conv2d_input(inputs.shape, w, scale, *layout)
+
+    scale = relevance / (
+        forward(inputs, weight) - forward(low, positive) - forward(high, negative) + _EPSILON
+    )
+    result = inputs * backward(scale, weight) - low * backward(scale, positive)
+    return result - high * backward(scale, negative)
+
+
 @dataclass(frozen=True)
 class LRPRules:
     """The rules of one LRP method, by the kind of layer they pass relevance through.
@@ -206,12 +231,14 @@ def embedding_in(adapter: ViTAdapter, dtype: torch.dtype) -> Iterator[None]:
             module.stride, module.padding, module.dilation, module.groups,
         )  # fmt: skip
 
-    handle = conv.register_forward_hook(recompute) if conv.weight.dtype != dtype else None
-    try:
-        yield
-    finally:
-        if handle is not None:
-            handle.remove()
+    # Held with the model's capture lock, so that no other thread's call sees the hook.
+    with _model_lock(adapter.model):
+        handle = conv.register_forward_hook(recompute) if conv.weight.dtype != dtype else None
+        try:
+            yield
+        finally:
+            if handle is not None:
+                handle.remove()
 
 
 def _replay(parts: ViTParts, tokens: Tensor) -> Tuple[List[BlockRecord], Tensor, Tensor]:
