@@ -58,7 +58,9 @@ def resolve_target(output: Tensor, target: TargetType) -> Tuple[Tensor, Tensor]:
                 f"target: a tuple target must index all {output.dim() - 1} non-batch "
                 f"dimensions of the output of shape {tuple(output.shape)}, got {target!r}"
             )
-        scores = torch.stack([_class_rows(output, t[:-1], i) for i, t in enumerate(per_example)])
+        scores = torch.stack(
+            [_class_rows(output, t[:-1], i) for i, t in enumerate(per_example)]
+        )
         classes = torch.tensor([t[-1] for t in per_example], device=device)
     else:
         if output.dim() != 2:

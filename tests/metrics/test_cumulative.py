@@ -47,12 +47,7 @@ def test_deletion_curve_removes_the_most_salient_features_first(tiny):
 def test_least_salient_first_order_removes_from_the_bottom(tiny):
     model, x, attributions = tiny
     curve = deletion_curve(
-        model,
-        x,
-        attributions,
-        baselines=0.0,
-        target=0,
-        fractions=(0.25, 0.5),
+        model, x, attributions, baselines=0.0, target=0, fractions=(0.25, 0.5),
         order="least_salient_first",
     )
     # Removes feature 0, then features 0 and 3.
@@ -120,22 +115,12 @@ def test_agrees_with_a_naive_per_example_loop(cnn, images, order):
     baseline = x.mean(dim=(2, 3), keepdim=True)
     fractions = (0.1, 0.3, 0.5, 0.7, 0.9)
     curve = deletion_curve(
-        model,
-        x,
-        attributions,
-        target=3,
-        fractions=fractions,
-        order=order,
+        model, x, attributions, target=3, fractions=fractions, order=order,
         max_examples_per_batch=6,
     )
     for i in range(4):
         expected = naive_curve(
-            model,
-            x[i],
-            attributions[i].sum(0),
-            baseline[i],
-            3,
-            fractions,
+            model, x[i], attributions[i].sum(0), baseline[i], 3, fractions,
             least_first=order == "least_salient_first",
         )
         assert curve.probabilities[i].tolist() == pytest.approx(expected, abs=1e-12)
@@ -156,24 +141,14 @@ def test_per_example_superpixels_give_each_example_its_curve_alone(cnn, images, 
     attributions = torch.randn(4, 3, 8, 8)
     fractions = (0.25, 0.5, 0.75)
     curve = deletion_curve(
-        cnn,
-        images,
-        attributions,
-        fractions=fractions,
-        feature_mask=masks,
-        order=order,
+        cnn, images, attributions, fractions=fractions, feature_mask=masks, order=order,
         max_examples_per_batch=1,
     )
     assert curve.n_removed.tolist() == [[0, 4, 8, 12], [0, 2, 4, 6], [0, 0, 1, 2], [0, 2, 4, 6]]
     for i in range(4):
         alone = deletion_curve(
-            cnn,
-            images[i : i + 1],
-            attributions[i : i + 1],
-            fractions=fractions,
-            feature_mask=masks[i : i + 1],
-            order=order,
-            max_examples_per_batch=1,
+            cnn, images[i : i + 1], attributions[i : i + 1], fractions=fractions,
+            feature_mask=masks[i : i + 1], order=order, max_examples_per_batch=1,
         )
         assert curve.n_removed[i].tolist() == alone.n_removed.tolist()
         assert torch.equal(curve.probabilities[i : i + 1], alone.probabilities)
@@ -199,8 +174,7 @@ def test_cumulative_metrics_share_the_saco_conventions(cnn, images):
     assert reference.shape == (4,)
     assert torch.allclose(
         aopc(cnn, images, grid, target=torch.tensor([0, 1, 2, 3]), max_examples_per_batch=5),
-        reference,
-        atol=1e-6,
+        reference, atol=1e-6,
     )
     clean = deletion_curve(cnn, images, grid, target=[0, 1, 2, 3]).probabilities[:, 0]
     details = saco(cnn, images, grid, target=[0, 1, 2, 3], return_details=True)
@@ -216,14 +190,8 @@ def test_removing_everything_reaches_the_baseline_prediction(cnn, images):
 
 def test_probabilities_of_zero_give_finite_lodds(linear_logit):
     model = linear_logit(torch.tensor([200.0, 0.0]))  # removing feature 0 drives p to 0
-    result = lodds(
-        model,
-        torch.ones(1, 2),
-        torch.tensor([[2.0, 1.0]]),
-        baselines=-1.0,
-        target=0,
-        fractions=(0.5,),
-    )
+    result = lodds(model, torch.ones(1, 2), torch.tensor([[2.0, 1.0]]), baselines=-1.0,
+                   target=0, fractions=(0.5,))
     assert bool(torch.isfinite(result).all())
 
 

@@ -80,7 +80,9 @@ def test_tied_salience_keeps_flattened_index_order(linear_logit):
     model = linear_logit(torch.tensor([0.0, 5.0, 0.0]))
     x = torch.ones(1, 3)
     attributions = torch.tensor([[2.0, 1.0, 1.0]])
-    details = saco(model, x, attributions, baselines=0.0, target=0, n_groups=2, return_details=True)
+    details = saco(
+        model, x, attributions, baselines=0.0, target=0, n_groups=2, return_details=True
+    )
     assert details.group_size.tolist() == [[2, 1]]
     assert details.probability_drop[0, 1] == 0
     assert details.coefficient.tolist() == [1.0]
@@ -193,11 +195,7 @@ def test_additional_forward_args_are_passed_per_example(cnn, images):
 
     attributions = torch.rand(4, 8, 8)
     result = saco(
-        scaled,
-        images,
-        attributions,
-        additional_forward_args=(temperature, 0.5),
-        target=1,
+        scaled, images, attributions, additional_forward_args=(temperature, 0.5), target=1,
         max_examples_per_batch=7,
     )
     for i in range(4):

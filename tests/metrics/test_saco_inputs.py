@@ -67,11 +67,7 @@ def test_token_inputs_are_grouped_over_tokens():
     # The same features described as regions of the flattened input.
     token_of_element = torch.arange(tokens).repeat_interleave(dim)[None]
     flat = saco(
-        head,
-        x.flatten(1),
-        attributions.flatten(1),
-        baselines=0.0,
-        n_groups=3,
+        head, x.flatten(1), attributions.flatten(1), baselines=0.0, n_groups=3,
         feature_mask=token_of_element,
     )
     assert torch.allclose(flat, result)
@@ -99,9 +95,7 @@ def test_tuple_inputs_of_different_kinds_with_per_input_baselines(cnn, images, a
 
     bias = torch.randn(4, 5)
     result = saco(
-        image_and_bias,
-        (images, bias),
-        (attributions, torch.zeros(4, 5)),
+        image_and_bias, (images, bias), (attributions, torch.zeros(4, 5)),
         baselines=(None, 0.0),
     )
     assert result.shape == (4,)
@@ -119,12 +113,8 @@ def test_feature_mask_regions_behave_like_pixels_of_a_coarser_image(cnn):
     coarse = saco(lambda z: cnn(upsample(z)), small, small_attr, baselines=0.0, n_groups=5)
     block_ids = 10 * torch.arange(16).reshape(1, 1, 4, 4) + 7  # any integers, ordered
     fine = saco(
-        cnn,
-        upsample(small),
-        upsample(small_attr[:, None])[:, 0] / 4,
-        baselines=0.0,
-        n_groups=5,
-        feature_mask=upsample(block_ids.float()).long(),
+        cnn, upsample(small), upsample(small_attr[:, None])[:, 0] / 4, baselines=0.0,
+        n_groups=5, feature_mask=upsample(block_ids.float()).long(),
     )
     assert torch.allclose(fine, coarse, atol=1e-6)
 
@@ -154,30 +144,22 @@ def block_regions(block_shapes: List[Tuple[int, int]]) -> Tensor:
     """Per-example ``(N, 1, 8, 8)`` superpixels: example ``n`` is tiled by ``block_shapes[n]``
     blocks, ids ``0..F_n-1`` in row-major block order."""
     rows, cols = torch.arange(8)[:, None], torch.arange(8)[None, :]
-    return torch.stack([((rows // h) * (8 // w) + cols // w)[None] for h, w in block_shapes])
+    return torch.stack(
+        [((rows // h) * (8 // w) + cols // w)[None] for h, w in block_shapes]
+    )
 
 
 def test_per_example_superpixels_score_each_example_as_if_alone(cnn, images, attributions):
     masks = block_regions([(2, 2), (4, 2), (4, 4), (1, 8)])  # 16, 8, 4 and 8 regions
     details = saco(
-        cnn,
-        images,
-        attributions,
-        feature_mask=masks,
-        n_groups=4,
-        max_examples_per_batch=1,
-        return_details=True,
+        cnn, images, attributions, feature_mask=masks, n_groups=4,
+        max_examples_per_batch=1, return_details=True,
     )
     assert details.group_size.tolist() == [[4] * 4, [2] * 4, [1] * 4, [2] * 4]
     for i in range(4):
         alone = saco(
-            cnn,
-            images[i : i + 1],
-            attributions[i : i + 1],
-            feature_mask=masks[i : i + 1],
-            n_groups=4,
-            max_examples_per_batch=1,
-            return_details=True,
+            cnn, images[i : i + 1], attributions[i : i + 1], feature_mask=masks[i : i + 1],
+            n_groups=4, max_examples_per_batch=1, return_details=True,
         )
         assert torch.equal(details.coefficient[i : i + 1], alone.coefficient)
         assert torch.equal(details.group_salience[i : i + 1], alone.group_salience)
@@ -197,12 +179,8 @@ def test_example_with_fewer_regions_than_groups_gives_nan_and_one_warning(
     assert torch.isnan(result[1])
     for i in [0, 2, 3]:
         alone = saco(
-            cnn,
-            images[i : i + 1],
-            attributions[i : i + 1],
-            feature_mask=masks[i : i + 1],
-            n_groups=4,
-            max_examples_per_batch=1,
+            cnn, images[i : i + 1], attributions[i : i + 1], feature_mask=masks[i : i + 1],
+            n_groups=4, max_examples_per_batch=1,
         )
         assert torch.equal(result[i : i + 1], alone)
 
@@ -353,9 +331,7 @@ def test_feature_mask_errors_name_the_mask(cnn, images):
         saco(cnn, images, torch.rand(4, 8, 8), feature_mask=by_channel)
     with pytest.raises(ValueError, match=r"feature_mask.*broadcastable"):
         saco(
-            cnn,
-            images,
-            torch.rand(4, 8, 8),
+            cnn, images, torch.rand(4, 8, 8),
             feature_mask=torch.zeros(1, 1, 4, 4, dtype=torch.long),
         )
 
@@ -385,13 +361,8 @@ def test_user_tensors_are_not_modified(cnn, images, attributions):
     originals = [t.clone() for t in (images, attributions, baseline, mask, scale)]
     state = {k: v.clone() for k, v in cnn.state_dict().items()}
     saco(
-        lambda x, s: cnn(x) * s[:, None],
-        images,
-        attributions,
-        baselines=baseline,
-        additional_forward_args=(scale,),
-        feature_mask=mask,
-        n_groups=4,
+        lambda x, s: cnn(x) * s[:, None], images, attributions, baselines=baseline,
+        additional_forward_args=(scale,), feature_mask=mask, n_groups=4,
         max_examples_per_batch=5,
     )
     for before, after in zip(originals, (images, attributions, baseline, mask, scale)):

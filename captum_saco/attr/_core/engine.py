@@ -126,7 +126,9 @@ class AttentionAttribution(Attribution):
     def __init__(self, model: nn.Module, forward_func: Optional[Callable] = None) -> None:
         self._adapter: ViTAdapter = adapter_for(model)
         if forward_func is not None and not callable(forward_func):
-            raise TypeError(f"forward_func: expected a callable, got {type(forward_func).__name__}")
+            raise TypeError(
+                f"forward_func: expected a callable, got {type(forward_func).__name__}"
+            )
         self.model = model
         super().__init__(model if forward_func is None else forward_func)
 

@@ -176,21 +176,8 @@ def _block_forward(
     if block.ls2 is not None:
         mlp_branch = mlp_branch * block.ls2
     return _BlockRecord(
-        rows,
-        skip,
-        normed,
-        q,
-        k,
-        v,
-        scores,
-        attention,
-        context,
-        merged,
-        attention_branch,
-        mid,
-        mlp_in,
-        hidden,
-        mlp_branch,
+        rows, skip, normed, q, k, v, scores, attention, context, merged, attention_branch,
+        mid, mlp_in, hidden, mlp_branch,
     )
 
 

@@ -264,16 +264,8 @@ def aopc(
         torch.Size([2])
     """
     return deletion_curve(
-        forward_func,
-        inputs,
-        attributions,
-        baselines,
-        additional_forward_args,
-        target,
-        fractions,
-        feature_mask,
-        max_examples_per_batch,
-        order=order,
+        forward_func, inputs, attributions, baselines, additional_forward_args, target,
+        fractions, feature_mask, max_examples_per_batch, order=order,
         apply_softmax=apply_softmax,
     ).aopc()
 
@@ -314,16 +306,8 @@ def lodds(
         torch.Size([2])
     """
     return deletion_curve(
-        forward_func,
-        inputs,
-        attributions,
-        baselines,
-        additional_forward_args,
-        target,
-        fractions,
-        feature_mask,
-        max_examples_per_batch,
-        order=order,
+        forward_func, inputs, attributions, baselines, additional_forward_args, target,
+        fractions, feature_mask, max_examples_per_batch, order=order,
         apply_softmax=apply_softmax,
     ).log_odds()
 
@@ -365,16 +349,8 @@ def auc(
         torch.Size([2])
     """
     return deletion_curve(
-        forward_func,
-        inputs,
-        attributions,
-        baselines,
-        additional_forward_args,
-        target,
-        fractions,
-        feature_mask,
-        max_examples_per_batch,
-        order=order,
+        forward_func, inputs, attributions, baselines, additional_forward_args, target,
+        fractions, feature_mask, max_examples_per_batch, order=order,
         apply_softmax=apply_softmax,
     ).auc()
 
@@ -421,15 +397,7 @@ def comprehensiveness(
         torch.Size([2])
     """
     return deletion_curve(
-        forward_func,
-        inputs,
-        attributions,
-        baselines,
-        additional_forward_args,
-        target,
-        fractions,
-        feature_mask,
-        max_examples_per_batch,
-        order="least_salient_first",
+        forward_func, inputs, attributions, baselines, additional_forward_args, target,
+        fractions, feature_mask, max_examples_per_batch, order="least_salient_first",
         apply_softmax=apply_softmax,
     ).aopc()

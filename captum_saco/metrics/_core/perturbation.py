@@ -141,7 +141,9 @@ def _feature_map(attribution: Tensor, x: Tensor, index: int, n_inputs: int) -> T
         grid = tuple(a.shape[d] for d in feature_dims)
         same_grid = grid == feature_shape
         reduced_ok = all(a.shape[d] in (1, x.shape[d]) for d in reduced_dims)
-        smaller_grid = len(feature_dims) > 1 and all(g <= s for g, s in zip(grid, feature_shape))
+        smaller_grid = len(feature_dims) > 1 and all(
+            g <= s for g, s in zip(grid, feature_shape)
+        )
         if (same_grid and reduced_ok) or (not same_grid and smaller_grid):
             a = a.sum(dim=reduced_dims)
         else:
@@ -320,7 +322,9 @@ def resolve_baselines(inputs: Tuple[Tensor, ...], baselines: BaselineType) -> Tu
             )
             continue
         if isinstance(b, bool) or not isinstance(b, (int, float, Tensor)):
-            raise TypeError(f"{where}: expected None, a number or a tensor, got {type(b).__name__}")
+            raise TypeError(
+                f"{where}: expected None, a number or a tensor, got {type(b).__name__}"
+            )
         b = torch.as_tensor(b).detach().to(device=x.device, dtype=x.dtype)
         if b.dim() > x.dim():
             b_ok = False

@@ -250,10 +250,8 @@ def saco(
     ranking = rank_features(inputs_t, attributions, feature_mask)
     feature_counts = ranking.feature_counts
     max_features = int(feature_counts.max())
-    if (
-        isinstance(n_groups, bool)
-        or not isinstance(n_groups, int)
-        or not (2 <= n_groups <= max_features)
+    if isinstance(n_groups, bool) or not isinstance(n_groups, int) or not (
+        2 <= n_groups <= max_features
     ):
         raise ValueError(
             f"n_groups: expected an int between 2 and the number of features "
