@@ -12,14 +12,18 @@ first process prints and writes the gathered table.
 import argparse
 import importlib
 import os
+import signal
 import sys
 import tempfile
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.utils.data import Dataset, TensorDataset
 
 from captum_saco.evaluation import (
     DEFAULT_METHODS,
@@ -30,12 +34,12 @@ from captum_saco.evaluation import (
     evaluate,
     saco_case_study,
 )
+from captum_saco.evaluation.data import Source
 from captum_saco.evaluation.registry import logits_of
 from captum_saco.visualization import plot_evaluation
 
 EMBEDDED_MODEL = "fashion_mnist_vit"
 DEFAULT_LIMIT = 200
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 
 
 class CliError(Exception):
@@ -71,16 +75,8 @@ def _int_in(low: int, high: int, what: str) -> Callable[[str], int]:
 _positive_int = _int_in(1, sys.maxsize, "a positive integer")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="captum-saco",
-        description=(
-            "Evaluate the faithfulness of explanation methods with SaCo and the "
-            "cumulative deletion metrics. With no arguments: the embedded "
-            "Fashion-MNIST ViT on its shipped test images, offline."
-        ),
-        epilog=f"methods: {', '.join(METHODS)}; metrics: {', '.join(METRICS)}",
-    )
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    """--model, --pretrained, --images, --limit, --target, --workers."""
     parser.add_argument(
         "--model",
         default=EMBEDDED_MODEL,
@@ -97,16 +93,38 @@ def build_parser() -> argparse.ArgumentParser:
         "--images",
         type=Path,
         help=(
-            "a folder of images, resized and normalised by the model's data config; "
-            "default: the shipped Fashion-MNIST test images (embedded model only)"
+            "a folder of images, flat or one subfolder per class (ImageFolder layout), read "
+            "as a stream and resized and normalised by the model's data config; default: "
+            "the shipped Fashion-MNIST test images (embedded model only)"
         ),
     )
     parser.add_argument(
         "--limit",
         type=_positive_int,
-        default=DEFAULT_LIMIT,
-        help=f"evaluate the first N images (default {DEFAULT_LIMIT})",
+        help=(
+            "evaluate the first N images (default: every file of --images, or the first "
+            f"{DEFAULT_LIMIT} shipped images)"
+        ),
     )
+    parser.add_argument(
+        "--target",
+        choices=["predicted", "label"],
+        default="predicted",
+        help=(
+            "the class explained and scored: the model's prediction (default, the paper's "
+            "setting) or the true label (needs class subfolders in --images)"
+        ),
+    )
+    parser.add_argument(
+        "--workers",
+        type=_int_in(0, 1024, "a non-negative integer"),
+        default=0,
+        help="processes reading --images (default 0: read in the main process)",
+    )
+
+
+def _add_evaluation_options(parser: argparse.ArgumentParser) -> None:
+    """--methods, --metrics, --n-groups, --batch-size, --device, --seed."""
     parser.add_argument(
         "--methods",
         nargs="+",
@@ -134,12 +152,43 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="seed of random attribution (default 0)",
     )
+
+
+def _add_output_options(parser: argparse.ArgumentParser) -> None:
+    """--output, --plot, --per-image, --resume, --no-progress."""
     parser.add_argument("--output", help="write the table to FILE (.json, .csv or .md)")
     parser.add_argument(
         "--plot",
         help="write a PNG: bars per method and metric, and SaCo's case study of the first image",
     )
+    parser.add_argument(
+        "--per-image",
+        metavar="FILE",
+        help=(
+            "write one row per image and method to FILE (.jsonl or .csv), batch by batch: "
+            "image, label, target, probability, method, then each metric"
+        ),
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="with --per-image: skip the images already in FILE and finish the run",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="captum-saco",
+        description=(
+            "Evaluate the faithfulness of explanation methods with SaCo and the "
+            "cumulative deletion metrics. With no arguments: the embedded "
+            "Fashion-MNIST ViT on its shipped test images, offline."
+        ),
+        epilog=f"methods: {', '.join(METHODS)}; metrics: {', '.join(METRICS)}",
+    )
+    for add_options in (_add_data_options, _add_evaluation_options, _add_output_options):
+        add_options(parser)
     return parser
 
 
@@ -168,6 +217,10 @@ def _check_output_paths(args: argparse.Namespace) -> None:
         _check_writable("--output", args.output, (".json", ".csv", ".md"))
     if args.plot is not None:
         _check_writable("--plot", args.plot, (".png",))
+    if args.per_image is not None:
+        _check_writable("--per-image", args.per_image, (".jsonl", ".csv"))
+    elif args.resume:
+        raise CliError("--resume needs --per-image FILE, the results to resume from")
 
 
 def _check_names(methods: List[str], metrics: List[str]) -> None:
@@ -227,32 +280,30 @@ def _load_model(name: str, pretrained: bool) -> nn.Module:
         )
 
 
-def _load_images(folder: Path, model: nn.Module, limit: int) -> Tensor:
-    if not folder.is_dir():
-        raise CliError(f"--images {str(folder)!r} is not a folder")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
-    if not files:
-        raise CliError(
-            f"--images {str(folder)!r} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})"
-        )
+def _transform(model_name: str, model: nn.Module) -> Tuple[Callable[..., Tensor], str]:
+    """The preprocessing of an image file for the model, and the PIL mode."""
+    if model_name == EMBEDDED_MODEL:
+        from captum_saco.datasets import fashion_mnist_transform
+
+        return fashion_mnist_transform(), "L"
     try:
-        from PIL import Image
         from timm.data import create_transform, resolve_data_config
     except ImportError:
         raise CliError(
             "--images needs timm, torchvision and Pillow: pip install 'captum-saco[timm]'"
         )
     config = resolve_data_config(model=model)
-    transform = create_transform(**config)
-    mode = "L" if config["input_size"][0] == 1 else "RGB"
-    images = []
-    for path in files:
-        try:
-            with Image.open(path) as image:
-                images.append(transform(image.convert(mode)))
-        except (OSError, Image.DecompressionBombError) as e:
-            raise CliError(f"cannot read the image {str(path)!r}: {e}")
-    return torch.stack(images)
+    return create_transform(**config), "L" if config["input_size"][0] == 1 else "RGB"
+
+
+def _load_images(args: argparse.Namespace, model: nn.Module) -> Dataset:
+    from captum_saco.datasets import ImageFiles
+
+    transform, mode = _transform(args.model, model)
+    try:
+        return ImageFiles(args.images, transform, mode, limit=args.limit)
+    except ValueError as e:
+        raise CliError(f"--images {str(e).removeprefix('root: ')}")
 
 
 def _check_model_accepts(name: str, model: nn.Module, x: Tensor) -> None:
@@ -276,14 +327,23 @@ def _check_model_accepts(name: str, model: nn.Module, x: Tensor) -> None:
         )
 
 
-def _load_data(args: argparse.Namespace, model: nn.Module) -> Tensor:
+def _load_data(args: argparse.Namespace, model: nn.Module) -> Dataset:
     if args.images is not None:
-        return _load_images(args.images, model, args.limit)
+        return _load_images(args, model)
     if args.model != EMBEDDED_MODEL:
         raise CliError("--model needs --images: the shipped images fit only the embedded model")
     from captum_saco.datasets import load_fashion_mnist_samples
 
-    return load_fashion_mnist_samples(limit=args.limit).images
+    samples = load_fashion_mnist_samples(limit=args.limit or DEFAULT_LIMIT)
+    return TensorDataset(samples.images, samples.labels)
+
+
+def _first_image(args: argparse.Namespace, data: Dataset) -> Tensor:
+    """The first readable image, ``(1, ...)``."""
+    try:
+        return Source(data).first_image()[1][None]
+    except ValueError:
+        raise CliError(f"--images {str(args.images)!r} holds no readable image")
 
 
 def _check_device(name: str) -> torch.device:
@@ -322,7 +382,7 @@ def _write_outputs(
     args: argparse.Namespace,
     result: EvaluationResult,
     model: nn.Module,
-    images: Tensor,
+    first: Tensor,
     methods: List[str],
 ) -> None:
     if args.output is not None:
@@ -331,13 +391,20 @@ def _write_outputs(
         except OSError as e:
             raise CliError(f"--output: cannot write {args.output!r}: {e}")
     if args.plot is not None:
-        study = saco_case_study(model, images, 0, methods, n_groups=args.n_groups, seed=args.seed)
+        study = saco_case_study(model, first, 0, methods, n_groups=args.n_groups, seed=args.seed)
         try:
-            plot_evaluation(result, args.plot, study, images[0])
+            plot_evaluation(result, args.plot, study, first[0])
         except ImportError as e:
             raise CliError(f"--plot: {e}")
         except OSError as e:
             raise CliError(f"--plot: cannot write {args.plot!r}: {e}")
+
+
+def _check_target(args: argparse.Namespace, data: Dataset) -> None:
+    if args.target == "label" and getattr(data, "classes", None) == []:
+        raise CliError(
+            f"--target label needs class subfolders in --images; {str(args.images)!r} is flat"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -349,11 +416,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         is_main = not distributed or dist.get_rank() == 0
         model = _load_model(args.model, args.pretrained).eval().to(device)
-        images = _load_data(args, model)
-        _check_model_accepts(args.model, model, images[:1].to(device))
+        data = _load_data(args, model)
+        _check_target(args, data)
+        first = _first_image(args, data).to(device)
+        _check_model_accepts(args.model, model, first)
         result = evaluate(
             model,
-            images,
+            data,
+            targets=args.target,
             methods=methods,
             metrics=metrics,
             n_groups=args.n_groups,
@@ -361,22 +431,72 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             progress=not args.no_progress,
             model_name=args.model,
+            workers=args.workers,
+            per_image_file=args.per_image,
+            resume=args.resume,
         )
         if is_main:
-            print(result.format_table())
-            _write_outputs(args, result, model, images, methods)
+            print(result)
+            _write_outputs(args, result, model, first, methods)
     finally:
         if distributed and dist.is_initialized():
             dist.destroy_process_group()
     return 0
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's kill, torchrun's shutdown), handled as Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Turn SIGTERM into an exception, so that the run stops as on Ctrl-C:
+    the batch under way is dropped and the per-image file stays valid."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise _Terminated(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupted(args: argparse.Namespace, error: KeyboardInterrupt) -> int:
+    signum = getattr(error, "signum", signal.SIGINT)
+    if args.per_image is None:
+        hint = (
+            "nothing was kept; with --per-image FILE a rerun with --resume keeps finished batches"
+        )
+    else:
+        again = "the same command" if args.resume else "the same command with --resume"
+        hint = f"the finished batches are in {args.per_image}; rerun {again} to finish"
+    print(
+        f"captum-saco: interrupted by {signal.Signals(signum).name}; {hint}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return 128 + signum
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command; returns the exit status (0 on success, 2 on a
-    problem the user can fix, reported as one sentence on stderr)."""
+    problem the user can fix, reported as one sentence on stderr, 128 +
+    the signal's number when interrupted by SIGINT or SIGTERM)."""
     args = build_parser().parse_args(argv)
     try:
-        return run(args)
+        with _sigterm_interrupts():
+            return run(args)
     except CliError as e:
         print(f"captum-saco: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:
+        return _interrupted(args, e)

@@ -2,8 +2,10 @@ import csv
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ import torch
 from PIL import Image
 
 from captum_saco.cli import DEFAULT_LIMIT, build_parser, main
+from captum_saco.datasets import fashion_mnist, load_fashion_mnist_vit
 from captum_saco.evaluation import DEFAULT_METHODS, DEFAULT_METRICS
 
 FAST = ["--methods", "random", "saliency", "--metrics", "saco", "aopc", "--no-progress"]
@@ -27,6 +30,14 @@ def tiny_cnn() -> torch.nn.Module:
         torch.nn.Flatten(),
         torch.nn.Linear(8, 4),
     )
+
+
+def slow_fashion_vit() -> torch.nn.Module:
+    """The embedded ViT slowed down by 20 ms per forward call, so that a test
+    can interrupt a run mid-way."""
+    model = load_fashion_mnist_vit()
+    model.register_forward_pre_hook(lambda module, args: time.sleep(0.02))
+    return model
 
 
 def not_a_model() -> str:
@@ -89,7 +100,8 @@ def grey_folder(tmp_path) -> Path:
 def test_defaults_are_the_embedded_model_all_methods_and_metrics() -> None:
     args = build_parser().parse_args([])
     assert args.model == "fashion_mnist_vit" and args.images is None
-    assert args.limit == DEFAULT_LIMIT and args.n_groups == 10
+    assert args.limit is None and args.n_groups == 10
+    assert f"first {DEFAULT_LIMIT} shipped images" in build_parser().format_help()
 
 
 def test_all_default_methods_and_metrics_print_one_table(capsys) -> None:
@@ -100,7 +112,9 @@ def test_all_default_methods_and_metrics_print_one_table(capsys) -> None:
     assert [line.split()[0] for line in lines[2 : 2 + len(DEFAULT_METHODS)]] == list(
         DEFAULT_METHODS
     )
-    assert "fashion_mnist_vit, 2 images" in lines[-1]
+    legend = lines[2 + len(DEFAULT_METHODS) + 1]
+    assert legend.startswith("fashion_mnist_vit, 2 images")
+    assert "Paired comparison with random" in out
 
 
 def test_json_output_follows_the_schema(capsys, tmp_path) -> None:
@@ -115,7 +129,9 @@ def test_json_output_follows_the_schema(capsys, tmp_path) -> None:
         ("saliency", "saco"),
         ("saliency", "aopc"),
     ]
-    assert all(set(r) == {"method", "metric", "mean", "std", "n", "nan"} for r in data["results"])
+    assert all(
+        set(r) == {"method", "metric", "mean", "std", "n", "nan", "ci95"} for r in data["results"]
+    )
     assert f"{data['results'][0]['mean']:.4f}" in out
 
 
@@ -207,16 +223,31 @@ def test_user_errors_are_one_sentence_and_exit_status_2(capsys, args, match) -> 
     assert_one_sentence_error(rc, err, match)
 
 
-def test_a_folder_without_images_is_a_clear_error(capsys, tmp_path) -> None:
+def test_a_folder_without_readable_images_is_a_clear_error(capsys, tmp_path) -> None:
     (tmp_path / "notes.txt").write_text("no images here")
-    rc, _, err = run_cli(capsys, "--images", str(tmp_path))
-    assert_one_sentence_error(rc, err, "holds no image files")
-
-
-def test_an_unreadable_image_is_a_clear_error(capsys, tmp_path) -> None:
     (tmp_path / "broken.png").write_bytes(b"not a png")
-    rc, _, err = run_cli(capsys, "--images", str(tmp_path), *FAST)
-    assert_one_sentence_error(rc, err, "cannot read the image")
+    rc, _, err = run_cli(capsys, "--images", str(tmp_path))
+    assert_one_sentence_error(rc, err, "holds no readable image")
+
+
+def test_an_empty_folder_is_a_clear_error(capsys, tmp_path) -> None:
+    rc, _, err = run_cli(capsys, "--images", str(tmp_path))
+    assert_one_sentence_error(rc, err, "holds no files")
+
+
+def test_unreadable_files_are_skipped_with_a_warning_naming_each_and_counted(
+    capsys, grey_folder, tmp_path
+) -> None:
+    (grey_folder / "broken.png").write_bytes(b"not a png")
+    path = tmp_path / "t.json"
+    with pytest.warns(UserWarning) as caught:
+        rc, out, _ = run_cli(capsys, "--images", str(grey_folder), *FAST, "--output", str(path))
+    assert rc == 0
+    skipped = sorted(str(w.message).split("'")[1] for w in caught if "unreadable" in str(w.message))
+    assert skipped == ["broken.png", "notes.txt"]
+    data = json.loads(path.read_text())
+    assert data["n_images"] == 3 and data["n_skipped"] == 2
+    assert "3 images (2 unreadable skipped)" in out
 
 
 def test_pretrained_weights_that_cannot_be_downloaded_are_a_clear_error(
@@ -289,18 +320,7 @@ def test_torchrun_with_two_processes_gives_the_single_process_table(capsys, tmp_
     ]
     distributed = tmp_path / "distributed.json"
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node=2",
-            "--standalone",
-            "-m",
-            "captum_saco",
-            *args,
-            "--output",
-            str(distributed),
-        ],
+        [*_command(True), *args, "--output", str(distributed)],
         capture_output=True,
         text=True,
         env=_subprocess_env(),
@@ -361,10 +381,17 @@ def test_a_model_that_does_not_accept_its_resized_images_is_a_clear_error(
     assert_one_sentence_error(rc, err, "does not accept the images as prepared for it (3x224x224)")
 
 
-def test_a_decompression_bomb_is_a_clear_error(capsys, tmp_path) -> None:
+def test_a_decompression_bomb_alone_is_a_clear_error(capsys, tmp_path) -> None:
     decompression_bomb_png(tmp_path / "bomb.png")
     rc, _, err = run_cli(capsys, "--images", str(tmp_path), *FAST)
-    assert_one_sentence_error(rc, err, "bomb.png")
+    assert_one_sentence_error(rc, err, "holds no readable image")
+
+
+def test_a_decompression_bomb_among_images_is_skipped_with_a_warning(capsys, grey_folder) -> None:
+    decompression_bomb_png(grey_folder / "bomb.png")
+    with pytest.warns(UserWarning, match="'bomb.png': DecompressionBombError"):
+        rc, out, _ = run_cli(capsys, "--images", str(grey_folder), *FAST)
+    assert rc == 0 and "3 images (2 unreadable skipped)" in out
 
 
 @pytest.mark.parametrize("option, name", [("--output", "d.json"), ("--plot", "d.png")])
@@ -385,3 +412,197 @@ def test_an_output_in_a_read_only_folder_fails_before_any_work(
     # /proc refuses new files even to root, for whom permission bits do not count.
     rc, _, err = run_cli(capsys, option, f"/proc/{name}", *FAST)
     assert_one_sentence_error(rc, err, f"{option}: cannot write in the folder of")
+
+
+def shipped_images_as_pngs(root: Path, n: int, class_folders: bool) -> None:
+    """The first ``n`` shipped Fashion-MNIST test images as the PNG files they
+    were (uint8 pixels), flat or in class subfolders ``c0`` ... ``c9``."""
+    raw = torch.load(fashion_mnist.DATA_DIR / fashion_mnist.SAMPLES_FILE, weights_only=True)
+    for i in range(n):
+        folder = root / f"c{int(raw['labels'][i])}" if class_folders else root
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(raw["images"][i].numpy()).save(folder / f"{i:04d}.png")
+
+
+def test_pngs_of_the_shipped_images_give_the_numbers_of_the_shipped_tensors(
+    capsys, tmp_path
+) -> None:
+    shipped_images_as_pngs(tmp_path / "pngs", 6, class_folders=False)
+    from_files, shipped = tmp_path / "files.json", tmp_path / "shipped.json"
+    args = [*FAST, "--batch-size", "4"]
+    assert (
+        run_cli(capsys, "--images", str(tmp_path / "pngs"), *args, "--output", str(from_files))[0]
+        == 0
+    )
+    assert run_cli(capsys, "--limit", "6", *args, "--output", str(shipped))[0] == 0
+    assert (
+        json.loads(from_files.read_text())["results"] == json.loads(shipped.read_text())["results"]
+    )
+
+
+def test_two_reading_workers_give_the_numbers_of_none(capsys, tmp_path) -> None:
+    shipped_images_as_pngs(tmp_path / "pngs", 6, class_folders=True)
+    tables = []
+    for workers in ["0", "2"]:
+        path = tmp_path / f"w{workers}.json"
+        args = [
+            "--images",
+            str(tmp_path / "pngs"),
+            *FAST,
+            "--batch-size",
+            "4",
+            "--workers",
+            workers,
+        ]
+        assert run_cli(capsys, *args, "--output", str(path))[0] == 0
+        tables.append(json.loads(path.read_text())["results"])
+    assert tables[0] == tables[1]
+
+
+def test_target_label_needs_class_folders(capsys, grey_folder) -> None:
+    rc, _, err = run_cli(capsys, "--images", str(grey_folder), "--target", "label", *FAST)
+    assert_one_sentence_error(rc, err, "--target label needs class subfolders")
+
+
+def test_resume_needs_a_per_image_file(capsys) -> None:
+    rc, _, err = run_cli(capsys, "--resume", *FAST)
+    assert_one_sentence_error(rc, err, "--resume needs --per-image FILE")
+
+
+def test_per_image_csv_has_one_row_per_image_and_method_with_labels_and_targets(
+    capsys, tmp_path
+) -> None:
+    shipped_images_as_pngs(tmp_path / "pngs", 3, class_folders=True)
+    path = tmp_path / "rows.csv"
+    args = ["--images", str(tmp_path / "pngs"), *FAST, "--target", "label"]
+    assert run_cli(capsys, *args, "--per-image", str(path))[0] == 0
+    rows = list(csv.DictReader(io.StringIO(path.read_text())))
+    assert list(rows[0]) == ["image", "label", "target", "probability", "method", "saco", "aopc"]
+    assert [(r["image"], r["method"]) for r in rows] == [
+        (image, method)
+        for image in sorted(
+            str(p.relative_to(tmp_path / "pngs")) for p in (tmp_path / "pngs").rglob("*.png")
+        )
+        for method in ["random", "saliency"]
+    ]
+    classes = sorted(p.name for p in (tmp_path / "pngs").iterdir())
+    assert all(
+        int(r["label"]) == int(r["target"]) == classes.index(r["image"].split("/")[0]) for r in rows
+    )
+    assert all(0 < float(r["probability"]) <= 1 for r in rows)
+
+
+def labelled_folder_with_a_corrupt_file(root: Path) -> Path:
+    shipped_images_as_pngs(root, 200, class_folders=True)
+    (root / "c3" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    return root
+
+
+RESUMABLE = [
+    "--model",
+    "test_cli:slow_fashion_vit",
+    "--target",
+    "label",
+    "--methods",
+    "random,saliency",
+    "--metrics",
+    "saco,aopc",
+    "--batch-size",
+    "8",
+    "--no-progress",
+    "--device",
+    "cpu",
+]
+
+
+def _slow_env() -> dict:
+    # test_cli:slow_fashion_vit is importable from the tests folder.
+    return {**_subprocess_env(), "PYTHONPATH": str(Path(__file__).parent)}
+
+
+def _command(distributed: bool) -> list:
+    launcher = ["-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
+    return [sys.executable, *(launcher if distributed else []), "-m", "captum_saco"]
+
+
+def _rows_written(path: Path) -> int:
+    parts = [path, *path.parent.glob(path.name + ".rank*")]
+    return sum(p.read_text().count("\n") for p in parts if p.exists())
+
+
+def _kill_mid_run(proc: subprocess.Popen, per_image: Path, distributed: bool) -> None:
+    """Wait for two finished batches (2 methods x 8 images each), then send
+    SIGTERM to the command, or to the process of rank 1 under torchrun."""
+    import psutil
+
+    deadline = time.monotonic() + 240
+    while _rows_written(per_image) < 32:
+        assert proc.poll() is None and time.monotonic() < deadline, "no rows written"
+        time.sleep(0.01)
+    victim = proc.pid
+    if distributed:
+        workers = psutil.Process(proc.pid).children(recursive=True)
+        victim = next(w.pid for w in workers if w.environ().get("RANK") == "1")
+    os.kill(victim, signal.SIGTERM)
+
+
+def _assert_valid_jsonl(path: Path) -> int:
+    lines = path.read_text().splitlines()
+    for line in lines:
+        json.loads(line)
+    return len(lines)
+
+
+@pytest.mark.parametrize("distributed", [False, True], ids=["one-process", "torchrun"])
+def test_a_killed_run_resumes_to_exactly_the_table_of_an_uninterrupted_run(
+    tmp_path, distributed
+) -> None:
+    images = labelled_folder_with_a_corrupt_file(tmp_path / "images")
+    common = [*RESUMABLE, "--images", str(images)]
+    reference = tmp_path / "reference.json"
+    done = subprocess.run(
+        [
+            *_command(False),
+            *common,
+            "--per-image",
+            str(tmp_path / "ref.jsonl"),
+            "--output",
+            str(reference),
+        ],
+        capture_output=True,
+        text=True,
+        env=_slow_env(),
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "'c3/corrupt.png'" in done.stderr
+
+    per_image, table = tmp_path / "rows.jsonl", tmp_path / "table.json"
+    args = [*common, "--per-image", str(per_image), "--output", str(table)]
+    proc = subprocess.Popen(
+        [*_command(distributed), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_slow_env(),
+    )
+    _kill_mid_run(proc, per_image, distributed)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and not table.exists()
+    assert "interrupted by SIGTERM" in err and "--resume to finish" in err
+    parts = [per_image] if not distributed else sorted(tmp_path.glob("rows.jsonl.rank*"))
+    written = sum(_assert_valid_jsonl(p) for p in parts)
+    assert 32 <= written < 400 and written % 2 == 0
+
+    resumed = subprocess.run(
+        [*_command(distributed), *args, "--resume"],
+        capture_output=True,
+        text=True,
+        env=_slow_env(),
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    expected, got = json.loads(reference.read_text()), json.loads(table.read_text())
+    assert got == expected and got["n_images"] == 200 and got["skipped"] == ["c3/corrupt.png"]
+    assert per_image.read_text() == (tmp_path / "ref.jsonl").read_text()
+    assert not list(tmp_path.glob("rows.jsonl.rank*"))

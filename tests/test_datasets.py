@@ -95,3 +95,78 @@ def test_missing_data_file_is_a_clear_file_not_found_error(monkeypatch, tmp_path
     monkeypatch.setattr(fashion_mnist, "DATA_DIR", tmp_path)
     with pytest.raises(FileNotFoundError, match="embedded Fashion-MNIST file"):
         load_fashion_mnist_samples()
+
+
+def test_pngs_of_the_shipped_images_read_back_as_the_shipped_tensors(tmp_path) -> None:
+    from PIL import Image
+
+    from captum_saco.datasets import fashion_mnist_transform
+
+    raw = torch.load(fashion_mnist.DATA_DIR / fashion_mnist.SAMPLES_FILE, weights_only=True)
+    transform = fashion_mnist_transform()
+    for i in range(4):
+        Image.fromarray(raw["images"][i].numpy()).save(tmp_path / f"{i}.png")
+    read = torch.stack([transform(Image.open(tmp_path / f"{i}.png")) for i in range(4)])
+    assert torch.equal(read, load_fashion_mnist_samples(limit=4).images)
+
+
+def test_the_embedded_transform_makes_any_image_grey_28_by_28() -> None:
+    from PIL import Image
+
+    from captum_saco.datasets import fashion_mnist_transform
+
+    image = Image.new("RGB", (50, 40), (255, 255, 255))
+    x = fashion_mnist_transform()(image)
+    meta = fashion_mnist_metadata()["data_config"]
+    expected = (1 - meta["mean"][0]) / meta["std"][0]
+    assert x.shape == (1, 28, 28) and torch.allclose(x, torch.full_like(x, expected))
+
+
+def make_files(root, names) -> None:
+    from PIL import Image
+
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("L", (5, 5), 7).save(root / name)
+
+
+def test_class_subfolders_are_labelled_by_their_sorted_position_and_read_recursively(
+    tmp_path,
+) -> None:
+    from captum_saco.datasets import ImageFiles
+
+    make_files(tmp_path, ["n02/b.png", "n01/x/a.png", "n01/c.png", "n03/.hidden.png"])
+    (tmp_path / "n01" / ".cache").mkdir()
+    make_files(tmp_path, ["n01/.cache/z.png"])
+    data = ImageFiles(tmp_path, lambda image: torch.zeros(1), mode="L")
+    assert data.classes == ["n01", "n02", "n03"]
+    assert [data.key(i) for i in range(len(data))] == ["n01/c.png", "n01/x/a.png", "n02/b.png"]
+    assert [label for _, label in data.samples] == [0, 0, 1]
+
+
+def test_a_flat_folder_is_unlabelled_and_limit_keeps_the_first_files(tmp_path) -> None:
+    from captum_saco.datasets import UNLABELLED, ImageFiles
+
+    make_files(tmp_path, ["b.png", "a.png", "c.png"])
+    data = ImageFiles(tmp_path, lambda image: torch.tensor(image.size), limit=2)
+    assert data.classes == [] and [data.key(i) for i in range(len(data))] == ["a.png", "b.png"]
+    image, label = data[1]
+    assert image.tolist() == [5, 5] and label == UNLABELLED
+
+
+@pytest.mark.parametrize(
+    "names, match", [([], "holds no files"), (["a.png", "cls/b.png"], "mixes files and class")]
+)
+def test_folders_that_are_not_a_data_set_are_value_errors(tmp_path, names, match) -> None:
+    from captum_saco.datasets import ImageFiles
+
+    make_files(tmp_path, names)
+    with pytest.raises(ValueError, match=match):
+        ImageFiles(tmp_path, lambda image: image)
+
+
+def test_a_missing_folder_is_a_value_error(tmp_path) -> None:
+    from captum_saco.datasets import ImageFiles
+
+    with pytest.raises(ValueError, match="is not a folder"):
+        ImageFiles(tmp_path / "nope", lambda image: image)

@@ -179,11 +179,34 @@ def result(model, images) -> EvaluationResult:
 
 def test_json_has_exactly_the_documented_schema(result) -> None:
     data = json.loads(result.to_json())
-    assert set(data) == {"model", "n_images", "results"}
+    assert set(data) == {
+        "model",
+        "n_images",
+        "n_skipped",
+        "results",
+        "ci95_method",
+        "comparisons",
+        "p_value_method",
+        "skipped",
+    }
     assert data["n_images"] == 6 and data["model"] == "VisionTransformer"
+    assert data["n_skipped"] == 0 and data["skipped"] == []
     assert len(data["results"]) == 4
     for row in data["results"]:
-        assert set(row) == {"method", "metric", "mean", "std", "n", "nan"}
+        assert set(row) == {"method", "metric", "mean", "std", "n", "nan", "ci95"}
+        low, high = row["ci95"]
+        assert low <= row["mean"] <= high
+    assert [(c["metric"], c["method_a"], c["method_b"]) for c in data["comparisons"]] == [
+        ("saco", "random", "saliency"),
+        ("auc", "random", "saliency"),
+    ]
+    assert set(data["comparisons"][0]) == {
+        "metric",
+        "method_a",
+        "method_b",
+        "a_better_fraction",
+        "p_value",
+    }
 
 
 def test_undefined_means_are_null_in_json(model, images) -> None:
@@ -205,6 +228,7 @@ def test_csv_has_one_line_per_method_and_metric(result) -> None:
         ("saliency", "auc"),
     ]
     assert float(rows[0]["mean"]) == pytest.approx(result.rows[0].mean)
+    assert float(rows[0]["ci95_low"]) == pytest.approx(result.rows[0].ci95[0])
 
 
 def test_markdown_and_text_tables_have_methods_as_rows_and_metrics_as_columns(result) -> None:
@@ -214,8 +238,10 @@ def test_markdown_and_text_tables_have_methods_as_rows_and_metrics_as_columns(re
     text = result.format_table().splitlines()
     assert text[0].split() == ["method", "saco", "auc"]
     r = result.row("saliency", "auc")
-    assert f"{r.mean:.4f} ± {r.std:.4f} (0)" in text[3]
-    assert "lower is better: auc" in text[-1] and "higher is better: saco" in text[-1]
+    low, high = r.ci95
+    assert f"{r.mean:.4f} ± {r.std:.4f} [{low:.4f}, {high:.4f}] (0)" in text[3]
+    assert "lower is better: auc" in text[-2] and "higher is better: saco" in text[-2]
+    assert text[-1].startswith("95% confidence interval of the mean: percentile bootstrap")
 
 
 @pytest.mark.parametrize("suffix", [".json", ".csv", ".md"])
@@ -346,3 +372,134 @@ def test_a_hugging_face_model_is_evaluated_on_its_logits(images) -> None:
 def test_no_methods_or_no_metrics_are_a_value_error(model, images, kwargs, match) -> None:
     with pytest.raises(ValueError, match=f"{match}: expected at least one"):
         evaluate(model, images, **kwargs)
+
+
+def test_per_image_rows_hold_the_values_behind_the_table(model, images) -> None:
+    result = evaluate(model, images, methods=["random", "saliency"], metrics=["saco", "aopc"])
+    assert [(r["image"], r["method"]) for r in result.per_image] == [
+        (i, m) for i in range(6) for m in ["random", "saliency"]
+    ]
+    with torch.no_grad():
+        probabilities = model(images).double().softmax(1)
+    predicted = probabilities.argmax(1)
+    for r in result.per_image:
+        i = r["image"]
+        assert r["label"] is None and r["target"] == int(predicted[i])
+        assert r["probability"] == pytest.approx(float(probabilities[i, r["target"]]))
+        assert r["saco"] == result.per_example[(r["method"], "saco")][i].item()
+
+
+class Labelled(torch.utils.data.Dataset):
+    """``(image, label)`` items; item 3 cannot be read."""
+
+    def __init__(self, images, labels):
+        self.images, self.labels = images, labels
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        if i == 3:
+            raise OSError("cannot identify image file")
+        return self.images[i], int(self.labels[i])
+
+
+def test_a_data_set_is_streamed_with_its_labels_and_unreadable_items_skipped(model, images) -> None:
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    with pytest.warns(UserWarning, match="skipping the unreadable image 3: OSError"):
+        result = evaluate(
+            model,
+            Labelled(images, labels),
+            targets="label",
+            methods=["random", "saliency"],
+            metrics=["saco"],
+            batch_size=4,
+        )
+    assert result.n_images == 5 and result.skipped == [3]
+    kept = torch.tensor([0, 1, 2, 4, 5])
+    direct = evaluate(
+        model, images[kept], targets=labels[kept], methods=["saliency"], metrics=["saco"]
+    )
+    torch.testing.assert_close(
+        result.per_example[("saliency", "saco")], direct.per_example[("saliency", "saco")]
+    )
+    assert [r["label"] for r in result.per_image[::2]] == labels[kept].tolist()
+
+
+def test_target_label_needs_labels(model, images) -> None:
+    with pytest.raises(ValueError, match="targets: 'label' needs a data set with labels"):
+        evaluate(model, images, targets="label")
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_resuming_a_cut_per_image_file_gives_the_uninterrupted_result(
+    model, images, tmp_path, suffix
+) -> None:
+    kwargs = dict(methods=["random", "saliency"], metrics=["saco", "aopc"], batch_size=2)
+    full_path = tmp_path / f"full{suffix}"
+    full = evaluate(model, images, per_image_file=str(full_path), **kwargs)
+    # As a run killed in its second batch, in the middle of writing a row.
+    lines = full_path.read_text().splitlines(keepends=True)
+    header = 1 if suffix == ".csv" else 0
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_text("".join(lines[: header + 4]) + lines[header + 4][:10])
+    calls = []
+    saliency = Saliency(model)
+    original = saliency.attribute
+    saliency.attribute = lambda x, **kw: calls.append(len(x)) or original(x, **kw)
+    methods = {"random": "random", "saliency": saliency}
+    resumed = evaluate(
+        model,
+        images,
+        per_image_file=str(cut),
+        resume=True,
+        metrics=["saco", "aopc"],
+        methods=methods,
+        batch_size=2,
+    )
+    assert calls == [2, 2]  # the first batch (two images) was not evaluated again
+    assert resumed.to_dict() == full.to_dict()
+    assert resumed.per_image == full.per_image
+    assert cut.read_text() == full_path.read_text()
+
+
+def test_resume_without_a_per_image_file_is_a_value_error(model, images) -> None:
+    with pytest.raises(ValueError, match="resume: needs per_image_file"):
+        evaluate(model, images, resume=True)
+
+
+def test_confidence_intervals_are_seeded_bootstraps_of_the_mean(result) -> None:
+    from captum_saco.evaluation.statistics import bootstrap_ci95
+
+    values = result.per_example[("saliency", "saco")]
+    assert result.row("saliency", "saco").ci95 == bootstrap_ci95(values)
+    low, high = bootstrap_ci95(values)
+    mean, sem = values.mean().item(), values.std().item() / len(values) ** 0.5
+    # About the t-interval's width for a roughly symmetric sample.
+    assert low < mean < high and 2 * sem < high - low < 6 * sem
+
+
+def test_paired_comparisons_count_better_images_and_test_with_wilcoxon(result) -> None:
+    from scipy.stats import wilcoxon
+
+    saco_pair = next(c for c in result.comparisons if c["metric"] == "saco")
+    auc_pair = next(c for c in result.comparisons if c["metric"] == "auc")
+    a, b = result.per_example[("random", "saco")], result.per_example[("saliency", "saco")]
+    assert saco_pair["a_better_fraction"] == (a > b).double().mean().item()
+    assert saco_pair["p_value"] == pytest.approx(wilcoxon(a.numpy(), b.numpy()).pvalue)
+    a, b = result.per_example[("random", "auc")], result.per_example[("saliency", "auc")]
+    assert auc_pair["a_better_fraction"] == (a < b).double().mean().item()  # lower is better
+    text = str(result)
+    assert "Paired comparison with random" in text and "Wilcoxon signed-rank" in text
+
+
+def test_without_scipy_the_output_says_p_values_are_missing(result, monkeypatch) -> None:
+    import sys
+
+    from captum_saco.evaluation.statistics import comparisons
+
+    monkeypatch.setitem(sys.modules, "scipy.stats", None)
+    rows = comparisons(result.per_example, result.methods, {"saco": "higher is better"})
+    assert rows[0]["p_value"] is None and rows[0]["a_better_fraction"] is not None
+    assert "p-values need SciPy, which is not installed" in str(result)
+    assert "SciPy, which is not installed" in json.loads(result.to_json())["p_value_method"]

@@ -8,7 +8,7 @@ recorded test accuracy is in :func:`fashion_mnist_metadata`.
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Optional, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -121,6 +121,40 @@ def load_fashion_mnist_vit(device: Union[None, str, torch.device] = None) -> nn.
         "label_names": list(meta["class_names"]),
     }
     return model.eval().to(device)
+
+
+def fashion_mnist_transform() -> Callable[[Any], Tensor]:
+    r"""
+    The embedded model's preprocessing of an image file: grey, 28x28
+    (resized bilinearly if it is not), scaled to [0, 1] and normalised with
+    the training set's mean and std, exactly as
+    :func:`load_fashion_mnist_samples` normalises the shipped images.
+
+    Returns:
+        Callable: PIL image -> float32 tensor ``(1, 28, 28)``.
+
+    Examples::
+
+        >>> from PIL import Image
+        >>> from captum_saco.datasets import fashion_mnist_transform
+        >>> fashion_mnist_transform()(Image.new("RGB", (40, 30))).shape
+        torch.Size([1, 28, 28])
+    """
+    from PIL import Image
+
+    config = _metadata()["data_config"]
+    _, height, width = config["input_size"]
+    mean = torch.tensor(config["mean"]).view(-1, 1, 1)
+    std = torch.tensor(config["std"]).view(-1, 1, 1)
+
+    def transform(image: Any) -> Tensor:
+        grey = image.convert("L")
+        if grey.size != (width, height):
+            grey = grey.resize((width, height), Image.Resampling.BILINEAR)
+        pixels = torch.frombuffer(bytearray(grey.tobytes()), dtype=torch.uint8)
+        return (pixels.view(1, height, width).float().div(255.0) - mean) / std
+
+    return transform
 
 
 def load_fashion_mnist_samples(limit: Optional[int] = None) -> FashionMNISTSamples:

@@ -29,3 +29,9 @@ def gather(local: Any) -> List[Any]:
     gathered: List[Any] = [None] * size
     dist.all_gather_object(gathered, local)
     return gathered
+
+
+def barrier() -> None:
+    """Wait for every process (nothing when not distributed)."""
+    if world()[1] > 1:
+        dist.barrier()

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from captum_saco.evaluation.registry import METRICS
+from captum_saco.evaluation.statistics import CI_METHOD, bootstrap_ci95, compare, p_value_method
 
 SUFFIXES = (".json", ".csv", ".md")
 
@@ -31,6 +32,8 @@ class ResultRow:
     """Images where the metric is defined."""
     nan: int
     """Images where it is undefined (NaN)."""
+    ci95: Optional[Tuple[float, float]] = None
+    """95% confidence interval of the mean (see :data:`statistics.CI_METHOD`)."""
 
 
 def summarise(method: str, metric: str, values: Tensor) -> ResultRow:
@@ -39,13 +42,21 @@ def summarise(method: str, metric: str, values: Tensor) -> ResultRow:
     n = int(defined.numel())
     mean = float(defined.mean()) if n else None
     std = float(defined.std()) if n > 1 else None
-    return ResultRow(method, metric, mean, std, n, int(values.numel()) - n)
+    return ResultRow(method, metric, mean, std, n, int(values.numel()) - n, bootstrap_ci95(values))
+
+
+def _number(value: Optional[float], digits: int = 4) -> str:
+    return "nan" if value is None else f"{value:.{digits}f}"
 
 
 def _cell(r: ResultRow) -> str:
-    mean = "nan" if r.mean is None else f"{r.mean:.4f}"
-    std = "nan" if r.std is None else f"{r.std:.4f}"
-    return f"{mean} ± {std} ({r.nan})"
+    ci = "" if r.ci95 is None else f" [{_number(r.ci95[0])}, {_number(r.ci95[1])}]"
+    return f"{_number(r.mean)} ± {_number(r.std)}{ci} ({r.nan})"
+
+
+def _vs_cell(comparison: Tuple[Optional[float], Optional[float]]) -> str:
+    fraction, p = comparison
+    return f"{_number(fraction, 2)} (p {'n/a' if p is None else f'{p:.1e}'})"
 
 
 def output_suffix(path: str) -> str:
@@ -79,6 +90,18 @@ def _default_file_mode() -> int:
     return 0o666 & ~umask
 
 
+def _align(header: List[str], body: List[List[str]]) -> str:
+    """An aligned text table: the first column left, the others right."""
+    widths = [max(len(row[i]) for row in [header] + body) for i in range(len(header))]
+
+    def line(row: List[str]) -> str:
+        first = row[0].ljust(widths[0])
+        return "  ".join([first] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])])
+
+    rule = "-" * len(line(header))
+    return "\n".join([line(header), rule] + [line(r) for r in body] + [rule])
+
+
 @dataclass
 class EvaluationResult:
     """The table of :func:`evaluate`, with the per-image values behind it."""
@@ -88,6 +111,16 @@ class EvaluationResult:
     rows: List[ResultRow]
     per_example: Dict[Tuple[str, str], Tensor] = field(repr=False)
     """``(method, metric)`` -> CPU tensor ``(n_images,)`` in input order."""
+    per_image: List[Dict[str, Any]] = field(default_factory=list, repr=False)
+    """One row per image and method, in input order: ``image`` (path or
+    index), ``label`` (None if unknown), ``target``, ``probability`` (the
+    clean probability of the target) and ``method``, then every metric."""
+    skipped: List[Any] = field(default_factory=list)
+    """The images that could not be read (paths or indices)."""
+    comparisons: List[Dict[str, Any]] = field(default_factory=list, repr=False)
+    """Every pair of methods under every metric: ``metric``, ``method_a``,
+    ``method_b``, ``a_better_fraction`` (the share of the images where A
+    scores better) and ``p_value`` (None where it cannot be computed)."""
 
     @property
     def methods(self) -> List[str]:
@@ -105,12 +138,21 @@ class EvaluationResult:
         raise KeyError((method, metric))
 
     def to_dict(self) -> Dict[str, Any]:
-        """``{"model", "n_images", "results": [{"method", "metric", "mean",
-        "std", "n", "nan"}, ...]}``; undefined means and stds are None."""
+        """``{"model", "n_images", "n_skipped", "results": [{"method",
+        "metric", "mean", "std", "n", "nan", "ci95": [low, high]}, ...],
+        "ci95_method", "comparisons": [...], "p_value_method", "skipped"}``;
+        undefined values are None."""
         return {
             "model": self.model,
             "n_images": self.n_images,
-            "results": [asdict(r) for r in self.rows],
+            "n_skipped": len(self.skipped),
+            "results": [
+                {**asdict(r), "ci95": None if r.ci95 is None else list(r.ci95)} for r in self.rows
+            ],
+            "ci95_method": CI_METHOD,
+            "comparisons": self.comparisons,
+            "p_value_method": p_value_method(),
+            "skipped": list(self.skipped),
         }
 
     def to_json(self) -> str:
@@ -119,11 +161,15 @@ class EvaluationResult:
     def to_csv(self) -> str:
         out = io.StringIO()
         writer = csv.DictWriter(
-            out, fieldnames=["method", "metric", "mean", "std", "n", "nan"], lineterminator="\n"
+            out,
+            fieldnames=["method", "metric", "mean", "std", "n", "nan", "ci95_low", "ci95_high"],
+            lineterminator="\n",
         )
         writer.writeheader()
         for r in self.rows:
-            writer.writerow(asdict(r))
+            row = asdict(r)
+            row["ci95_low"], row["ci95_high"] = row.pop("ci95") or (None, None)
+            writer.writerow(row)
         return out.getvalue()
 
     def _cells(self) -> Tuple[List[str], List[List[str]]]:
@@ -136,10 +182,42 @@ class EvaluationResult:
         for k in self.metrics:
             directions.setdefault(METRICS[k], []).append(k)
         parts = [f"{d}: {', '.join(ks)}" for d, ks in directions.items()]
+        skipped = f" ({len(self.skipped)} unreadable skipped)" if self.skipped else ""
         return (
-            f"{self.model}, {self.n_images} images; cells: mean ± std (undefined values)"
-            f"; {'; '.join(parts)}"
+            f"{self.model}, {self.n_images} images{skipped}; cells: mean ± std [95% CI] "
+            f"(undefined values); {'; '.join(parts)}\n{CI_METHOD}"
         )
+
+    def _versus(self, reference: str) -> List[List[str]]:
+        return [
+            [m]
+            + [
+                _vs_cell(
+                    compare(
+                        self.per_example[(m, k)],
+                        self.per_example[(reference, k)],
+                        METRICS[k].startswith("higher"),
+                    )
+                )
+                for k in self.metrics
+            ]
+            for m in self.methods
+            if m != reference
+        ]
+
+    def format_comparison(self, reference: str = "random") -> str:
+        """For each method and metric, the share of the images where the
+        method scores better than ``reference``, with the paired test's
+        p-value: the paper's question, whether a metric tells a method from
+        Random Attribution. Empty if ``reference`` was not evaluated."""
+        if reference not in self.methods or len(self.methods) < 2:
+            return ""
+        header = [f"vs {reference}"] + self.metrics
+        title = (
+            f"Paired comparison with {reference}: share of the images where the method "
+            f"scores better (p-value)"
+        )
+        return "\n".join([title, _align(header, self._versus(reference)), p_value_method()])
 
     def to_markdown(self) -> str:
         header, body = self._cells()
@@ -153,17 +231,11 @@ class EvaluationResult:
     def format_table(self) -> str:
         """The methods x metrics table as aligned plain text."""
         header, body = self._cells()
-        widths = [max(len(row[i]) for row in [header] + body) for i in range(len(header))]
-
-        def line(row: List[str]) -> str:
-            first = row[0].ljust(widths[0])
-            return "  ".join([first] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])])
-
-        rule = "-" * len(line(header))
-        return "\n".join([line(header), rule] + [line(r) for r in body] + [rule, self._legend()])
+        return _align(header, body) + "\n" + self._legend()
 
     def __str__(self) -> str:
-        return self.format_table()
+        comparison = self.format_comparison()
+        return self.format_table() + ("\n\n" + comparison if comparison else "")
 
     def save(self, path: str) -> None:
         """Write the table to ``path`` as JSON, CSV or Markdown by its suffix

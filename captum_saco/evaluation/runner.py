@@ -5,15 +5,19 @@ image."""
 import math
 import warnings
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from captum_saco.evaluation import distributed
+from captum_saco.evaluation.data import Batch, Source
+from captum_saco.evaluation.per_image import PerImageFile, Row, check_suffix
 from captum_saco.evaluation.registry import (
     DEFAULT_METHODS,
     DEFAULT_METRICS,
+    METRICS,
     AttributeFn,
     MethodsType,
     _fractions,
@@ -23,6 +27,7 @@ from captum_saco.evaluation.registry import (
     resolve_metrics,
 )
 from captum_saco.evaluation.result import EvaluationResult, summarise
+from captum_saco.evaluation.statistics import comparisons
 from captum_saco.metrics import saco
 
 # method -> metric -> (N,) values
@@ -66,40 +71,81 @@ def _progress_bar(total: int, enabled: bool) -> Any:
     return tqdm(total=total, unit="batch", desc="evaluating", leave=False, disable=None)
 
 
-@contextmanager
-def _grouped_warnings() -> Iterator[None]:
-    """Warn once per warning site, saying how many similar warnings followed."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            yield
-        finally:
-            sites: Dict[Tuple[Any, str, int], List[warnings.WarningMessage]] = {}
-            for w in caught:
-                sites.setdefault((w.category, w.filename, w.lineno), []).append(w)
-    for (category, filename, lineno), ws in sites.items():
-        more = f" (and {len(ws) - 1} similar warnings)" if len(ws) > 1 else ""
-        warnings.warn_explicit(f"{ws[0].message}{more}", category, filename, lineno)
+class _WarningGroups:
+    """Records the warnings of the scoring, to warn once per warning site
+    saying how many similar warnings followed."""
+
+    def __init__(self) -> None:
+        self.caught: List[warnings.WarningMessage] = []
+
+    @contextmanager
+    def recording(self) -> Iterator[None]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                yield
+            finally:
+                self.caught.extend(caught)
+
+    def emit(self) -> None:
+        sites: Dict[Tuple[Any, str, int], List[warnings.WarningMessage]] = {}
+        for w in self.caught:
+            sites.setdefault((w.category, w.filename, w.lineno), []).append(w)
+        for (category, filename, lineno), ws in sites.items():
+            more = f" (and {len(ws) - 1} similar warnings)" if len(ws) > 1 else ""
+            warnings.warn_explicit(f"{ws[0].message}{more}", category, filename, lineno)
 
 
 def _describe(value: Any) -> str:
     return f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
 
 
-def _check_data(inputs: Any, targets: Any, batch_size: Any) -> None:
+def _check_inputs(inputs: Any, workers: Any) -> Source:
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"workers: expected a non-negative int, got {workers!r}")
+    if isinstance(inputs, Dataset) and not isinstance(inputs, Tensor):
+        if len(inputs) == 0:  # type: ignore[arg-type]
+            raise ValueError("inputs: expected a data set holding at least one image, got none")
+        return Source(inputs, workers)
     if not isinstance(inputs, Tensor) or inputs.dim() < 2 or inputs.shape[0] == 0:
         raise ValueError(
-            "inputs: expected a tensor of shape (N, ...) holding at least one image, got "
-            + _describe(inputs)
+            "inputs: expected a tensor of shape (N, ...) or a data set holding at least one "
+            "image, got " + _describe(inputs)
         )
-    n = inputs.shape[0]
-    if targets is not None and (not isinstance(targets, Tensor) or targets.shape != (n,)):
+    return Source(inputs)
+
+
+def _check_targets(targets: Any, source: Source) -> None:
+    n = len(source)
+    if isinstance(targets, Tensor):
+        if targets.shape != (n,):
+            raise ValueError(
+                f"targets: expected a tensor of shape ({n},), one class per image, got "
+                + _describe(targets)
+            )
+        return
+    if targets is None or targets == "predicted":
+        return
+    if targets != "label":
         raise ValueError(
-            f"targets: expected a tensor of shape ({n},), one class per image, got "
-            + _describe(targets)
+            f"targets: expected None, 'predicted', 'label' or a tensor, got {targets!r}"
         )
+    if not source.has_labels or getattr(source.inputs, "classes", None) == []:
+        raise ValueError(
+            "targets: 'label' needs a data set with labels (a folder with one subfolder per "
+            "class), got " + ("a tensor" if not source.has_labels else "a flat folder")
+        )
+
+
+def _check_options(batch_size: Any, per_image_file: Optional[str], resume: Any) -> None:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+    if not isinstance(resume, bool):
+        raise ValueError(f"resume: expected a bool, got {resume!r}")
+    if per_image_file is not None:
+        check_suffix(per_image_file)
+    elif resume:
+        raise ValueError("resume: needs per_image_file, the results to resume from")
 
 
 def _device_of(model: nn.Module, fallback: torch.device) -> torch.device:
@@ -112,42 +158,175 @@ def _predicted(forward_func: Callable[..., Tensor], x: Tensor) -> Tensor:
         return forward_func(x).argmax(dim=1)
 
 
-def _explain_and_score(
-    model: nn.Module,
-    methods: Dict[str, AttributeFn],
-    metrics: Dict[str, _Metric],
-    x: Tensor,
-    target: Optional[Tensor],
-    indices: Tensor,
-    n_groups: int,
-) -> Scores:
-    """One batch: its target (given or predicted), every method's
-    attributions, and their scores."""
-    forward_func = logits_of(model)
-    if target is None:
-        target = _predicted(forward_func, x)
-    attributions = {name: attribute(x, target, indices) for name, attribute in methods.items()}
-    return _score_batch(forward_func, x, attributions, target, metrics, n_groups)
+class _Scorer:
+    """Explains and scores one batch at a time."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        methods: Dict[str, AttributeFn],
+        metrics: Dict[str, _Metric],
+        n_groups: int,
+        targets: Any,
+    ) -> None:
+        self.forward_func = logits_of(model)
+        self.methods, self.metrics, self.n_groups, self.targets = (
+            methods,
+            metrics,
+            n_groups,
+            targets,
+        )
+
+    def _target(self, batch: Batch, logits: Tensor) -> Tensor:
+        if isinstance(self.targets, Tensor):
+            return self.targets[batch.indices].to(logits.device)
+        if isinstance(self.targets, str) and self.targets == "label":
+            assert batch.labels is not None
+            return batch.labels.to(logits.device)
+        return logits.argmax(dim=1)
+
+    def rows(self, batch: Batch, x: Tensor, keys: List[Any]) -> List[Row]:
+        """The per-image rows of one batch: its targets (given or predicted),
+        clean probabilities, every method's attributions and their scores."""
+        with torch.no_grad():
+            logits = self.forward_func(x)
+        target = self._target(batch, logits)
+        probability = logits.double().softmax(dim=1).gather(1, target[:, None])[:, 0].cpu()
+        attributions = {
+            name: attribute(x, target, batch.indices) for name, attribute in self.methods.items()
+        }
+        scores = _score_batch(
+            self.forward_func, x, attributions, target, self.metrics, self.n_groups
+        )
+        labels = [None] * len(keys) if batch.labels is None else batch.labels.tolist()
+        return [
+            {
+                "image": key,
+                "label": None if labels[j] is None or labels[j] < 0 else labels[j],
+                "target": int(target[j]),
+                "probability": float(probability[j]),
+                "method": method,
+                **{k: float(scores[method][k][j]) for k in self.metrics},
+            }
+            for j, key in enumerate(keys)
+            for method in self.methods
+        ]
 
 
-def _per_example(
-    parts: List[List[Tuple[Tensor, Scores]]], n: int, methods: Sequence[str], metrics: Sequence[str]
-) -> Dict[Tuple[str, str], Tensor]:
-    """The gathered batch scores as ``(method, metric)`` -> ``(n,)`` in input order."""
-    values = {
-        (m, k): torch.full((n,), math.nan, dtype=torch.float64) for m in methods for k in metrics
+def _done(
+    stored: Dict[Tuple[str, str], Row],
+    source: Source,
+    methods: Sequence[str],
+    metrics: Sequence[str],
+) -> Set[int]:
+    """The positions of the images stored for every method and metric."""
+    return {
+        i
+        for i in range(len(source))
+        if all(
+            (row := stored.get((str(source.key(i)), m))) is not None
+            and all(k in row for k in metrics)
+            for m in methods
+        )
     }
-    for part in parts:
-        for indices, scores in part:
-            for (m, k), column in values.items():
-                column[indices] = scores[m][k].double()
-    return values
+
+
+def _plan(n: int, batch_size: int, done: Set[int]) -> List[List[int]]:
+    """This process's batches: fixed blocks of ``batch_size`` positions (so
+    that a resumed run forms the batches of an uninterrupted one), sharded
+    across processes, without the images already done."""
+    batches = [
+        [i for i in range(b * batch_size, min(n, (b + 1) * batch_size)) if i not in done]
+        for b in distributed.shard(math.ceil(n / batch_size))
+    ]
+    return [positions for positions in batches if positions]
+
+
+def _run_batches(
+    scorer: _Scorer,
+    source: Source,
+    plan: List[List[int]],
+    device: torch.device,
+    writer: Optional[PerImageFile],
+    progress: bool,
+) -> Tuple[List[Row], List[Any]]:
+    """Score the planned batches; returns the new rows and the unreadable images."""
+    rows: List[Row] = []
+    skipped: List[Any] = []
+    groups = _WarningGroups()
+    bar = _progress_bar(len(plan), progress and distributed.world()[0] == 0)
+    try:
+        for batch in source.batches(plan):
+            for index, reason in batch.skipped:
+                skipped.append(source.key(index))
+                warnings.warn(f"skipping the unreadable image {source.key(index)!r}: {reason}")
+            if batch.indices.numel():
+                keys = [source.key(int(i)) for i in batch.indices]
+                with groups.recording():
+                    new = scorer.rows(batch, batch.images.to(device), keys)
+                if writer is not None:
+                    writer.append(new)
+                rows.extend(new)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+        groups.emit()
+    return rows, skipped
+
+
+def _collect(
+    stored: Dict[Tuple[str, str], Row],
+    new_rows: List[Row],
+    source: Source,
+    methods: Sequence[str],
+) -> List[Row]:
+    """Stored and new rows of the images of ``source``, in input order."""
+    by_key = dict(stored)
+    by_key.update({(str(r["image"]), r["method"]): r for r in new_rows})
+    ordered = []
+    for i in range(len(source)):
+        key = str(source.key(i))
+        # The image's own key: a CSV file stores an index as text.
+        ordered += [
+            {**by_key[(key, m)], "image": source.key(i)} for m in methods if (key, m) in by_key
+        ]
+    return ordered
+
+
+def _result(
+    rows: List[Row],
+    methods: List[str],
+    metrics: List[str],
+    skipped: List[Any],
+    model_name: str,
+) -> EvaluationResult:
+    images = list(dict.fromkeys(str(r["image"]) for r in rows))
+    position = {key: i for i, key in enumerate(images)}
+    per_example = {
+        (m, k): torch.full((len(images),), math.nan, dtype=torch.float64)
+        for m in methods
+        for k in metrics
+    }
+    for r in rows:
+        for k in metrics:
+            per_example[(r["method"], k)][position[str(r["image"])]] = r[k]
+    return EvaluationResult(
+        model=model_name,
+        n_images=len(images),
+        rows=[summarise(m, k, values) for (m, k), values in per_example.items()],
+        per_example=per_example,
+        per_image=rows,
+        skipped=skipped,
+        comparisons=comparisons(per_example, methods, {k: METRICS[k] for k in metrics}),
+    )
 
 
 def evaluate(
     model: nn.Module,
-    inputs: Tensor,
-    targets: Optional[Tensor] = None,
+    inputs: Union[Tensor, Dataset],
+    targets: Union[None, str, Tensor] = None,
     methods: MethodsType = DEFAULT_METHODS,
     metrics: Sequence[str] = DEFAULT_METRICS,
     n_groups: int = 10,
@@ -155,33 +334,51 @@ def evaluate(
     seed: int = 0,
     progress: bool = False,
     model_name: Optional[str] = None,
+    workers: int = 0,
+    per_image_file: Optional[str] = None,
+    resume: bool = False,
 ) -> EvaluationResult:
     r"""
     Explain ``model``'s decisions on ``inputs`` with each method and score
     every explanation with each metric.
 
     Each batch of images is explained once per method, for one target per
-    image (the model's predicted class, SaCo's default, unless ``targets`` is
-    given), and every metric scores that explanation for the same target with
-    its default baseline (the per-image, per-channel mean of the input).
-    A method that fails raises; an image where a metric is undefined counts
-    as NaN in the ``nan`` column, with one warning per kind.
+    image (the model's predicted class, SaCo's default, unless ``targets``
+    says otherwise), and every metric scores that explanation for the same
+    target with its default baseline (the per-image, per-channel mean of the
+    input). A method that fails raises; an image where a metric is undefined
+    counts as NaN in the ``nan`` column, with one warning per kind. An item
+    of a data set that cannot be read (not an image, a decompression bomb) is
+    skipped with a warning naming it, and listed in ``result.skipped``.
 
-    Under ``torch.distributed`` (initialised, world size > 1) batch ``b``
-    runs on process ``b % world_size`` and the per-image values are
-    gathered: every process returns the table of all the images, equal to
-    the single-process table (batches are formed identically, and
-    ``random`` is seeded per image with ``seed + index``).
+    Batch ``b`` holds the images ``b * batch_size`` to ``(b + 1) *
+    batch_size - 1``. Under ``torch.distributed`` (initialised, world size
+    > 1) it runs on process ``b % world_size``, which reads only those
+    images, and the per-image values are gathered: every process returns
+    the table of all the images, equal to the single-process table
+    (``random`` is seeded per image with ``seed + index``).
+
+    With ``per_image_file``, the per-image rows (see
+    :mod:`captum_saco.evaluation.per_image`) are appended and flushed batch
+    by batch, so that a run that dies keeps every finished batch; with
+    ``resume=True`` the images already in the file for every method and
+    metric are not evaluated again, and the result equals that of an
+    uninterrupted run.
 
     Args:
         model (nn.Module): the classifier, on the device to use, in eval
                     mode; returns ``(N, C)`` logits, or an output with
                     ``.logits`` (Hugging Face models). It is not modified.
-        inputs (Tensor): ``(N, ...)`` images as the model expects them
-                    (resized and normalised); moved to the model's device
-                    batch by batch.
-        targets (Tensor, optional): ``(N,)`` class per image.
-                    Default: None, the model's predicted class.
+        inputs (Tensor or Dataset): ``(N, ...)`` images as the model
+                    expects them (resized and normalised), or a data set of
+                    ``(image, label)`` items such as
+                    :class:`~captum_saco.datasets.ImageFiles` or torchvision's
+                    ``ImageFolder`` (read batch by batch by a ``DataLoader``).
+                    Moved to the model's device batch by batch.
+        targets (Tensor or str, optional): ``(N,)`` class per image;
+                    ``"label"``, the data set's labels; or None or
+                    ``"predicted"``, the model's predicted class.
+                    Default: None
         methods (sequence of str, or mapping of str to Attribution):
                     names from :data:`METHODS`, or ``{name: attribution}``
                     with your own Captum attribution instances (called as
@@ -199,15 +396,23 @@ def evaluate(
                     on the first process only). Default: False
         model_name (str, optional): the name recorded in the result.
                     Default: the model's class name.
+        workers (int): ``DataLoader`` worker processes reading a data set.
+                    Default: 0 (read in this process)
+        per_image_file (str, optional): a ``.jsonl`` or ``.csv`` file for
+                    the per-image rows. Default: None
+        resume (bool): continue the run recorded in ``per_image_file``
+                    (same inputs, targets, n_groups and seed). Default: False
 
     Returns:
-        EvaluationResult: the rows ``{method, metric, mean, std, n, nan}``
-        (methods x metrics, in the given order), the per-image values, and
-        writers for text, JSON, CSV and Markdown.
+        EvaluationResult: the rows ``{method, metric, mean, std, n, nan,
+        ci95}`` (methods x metrics, in the given order), the per-image
+        values and rows, the paired comparisons of the methods, and writers
+        for text, JSON, CSV and Markdown.
 
     Raises:
         ValueError: unknown method or metric names, ``inputs`` without
-            images, ``targets`` of the wrong shape, ``batch_size`` < 1.
+            images, ``targets`` of the wrong shape or ``"label"`` without
+            labels, ``batch_size`` < 1, ``resume`` without a file.
 
     Examples::
 
@@ -221,11 +426,13 @@ def evaluate(
         ...                   methods=["random", "saliency"], metrics=["saco"])
         >>> [(r.method, r.metric, r.n) for r in result.rows]
         [('random', 'saco', 6), ('saliency', 'saco', 6)]
-        >>> sorted(result.to_dict())
-        ['model', 'n_images', 'results']
+        >>> sorted(result.per_image[0])
+        ['image', 'label', 'method', 'probability', 'saco', 'target']
     """
     builders, metric_defs = resolve_methods(methods), resolve_metrics(metrics)
-    _check_data(inputs, targets, batch_size)
+    source = _check_inputs(inputs, workers)
+    _check_targets(targets, source)
+    _check_options(batch_size, per_image_file, resume)
     _fractions(n_groups)  # validates n_groups before any work
     if model.training:
         warnings.warn(
@@ -234,28 +441,33 @@ def evaluate(
             UserWarning,
             stacklevel=2,
         )
-    n = inputs.shape[0]
-    device = _device_of(model, inputs.device)
     built = {name: build(model, seed) for name, build in builders.items()}
-    my_batches = distributed.shard(math.ceil(n / batch_size))
-    bar = _progress_bar(len(my_batches), progress and distributed.world()[0] == 0)
-    local: List[Tuple[Tensor, Scores]] = []
-    with _grouped_warnings():
-        for b in my_batches:
-            indices = torch.arange(b * batch_size, min(n, (b + 1) * batch_size))
-            target = None if targets is None else targets[indices].to(device)
-            scores = _explain_and_score(
-                model, built, metric_defs, inputs[indices].to(device), target, indices, n_groups
-            )
-            local.append((indices, scores))
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
-    per_example = _per_example(distributed.gather(local), n, list(built), list(metric_defs))
-    rows = [summarise(m, k, values) for (m, k), values in per_example.items()]
-    return EvaluationResult(
-        model=model_name or type(model).__name__, n_images=n, rows=rows, per_example=per_example
+    scorer = _Scorer(model, built, metric_defs, n_groups, targets)
+    rank, world = distributed.world()
+    writer = None
+    stored: Dict[Tuple[str, str], Row] = {}
+    if per_image_file is not None:
+        writer = PerImageFile(per_image_file, list(metric_defs), rank, world)
+        stored = writer.read() if resume else {}
+        distributed.barrier()  # every process has read before any appends
+        writer.open(resume)
+    plan = _plan(len(source), batch_size, _done(stored, source, built, metric_defs))
+    device = _device_of(model, torch.device("cpu"))
+    try:
+        new_rows, skipped = _run_batches(scorer, source, plan, device, writer, progress)
+    finally:
+        if writer is not None:
+            writer.close()
+    parts = distributed.gather((new_rows, skipped))
+    rows = _collect(stored, [r for part, _ in parts for r in part], source, list(built))
+    if writer is not None and rank == 0:
+        writer.merge(rows)
+    return _result(
+        rows,
+        list(built),
+        list(metric_defs),
+        [key for _, part in parts for key in part],
+        model_name or type(model).__name__,
     )
 
 

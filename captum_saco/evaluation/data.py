@@ -1,0 +1,98 @@
+"""The images of an evaluation as a stream of batches: from a tensor, or from
+a data set read by a ``DataLoader``, where a file that cannot be read is
+reported and skipped instead of ending the run."""
+
+from typing import Any, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+# Errors of reading one file that skip it: not a readable image (OSError,
+# SyntaxError and ValueError from Pillow's parsers), or a decompression bomb.
+try:
+    from PIL.Image import DecompressionBombError
+
+    READ_ERRORS: Tuple[type, ...] = (OSError, SyntaxError, ValueError, DecompressionBombError)
+except ImportError:  # pragma: no cover - Pillow ships with torchvision
+    READ_ERRORS = (OSError, SyntaxError, ValueError)
+
+
+class Batch(NamedTuple):
+    indices: Tensor
+    """``(B,)`` positions of the readable images in the data set."""
+    images: Tensor
+    """``(B, ...)`` those images (``B`` may be 0)."""
+    labels: Optional[Tensor]
+    """``(B,)`` their labels (negative: unknown), or None without labels."""
+    skipped: List[Tuple[int, str]]
+    """``(position, reason)`` of the items of the batch that could not be read."""
+
+
+class _Indexed(Dataset):
+    """Items ``(index, image or None, label, error or None)``; a read error
+    becomes a value, so that one bad file does not end the batch."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __getitem__(self, index: int) -> Tuple[int, Optional[Tensor], int, Optional[str]]:
+        try:
+            image, label = self.dataset[index]
+        except READ_ERRORS as e:
+            return index, None, -1, f"{type(e).__name__}: {e}"
+        return index, image, int(label), None
+
+
+def _collate(items: Sequence[Tuple[int, Optional[Tensor], int, Optional[str]]]) -> Batch:
+    read = [(i, image, label) for i, image, label, error in items if error is None]
+    skipped = [(i, error) for i, _, _, error in items if error is not None]
+    if not read:
+        return Batch(torch.zeros(0, dtype=torch.long), torch.zeros(0), None, skipped)
+    return Batch(
+        torch.tensor([i for i, _, _ in read]),
+        torch.stack([image for _, image, _ in read]),
+        torch.tensor([label for _, _, label in read]),
+        skipped,
+    )
+
+
+class Source:
+    """The images of an evaluation: a tensor, or a data set of
+    ``(image, label)`` items."""
+
+    def __init__(self, inputs: Union[Tensor, Dataset], workers: int = 0) -> None:
+        self.inputs, self.workers = inputs, workers
+        self.has_labels = not isinstance(inputs, Tensor)
+
+    def __len__(self) -> int:
+        return len(self.inputs)  # type: ignore[arg-type]
+
+    def key(self, index: int) -> Any:
+        """The name of image ``index`` in per-image results: its path for a
+        data set of files, else its index."""
+        key = getattr(self.inputs, "key", None)
+        return key(index) if callable(key) else index
+
+    def batches(self, plan: List[List[int]]) -> Iterator[Batch]:
+        """The batches of ``plan`` (lists of positions), in order."""
+        if isinstance(self.inputs, Tensor):
+            for positions in plan:
+                indices = torch.tensor(positions)
+                yield Batch(indices, self.inputs[indices], None, [])
+            return
+        loader = DataLoader(
+            _Indexed(self.inputs),
+            batch_sampler=plan,
+            num_workers=self.workers,
+            collate_fn=_collate,
+            persistent_workers=False,
+        )
+        yield from loader
+
+    def first_image(self) -> Tuple[int, Tensor]:
+        """The first readable image and its position (for the case study)."""
+        for batch in self.batches([[i] for i in range(len(self))]):
+            if batch.indices.numel():
+                return int(batch.indices[0]), batch.images[0]
+        raise ValueError("inputs: no item of the data set can be read")
