@@ -2,9 +2,15 @@
 methods for Captum."""
 
 from captum_saco.attr import (
+    AttCAT,
     AttentionAttribution,
+    AttentionGradCAM,
     AttentionRollout,
+    AttnLRP,
+    ConservativeLRP,
+    FullLRP,
     GradientWeightedAttention,
+    PartialLRP,
     RandomAttribution,
     RawAttention,
     TransformerAttribution,
@@ -17,15 +23,22 @@ from captum_saco.metrics import (
     deletion_curve,
     lodds,
     saco,
+    score_attributions,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AttCAT",
     "AttentionAttribution",
+    "AttentionGradCAM",
     "AttentionRollout",
+    "AttnLRP",
+    "ConservativeLRP",
     "EvaluationResult",
+    "FullLRP",
     "GradientWeightedAttention",
+    "PartialLRP",
     "RandomAttribution",
     "RawAttention",
     "TransformerAttribution",
@@ -36,4 +49,5 @@ __all__ = [
     "evaluate",
     "lodds",
     "saco",
+    "score_attributions",
 ]

@@ -184,7 +184,7 @@ def test_a_module_function_model_runs_on_an_image_folder(capsys, tmp_path) -> No
     rc, _, err = run_cli(
         capsys,
         "--model",
-        "test_cli:tiny_cnn",
+        f"{__name__}:tiny_cnn",
         "--images",
         str(tmp_path),
         *FAST,
@@ -193,7 +193,7 @@ def test_a_module_function_model_runs_on_an_image_folder(capsys, tmp_path) -> No
     )
     assert rc == 0, err
     data = json.loads(path.read_text())
-    assert data["model"] == "test_cli:tiny_cnn" and data["n_images"] == 2
+    assert data["model"] == f"{__name__}:tiny_cnn" and data["n_images"] == 2
 
 
 @pytest.mark.parametrize(
@@ -207,15 +207,18 @@ def test_a_module_function_model_runs_on_an_image_folder(capsys, tmp_path) -> No
         (["--images", "/no/such/folder"], "is not a folder"),
         (["--model", "no_such_model_anywhere"], "neither a timm model name nor 'module:function'"),
         (["--model", "no_such_module:f"], "cannot import 'f' from 'no_such_module'"),
-        (["--model", "test_cli:not_a_model", "--images", "."], "not a torch.nn.Module"),
-        (["--model", "test_cli:tiny_cnn"], "--model needs --images"),
+        (["--model", f"{__name__}:not_a_model", "--images", "."], "not a torch.nn.Module"),
+        (["--model", f"{__name__}:tiny_cnn"], "--model needs --images"),
         (["--pretrained"], "--pretrained applies to timm models"),
         (["--device", "tpu:x"], "is not a device"),
         (["--device", "meta"], "--device meta holds no data"),
         (["--device", "mps"], "MPS is not available"),
         (["--methods", ","], "--methods expects at least one name"),
         (["--metrics", ","], "--metrics expects at least one name"),
-        (["--model", "test_cli:raising_model"], "raised RuntimeError: the checkpoint is corrupt"),
+        (
+            ["--model", f"{__name__}:raising_model"],
+            "raised RuntimeError: the checkpoint is corrupt",
+        ),
     ],
 )
 def test_user_errors_are_one_sentence_and_exit_status_2(capsys, args, match) -> None:
@@ -376,7 +379,12 @@ def test_a_model_that_does_not_accept_its_resized_images_is_a_clear_error(
     capsys, grey_folder
 ) -> None:
     rc, _, err = run_cli(
-        capsys, "--model", "test_cli:vit_without_data_config", "--images", str(grey_folder), *FAST
+        capsys,
+        "--model",
+        f"{__name__}:vit_without_data_config",
+        "--images",
+        str(grey_folder),
+        *FAST,
     )
     assert_one_sentence_error(rc, err, "does not accept the images as prepared for it (3x224x224)")
 

@@ -7,21 +7,26 @@ data set, for methods seeded per image). A new metric is one entry in
 :data:`_METRICS`: the measurement it reads and how it reads it.
 """
 
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, Mapping, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple, Union
 
 import torch
 from captum.attr import Attribution, IntegratedGradients, Saliency
 from torch import Tensor, nn
 
+from captum_saco._utils import model_output
 from captum_saco.attr import (
+    AttCAT,
+    AttentionGradCAM,
     AttentionRollout,
+    AttnLRP,
+    ConservativeLRP,
+    FullLRP,
     GradientWeightedAttention,
+    PartialLRP,
     RandomAttribution,
     RawAttention,
     TransformerAttribution,
 )
-from captum_saco.metrics import DeletionCurve, comprehensiveness, deletion_curve, saco
 
 # (inputs, target, global indices of the examples) -> attributions
 AttributeFn = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -29,15 +34,10 @@ AttributeFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 MethodBuilder = Callable[[nn.Module, int], AttributeFn]
 
 
-def _logits(output: Any) -> Tensor:
-    """The logits of a model's output: the tensor itself, or its ``.logits``
-    (Hugging Face models)."""
-    return output if isinstance(output, Tensor) else output.logits
-
-
 def logits_of(model: Callable[..., Any]) -> Callable[..., Tensor]:
-    """``model`` as a function returning the logits tensor."""
-    return lambda *args: _logits(model(*args))
+    """``model`` as a function returning the logits tensor (Captum's gradient
+    methods need a tensor, Hugging Face models return an output object)."""
+    return lambda *args: model_output(model(*args))
 
 
 def _random_builder(model: nn.Module, seed: int) -> AttributeFn:
@@ -83,16 +83,24 @@ METHODS: Dict[str, MethodBuilder] = {
     "raw_attention": _vit_builder(RawAttention),
     "attention_rollout": _vit_builder(AttentionRollout),
     "gradient_weighted_attention": _vit_builder(GradientWeightedAttention),
+    "attention_gradcam": _vit_builder(AttentionGradCAM),
     "transformer_attribution": _vit_builder(TransformerAttribution),
+    "partial_lrp": _vit_builder(PartialLRP),
+    "full_lrp": _vit_builder(FullLRP),
+    "conservative_lrp": _vit_builder(ConservativeLRP),
+    "attn_lrp": _vit_builder(AttnLRP),
+    "attcat": _vit_builder(AttCAT),
     "integrated_gradients": _gradient_builder(IntegratedGradients, n_steps=50),
     "saliency": _gradient_builder(Saliency),
 }
 """The named explanation methods: ``random`` (:class:`RandomAttribution`,
-seeded per image), the ViT attention methods of :mod:`captum_saco.attr`
-(``raw_attention``, ``attention_rollout``, ``gradient_weighted_attention``,
-``transformer_attribution``, with their defaults and maps upsampled to the
-input) and Captum's ``integrated_gradients`` (zero baseline, 50 steps) and
-``saliency`` (absolute gradient)."""
+seeded per image), the ViT methods of :mod:`captum_saco.attr` with their
+defaults (``raw_attention``, ``attention_rollout``,
+``gradient_weighted_attention``, ``attention_gradcam``,
+``transformer_attribution``, ``partial_lrp``, ``full_lrp``,
+``conservative_lrp``, ``attn_lrp``, ``attcat``; token maps upsampled to the
+input, the LRP variants at the pixels) and Captum's ``integrated_gradients``
+(zero baseline, 50 steps) and ``saliency`` (absolute gradient)."""
 
 DEFAULT_METHODS: Tuple[str, ...] = tuple(METHODS)
 
@@ -104,45 +112,13 @@ def _fractions(n_groups: int) -> Tuple[float, ...]:
     return tuple(k / n_groups for k in range(1, n_groups))
 
 
-def _measure_saco(forward: Callable, x: Tensor, attr: Tensor, target: Tensor, k: int) -> Tensor:
-    return saco(forward, x, attr, target=target, n_groups=k)
-
-
-def _measure_deletion(
-    forward: Callable, x: Tensor, attr: Tensor, target: Tensor, k: int
-) -> DeletionCurve:
-    return deletion_curve(forward, x, attr, target=target, fractions=_fractions(k))
-
-
-def _measure_comprehensiveness(
-    forward: Callable, x: Tensor, attr: Tensor, target: Tensor, k: int
-) -> Tensor:
-    return comprehensiveness(forward, x, attr, target=target, fractions=_fractions(k))
-
-
-def _identity(values: Tensor) -> Tensor:
-    return values
-
-
-@dataclass(frozen=True)
-class _Metric:
-    measure: Callable[[Callable, Tensor, Tensor, Tensor, int], Any]
-    """(forward, inputs, attributions, target, n_groups) -> a measurement,
-    computed once for every metric that reads it."""
-    read: Callable[[Any], Tensor]
-    direction: str
-
-
-# AOPC, LOdds and AUC are read off one most-salient-first deletion curve.
-_METRICS: Dict[str, _Metric] = {
-    "saco": _Metric(_measure_saco, _identity, "higher is better"),
-    "aopc": _Metric(_measure_deletion, DeletionCurve.aopc, "higher is better"),
-    "lodds": _Metric(_measure_deletion, DeletionCurve.lodds, "lower is better"),
-    "auc": _Metric(_measure_deletion, DeletionCurve.auc, "lower is better"),
-    "comprehensiveness": _Metric(_measure_comprehensiveness, _identity, "lower is better"),
+METRICS: Dict[str, str] = {
+    "saco": "higher is better",
+    "aopc": "higher is better",
+    "lodds": "lower is better",
+    "auc": "lower is better",
+    "comprehensiveness": "lower is better",
 }
-
-METRICS: Dict[str, str] = {name: metric.direction for name, metric in _METRICS.items()}
 """The named metrics of :mod:`captum_saco.metrics`, each with the direction
 that means a more faithful explanation: ``saco``; ``aopc``, ``lodds`` and
 ``auc`` of the most-salient-first deletion curve at 1/K, ..., (K-1)/K of the
@@ -183,8 +159,8 @@ def resolve_methods(methods: MethodsType) -> Dict[str, MethodBuilder]:
     return resolved
 
 
-def resolve_metrics(metrics: Sequence[str]) -> Dict[str, _Metric]:
-    """Metric names -> their definitions."""
+def resolve_metrics(metrics: Sequence[str]) -> List[str]:
+    """The checked metric names (computed by :func:`captum_saco.metrics.score_attributions`)."""
     if isinstance(metrics, str):
         raise TypeError("metrics: expected a sequence of metric names, got a string")
     unknown = [m for m in metrics if m not in METRICS]
@@ -194,4 +170,4 @@ def resolve_metrics(metrics: Sequence[str]) -> Dict[str, _Metric]:
         )
     if not metrics:
         raise ValueError("metrics: expected at least one metric, got none")
-    return {m: _METRICS[m] for m in metrics}
+    return list(metrics)

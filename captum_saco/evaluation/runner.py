@@ -21,14 +21,13 @@ from captum_saco.evaluation.registry import (
     AttributeFn,
     MethodsType,
     _fractions,
-    _Metric,
     logits_of,
     resolve_methods,
     resolve_metrics,
 )
 from captum_saco.evaluation.result import EvaluationResult, summarise
 from captum_saco.evaluation.statistics import comparisons
-from captum_saco.metrics import saco
+from captum_saco.metrics import saco, score_attributions
 
 # method -> metric -> (N,) values
 Scores = Dict[str, Dict[str, Tensor]]
@@ -39,26 +38,19 @@ def _score_batch(
     inputs: Tensor,
     attributions_by_method: Dict[str, Tensor],
     target: Tensor,
-    metrics: Dict[str, _Metric],
+    metrics: List[str],
     n_groups: int,
 ) -> Scores:
-    """Score every method's attributions of one batch with every metric.
-
-    Each measurement (SaCo, the deletion curve, comprehensiveness) runs once
-    per method and serves every metric that reads it.
-    """
-    scores: Scores = {}
-    with torch.no_grad():
-        for method, attributions in attributions_by_method.items():
-            measured: Dict[Any, Any] = {}
-            scores[method] = {}
-            for name, metric in metrics.items():
-                if metric.measure not in measured:
-                    measured[metric.measure] = metric.measure(
-                        forward_func, inputs, attributions, target, n_groups
-                    )
-                scores[method][name] = metric.read(measured[metric.measure]).detach().cpu()
-    return scores
+    """Score every method's attributions of one batch with every metric, sharing
+    the clean pass and the perturbed forward batches (see
+    :func:`~captum_saco.metrics.score_attributions`)."""
+    scores = score_attributions(
+        forward_func, inputs, attributions_by_method, metrics, target=target, n_groups=n_groups
+    )
+    return {
+        method: {name: values.detach().cpu() for name, values in by_metric.items()}
+        for method, by_metric in scores.items()
+    }
 
 
 def _progress_bar(total: int, enabled: bool) -> Any:
@@ -165,7 +157,7 @@ class _Scorer:
         self,
         model: nn.Module,
         methods: Dict[str, AttributeFn],
-        metrics: Dict[str, _Metric],
+        metrics: List[str],
         n_groups: int,
         targets: Any,
     ) -> None:

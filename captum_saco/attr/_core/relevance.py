@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from captum_saco._utils import TargetType, resolve_target
-from captum_saco.attr._core.adapters import BlockParts, ViTAdapter, ViTParts
+from captum_saco.attr._core.adapters import BlockParts, ViTAdapter, ViTParts, _model_lock
 from captum_saco.attr._core.replay import BlockRecord, at_rows, block_forward
 
 _EPSILON = 1e-9
