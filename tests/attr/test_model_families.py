@@ -7,13 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from tiny_models import tiny_hf_deit, tiny_timm, tiny_timm_distilled
+from tiny_models import tiny_hf_deit, tiny_hf_vit, tiny_timm, tiny_timm_distilled
 from torch import Tensor, nn
 from transformers import (
     DeiTForImageClassification,
     DeiTForImageClassificationWithTeacher,
-    ViTConfig,
-    ViTForImageClassification,
 )
 
 from captum_saco.attr import (
@@ -197,18 +195,7 @@ def test_timm_dynamic_image_size_gives_the_grid_of_the_current_input() -> None:
 
 
 def test_huggingface_interpolated_positions_give_the_grid_of_the_current_input() -> None:
-    torch.manual_seed(0)
-    model = ViTForImageClassification(
-        ViTConfig(
-            image_size=32,
-            patch_size=8,
-            hidden_size=24,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=48,
-            num_labels=5,
-        )
-    ).eval()
+    model = tiny_hf_vit()
     images = torch.rand(2, 3, 48, 40)
 
     def forward(pixel_values: Tensor) -> Tensor:

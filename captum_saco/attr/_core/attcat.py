@@ -1,11 +1,8 @@
 """AttCAT: attentive class activation tokens (Qiang et al., NeurIPS 2022)."""
 
-from typing import Any, Optional, Tuple, Union
-
 import torch
 from torch import Tensor
 
-from captum_saco._utils import TargetType
 from captum_saco.attr._core.engine import AttentionAttribution, AttentionTrace, Needs
 
 
@@ -52,46 +49,6 @@ class AttCAT(AttentionAttribution):
     """
 
     needs = Needs.GRADIENTS
-
-    def attribute(
-        self,
-        inputs: Union[Tensor, Tuple[Tensor]],
-        target: TargetType = None,
-        additional_forward_args: Any = None,
-        *,
-        upsample: bool = True,
-        max_examples_per_batch: Optional[int] = None,
-    ) -> Union[Tensor, Tuple[Tensor]]:
-        r"""
-        Args:
-            inputs (Tensor or tuple[Tensor]): images ``(N, C, H, W)`` as the model
-                takes them, or a tuple holding that one tensor.
-            target (int, tuple, Tensor, list, optional): the output index whose
-                logit is explained, for each example, in any form Captum accepts.
-                Default: the predicted class.
-            additional_forward_args (Any, optional): further positional arguments of
-                ``forward_func`` after the inputs (a non-tuple is passed as one
-                argument); with ``max_examples_per_batch``, tensors among them are
-                split with the inputs.
-            upsample (bool, optional): if ``True`` (default), the patch-grid map is
-                upsampled bilinearly to ``(H, W)`` and repeated over the ``C``
-                channels; if ``False``, the patch grid ``(N, 1, h, w)`` is returned.
-            max_examples_per_batch (int, optional): the most examples run through
-                the model at once; one backward pass per chunk (same results, memory
-                bounded by the chunk). Default: all at once.
-
-        Returns:
-            *Tensor* or *tuple[Tensor]* of **attributions**: the AttCAT score of
-            every patch (signed, not normalised), in the same form as ``inputs``
-            and on their device.
-        """
-        return self._attribute(
-            inputs,
-            target,
-            additional_forward_args,
-            upsample=upsample,
-            max_examples_per_batch=max_examples_per_batch,
-        )
 
     def _token_relevance(self, trace: AttentionTrace) -> Tensor:
         assert trace.block_inputs is not None and trace.block_gradients is not None

@@ -6,7 +6,12 @@ import torch
 from torch import Tensor
 
 from captum_saco._utils import TargetType
-from captum_saco.attr._core.engine import AttentionAttribution, AttentionTrace, check_start_layer
+from captum_saco.attr._core.engine import (
+    AttentionAttribution,
+    AttentionTrace,
+    check_start_layer,
+    documented_options,
+)
 
 _HEAD_FUSIONS = ("mean", "max", "min")
 
@@ -36,6 +41,25 @@ class AttentionRollout(AttentionAttribution):
         torch.Size([2, 1, 4, 4])
     """
 
+    @documented_options(
+        """
+        start_layer (int, optional): the first block ``s`` rolled out. Default: 0.
+        head_fusion (str, optional): how the heads are fused, ``"mean"``,
+            ``"max"`` or ``"min"``. Default: ``"mean"``.
+        discard_ratio (float, optional): in ``[0, 1)``; per example and block,
+            the ``int(T² · discard_ratio)`` lowest entries of the fused attention
+            are set to zero before the identity is added, except the class
+            token's attention to itself (entry ``(0, 0)``), which is never
+            discarded (so one entry fewer is zeroed when it is among the
+            lowest): the "discard" variant of jacobgil/vit-explain's
+            ``vit_rollout.py``, followed exactly. Two differences from that
+            script: it divides ``(fused + I) / 2`` by ``.sum(dim=-1)``, which
+            broadcasts to dividing entry ``(i, j)`` by the sum of row ``j``,
+            where rows are normalised here as in Abnar & Zuidema; and it
+            discards for the first example of a batch only, where every example
+            is treated here. Default: 0.
+        """
+    )
     def attribute(
         self,
         inputs: Union[Tensor, Tuple[Tensor]],
@@ -48,50 +72,6 @@ class AttentionRollout(AttentionAttribution):
         upsample: bool = True,
         max_examples_per_batch: Optional[int] = None,
     ) -> Union[Tensor, Tuple[Tensor]]:
-        r"""
-        Args:
-            inputs (Tensor or tuple[Tensor]): images ``(N, C, H, W)`` as the model
-                takes them, or a tuple holding that one tensor.
-            target (int, tuple, Tensor, list, optional): the output index explained
-                for each example, in any form Captum accepts. The map itself does
-                not depend on it (attention is read, not differentiated); it is
-                checked against the model's output. Default: the predicted class.
-            additional_forward_args (Any, optional): further positional arguments of
-                ``forward_func`` after the inputs (a non-tuple is passed as one
-                argument); with ``max_examples_per_batch``, tensors among them are
-                split with the inputs.
-            start_layer (int, optional): the first block ``s`` rolled out.
-                Default: 0.
-            head_fusion (str, optional): how the heads are fused, ``"mean"``,
-                ``"max"`` or ``"min"``. Default: ``"mean"``.
-            discard_ratio (float, optional): in ``[0, 1)``; per example and block,
-                the ``int(T² · discard_ratio)`` lowest entries of the fused attention
-                are set to zero before the identity is added, except the class
-                token's attention to itself (entry ``(0, 0)``), which is never
-                discarded (so one entry fewer is zeroed when it is among the
-                lowest): the "discard" variant of jacobgil/vit-explain's
-                ``vit_rollout.py``, followed exactly. Two differences from that
-                script: it divides ``(fused + I) / 2`` by ``.sum(dim=-1)``, which
-                broadcasts to dividing entry ``(i, j)`` by the sum of row ``j``,
-                where rows are normalised here as in Abnar & Zuidema; and it
-                discards for the first example of a batch only, where every example
-                is treated here. Default: 0.
-            upsample (bool, optional): if ``True`` (default), the patch-grid map is
-                upsampled bilinearly to ``(H, W)`` and repeated over the ``C``
-                channels; if ``False``, the patch grid ``(N, 1, h, w)`` is returned.
-            max_examples_per_batch (int, optional): the most examples run through
-                the model at once (same results, memory bounded by the chunk).
-                Default: all at once.
-
-        Returns:
-            *Tensor* or *tuple[Tensor]* of **attributions**: the class token's row
-            of the rolled-out attention, in the same form as ``inputs`` and on
-            their device.
-
-        Raises:
-            TypeError, ValueError: for options outside the ranges above (before the
-                model runs), and as :meth:`AttentionAttribution.attribute`.
-        """
         check_start_layer(start_layer, self.num_blocks)
         if head_fusion not in _HEAD_FUSIONS:
             raise ValueError(f"head_fusion: expected one of {_HEAD_FUSIONS}, got {head_fusion!r}")

@@ -2,10 +2,11 @@
 
 import dataclasses
 import enum
+import textwrap
 import warnings
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Iterator, List, Optional, Tuple, TypeVar, Union
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +78,60 @@ class AttentionTrace:
     input_relevance: Optional[Tensor] = None
 
 
+_ATTRIBUTE_DOC = r"""
+        Args:
+            inputs (Tensor or tuple[Tensor]): images ``(N, C, H, W)`` as the model
+                takes them, or a tuple holding that one tensor.
+            target (int, tuple, Tensor, list, optional): the output index explained
+                for each example, in any form Captum accepts. Default: the predicted
+                class.
+            additional_forward_args (Any, optional): further positional arguments of
+                ``forward_func`` after the inputs (a non-tuple is passed as one
+                argument). With ``max_examples_per_batch``, every tensor among them
+                is taken to hold one row per example and is split with the inputs,
+                as in Captum.
+{options}            upsample (bool, optional): if ``True`` (default), the patch-grid relevance
+                is upsampled bilinearly (``align_corners=False``) to ``(H, W)`` and
+                repeated over the ``C`` channels, giving the input's shape; if
+                ``False``, the patch grid ``(N, 1, h, w)`` is returned, row-major as
+                the model orders its patches.
+            max_examples_per_batch (int, optional): the most examples run through
+                the model at once; the inputs are split into chunks of that size,
+                which bounds the memory of the recorded attention (and gradients),
+                with the same results as one batch (one backward pass per chunk for
+                the methods that need one). Default: all at once.
+
+        Returns:
+            *Tensor* or *tuple[Tensor]* of **attributions**: the relevance of the
+            patches for the class token, not normalised, in the same form as
+            ``inputs`` and on their device; float32 for float16 and bfloat16
+            models (the rule computes in float32), else the model's dtype.
+
+        Raises:
+            TypeError: for inputs that are not tensors (or not floating point, for
+                methods that differentiate the model), a non-bool ``upsample`` or a
+                non-int ``max_examples_per_batch``.
+            ValueError: for malformed inputs, targets, options or
+                ``max_examples_per_batch``, and tensors on the meta device. Options
+                are checked before the model runs.
+"""
+
+_Method = TypeVar("_Method", bound=Callable)
+
+
+def documented_options(options: str) -> Callable[[_Method], _Method]:
+    """Decorator giving a method's ``attribute`` the shared Captum-style docstring
+    with its own options (Google-style ``name (type): text`` entries) inserted
+    after ``additional_forward_args``."""
+    entries = textwrap.indent(textwrap.dedent(options).strip("\n"), " " * 12)
+
+    def document(attribute: _Method) -> _Method:
+        attribute.__doc__ = _ATTRIBUTE_DOC.format(options=entries + "\n" if entries else "")
+        return attribute
+
+    return document
+
+
 def check_start_layer(start_layer: int, num_blocks: int) -> None:
     """Refuse a ``start_layer`` option that is not a block index of the model."""
     if isinstance(start_layer, bool) or not isinstance(start_layer, int):
@@ -116,8 +171,10 @@ class AttentionAttribution(Attribution):
     - ``_token_relevance(trace, **options) -> Tensor`` is the rule: the class
       token's relevance for every token, ``(N, T)``, prefix tokens included (the
       pipeline drops their columns). It runs in the caller's gradient mode;
-    - the public ``attribute`` declares the rule's options as keyword-only
-      arguments, validates them (before the model runs; :attr:`num_blocks` serves
+    - a rule without options inherits :meth:`attribute`; a rule with options
+      overrides it, declares them as keyword-only arguments documented with
+      ``@documented_options(...)`` (the shared docstring plus the options),
+      validates them (before the model runs; :attr:`num_blocks` serves
       ``start_layer`` checks) and delegates to
       ``self._attribute(inputs, target, additional_forward_args,
       upsample=upsample, max_examples_per_batch=max_examples_per_batch,
@@ -174,6 +231,7 @@ class AttentionAttribution(Attribution):
         """The number of transformer blocks of the model."""
         return len(self._adapter.blocks())
 
+    @documented_options("")
     def attribute(
         self,
         inputs: Union[Tensor, Tuple[Tensor]],
@@ -183,41 +241,6 @@ class AttentionAttribution(Attribution):
         upsample: bool = True,
         max_examples_per_batch: Optional[int] = None,
     ) -> Union[Tensor, Tuple[Tensor]]:
-        r"""
-        Args:
-            inputs (Tensor or tuple[Tensor]): images ``(N, C, H, W)`` as the model
-                takes them, or a tuple holding that one tensor.
-            target (int, tuple, Tensor, list, optional): the output index explained
-                for each example, in any form Captum accepts. Default: the predicted
-                class.
-            additional_forward_args (Any, optional): further positional arguments of
-                ``forward_func`` after the inputs (a non-tuple is passed as one
-                argument). With ``max_examples_per_batch``, every tensor among them
-                is taken to hold one row per example and is split with the inputs,
-                as in Captum.
-            upsample (bool, optional): if ``True`` (default), the patch-grid relevance
-                is upsampled bilinearly (``align_corners=False``) to ``(H, W)`` and
-                repeated over the ``C`` channels, giving the input's shape; if
-                ``False``, the patch grid ``(N, 1, h, w)`` is returned, row-major as
-                the model orders its patches.
-            max_examples_per_batch (int, optional): the most examples run through
-                the model at once; the inputs are split into chunks of that size,
-                which bounds the memory of the recorded attention (and gradients),
-                with the same results as one batch. Default: all at once.
-
-        Returns:
-            *Tensor* or *tuple[Tensor]* of **attributions**: the relevance of the
-            patches for the class token, not normalised, in the same form as
-            ``inputs`` and on their device; float32 for float16 and bfloat16
-            models (the rule computes in float32), else the model's dtype.
-
-        Raises:
-            TypeError: for inputs that are not tensors (or not floating point, for
-                methods that differentiate the model), a non-bool ``upsample`` or a
-                non-int ``max_examples_per_batch``.
-            ValueError: for malformed inputs, targets or ``max_examples_per_batch``,
-                and tensors on the meta device.
-        """
         return self._attribute(
             inputs,
             target,

@@ -6,7 +6,13 @@ import torch
 from torch import Tensor
 
 from captum_saco._utils import TargetType
-from captum_saco.attr._core.engine import AttentionAttribution, AttentionTrace, Needs, check_flag
+from captum_saco.attr._core.engine import (
+    AttentionAttribution,
+    AttentionTrace,
+    Needs,
+    check_flag,
+    documented_options,
+)
 
 
 def _weighted(attention: Tensor, gradient: Tensor) -> Tensor:
@@ -44,6 +50,13 @@ class GradientWeightedAttention(AttentionAttribution):
 
     needs = Needs.GRADIENTS
 
+    @documented_options(
+        """
+        aggregate_layers (bool, optional): if ``False``, only the last block is
+            used, ``mean_h clamp(grad(A_L) ⊙ A_L, min=0)`` (the "gradient, no
+            aggregation" ablation of the SaCo paper). Default: ``True``.
+        """
+    )
     def attribute(
         self,
         inputs: Union[Tensor, Tuple[Tensor]],
@@ -54,32 +67,6 @@ class GradientWeightedAttention(AttentionAttribution):
         upsample: bool = True,
         max_examples_per_batch: Optional[int] = None,
     ) -> Union[Tensor, Tuple[Tensor]]:
-        r"""
-        Args:
-            inputs (Tensor or tuple[Tensor]): images ``(N, C, H, W)`` as the model
-                takes them, or a tuple holding that one tensor.
-            target (int, tuple, Tensor, list, optional): the output index whose
-                logit's gradient weighs the attention, for each example, in any form
-                Captum accepts. Default: the predicted class.
-            additional_forward_args (Any, optional): further positional arguments of
-                ``forward_func`` after the inputs (a non-tuple is passed as one
-                argument); with ``max_examples_per_batch``, tensors among them are
-                split with the inputs.
-            aggregate_layers (bool, optional): if ``False``, only the last block is
-                used, ``mean_h clamp(grad(A_L) ⊙ A_L, min=0)`` (the "gradient, no
-                aggregation" ablation of the SaCo paper). Default: ``True``.
-            upsample (bool, optional): if ``True`` (default), the patch-grid map is
-                upsampled bilinearly to ``(H, W)`` and repeated over the ``C``
-                channels; if ``False``, the patch grid ``(N, 1, h, w)`` is returned.
-            max_examples_per_batch (int, optional): the most examples run through
-                the model at once; one backward pass per chunk (same results, memory
-                bounded by the chunk). Default: all at once.
-
-        Returns:
-            *Tensor* or *tuple[Tensor]* of **attributions**: the class token's row
-            of ``R``, non-negative, in the same form as ``inputs`` and on their
-            device.
-        """
         check_flag("aggregate_layers", aggregate_layers)
         return self._attribute(
             inputs,
