@@ -44,13 +44,19 @@ class ConstantAttribution(Attribution):
         return torch.ones_like(inputs)
 
 
-def test_default_methods_and_metrics_are_the_papers_comparison() -> None:
+def test_default_methods_are_the_papers_table_plus_attn_lrp_and_saliency() -> None:
     assert DEFAULT_METHODS == (
         "random",
         "raw_attention",
         "attention_rollout",
         "gradient_weighted_attention",
+        "attention_gradcam",
         "transformer_attribution",
+        "partial_lrp",
+        "full_lrp",
+        "conservative_lrp",
+        "attn_lrp",
+        "attcat",
         "integrated_gradients",
         "saliency",
     )
