@@ -6,13 +6,21 @@ from torch import Tensor
 
 from captum_saco._utils import TargetType
 from captum_saco.attr._core.adapters import ViTParts
-from captum_saco.attr._core.engine import AttentionAttribution, AttentionTrace, Needs
+from captum_saco.attr._core.engine import (
+    AttentionAttribution,
+    AttentionTrace,
+    Needs,
+    documented_options,
+)
 from captum_saco.attr._core.relevance import (
     AttentionRelevance,
     attention_relevance,
     check_precision,
 )
-from captum_saco.attr._core.transformer_attribution import RelevancePrecision
+from captum_saco.attr._core.transformer_attribution import (
+    _PRECISION_OPTION,
+    RelevancePrecision,
+)
 
 
 class PartialLRP(RelevancePrecision, AttentionAttribution):
@@ -62,6 +70,7 @@ class PartialLRP(RelevancePrecision, AttentionAttribution):
 
     needs = Needs.RELEVANCE
 
+    @documented_options(_PRECISION_OPTION)
     def attribute(
         self,
         inputs: Union[Tensor, Tuple[Tensor]],
@@ -72,32 +81,6 @@ class PartialLRP(RelevancePrecision, AttentionAttribution):
         upsample: bool = True,
         max_examples_per_batch: Optional[int] = None,
     ) -> Union[Tensor, Tuple[Tensor]]:
-        r"""
-        Args:
-            inputs (Tensor or tuple[Tensor]): images ``(N, C, H, W)`` as the model
-                takes them, or a tuple holding that one tensor.
-            target (int, tuple, Tensor, list, optional): the class explained for
-                each example, in any form Captum accepts. Default: the predicted
-                class.
-            additional_forward_args (Any, optional): further positional arguments of
-                ``forward_func`` after the inputs (a non-tuple is passed as one
-                argument); with ``max_examples_per_batch``, tensors among them are
-                split with the inputs.
-            precision (str, optional): ``"float64"`` (default) computes the
-                relevance pass in float64, ``"model"`` in the model's dtype (see
-                the class description).
-            upsample (bool, optional): if ``True`` (default), the patch-grid map is
-                upsampled bilinearly to ``(H, W)`` and repeated over the ``C``
-                channels; if ``False``, the patch grid ``(N, 1, h, w)`` is returned.
-            max_examples_per_batch (int, optional): the most examples explained at
-                once (same results, memory bounded by the chunk). Default: all at
-                once.
-
-        Returns:
-            *Tensor* or *tuple[Tensor]* of **attributions**: the class token's row
-            of ``mean_h clamp(R(A_L), min=0)``, non-negative, in the same form and
-            dtype as ``inputs`` and on their device.
-        """
         check_precision(precision)
         return self._attribute(
             inputs,

@@ -11,8 +11,18 @@ from captum_saco.attr._core.engine import (
     AttentionTrace,
     Needs,
     check_start_layer,
+    documented_options,
 )
 from captum_saco.attr._core.relevance import check_precision, computing_in
+
+_PRECISION_OPTION = """precision (str, optional): ``"float64"`` (default) computes the
+    relevance pass in float64, ``"model"`` in the model's dtype (see
+    the class description).
+"""
+
+_START_LAYER_OPTION = """start_layer (int, optional): the first block ``s`` chained (the
+    authors' evaluation scripts use 1). Default: 0.
+"""
 
 
 class RelevancePrecision:
@@ -94,6 +104,7 @@ class TransformerAttribution(RelevancePrecision, AttentionAttribution):
 
     needs = Needs.RELEVANCE
 
+    @documented_options(_START_LAYER_OPTION + _PRECISION_OPTION)
     def attribute(
         self,
         inputs: Union[Tensor, Tuple[Tensor]],
@@ -105,34 +116,6 @@ class TransformerAttribution(RelevancePrecision, AttentionAttribution):
         upsample: bool = True,
         max_examples_per_batch: Optional[int] = None,
     ) -> Union[Tensor, Tuple[Tensor]]:
-        r"""
-        Args:
-            inputs (Tensor or tuple[Tensor]): images ``(N, C, H, W)`` as the model
-                takes them, or a tuple holding that one tensor.
-            target (int, tuple, Tensor, list, optional): the class explained for
-                each example, in any form Captum accepts. Default: the predicted
-                class.
-            additional_forward_args (Any, optional): further positional arguments of
-                ``forward_func`` after the inputs (a non-tuple is passed as one
-                argument); with ``max_examples_per_batch``, tensors among them are
-                split with the inputs.
-            start_layer (int, optional): the first block ``s`` chained (the
-                authors' evaluation scripts use 1). Default: 0.
-            precision (str, optional): ``"float64"`` (default) computes the
-                relevance pass in float64, ``"model"`` in the model's dtype (see
-                the class description).
-            upsample (bool, optional): if ``True`` (default), the patch-grid map is
-                upsampled bilinearly to ``(H, W)`` and repeated over the ``C``
-                channels; if ``False``, the patch grid ``(N, 1, h, w)`` is returned.
-            max_examples_per_batch (int, optional): the most examples explained at
-                once (same results, memory bounded by the chunk). Default: all at
-                once.
-
-        Returns:
-            *Tensor* or *tuple[Tensor]* of **attributions**: the class token's row
-            of ``J``, non-negative, in the same form as ``inputs`` and on their
-            device.
-        """
         check_start_layer(start_layer, self.num_blocks)
         check_precision(precision)
         return self._attribute(
