@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from transformers import DeiTForImageClassificationWithTeacher
 
 from captum_saco.attr._core.adapters import adapter_for, vit_parts
-from captum_saco.attr._core.full_lrp import FullLRP, _prefix_tokens
+from captum_saco.attr._core.full_lrp import FullLRP
 from captum_saco.attr._core.partial_lrp import PartialLRP
 from captum_saco.attr._core.relevance import attention_relevance, embedding_in
 
@@ -171,7 +171,7 @@ def test_prefix_tokens_are_the_tokens_entering_block0_less_their_position_embedd
     adapter = adapter_for(model)
     with adapter.capture(stop_at_first_block=True) as record, torch.no_grad():
         model(torch.rand(2, 3, 32, 32))
-    prefix = _prefix_tokens(adapter)
+    prefix = adapter.prefix_tokens()
     p = prefix.shape[1]
     assert p == adapter.num_prefix_tokens
     torch.testing.assert_close(

@@ -129,6 +129,13 @@ class ViTAdapter:
         """The module whose output is ``(N, D, h, w)`` on the patch grid."""
         raise NotImplementedError
 
+    def prefix_tokens(self) -> Tensor:
+        """``(1, p, D)`` the prefix tokens (class, distillation, registers) before the
+        position embedding, in the model's order. Raises a ValueError for models
+        whose tokens entering block 0 are not the prefix and patch embeddings plus
+        the position embedding."""
+        raise NotImplementedError
+
     def attention_sources(self) -> List[Tuple[nn.Module, Callable[[object], Tensor]]]:
         """Per block, a module and how to read the attention probabilities from its
         output while :meth:`attention_mode` is active."""
@@ -257,6 +264,17 @@ class TimmViTAdapter(ViTAdapter):
     def patch_embedding(self) -> nn.Module:
         return self.model.patch_embed.proj
 
+    def prefix_tokens(self) -> Tensor:
+        for name in ("norm_pre", "patch_embed.norm"):
+            if not isinstance(self.model.get_submodule(name), nn.Identity):
+                raise ValueError(
+                    f"model: the tokens entering block 0 are not the patch and prefix "
+                    f"embeddings plus the position embedding: this model applies {name} in "
+                    "between"
+                )
+        model = self.model
+        return _joined([model.cls_token, getattr(model, "dist_token", None), model.reg_token])
+
     def attention_sources(self) -> List[Tuple[nn.Module, Callable[[object], Tensor]]]:
         return [(block.attn.attn_drop, _identity) for block in self.model.blocks]
 
@@ -346,6 +364,10 @@ class HuggingFaceViTAdapter(ViTAdapter):
 
     def patch_embedding(self) -> nn.Module:
         return self.backbone.embeddings.patch_embeddings.projection
+
+    def prefix_tokens(self) -> Tensor:
+        embeddings = self.backbone.embeddings
+        return _joined([embeddings.cls_token, getattr(embeddings, "distillation_token", None)])
 
     def attention_sources(self) -> List[Tuple[nn.Module, Callable[[object], Tensor]]]:
         return [(layer.attention, _second) for layer in self.backbone.layers]
@@ -441,6 +463,9 @@ class TorchvisionViTAdapter(ViTAdapter):
     def patch_embedding(self) -> nn.Module:
         return self.model.conv_proj
 
+    def prefix_tokens(self) -> Tensor:
+        return _joined([self.model.class_token])
+
     def attention_sources(self) -> List[Tuple[nn.Module, Callable[[object], Tensor]]]:
         return [(block.self_attention, _second) for block in self.model.encoder.layers]
 
@@ -519,6 +544,11 @@ def _explicit_attention(mha: nn.MultiheadAttention) -> Callable[..., Tuple[Tenso
         return mha.out_proj(out), probs
 
     return forward
+
+
+def _joined(tokens: List[Optional[Tensor]]) -> Tensor:
+    """The present prefix tokens ``(1, 1, D)`` as one detached ``(1, p, D)`` tensor."""
+    return torch.cat([token.detach() for token in tokens if token is not None], dim=1)
 
 
 def _identity(output: object) -> Tensor:

@@ -7,12 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from captum_saco._utils import TargetType
-from captum_saco.attr._core.adapters import (
-    HuggingFaceViTAdapter,
-    TimmViTAdapter,
-    ViTAdapter,
-    ViTParts,
-)
+from captum_saco.attr._core.adapters import ViTParts, _model_lock
 from captum_saco.attr._core.engine import AttentionAttribution, Needs
 from captum_saco.attr._core.relevance import (
     CHEFER_RULES,
@@ -22,28 +17,6 @@ from captum_saco.attr._core.relevance import (
     computing_in,
     z_box,
 )
-
-
-def _prefix_tokens(adapter: ViTAdapter) -> Tensor:
-    """``(1, p, D)`` the prefix tokens (class, distillation, registers) before the
-    position embedding, in the model's order; refuses models whose tokens entering
-    block 0 are not prefix and patch embeddings plus position embeddings."""
-    model = adapter.model
-    if isinstance(adapter, TimmViTAdapter):
-        for name in ("norm_pre", "patch_embed.norm"):
-            if not isinstance(model.get_submodule(name), nn.Identity):
-                raise ValueError(
-                    f"model: FullLRP needs the tokens entering block 0 to be the patch and "
-                    f"prefix embeddings plus the position embedding; this model applies "
-                    f"{name} in between"
-                )
-        tokens = [model.cls_token, getattr(model, "dist_token", None), model.reg_token]
-    elif isinstance(adapter, HuggingFaceViTAdapter):
-        embeddings = adapter.backbone.embeddings
-        tokens = [embeddings.cls_token, getattr(embeddings, "distillation_token", None)]
-    else:
-        tokens = [model.class_token]
-    return torch.cat([token.detach() for token in tokens if token is not None], dim=1)
 
 
 class FullLRP(AttentionAttribution):
@@ -153,14 +126,17 @@ class FullLRP(AttentionAttribution):
         self, images: Tensor, target: TargetType, extra: Tuple, *, upsample: bool, precision: str
     ) -> Tensor:
         conv = self._adapter.patch_embedding()
-        prefix = _prefix_tokens(self._adapter)
+        prefix = self._adapter.prefix_tokens()
         seen: List[Tensor] = []
-        handle = conv.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
-        try:
-            with computing_in(self._adapter, precision):
-                trace = self._trace(images, target, extra)
-        finally:
-            handle.remove()
+        # Under the model's capture lock, so that no other thread's forward pass
+        # reaches the hook.
+        with _model_lock(self._adapter.model):
+            handle = conv.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+            try:
+                with computing_in(self._adapter, precision):
+                    trace = self._trace(images, target, extra)
+            finally:
+                handle.remove()
         assert trace.input_relevance is not None
         pixels = seen[0].detach().to(trace.tokens.dtype)
         if pixels.shape != images.shape:
