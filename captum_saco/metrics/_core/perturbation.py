@@ -666,8 +666,8 @@ def chunk_rows(
     huge batch is slower than chunks of a few dozen rows once the
     activations leave the caches; ``benchmarks/bench_batching.py`` measures
     the knee); on a GPU as many rows as fill :data:`GPU_MEMORY_SHARE` of the
-    free memory (``torch.cuda.mem_get_info``) at the peak memory per row of
-    one probe forward pass of a few clean rows. ``n_rows`` (the rows to run)
+    free memory (``torch.cuda.mem_get_info``) at the memory per row that one
+    probe forward pass of a few clean rows allocates. ``n_rows`` (the rows to run)
     caps either.
     """
     if max_examples_per_batch is not None:
@@ -693,14 +693,21 @@ def chunk_rows(
 def _rows_fitting_gpu_memory(
     forward_func: Callable[..., Any], prepared: PreparedInputs, device: torch.device
 ) -> int:
-    """Rows whose forward pass fills :data:`GPU_MEMORY_SHARE` of the free GPU memory."""
+    """Rows whose forward pass fills :data:`GPU_MEMORY_SHARE` of the free GPU memory.
+
+    The memory per row is the bytes a probe forward pass of a few rows
+    allocates in all (the allocator's cumulative count): an upper bound of
+    the probe's peak that, unlike the peak statistics, needs no reset, so the
+    caller's ``torch.cuda.max_memory_allocated`` is left as it was.
+    """
     probe = torch.arange(min(prepared.n, 4), device=device)
+    counter = "allocated_bytes.all.allocated"
     torch.cuda.synchronize(device)
-    before = torch.cuda.memory_allocated(device)
-    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_stats(device).get(counter, 0)
     with torch.no_grad():
         _forward_rows(forward_func, prepared, [x[probe] for x in prepared.inputs], probe)
-    per_row = max((torch.cuda.max_memory_allocated(device) - before) / len(probe), 1.0)
+    torch.cuda.synchronize(device)
+    per_row = max((torch.cuda.memory_stats(device).get(counter, 0) - before) / len(probe), 1.0)
     free, _ = torch.cuda.mem_get_info(device)
     return int(GPU_MEMORY_SHARE * free / per_row)
 
