@@ -6,7 +6,7 @@ skip for any other reason means the suite silently checks less than it claims:
 the run fails, naming the skipped tests.
 """
 
-from typing import List
+from typing import Iterator, List
 
 import pytest
 
@@ -34,3 +34,16 @@ def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untype
         terminalreporter.write_sep("=", "skips other than for a missing GPU (these fail the run)")
         for line in _unexpected:
             terminalreporter.write_line(line)
+
+
+@pytest.fixture
+def no_tf32() -> Iterator[None]:
+    """TF32 off while a test compares CUDA results with the CPU's: cuDNN allows it
+    for float32 convolutions by default, which rounds a patch embedding to about
+    1e-3; such tests pin our code on CUDA, not the GPU's faster arithmetic."""
+    import torch
+
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before

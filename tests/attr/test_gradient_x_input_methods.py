@@ -215,8 +215,11 @@ def test_a_batch_gives_the_maps_of_its_images_one_by_one(
     batch = method.attribute(images, target=[1, 2, 3, 4])
     single = torch.cat([method.attribute(images[i : i + 1], target=i + 1) for i in range(4)])
     chunked = method.attribute(images, target=[1, 2, 3, 4], max_examples_per_batch=3)
-    torch.testing.assert_close(batch, single, rtol=1e-5, atol=1e-8)
-    torch.testing.assert_close(chunked, batch, rtol=1e-5, atol=1e-8)
+    # Equal up to float32 rounding, which depends on the BLAS kernels a batch size
+    # picks: 1e-5 of each map's largest magnitude.
+    scale = 1e-5 * batch.flatten(1).abs().amax(dim=1)[:, None, None, None]
+    assert ((batch - single).abs() <= scale).all()
+    assert ((chunked - batch).abs() <= scale).all()
 
 
 @pytest.mark.parametrize("cls", METHODS)
@@ -353,6 +356,7 @@ def test_concurrent_calls_with_the_gamma_rule_each_get_their_own_maps(
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.usefixtures("no_tf32")
 @pytest.mark.parametrize("key", sorted(CASES))
 def test_a_cuda_model_gives_the_cpu_maps_on_the_inputs_device(
     timm_reference_model: nn.Module, images: Tensor, key: str
