@@ -8,9 +8,11 @@ logits with respect to the input, what Captum's Saliency pays), the goal for
 that ratio, and whether the batch speed-up, the memory bound and the precision
 are measured for it. The script prints, from one run:
 
-1. cost ratios: the median time of ``attribute`` on a batch of 16 over the median
-   of its baseline, in interleaved rounds (small timm ViT: 96x96 images, 16x16
-   patches, width 192, 6 blocks, random weights);
+1. cost ratios: the median time of ``attribute`` on a batch (``--batch``) over the median
+   of its baseline, in interleaved rounds (``--model small``, the default: a timm
+   ViT on 96x96 images, 16x16 patches, width 192, 6 blocks, random weights;
+   ``--model base``: ViT-B/16 at 224x224, for GPUs, where the small model
+   measures kernel launches more than arithmetic);
 2. batch speed-ups: the batch at once against the same method image by image;
 3. memory: the peak of torch's allocations during ``attribute`` on a batch of 64
    with ``max_examples_per_batch=8`` over the peak on a batch of 8 (goal <= 1.3),
@@ -26,17 +28,18 @@ are measured for it. The script prints, from one run:
    compute in float32).
 
     python benchmarks/bench_attr.py [--rounds 10] [--device cpu] [--threads N]
+        [--model small|base] [--batch 16]
 """
 
 import argparse
 import contextlib
 import itertools
 import statistics
-import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List
 
 import torch
+from common import add_device_option, synchronize, timed
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
@@ -53,7 +56,10 @@ from captum_saco.attr._core.conservative_lrp import ConservativeLRP
 from captum_saco.attr._core.full_lrp import FullLRP
 from captum_saco.attr._core.partial_lrp import PartialLRP
 
-BATCH = 16
+MODELS = {  # name -> image size and VisionTransformer options
+    "small": (96, dict(embed_dim=192, depth=6, num_heads=3)),
+    "base": (224, dict(embed_dim=768, depth=12, num_heads=12)),
+}
 MEMORY_BATCH, MEMORY_CHUNK = 64, 8
 
 
@@ -93,11 +99,11 @@ ENTRIES: List[Entry] = [
 ]
 
 
-def build_model(image_size: int, device: str) -> nn.Module:
+def build_model(name: str, device: str, image_size: int = 0) -> nn.Module:
+    """The ``MODELS`` entry ``name`` with random weights (at ``image_size`` if given)."""
     torch.manual_seed(0)
-    model = VisionTransformer(
-        img_size=image_size, patch_size=16, embed_dim=192, depth=6, num_heads=3, num_classes=10
-    )
+    size, options = MODELS[name]
+    model = VisionTransformer(img_size=image_size or size, patch_size=16, num_classes=10, **options)
     return model.eval().to(device)
 
 
@@ -119,20 +125,15 @@ def timed_rounds(jobs: Dict[str, Callable[[], None]], rounds: int, device: str) 
         job()
     for _ in range(rounds):
         for name, job in jobs.items():
-            if device != "cpu":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            job()
-            if device != "cpu":
-                torch.cuda.synchronize()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(timed(job, device))
     return {name: statistics.median(t) for name, t in times.items()}
 
 
 def peak_bytes(job: Callable[[], None], device: str) -> int:
     """The peak of torch's allocations made while ``job`` runs (see the module doc)."""
     if device != "cpu":
-        torch.cuda.synchronize()
+        job()  # once before: cuBLAS and cuDNN allocate their workspaces on first use
+        synchronize(device)
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
         job()
@@ -145,8 +146,8 @@ def peak_bytes(job: Callable[[], None], device: str) -> int:
 
 
 def report_costs(args: argparse.Namespace) -> None:
-    model = build_model(96, args.device)
-    images = torch.rand(BATCH, 3, 96, 96, device=args.device)
+    model, size, batch = build_model(args.model, args.device), MODELS[args.model][0], args.batch
+    images = torch.rand(batch, 3, size, size, device=args.device)
     with torch.no_grad():
         target = model(images).argmax(dim=1)
     jobs: Dict[str, Callable[[], None]] = {
@@ -158,11 +159,11 @@ def report_costs(args: argparse.Namespace) -> None:
         jobs[entry.label] = lambda m=method, o=entry.options: m.attribute(images, target, **o)
         if entry.speed_up:
             jobs[f"{entry.label} image by image"] = lambda m=method, o=entry.options: [
-                m.attribute(images[i : i + 1], target[i : i + 1], **o) for i in range(BATCH)
+                m.attribute(images[i : i + 1], target[i : i + 1], **o) for i in range(batch)
             ]
     median = timed_rounds(jobs, args.rounds, args.device)
     print(
-        f"batch {BATCH}, {args.rounds} interleaved rounds on {args.device} "
+        f"{args.model} model, batch {batch}, {args.rounds} interleaved rounds on {args.device} "
         f"({torch.get_num_threads()} CPU threads); median ms per call"
     )
     for name in ("forward", "forward+backward"):
@@ -175,7 +176,7 @@ def report_costs(args: argparse.Namespace) -> None:
             f"  {entry.label:<28s} {1e3 * median[entry.label]:8.2f} ms  / {entry.baseline:<17s}"
             f" = {ratio:5.2f}  (goal <= {entry.goal}: {verdict})"
         )
-    print(f"batch of {BATCH} vs image by image (speed-up = image-by-image time / batch time):")
+    print(f"batch of {batch} vs image by image (speed-up = image-by-image time / batch time):")
     for entry in (entry for entry in ENTRIES if entry.speed_up):
         single = median[f"{entry.label} image by image"]
         print(
@@ -185,7 +186,7 @@ def report_costs(args: argparse.Namespace) -> None:
 
 
 def report_memory(args: argparse.Namespace) -> None:
-    model = build_model(224, args.device)
+    model = build_model("small", args.device, image_size=224)
     images = torch.rand(MEMORY_BATCH, 3, 224, 224, device=args.device)
     how = "torch.profiler CPU memory events" if args.device == "cpu" else "CUDA allocator"
     print(
@@ -210,9 +211,9 @@ def report_memory(args: argparse.Namespace) -> None:
 
 
 def report_precision(args: argparse.Namespace) -> None:
-    model = build_model(96, args.device)
+    model, size = build_model("small", args.device), MODELS["small"][0]
     torch.manual_seed(1)
-    images = torch.rand(BATCH, 3, 96, 96, device=args.device)
+    images = torch.rand(16, 3, size, size, device=args.device)
     settings = {
         "float16": (torch.float16, contextlib.nullcontext),
         "bfloat16": (torch.bfloat16, contextlib.nullcontext),
@@ -240,8 +241,10 @@ def report_precision(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--device", default="cpu")
+    add_device_option(parser)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    parser.add_argument("--model", choices=tuple(MODELS), default="small")
+    parser.add_argument("--batch", type=int, default=16, help="for the cost ratios")
     parser.add_argument(
         "--only", choices=("costs", "memory", "precision"), help="run one section only"
     )

@@ -8,15 +8,17 @@ and the activation elements per chunk (a model's largest activation times the
 chunk size), so that the default chunking rule of
 :mod:`captum_saco.metrics` can be checked against it:
 
-    python benchmarks/bench_batching.py [--rounds 3] [--threads 2]
+    python benchmarks/bench_batching.py [--rounds 3] [--threads 2] [--device cpu]
+
+On a GPU each model forwards 8 times as many rows, in chunks up to all of them.
 """
 
 import argparse
-import time
-from typing import Callable, Dict, List, Tuple
+from typing import Dict, List, Tuple
 
 import timm
 import torch
+from common import add_device_option, timed
 from torch import Tensor, nn
 
 from captum_saco.datasets import load_fashion_mnist_vit
@@ -51,12 +53,6 @@ def models() -> Dict[str, Tuple[nn.Module, Tuple[int, ...], int]]:
     }
 
 
-def timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def run(model: nn.Module, x: Tensor, chunk: int) -> None:
     with torch.no_grad():
         for part in x.split(chunk):
@@ -67,19 +63,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    add_device_option(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    gpu = torch.device(args.device).type == "cuda"
     for name, (model, shape, rows) in models().items():
-        x = torch.randn(rows, *shape)
-        chunks = [c for c in (4, 8, 16, 27, 48, 64, 128, 256, 576) if c <= rows]
+        rows, model = rows * (8 if gpu else 1), model.to(args.device)
+        x = torch.randn(rows, *shape, device=args.device)
+        sizes = (4, 8, 16, 27, 48, 64, 128, 256, 576, 1024, 2048, 4608)
+        chunks = [c for c in sizes if c <= rows]
         times: Dict[int, List[float]] = {c: [] for c in chunks}
         run(model, x[:8], 8)  # warm-up
         for _ in range(args.rounds):
             for c in chunks:
-                times[c].append(timed(lambda: run(model, x, c)))
+                times[c].append(timed(lambda: run(model, x, c), args.device))
         best = min(min(t) for t in times.values())
         rule = chunk_rows(None, model, PreparedInputs((x,), (x[:1],), None), rows)
-        print(f"{name}: {rows} rows, threads={args.threads}, default rule -> {rule} rows")
+        print(
+            f"{name}: {rows} rows, {args.device}, threads={args.threads}, "
+            f"default rule -> {rule} rows"
+        )
         for c in chunks:
             t = min(times[c])
             print(f"  chunk {c:4d}: {t / rows * 1e3:8.3f} ms/row  {t / best:5.2f}x best")

@@ -13,24 +13,20 @@ Usage::
 
     python benchmarks/bench_evaluate_floor.py            # 32 images, 3 rounds
     python benchmarks/bench_evaluate_floor.py --limit 64 --threads 1
+    python benchmarks/bench_evaluate_floor.py --device cuda --limit 256 --batch-size 64
 """
 
 import argparse
-import time
 from typing import Callable, Dict, List
 
 import torch
+from common import add_device_option, timed
 
 from captum_saco.datasets import load_fashion_mnist_samples, load_fashion_mnist_vit
 from captum_saco.evaluation import DEFAULT_METHODS, DEFAULT_METRICS, METHODS, evaluate
 
 CHUNKS = (16, 32, 64, 128, 256)
-
-
-def timed(job: Callable[[], None]) -> float:
-    start = time.perf_counter()
-    job()
-    return time.perf_counter() - start
+GPU_CHUNKS = (64, 256, 1024, 4096)
 
 
 def attribution_job(model: torch.nn.Module, images: torch.Tensor, batch: int) -> Callable:
@@ -64,10 +60,12 @@ def main() -> None:
     parser.add_argument("--n-groups", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
+    add_device_option(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model = load_fashion_mnist_vit()
-    images = load_fashion_mnist_samples(limit=args.limit).images
+    model = load_fashion_mnist_vit(device=args.device)
+    images = load_fashion_mnist_samples(limit=args.limit).images.to(args.device)
+    chunks = GPU_CHUNKS if torch.device(args.device).type == "cuda" else CHUNKS
     k, n, m = args.n_groups, len(images), len(DEFAULT_METHODS)
     perturbed_rows = n + n * m * (3 * k - 2)
     rows = images.repeat((perturbed_rows + n - 1) // n, 1, 1, 1)[:perturbed_rows]
@@ -79,23 +77,23 @@ def main() -> None:
         "evaluate": run_evaluate,
         "attribute": attribution_job(model, images, args.batch_size),
     }
-    jobs.update({f"forward x{c}": forward_job(model, rows, c) for c in CHUNKS})
+    jobs.update({f"forward x{c}": forward_job(model, rows, c) for c in chunks})
     run_evaluate()  # warm-up
     times: Dict[str, List[float]] = {name: [] for name in jobs}
     for _ in range(args.rounds):
         for name, job in jobs.items():
-            times[name].append(timed(job))
+            times[name].append(timed(job, args.device))
     best = {name: min(t) for name, t in times.items()}
-    forward = min(best[f"forward x{c}"] for c in CHUNKS)
+    forward = min(best[f"forward x{c}"] for c in chunks)
     floor = best["attribute"] + forward
     print(
         f"{n} images, {m} methods, metrics {', '.join(DEFAULT_METRICS)}, K = {k}, "
-        f"{args.threads} threads; best of {args.rounds} interleaved rounds"
+        f"{args.device}, {args.threads} threads; best of {args.rounds} interleaved rounds"
     )
     print(f"evaluate:                      {best['evaluate']:.2f} s")
     print(f"attribute calls of the methods: {best['attribute']:.2f} s")
-    chunks = ", ".join(f"{c}: {best[f'forward x{c}']:.2f} s" for c in CHUNKS)
-    print(f"{perturbed_rows} bare forward rows, by rows per call: {chunks}")
+    by_chunk = ", ".join(f"{c}: {best[f'forward x{c}']:.2f} s" for c in chunks)
+    print(f"{perturbed_rows} bare forward rows, by rows per call: {by_chunk}")
     print(f"evaluate / floor: {best['evaluate'] / floor:.3f} (goal <= 1.15)")
 
 
