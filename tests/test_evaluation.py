@@ -499,6 +499,57 @@ def test_paired_comparisons_count_better_images_and_test_with_wilcoxon(result) -
     assert "Paired comparison with random" in text and "Wilcoxon signed-rank" in text
 
 
+def test_rows_resampled_together_get_the_intervals_of_their_own_seeded_resamples() -> None:
+    from captum_saco.evaluation.statistics import BOOTSTRAP_RESAMPLES, bootstrap_ci95s
+
+    torch.manual_seed(5)
+    rows = [torch.randn(30, dtype=torch.float64) for _ in range(3)]
+    rows[1][[2, 7]] = float("nan")  # 28 defined values: resampled on its own
+    rows.append(torch.full((30,), float("nan"), dtype=torch.float64))
+
+    def by_definition(values: torch.Tensor):
+        defined = values[~torch.isnan(values)]
+        generator = torch.Generator().manual_seed(0)
+        means = torch.cat(
+            [
+                defined[torch.randint(len(defined), (50, len(defined)), generator=generator)].mean(
+                    1
+                )
+                for _ in range(BOOTSTRAP_RESAMPLES // 50)
+            ]
+        )
+        return torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+
+    intervals = bootstrap_ci95s(rows)
+    for row, interval in zip(rows[:3], intervals):
+        assert interval == pytest.approx(by_definition(row), abs=1e-12)
+    assert intervals[3] is None
+
+
+def test_pairs_tested_in_one_call_get_the_p_values_of_one_test_each() -> None:
+    from scipy.stats import wilcoxon
+
+    from captum_saco.evaluation.statistics import comparisons
+
+    torch.manual_seed(6)
+    methods = ["a", "b", "c", "d"]
+    per_example = {
+        (m, "saco"): torch.randn(80, dtype=torch.float64).round(decimals=1) for m in methods
+    }
+    per_example[("c", "saco")][:5] = float("nan")
+    per_example[("d", "saco")] = per_example[("a", "saco")].clone()
+    rows = comparisons(per_example, methods, {"saco": "higher is better"})
+    assert len(rows) == 6
+    for row in rows:
+        a, b = per_example[(row["method_a"], "saco")], per_example[(row["method_b"], "saco")]
+        both = ~(a.isnan() | b.isnan())
+        if torch.equal(a[both], b[both]):
+            assert row["p_value"] is None
+        else:
+            expected = wilcoxon(a[both].numpy(), b[both].numpy()).pvalue
+            assert row["p_value"] == pytest.approx(expected, rel=1e-12)
+
+
 def test_without_scipy_the_output_says_p_values_are_missing(result, monkeypatch) -> None:
     import sys
 

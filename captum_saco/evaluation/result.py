@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from captum_saco.evaluation.registry import METRICS
-from captum_saco.evaluation.statistics import CI_METHOD, bootstrap_ci95, compare, p_value_method
+from captum_saco.evaluation.statistics import CI_METHOD, compare, p_value_method
 
 SUFFIXES = (".json", ".csv", ".md")
 
@@ -36,13 +36,16 @@ class ResultRow:
     """95% confidence interval of the mean (see :data:`statistics.CI_METHOD`)."""
 
 
-def summarise(method: str, metric: str, values: Tensor) -> ResultRow:
-    """The row of one method and metric from its per-image values."""
+def summarise(
+    method: str, metric: str, values: Tensor, ci95: Optional[Tuple[float, float]]
+) -> ResultRow:
+    """The row of one method and metric from its per-image values and the
+    confidence interval of their mean."""
     defined = values[~torch.isnan(values)].double()
     n = int(defined.numel())
     mean = float(defined.mean()) if n else None
     std = float(defined.std()) if n > 1 else None
-    return ResultRow(method, metric, mean, std, n, int(values.numel()) - n, bootstrap_ci95(values))
+    return ResultRow(method, metric, mean, std, n, int(values.numel()) - n, ci95)
 
 
 def _number(value: Optional[float], digits: int = 4) -> str:

@@ -26,7 +26,7 @@ from captum_saco.evaluation.registry import (
     resolve_metrics,
 )
 from captum_saco.evaluation.result import EvaluationResult, summarise
-from captum_saco.evaluation.statistics import comparisons
+from captum_saco.evaluation.statistics import bootstrap_ci95s, comparisons
 from captum_saco.metrics import saco, score_attributions
 
 # method -> metric -> (N,) values
@@ -307,7 +307,12 @@ def _result(
     return EvaluationResult(
         model=model_name,
         n_images=len(images),
-        rows=[summarise(m, k, values) for (m, k), values in per_example.items()],
+        rows=[
+            summarise(m, k, values, ci95)
+            for ((m, k), values), ci95 in zip(
+                per_example.items(), bootstrap_ci95s(list(per_example.values()))
+            )
+        ],
         per_example=per_example,
         per_image=rows,
         skipped=skipped,

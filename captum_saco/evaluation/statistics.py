@@ -21,9 +21,6 @@ def bootstrap_ci95(values: Tensor) -> Optional[Tuple[float, float]]:
     The 95% percentile-bootstrap confidence interval of the mean of
     ``values`` (float64, NaNs left out), seeded so that it is reproducible.
 
-    Resampling runs in chunks of resamples, so memory stays
-    ``O(len(values) * 50)``.
-
     Returns:
         ``(low, high)``, or None without any defined value.
 
@@ -34,18 +31,41 @@ def bootstrap_ci95(values: Tensor) -> Optional[Tuple[float, float]]:
         >>> low < 2.5 < high
         True
     """
-    defined = values[~torch.isnan(values)].double()
-    n = defined.numel()
-    if n == 0:
-        return None
+    return bootstrap_ci95s([values])[0]
+
+
+def bootstrap_ci95s(rows: Sequence[Tensor]) -> List[Optional[Tuple[float, float]]]:
+    """:func:`bootstrap_ci95` of each of ``rows``, the rows with as many defined
+    values resampled together: with the same seed they draw the same resamples,
+    so one matrix product per chunk of resamples gives all their means."""
+    defined = [row[~torch.isnan(row)].double() for row in rows]
+    by_count: Dict[int, List[int]] = {}
+    for index, values in enumerate(defined):
+        if values.numel():
+            by_count.setdefault(values.numel(), []).append(index)
+    intervals: List[Optional[Tuple[float, float]]] = [None] * len(rows)
+    levels = torch.tensor([0.025, 0.975], dtype=torch.float64)
+    for indices in by_count.values():
+        means = _resampled_means(torch.stack([defined[i] for i in indices]))
+        low, high = torch.quantile(means, levels, dim=1).tolist()
+        for index, interval in zip(indices, zip(low, high)):
+            intervals[index] = interval
+    return intervals
+
+
+def _resampled_means(values: Tensor) -> Tensor:
+    """``(R, BOOTSTRAP_RESAMPLES)`` means of resamples of each row of ``values``
+    ``(R, n)``, drawn in chunks of 50 (memory ``O(50 n + R * resamples)``)."""
+    n = values.shape[1]
     generator = torch.Generator().manual_seed(BOOTSTRAP_SEED)
     means = []
     for start in range(0, BOOTSTRAP_RESAMPLES, 50):
         size = min(50, BOOTSTRAP_RESAMPLES - start)
         picks = torch.randint(n, (size, n), generator=generator)
-        means.append(defined[picks].mean(dim=1))
-    quantiles = torch.quantile(torch.cat(means), torch.tensor([0.025, 0.975], dtype=torch.float64))
-    return float(quantiles[0]), float(quantiles[1])
+        counts = torch.zeros(size, n, dtype=values.dtype)
+        counts.scatter_add_(1, picks, torch.ones_like(counts))
+        means.append(values @ counts.T / n)
+    return torch.cat(means, dim=1)
 
 
 def _wilcoxon() -> Any:
@@ -63,27 +83,57 @@ def p_value_method() -> str:
     return "two-sided Wilcoxon signed-rank test over the images where both are defined (SciPy)"
 
 
-def _p_value(a: Tensor, b: Tensor) -> Optional[float]:
+#: With more images than this, SciPy's Wilcoxon test ("auto") takes the normal
+#: approximation for every pair alike, so that equally long pairs are tested in one call.
+_EXACT_UP_TO = 50
+
+
+def _p_values(pairs: Sequence[Tuple[Tensor, Tensor]]) -> List[Optional[float]]:
+    """The Wilcoxon p-value of each pair of NaN-free float64 rows; None without
+    SciPy, where the rows are equal everywhere, or where the test is undefined."""
+    p_values: List[Optional[float]] = [None] * len(pairs)
     wilcoxon = _wilcoxon()
-    if wilcoxon is None or not bool((a != b).any()):
-        return None
+    if wilcoxon is None:
+        return p_values
+    by_length: Dict[int, List[int]] = {}
+    for index, (a, b) in enumerate(pairs):
+        if bool((a != b).any()):
+            by_length.setdefault(a.numel(), []).append(index)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        p = float(wilcoxon(a.numpy(), b.numpy()).pvalue)
-    return None if math.isnan(p) else p
+        for length, indices in by_length.items():
+            if length > _EXACT_UP_TO:
+                a, b = (torch.stack([pairs[i][side] for i in indices]).numpy() for side in (0, 1))
+                values = wilcoxon(a, b, axis=1).pvalue.tolist()
+            else:
+                values = [float(wilcoxon(*(x.numpy() for x in pairs[i])).pvalue) for i in indices]
+            for index, p in zip(indices, values):
+                p_values[index] = None if math.isnan(p) else p
+    return p_values
+
+
+def compare_pairs(
+    pairs: Sequence[Tuple[Tensor, Tensor]], higher_is_better: bool
+) -> List[Tuple[Optional[float], Optional[float]]]:
+    """For each pair ``(a, b)`` of per-image values, the fraction of the images
+    (where both are defined) on which ``a`` scores strictly better than ``b``,
+    and the paired test's p-value."""
+    kept = []
+    for a, b in pairs:
+        both = ~(torch.isnan(a) | torch.isnan(b))
+        kept.append((a[both].double(), b[both].double()))
+    fractions = [
+        float(((a > b) if higher_is_better else (a < b)).double().mean()) if a.numel() else None
+        for a, b in kept
+    ]
+    return list(zip(fractions, _p_values(kept)))
 
 
 def compare(
     a: Tensor, b: Tensor, higher_is_better: bool
 ) -> Tuple[Optional[float], Optional[float]]:
-    """The fraction of the images (where both are defined) on which ``a``
-    scores strictly better than ``b``, and the paired test's p-value."""
-    both = ~(torch.isnan(a) | torch.isnan(b))
-    a, b = a[both].double(), b[both].double()
-    if a.numel() == 0:
-        return None, None
-    better = a > b if higher_is_better else a < b
-    return float(better.double().mean()), _p_value(a, b)
+    """:func:`compare_pairs` of the one pair ``(a, b)``."""
+    return compare_pairs([(a, b)], higher_is_better)[0]
 
 
 def comparisons(
@@ -95,20 +145,18 @@ def comparisons(
     ``{"metric", "method_a", "method_b", "a_better_fraction", "p_value"}``."""
     rows = []
     for metric, direction in metrics.items():
-        for i, method_a in enumerate(methods):
-            for method_b in methods[i + 1 :]:
-                fraction, p = compare(
-                    per_example[(method_a, metric)],
-                    per_example[(method_b, metric)],
-                    direction.startswith("higher"),
-                )
-                rows.append(
-                    {
-                        "metric": metric,
-                        "method_a": method_a,
-                        "method_b": method_b,
-                        "a_better_fraction": fraction,
-                        "p_value": p,
-                    }
-                )
+        names = [(a, b) for i, a in enumerate(methods) for b in methods[i + 1 :]]
+        pairs = [(per_example[(a, metric)], per_example[(b, metric)]) for a, b in names]
+        for (method_a, method_b), (fraction, p) in zip(
+            names, compare_pairs(pairs, direction.startswith("higher"))
+        ):
+            rows.append(
+                {
+                    "metric": metric,
+                    "method_a": method_a,
+                    "method_b": method_b,
+                    "a_better_fraction": fraction,
+                    "p_value": p,
+                }
+            )
     return rows
