@@ -83,31 +83,35 @@ def p_value_method() -> str:
     return "two-sided Wilcoxon signed-rank test over the images where both are defined (SciPy)"
 
 
-#: With more images than this, SciPy's Wilcoxon test ("auto") takes the normal
-#: approximation for every pair alike, so that equally long pairs are tested in one call.
-_EXACT_UP_TO = 50
+def _test_kind(a: Tensor, b: Tensor) -> Tuple[int, bool, bool]:
+    """What SciPy's Wilcoxon test ("auto") chooses its method by: the number of
+    pairs, and whether some differences are zero or tied."""
+    differences = a - b
+    nonzero = differences[differences != 0].abs()
+    tied = nonzero.unique().numel() < nonzero.numel()
+    return a.numel(), bool(nonzero.numel() < differences.numel()), tied
 
 
 def _p_values(pairs: Sequence[Tuple[Tensor, Tensor]]) -> List[Optional[float]]:
     """The Wilcoxon p-value of each pair of NaN-free float64 rows; None without
-    SciPy, where the rows are equal everywhere, or where the test is undefined."""
+    SciPy, where the rows are equal everywhere, or where the test is undefined.
+
+    Pairs alike in what the test's method depends on (:func:`_test_kind`) are
+    tested in one vectorised call, with the p-values of one call per pair.
+    """
     p_values: List[Optional[float]] = [None] * len(pairs)
     wilcoxon = _wilcoxon()
     if wilcoxon is None:
         return p_values
-    by_length: Dict[int, List[int]] = {}
+    by_kind: Dict[Tuple[int, bool, bool], List[int]] = {}
     for index, (a, b) in enumerate(pairs):
         if bool((a != b).any()):
-            by_length.setdefault(a.numel(), []).append(index)
+            by_kind.setdefault(_test_kind(a, b), []).append(index)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for length, indices in by_length.items():
-            if length > _EXACT_UP_TO:
-                a, b = (torch.stack([pairs[i][side] for i in indices]).numpy() for side in (0, 1))
-                values = wilcoxon(a, b, axis=1).pvalue.tolist()
-            else:
-                values = [float(wilcoxon(*(x.numpy() for x in pairs[i])).pvalue) for i in indices]
-            for index, p in zip(indices, values):
+        for indices in by_kind.values():
+            a, b = (torch.stack([pairs[i][side] for i in indices]).numpy() for side in (0, 1))
+            for index, p in zip(indices, wilcoxon(a, b, axis=1).pvalue.tolist()):
                 p_values[index] = None if math.isnan(p) else p
     return p_values
 
