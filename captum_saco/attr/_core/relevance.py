@@ -54,10 +54,12 @@ SumRule = Callable[[Tensor, Tensor, Tensor], Tuple[Tensor, Tensor]]
 
 # --- the rules ----------------------------------------------------------------------------
 def _stabilised_divide(numerator: Tensor, denominator: Tensor) -> Tensor:
-    """``numerator / (denominator + 1e-9)``, and 0 where the denominator is 0."""
+    """``numerator / (denominator + 1e-9)``, and 0 where the denominator is 0
+    (both of the same shape)."""
     shifted = denominator + _EPSILON
     shifted.masked_fill_(shifted == 0, _EPSILON)
-    return (numerator / shifted).masked_fill_(denominator == 0, 0.0)
+    quotient = torch.div(numerator, shifted, out=shifted)
+    return quotient.masked_fill_(denominator == 0, 0.0)
 
 
 def pass_through(relevance: Tensor) -> Tensor:
@@ -87,16 +89,20 @@ def alpha1_beta0(inputs: Tensor, weight: Tensor, product: Tensor, relevance: Ten
     shape = inputs.shape
     flat = inputs.reshape(-1, shape[-1])
     positive_w = weight.clamp(min=0)
+    # |x|, then x+ and x- in turn, share one buffer; z becomes the scale in place
+    # (on the CPU, fresh allocations of activation size cost more than the operations).
+    buffer = flat.abs()
     # (product + |x| @ |W|^T) / 2 in one addmm; the halving is exact.
     z = torch.addmm(
-        product.reshape(-1, weight.shape[0]), flat.abs(), weight.abs().t(), beta=0.5, alpha=0.5
+        product.reshape(-1, weight.shape[0]), buffer, weight.abs().t(), beta=0.5, alpha=0.5
     )
     z = z.clamp_(min=0).add_(_EPSILON)
     if z.dtype == torch.float16:  # 1e-9 vanishes: keep 0 / 0 out of the outputs z == 0
         z.masked_fill_(z == 0, 1.0)
-    scale = relevance.reshape(z.shape) / z
-    result = flat.clamp(min=0) * (scale @ positive_w)
-    return result.addcmul_(flat.clamp(max=0), scale @ (weight - positive_w)).reshape(shape)
+    scale = torch.div(relevance.reshape(z.shape), z, out=z)
+    result = (scale @ positive_w).mul_(torch.clamp(flat, min=0, out=buffer))
+    negative_in = torch.clamp(flat, max=0, out=buffer)
+    return result.addcmul_(negative_in, scale @ (weight - positive_w)).reshape(shape)
 
 
 def z_rule_half_each(
@@ -105,9 +111,9 @@ def z_rule_half_each(
     """The z-rule (gradient times input) through ``product = left @ right``, each
     operand receiving half of the relevance."""
     scale = _stabilised_divide(relevance, product)
-    left_relevance = left * (scale @ right.transpose(-2, -1))
-    right_relevance = right * (left.transpose(-2, -1) @ scale)
-    return left_relevance / 2, right_relevance / 2
+    left_relevance = (scale @ right.transpose(-2, -1)).mul_(left).div_(2)
+    right_relevance = (left.transpose(-2, -1) @ scale).mul_(right).div_(2)
+    return left_relevance, right_relevance
 
 
 def z_rule_rescaled(skip: Tensor, branch: Tensor, relevance: Tensor) -> Tuple[Tensor, Tensor]:
@@ -116,7 +122,7 @@ def z_rule_rescaled(skip: Tensor, branch: Tensor, relevance: Tensor) -> Tuple[Te
     (Chefer's residual rule, per example where the original sums over the batch).
     """
     scale = _stabilised_divide(relevance, skip + branch)
-    skip_relevance, branch_relevance = skip * scale, branch * scale
+    skip_relevance, branch_relevance = skip * scale, scale.mul_(branch)
     dims = tuple(range(1, relevance.dim()))
     total = relevance.sum(dim=dims, keepdim=True)
     skip_total = skip_relevance.sum(dim=dims, keepdim=True)
@@ -125,8 +131,8 @@ def z_rule_rescaled(skip: Tensor, branch: Tensor, relevance: Tensor) -> Tuple[Te
     skip_target = _stabilised_divide(skip_total.abs(), absolute_total) * total
     branch_target = _stabilised_divide(branch_total.abs(), absolute_total) * total
     return (
-        skip_relevance * _stabilised_divide(skip_target, skip_total),
-        branch_relevance * _stabilised_divide(branch_target, branch_total),
+        skip_relevance.mul_(_stabilised_divide(skip_target, skip_total)),
+        branch_relevance.mul_(_stabilised_divide(branch_target, branch_total)),
     )
 
 
@@ -319,10 +325,11 @@ def _block_relevance(
     q_relevance, k_relevance = rules.product(
         record.q, record.k.transpose(-2, -1), record.scores, rules.elementwise(attention_relevance)
     )
+    # (N, T, 3, heads, d), the layout of the qkv output, in one copy
     qkv_relevance = torch.stack(
-        (q_relevance, k_relevance.transpose(-2, -1), v_relevance), dim=2
-    )  # (N, heads, 3, T, d)
-    qkv_relevance = qkv_relevance.permute(0, 3, 2, 1, 4).reshape(n, t, 3 * heads * d)
+        [r.transpose(1, 2) for r in (q_relevance, k_relevance.transpose(-2, -1), v_relevance)],
+        dim=2,
+    ).reshape(n, t, 3 * heads * d)
     qkv_product = _without_bias(record.qkv, block.qkv_bias)
     tokens_relevance = at_rows(skip_relevance, record.rows, t) + rules.elementwise(
         rules.linear(record.normed, block.qkv_weight, qkv_product, qkv_relevance)
