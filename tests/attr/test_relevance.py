@@ -178,26 +178,40 @@ def test_linear_rule_denominator_from_the_forward_product_equals_the_two_product
     torch.testing.assert_close(result, expected, rtol=1e-12, atol=1e-14)
 
 
-def test_linear_rule_output_without_positive_contributions_passes_nothing_whatever_its_scale() -> (
-    None
-):
+def test_linear_rule_passes_nothing_from_an_output_without_positive_contributions() -> None:
     # The output's scale R / (0 + 1e-9) is huge; its terms in x+ (s W+) + x- (s W-) are
     # exactly 0, where (x (s W) + |x| (s |W|)) / 2 would cancel it with rounding errors.
     torch.manual_seed(0)
-    inputs, weight = (
-        torch.randn(4, 16, dtype=torch.float64),
-        torch.randn(8, 16, dtype=torch.float64),
-    )
     signs = torch.where(torch.rand(16) < 0.5, -1.0, 1.0).double()
-    inputs = signs * inputs.abs()  # same signs in every row
+    inputs = signs * torch.randn(4, 16, dtype=torch.float64).abs()  # same signs in every row
+    weight = torch.randn(8, 16, dtype=torch.float64)
     weight[3] = -signs * weight[3].abs()  # output 3: every contribution negative
     relevance = torch.rand(4, 8, dtype=torch.float64)
     silenced = relevance.clone()
     silenced[:, 3] = 0
+    expected = alpha1_beta0(inputs, weight, inputs @ weight.t(), silenced)
     for huge in (1.0, 1e6):
         relevance[:, 3] = huge
-        result = alpha1_beta0(inputs, weight, inputs @ weight.t(), relevance)
-        assert torch.equal(result, alpha1_beta0(inputs, weight, inputs @ weight.t(), silenced))
+        assert torch.equal(alpha1_beta0(inputs, weight, inputs @ weight.t(), relevance), expected)
+
+
+def test_linear_rule_in_float16_is_finite_and_silent_where_nothing_is_positive() -> None:
+    # 1e-9 vanishes in float16 and the forward's product less its bias is off by ~1e-3 of
+    # the bias: z comes from the two products, exactly 0 for output 3, not a tiny rounding
+    # that would overflow R / z to inf (and inf * 0 to NaN).
+    torch.manual_seed(0)
+    signs = torch.where(torch.rand(16) < 0.5, -1.0, 1.0)
+    inputs = (signs * torch.rand(4, 16) * 1e-2).half()
+    weight = (torch.randn(8, 16) * 1e-2).half()
+    weight[3] = -signs.half() * weight[3].abs()
+    bias = torch.full((8,), 0.01).half()
+    product = torch.nn.functional.linear(inputs, weight, bias) - bias
+    relevance = torch.ones(4, 8).half()
+    silenced = relevance.clone()
+    silenced[:, 3] = 0
+    result = alpha1_beta0(inputs, weight, product, relevance)
+    assert result.isfinite().all()
+    assert torch.equal(result, alpha1_beta0(inputs, weight, product, silenced))
 
 
 def test_residual_rule_conserves_each_example_and_shares_by_absolute_branch_totals() -> None:

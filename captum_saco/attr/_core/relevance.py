@@ -78,7 +78,10 @@ def alpha1_beta0(inputs: Tensor, weight: Tensor, product: Tensor, relevance: Ten
     one, so ``z = (product + |x| @ |W|^T) / 2``: one matrix product besides the
     forward pass's ``product`` instead of two. Its rounding is that of the
     cancellation, about ``eps * (|x| @ |W|^T)``: in float64 some 1e-16 of that
-    sum, far below the stabiliser; a rounding below 0 is clamped to 0.
+    sum, far below the stabiliser; a rounding below 0 is clamped to 0. In
+    float16 and bfloat16 that rounding is 1e-3 to 1e-2 of the sum, and 1e-9
+    vanishes in float16: there ``z`` is the sum of its two non-negative
+    products, exactly 0 where nothing is positive (then replaced by 1).
 
     The relevance goes back as ``x+ * (s @ W+) + x- * (s @ W-)`` with
     ``s = R / (z + 1e-9)``: an output without positive contributions passes
@@ -89,20 +92,23 @@ def alpha1_beta0(inputs: Tensor, weight: Tensor, product: Tensor, relevance: Ten
     shape = inputs.shape
     flat = inputs.reshape(-1, shape[-1])
     positive_w = weight.clamp(min=0)
-    # |x|, then x+ and x- in turn, share one buffer; z becomes the scale in place
-    # (on the CPU, fresh allocations of activation size cost more than the operations).
-    buffer = flat.abs()
-    # (product + |x| @ |W|^T) / 2 in one addmm; the halving is exact.
-    z = torch.addmm(
-        product.reshape(-1, weight.shape[0]), buffer, weight.abs().t(), beta=0.5, alpha=0.5
-    )
-    z = z.clamp_(min=0).add_(_EPSILON)
-    if z.dtype == torch.float16:  # 1e-9 vanishes: keep 0 / 0 out of the outputs z == 0
+    negative_w = weight - positive_w
+    if flat.dtype in (torch.float16, torch.bfloat16):
+        z = (flat.clamp(min=0) @ positive_w.t()).addmm_(flat.clamp(max=0), negative_w.t())
+        z.add_(_EPSILON)
         z.masked_fill_(z == 0, 1.0)
+    else:  # (product + |x| @ |W|^T) / 2 in one addmm; the halving is exact
+        z = torch.addmm(
+            product.reshape(-1, weight.shape[0]), flat.abs(), weight.abs().t(), beta=0.5, alpha=0.5
+        )
+        z.clamp_(min=0).add_(_EPSILON)
+    # z becomes the scale, and x+ and x- share a buffer, in place: on the CPU fresh
+    # allocations of activation size cost more than the operations writing them.
     scale = torch.div(relevance.reshape(z.shape), z, out=z)
-    result = (scale @ positive_w).mul_(torch.clamp(flat, min=0, out=buffer))
+    buffer = flat.clamp(min=0)
+    result = (scale @ positive_w).mul_(buffer)
     negative_in = torch.clamp(flat, max=0, out=buffer)
-    return result.addcmul_(negative_in, scale @ (weight - positive_w)).reshape(shape)
+    return result.addcmul_(negative_in, scale @ negative_w).reshape(shape)
 
 
 def z_rule_half_each(
