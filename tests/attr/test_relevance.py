@@ -133,11 +133,20 @@ def test_prefix_tokens_heads_and_layer_scale_keep_logits_and_conservation(
     torch.testing.assert_close(totals, torch.ones(3), rtol=0, atol=1e-4)
 
 
+def two_product_alpha1_beta0(inputs: Tensor, weight: Tensor, relevance: Tensor) -> Tensor:
+    """alpha1-beta0 with its denominator as the original computes it:
+    ``x+ @ W+^T + x- @ W-^T + 1e-9``, two matrix products."""
+    positive_in, negative_in = inputs.clamp(min=0), inputs.clamp(max=0)
+    positive_w, negative_w = weight.clamp(min=0), weight.clamp(max=0)
+    scale = relevance / (positive_in @ positive_w.t() + negative_in @ negative_w.t() + 1e-9)
+    return positive_in * (scale @ positive_w) + negative_in * (scale @ negative_w)
+
+
 def test_linear_rule_conserves_relevance_except_of_outputs_without_positive_contributions() -> None:
     torch.manual_seed(0)
     inputs, weight = torch.randn(2, 5, 8), torch.randn(6, 8)
     relevance = torch.randn(2, 5, 6)
-    result = alpha1_beta0(inputs, weight, relevance)
+    result = alpha1_beta0(inputs, weight, inputs @ weight.t(), relevance)
     positive_parts = (
         inputs.clamp(min=0) @ weight.clamp(min=0).t()
         + inputs.clamp(max=0) @ weight.clamp(max=0).t()
@@ -150,8 +159,59 @@ def test_linear_rule_is_alpha1_beta0_with_one_shared_denominator() -> None:
     torch.manual_seed(0)
     x, w, r = torch.randn(8), torch.randn(8), torch.randn(())
     positive = x.clamp(min=0) * w.clamp(min=0) + x.clamp(max=0) * w.clamp(max=0)
-    single = alpha1_beta0(x[None], w[None], r[None])[0]
+    single = alpha1_beta0(x[None], w[None], (x @ w)[None], r[None])[0]
     torch.testing.assert_close(single, positive / positive.sum() * r)
+
+
+def test_linear_rule_denominator_from_the_forward_product_equals_the_two_product_one() -> None:
+    # z = (x W^T + |x| |W|^T) / 2 from the layer's output less its bias, as the relevance
+    # pass calls the rule, gives the relevance of the original's z = x+ W+^T + x- W-^T to
+    # float64 rounding, also next to an output without positive contributions (z = 0).
+    torch.manual_seed(0)
+    inputs = torch.randn(3, 7, 48, dtype=torch.float64)
+    weight, bias = torch.randn(24, 48, dtype=torch.float64), torch.randn(24, dtype=torch.float64)
+    weight[0] = -inputs[0, 0].sign() * weight[0].abs()  # output 0 of token 0: nothing positive
+    relevance = torch.randn(3, 7, 24, dtype=torch.float64)
+    product = torch.nn.functional.linear(inputs, weight, bias) - bias
+    result = alpha1_beta0(inputs, weight, product, relevance)
+    expected = two_product_alpha1_beta0(inputs, weight, relevance)
+    torch.testing.assert_close(result, expected, rtol=1e-12, atol=1e-14)
+
+
+def test_linear_rule_passes_nothing_from_an_output_without_positive_contributions() -> None:
+    # The output's scale R / (0 + 1e-9) is huge; its terms in x+ (s W+) + x- (s W-) are
+    # exactly 0, where (x (s W) + |x| (s |W|)) / 2 would cancel it with rounding errors.
+    torch.manual_seed(0)
+    signs = torch.where(torch.rand(16) < 0.5, -1.0, 1.0).double()
+    inputs = signs * torch.randn(4, 16, dtype=torch.float64).abs()  # same signs in every row
+    weight = torch.randn(8, 16, dtype=torch.float64)
+    weight[3] = -signs * weight[3].abs()  # output 3: every contribution negative
+    relevance = torch.rand(4, 8, dtype=torch.float64)
+    silenced = relevance.clone()
+    silenced[:, 3] = 0
+    expected = alpha1_beta0(inputs, weight, inputs @ weight.t(), silenced)
+    for huge in (1.0, 1e6):
+        relevance[:, 3] = huge
+        assert torch.equal(alpha1_beta0(inputs, weight, inputs @ weight.t(), relevance), expected)
+
+
+def test_linear_rule_in_float16_is_finite_and_silent_where_nothing_is_positive() -> None:
+    # 1e-9 vanishes in float16 and the forward's product less its bias is off by ~1e-3 of
+    # the bias: z comes from the two products, exactly 0 for output 3, not a tiny rounding
+    # that would overflow R / z to inf (and inf * 0 to NaN).
+    torch.manual_seed(0)
+    signs = torch.where(torch.rand(16) < 0.5, -1.0, 1.0)
+    inputs = (signs * torch.rand(4, 16) * 1e-2).half()
+    weight = (torch.randn(8, 16) * 1e-2).half()
+    weight[3] = -signs.half() * weight[3].abs()
+    bias = torch.full((8,), 0.01).half()
+    product = torch.nn.functional.linear(inputs, weight, bias) - bias
+    relevance = torch.ones(4, 8).half()
+    silenced = relevance.clone()
+    silenced[:, 3] = 0
+    result = alpha1_beta0(inputs, weight, product, relevance)
+    assert result.isfinite().all()
+    assert torch.equal(result, alpha1_beta0(inputs, weight, product, silenced))
 
 
 def test_residual_rule_conserves_each_example_and_shares_by_absolute_branch_totals() -> None:

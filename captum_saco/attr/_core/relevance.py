@@ -39,12 +39,13 @@ from torch import Tensor, nn
 
 from captum_saco._utils import TargetType, resolve_target
 from captum_saco.attr._core.adapters import BlockParts, ViTAdapter, ViTParts, _model_lock
-from captum_saco.attr._core.replay import BlockRecord, at_rows, block_forward
+from captum_saco.attr._core.replay import BlockRecord, ModelRecord, at_rows, model_forward
 
 _EPSILON = 1e-9
 
-#: ``rule(inputs, weight, relevance)``: relevance of ``inputs`` from that of ``inputs @ weight.T``
-LinearRule = Callable[[Tensor, Tensor, Tensor], Tensor]
+#: ``rule(inputs, weight, product, relevance)``: relevance of ``inputs`` from that of
+#: ``product = inputs @ weight.T`` (as the forward pass computed it, bias removed)
+LinearRule = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
 #: ``rule(left, right, product, relevance)``: relevance of both operands of ``left @ right``
 ProductRule = Callable[[Tensor, Tensor, Tensor, Tensor], Tuple[Tensor, Tensor]]
 #: ``rule(skip, branch, relevance)``: relevance of both operands of ``skip + branch``
@@ -53,10 +54,12 @@ SumRule = Callable[[Tensor, Tensor, Tensor], Tuple[Tensor, Tensor]]
 
 # --- the rules ----------------------------------------------------------------------------
 def _stabilised_divide(numerator: Tensor, denominator: Tensor) -> Tensor:
-    """``numerator / (denominator + 1e-9)``, and 0 where the denominator is 0."""
+    """``numerator / (denominator + 1e-9)``, and 0 where the denominator is 0
+    (both of the same shape)."""
     shifted = denominator + _EPSILON
     shifted.masked_fill_(shifted == 0, _EPSILON)
-    return (numerator / shifted).masked_fill_(denominator == 0, 0.0)
+    quotient = torch.div(numerator, shifted, out=shifted)
+    return quotient.masked_fill_(denominator == 0, 0.0)
 
 
 def pass_through(relevance: Tensor) -> Tensor:
@@ -64,24 +67,47 @@ def pass_through(relevance: Tensor) -> Tensor:
     return relevance
 
 
-def alpha1_beta0(inputs: Tensor, weight: Tensor, relevance: Tensor) -> Tensor:
-    """LRP-alpha1-beta0 through ``inputs @ weight.T`` (bias ignored), as in
-    Captum's ``Alpha1_Beta0_Rule`` and zennit's ``AlphaBeta(1, 0)``.
+def alpha1_beta0(inputs: Tensor, weight: Tensor, product: Tensor, relevance: Tensor) -> Tensor:
+    """LRP-alpha1-beta0 through ``product = inputs @ weight.T`` (bias ignored), as
+    in Captum's ``Alpha1_Beta0_Rule`` and zennit's ``AlphaBeta(1, 0)``.
 
     The positive part of the inputs meets the positive weights and the negative
     part the negative weights (only positive contributions count); both share
-    one denominator ``z``, stabilised as ``z + 1e-9``. ``z`` is a sum of
-    non-negative products, so where ``z == 0`` every product is 0 and the
-    output's relevance reaches no input.
+    one denominator ``z = x+ @ W+^T + x- @ W-^T``, stabilised as ``z + 1e-9``.
+    Each term of ``x @ W^T`` is either a positive contribution or a negative
+    one, so ``z = (product + |x| @ |W|^T) / 2``: one matrix product besides the
+    forward pass's ``product`` instead of two. Its rounding is that of the
+    cancellation, about ``eps * (|x| @ |W|^T)``: in float64 some 1e-16 of that
+    sum, far below the stabiliser; a rounding below 0 is clamped to 0. In
+    float16 and bfloat16 that rounding is 1e-3 to 1e-2 of the sum, and 1e-9
+    vanishes in float16: there ``z`` is the sum of its two non-negative
+    products, exactly 0 where nothing is positive (then replaced by 1).
+
+    The relevance goes back as ``x+ * (s @ W+) + x- * (s @ W-)`` with
+    ``s = R / (z + 1e-9)``: an output without positive contributions passes
+    nothing however large its ``s``, each of its terms being exactly 0 (the
+    equivalent ``(x * (s @ W) + |x| * (s @ |W|)) / 2`` would leak ``s`` through
+    the rounding of its cancellation).
     """
     shape = inputs.shape
-    positive_in = inputs.reshape(-1, shape[-1]).clamp(min=0)
-    negative_in = inputs.reshape(-1, shape[-1]).clamp(max=0)
-    positive_w, negative_w = weight.clamp(min=0), weight.clamp(max=0)
-    z = (positive_in @ positive_w.t()).addmm_(negative_in, negative_w.t()).add_(_EPSILON)
-    # 1e-9 vanishes in float16: keep 0 / 0 out of the products that are all zero.
-    scale = relevance.reshape(z.shape) / z.masked_fill_(z == 0, 1.0)
-    result = positive_in * (scale @ positive_w)
+    flat = inputs.reshape(-1, shape[-1])
+    positive_w = weight.clamp(min=0)
+    negative_w = weight - positive_w
+    if flat.dtype in (torch.float16, torch.bfloat16):
+        z = (flat.clamp(min=0) @ positive_w.t()).addmm_(flat.clamp(max=0), negative_w.t())
+        z.add_(_EPSILON)
+        z.masked_fill_(z == 0, 1.0)
+    else:  # (product + |x| @ |W|^T) / 2 in one addmm; the halving is exact
+        z = torch.addmm(
+            product.reshape(-1, weight.shape[0]), flat.abs(), weight.abs().t(), beta=0.5, alpha=0.5
+        )
+        z.clamp_(min=0).add_(_EPSILON)
+    # z becomes the scale, and x+ and x- share a buffer, in place: on the CPU fresh
+    # allocations of activation size cost more than the operations writing them.
+    scale = torch.div(relevance.reshape(z.shape), z, out=z)
+    buffer = flat.clamp(min=0)
+    result = (scale @ positive_w).mul_(buffer)
+    negative_in = torch.clamp(flat, max=0, out=buffer)
     return result.addcmul_(negative_in, scale @ negative_w).reshape(shape)
 
 
@@ -91,9 +117,9 @@ def z_rule_half_each(
     """The z-rule (gradient times input) through ``product = left @ right``, each
     operand receiving half of the relevance."""
     scale = _stabilised_divide(relevance, product)
-    left_relevance = left * (scale @ right.transpose(-2, -1))
-    right_relevance = right * (left.transpose(-2, -1) @ scale)
-    return left_relevance / 2, right_relevance / 2
+    left_relevance = (scale @ right.transpose(-2, -1)).mul_(left).div_(2)
+    right_relevance = (left.transpose(-2, -1) @ scale).mul_(right).div_(2)
+    return left_relevance, right_relevance
 
 
 def z_rule_rescaled(skip: Tensor, branch: Tensor, relevance: Tensor) -> Tuple[Tensor, Tensor]:
@@ -102,7 +128,7 @@ def z_rule_rescaled(skip: Tensor, branch: Tensor, relevance: Tensor) -> Tuple[Te
     (Chefer's residual rule, per example where the original sums over the batch).
     """
     scale = _stabilised_divide(relevance, skip + branch)
-    skip_relevance, branch_relevance = skip * scale, branch * scale
+    skip_relevance, branch_relevance = skip * scale, scale.mul_(branch)
     dims = tuple(range(1, relevance.dim()))
     total = relevance.sum(dim=dims, keepdim=True)
     skip_total = skip_relevance.sum(dim=dims, keepdim=True)
@@ -111,8 +137,8 @@ def z_rule_rescaled(skip: Tensor, branch: Tensor, relevance: Tensor) -> Tuple[Te
     skip_target = _stabilised_divide(skip_total.abs(), absolute_total) * total
     branch_target = _stabilised_divide(branch_total.abs(), absolute_total) * total
     return (
-        skip_relevance * _stabilised_divide(skip_target, skip_total),
-        branch_relevance * _stabilised_divide(branch_target, branch_total),
+        skip_relevance.mul_(_stabilised_divide(skip_target, skip_total)),
+        branch_relevance.mul_(_stabilised_divide(branch_target, branch_total)),
     )
 
 
@@ -241,34 +267,25 @@ def embedding_in(adapter: ViTAdapter, dtype: torch.dtype) -> Iterator[None]:
                 handle.remove()
 
 
-def _replay(parts: ViTParts, tokens: Tensor) -> Tuple[List[BlockRecord], Tensor, Tensor]:
-    """The blocks' records, the final-norm output and the logits from ``tokens``."""
-    # After the last attention only the heads' tokens matter.
-    head_tokens = sorted({index for index, _ in parts.heads})
-    last_rows = torch.tensor(head_tokens, device=tokens.device)
-    records: List[BlockRecord] = []
-    hidden = tokens.detach()
-    for b, block in enumerate(parts.blocks):
-        rows = last_rows if b == len(parts.blocks) - 1 else None
-        records.append(block_forward(block, hidden, rows))
-        hidden = records[-1].mid + records[-1].mlp_branch
-    normed = parts.norm(hidden)
-    position = {index: p for p, index in enumerate(head_tokens)}
-    logits = torch.stack([head(normed[:, position[index]]) for index, head in parts.heads])
-    return records, normed, logits.mean(dim=0)
+def _without_bias(output: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """``output - bias``: the product of a linear layer from its output."""
+    return output if bias is None else output - bias
 
 
-def _head_relevance(parts: ViTParts, normed: Tensor, classes: Tensor, rules: LRPRules) -> Tensor:
+def _head_relevance(
+    parts: ViTParts, replay: ModelRecord, classes: Tensor, rules: LRPRules
+) -> Tensor:
     """Relevance of the final norm's output, seeded with the one-hot target; with
     several classifier heads (DeiT distilled) each head, on its token, receives
     ``1 / len(heads)`` of it, as their logits are averaged."""
+    normed = replay.normed.detach()
     num_classes = parts.heads[0][1].out_features
     seed = F.one_hot(classes, num_classes).to(normed.dtype) / len(parts.heads)
-    head_tokens = sorted({index for index, _ in parts.heads})
     relevance = torch.zeros_like(normed)
-    for index, head in parts.heads:
-        position = head_tokens.index(index)
-        relevance[:, position] += rules.linear(normed[:, position], head.weight, seed)
+    for (index, head), logits in zip(parts.heads, replay.head_logits.detach()):
+        position = replay.head_tokens.index(index)
+        product = _without_bias(logits, head.bias)
+        relevance[:, position] += rules.linear(normed[:, position], head.weight, product, seed)
     return rules.elementwise(relevance)
 
 
@@ -279,17 +296,30 @@ def _block_relevance(
     its attention probabilities."""
     mid_relevance, mlp_relevance = rules.residual(record.mid, record.mlp_branch, relevance)
     hidden_relevance = rules.elementwise(
-        rules.linear(record.hidden, block.fc2.weight, rules.elementwise(mlp_relevance))
+        rules.linear(
+            record.hidden,
+            block.fc2.weight,
+            _without_bias(record.mlp_out, block.fc2.bias),
+            rules.elementwise(mlp_relevance),
+        )
     )
     mid_relevance = mid_relevance + rules.elementwise(
-        rules.linear(record.mlp_in, block.fc1.weight, hidden_relevance)
+        rules.linear(
+            record.mlp_in,
+            block.fc1.weight,
+            _without_bias(record.before_act, block.fc1.bias),
+            hidden_relevance,
+        )
     )
     skip_relevance, branch_relevance = rules.residual(
         record.skip, record.attention_branch, mid_relevance
     )
     n, heads, t, d = record.context.shape
     merged_relevance = rules.linear(
-        record.merged, block.proj.weight, rules.elementwise(branch_relevance)
+        record.merged,
+        block.proj.weight,
+        _without_bias(record.projected, block.proj.bias),
+        rules.elementwise(branch_relevance),
     )
     context_relevance = at_rows(merged_relevance, record.rows, t)
     context_relevance = context_relevance.reshape(n, t, heads, d).transpose(1, 2)
@@ -301,12 +331,14 @@ def _block_relevance(
     q_relevance, k_relevance = rules.product(
         record.q, record.k.transpose(-2, -1), record.scores, rules.elementwise(attention_relevance)
     )
+    # (N, T, 3, heads, d), the layout of the qkv output, in one copy
     qkv_relevance = torch.stack(
-        (q_relevance, k_relevance.transpose(-2, -1), v_relevance), dim=2
-    )  # (N, heads, 3, T, d)
-    qkv_relevance = qkv_relevance.permute(0, 3, 2, 1, 4).reshape(n, t, 3 * heads * d)
+        [r.transpose(1, 2) for r in (q_relevance, k_relevance.transpose(-2, -1), v_relevance)],
+        dim=2,
+    ).reshape(n, t, 3 * heads * d)
+    qkv_product = _without_bias(record.qkv, block.qkv_bias)
     tokens_relevance = at_rows(skip_relevance, record.rows, t) + rules.elementwise(
-        rules.linear(record.normed, block.qkv_weight, qkv_relevance)
+        rules.linear(record.normed, block.qkv_weight, qkv_product, qkv_relevance)
     )
     return tokens_relevance, attention_relevance
 
@@ -352,16 +384,18 @@ def attention_relevance(
         raise ValueError("input_relevance: the pass reaches the tokens only with first_block=0")
     parts = parts_in(parts, tokens.dtype)
     with torch.set_grad_enabled(gradients):
-        records, normed, logits = _replay(parts, tokens)
+        replay = model_forward(parts, tokens.detach())
+        logits = replay.logits
         _, classes = resolve_target(logits.detach(), target)
-        attentions = [record.attention for record in records]
+        attentions = [record.attention for record in replay.blocks]
         grads = None
         if gradients:
             chosen = logits.gather(1, classes[:, None]).sum()
             grads = list(torch.autograd.grad(chosen, attentions))
 
     with torch.no_grad():
-        relevance = _head_relevance(parts, normed.detach(), classes, rules)
+        relevance = _head_relevance(parts, replay, classes, rules)
+        records = replay.blocks
         relevances: List[Optional[Tensor]] = [None] * len(records)
         for b in reversed(range(first_block, len(records))):
             record = BlockRecord(

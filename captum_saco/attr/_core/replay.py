@@ -91,6 +91,7 @@ class BlockRecord:
     rows: Optional[Tensor]  # positions kept after the attention, None for all
     skip: Tensor  # block input at the kept positions, the first residual's skip
     normed: Tensor  # norm1 output, the qkv input (N, T, D)
+    qkv: Tensor  # qkv(normed) with its bias (N, T, 3 * D); q, k and v are views of it
     q: Tensor  # (N, heads, T, d)
     k: Tensor
     v: Tensor
@@ -98,11 +99,14 @@ class BlockRecord:
     attention: Tensor  # softmax(scale * scores)
     context: Tensor  # attention @ v (N, heads, T, d)
     merged: Tensor  # context with heads merged at the kept positions, the proj input
-    attention_branch: Tensor  # ls1 * proj(merged), the first residual's branch
+    projected: Tensor  # proj(merged) with its bias, before ls1
+    attention_branch: Tensor  # ls1 * projected, the first residual's branch
     mid: Tensor  # skip + attention_branch, the skip of the second residual
     mlp_in: Tensor  # norm2 output, the fc1 input
-    hidden: Tensor  # act(fc1(mlp_in)), the fc2 input
-    mlp_branch: Tensor  # ls2 * fc2(hidden), the second residual's branch
+    before_act: Tensor  # fc1(mlp_in) with its bias, the activation's input
+    hidden: Tensor  # act(before_act), the fc2 input
+    mlp_out: Tensor  # fc2(hidden) with its bias, before ls2
+    mlp_branch: Tensor  # ls2 * mlp_out, the second residual's branch
 
 
 @dataclass(frozen=True)
@@ -113,7 +117,8 @@ class ModelRecord:
     blocks: List[BlockRecord]
     normed: Tensor  # (N, number of head tokens, D), ordered as ``head_tokens``
     head_tokens: List[int]  # the distinct token positions the heads read, sorted
-    logits: Tensor  # (N, C): mean over the heads of head(normed token)
+    head_logits: Tensor  # (heads, N, C): head(normed token) with its bias, per head
+    logits: Tensor  # (N, C): mean over the heads of head_logits
 
 
 class _ScaledGradient(torch.autograd.Function):
@@ -291,9 +296,10 @@ def block_forward(
     skip = tokens
     if rows is not None:
         merged, skip = merged[:, rows], tokens[:, rows]
-    attention_branch = _linear(block.proj, merged)
+    projected = _linear(block.proj, merged)
+    attention_branch = projected
     if block.ls1 is not None:
-        attention_branch = attention_branch * _cast(block.ls1, tokens.dtype)
+        attention_branch = projected * _cast(block.ls1, tokens.dtype)
     mid = skip + attention_branch
     mlp_in = layer_norm(block.norm2, mid, rules.norm)
     before_act = _linear(block.fc1, mlp_in, rules.linear_gamma)
@@ -301,13 +307,15 @@ def block_forward(
         hidden = _IdentityRule.apply(before_act, block.act)
     else:
         hidden = block.act(before_act)
-    mlp_branch = _linear(block.fc2, hidden, rules.linear_gamma)
+    mlp_out = _linear(block.fc2, hidden, rules.linear_gamma)
+    mlp_branch = mlp_out
     if block.ls2 is not None:
-        mlp_branch = mlp_branch * _cast(block.ls2, tokens.dtype)
+        mlp_branch = mlp_out * _cast(block.ls2, tokens.dtype)
     return BlockRecord(
         rows,
         skip,
         normed,
+        qkv,
         q,
         k,
         v,
@@ -315,10 +323,13 @@ def block_forward(
         attention,
         context,
         merged,
+        projected,
         attention_branch,
         mid,
         mlp_in,
+        before_act,
         hidden,
+        mlp_out,
         mlp_branch,
     )
 
@@ -342,13 +353,13 @@ def model_forward(
         hidden = records[-1].mid + records[-1].mlp_branch
     normed = layer_norm(parts.norm, hidden, rules.norm)
     position = {index: p for p, index in enumerate(head_tokens)}
-    logits = torch.stack(
+    head_logits = torch.stack(
         [
             _linear(head, normed[:, position[index]], rules.linear_gamma)
             for index, head in parts.heads
         ]
-    ).mean(dim=0)
-    return ModelRecord(records, normed, head_tokens, logits)
+    )
+    return ModelRecord(records, normed, head_tokens, head_logits, head_logits.mean(dim=0))
 
 
 def at_rows(values: Tensor, rows: Optional[Tensor], length: int) -> Tensor:
