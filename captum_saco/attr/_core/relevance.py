@@ -128,7 +128,8 @@ def z_rule_rescaled(skip: Tensor, branch: Tensor, relevance: Tensor) -> Tuple[Te
     (Chefer's residual rule, per example where the original sums over the batch).
     """
     scale = _stabilised_divide(relevance, skip + branch)
-    skip_relevance, branch_relevance = skip * scale, scale.mul_(branch)
+    skip_relevance = skip * scale
+    branch_relevance = scale.mul_(branch)  # scale is not read again: its buffer is reused
     dims = tuple(range(1, relevance.dim()))
     total = relevance.sum(dim=dims, keepdim=True)
     skip_total = skip_relevance.sum(dim=dims, keepdim=True)
