@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List
 
 import torch
-from common import add_device_option, synchronize, timed
+from common import add_device_option, interleaved_rounds, synchronize
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
@@ -118,17 +118,6 @@ def forward_backward(model: nn.Module, images: Tensor, target: Tensor) -> None:
     torch.autograd.grad(scores.gather(1, target[:, None]).sum(), inputs)
 
 
-def timed_rounds(jobs: Dict[str, Callable[[], None]], rounds: int, device: str) -> Dict[str, float]:
-    """Run every job once per round, interleaved, after a warm-up; median seconds."""
-    times: Dict[str, List[float]] = {name: [] for name in jobs}
-    for job in jobs.values():
-        job()
-    for _ in range(rounds):
-        for name, job in jobs.items():
-            times[name].append(timed(job, device))
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 def peak_bytes(job: Callable[[], None], device: str) -> int:
     """The peak of torch's allocations made while ``job`` runs (see the module doc)."""
     if device != "cpu":
@@ -161,7 +150,8 @@ def report_costs(args: argparse.Namespace) -> None:
             jobs[f"{entry.label} image by image"] = lambda m=method, o=entry.options: [
                 m.attribute(images[i : i + 1], target[i : i + 1], **o) for i in range(batch)
             ]
-    median = timed_rounds(jobs, args.rounds, args.device)
+    times = interleaved_rounds(jobs, args.rounds, args.device)
+    median = {name: statistics.median(t) for name, t in times.items()}
     print(
         f"{args.model} model, batch {batch}, {args.rounds} interleaved rounds on {args.device} "
         f"({torch.get_num_threads()} CPU threads); median ms per call"

@@ -17,10 +17,10 @@ Usage::
 """
 
 import argparse
-from typing import Callable, Dict, List
+from typing import Callable, Dict
 
 import torch
-from common import add_device_option, timed
+from common import add_device_option, interleaved_rounds
 
 from captum_saco.datasets import load_fashion_mnist_samples, load_fashion_mnist_vit
 from captum_saco.evaluation import DEFAULT_METHODS, DEFAULT_METRICS, METHODS, evaluate
@@ -78,11 +78,7 @@ def main() -> None:
         "attribute": attribution_job(model, images, args.batch_size),
     }
     jobs.update({f"forward x{c}": forward_job(model, rows, c) for c in chunks})
-    run_evaluate()  # warm-up
-    times: Dict[str, List[float]] = {name: [] for name in jobs}
-    for _ in range(args.rounds):
-        for name, job in jobs.items():
-            times[name].append(timed(job, args.device))
+    times = interleaved_rounds(jobs, args.rounds, args.device)
     best = {name: min(t) for name, t in times.items()}
     forward = min(best[f"forward x{c}"] for c in chunks)
     floor = best["attribute"] + forward

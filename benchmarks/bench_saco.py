@@ -28,7 +28,7 @@ import numpy as np
 import quantus
 import timm
 import torch
-from common import add_device_option, timed
+from common import add_device_option, interleaved_rounds
 from torch import Tensor, nn
 
 from captum_saco.datasets import load_fashion_mnist_samples, load_fashion_mnist_vit
@@ -56,18 +56,6 @@ def removed_rows(images: Tensor, maps: Tensor, intervals: List[tuple], baseline:
         torch.where((rank >= start) & (rank < stop), baseline, images) for start, stop in intervals
     ]
     return torch.cat([images, torch.stack(perturbed, 1).flatten(0, 1)])
-
-
-def timings(
-    runs: Dict[str, Callable[[], object]], rounds: int, device: str
-) -> Dict[str, List[float]]:
-    for fn in runs.values():  # warm-up
-        fn()
-    times: Dict[str, List[float]] = {name: [] for name in runs}
-    for _ in range(rounds):
-        for name, fn in runs.items():
-            times[name].append(timed(fn, device))
-    return times
 
 
 def report(title: str, times: Dict[str, List[float]], ours: Dict[str, str]) -> None:
@@ -107,7 +95,7 @@ def bench_model(
         )
     title = f"{name}: N={n}, K={K}, {device}, threads={torch.get_num_threads()}, {rounds} rounds"
     floors = {"saco": "bare saco", "deletion_curve": "bare curve"}
-    report(title, timings(runs, rounds, device), floors)
+    report(title, interleaved_rounds(runs, rounds, device), floors)
 
 
 def bench_quantus(model: nn.Module, images: Tensor, maps: Tensor, rounds: int, device: str) -> None:
@@ -148,7 +136,7 @@ def bench_quantus(model: nn.Module, images: Tensor, maps: Tensor, rounds: int, d
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
         difference = (ours().cpu() - torch.from_numpy(theirs()).float()).abs().max().item()
     runs = {"ours (deletion_curve)": ours, "quantus.PixelFlipping": theirs}
-    times = timings(runs, rounds, device)
+    times = interleaved_rounds(runs, rounds, device)
     report(f"deletion curves, {n_steps} steps of {features // n_steps} pixels, N={n}", times, {})
     ratio = min(times["ours (deletion_curve)"]) / min(times["quantus.PixelFlipping"])
     print(

@@ -3,7 +3,7 @@ waits for the device (CUDA kernels run asynchronously)."""
 
 import argparse
 import time
-from typing import Callable
+from typing import Callable, Dict, List
 
 import torch
 
@@ -25,3 +25,18 @@ def timed(job: Callable[[], object], device: str = "cpu") -> float:
     job()
     synchronize(device)
     return time.perf_counter() - start
+
+
+def interleaved_rounds(
+    jobs: Dict[str, Callable[[], object]], rounds: int, device: str = "cpu"
+) -> Dict[str, List[float]]:
+    """Seconds of every job in each of ``rounds`` rounds, the jobs interleaved
+    within a round (so that a slow spell of a noisy machine hits them all), after
+    one warm-up call of each."""
+    for job in jobs.values():
+        job()
+    times: Dict[str, List[float]] = {name: [] for name in jobs}
+    for _ in range(rounds):
+        for name, job in jobs.items():
+            times[name].append(timed(job, device))
+    return times
