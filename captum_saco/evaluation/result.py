@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from captum_saco.evaluation.registry import METRICS
-from captum_saco.evaluation.statistics import CI_METHOD, compare, p_value_method
+from captum_saco.evaluation.statistics import CI_METHOD, compare_pairs, p_value_method
 
 SUFFIXES = (".json", ".csv", ".md")
 
@@ -192,21 +192,15 @@ class EvaluationResult:
         )
 
     def _versus(self, reference: str) -> List[List[str]]:
-        return [
-            [m]
-            + [
-                _vs_cell(
-                    compare(
-                        self.per_example[(m, k)],
-                        self.per_example[(reference, k)],
-                        METRICS[k].startswith("higher"),
-                    )
-                )
-                for k in self.metrics
-            ]
-            for m in self.methods
-            if m != reference
+        methods = [m for m in self.methods if m != reference]
+        columns = [
+            compare_pairs(
+                [(self.per_example[(m, k)], self.per_example[(reference, k)]) for m in methods],
+                METRICS[k].startswith("higher"),
+            )
+            for k in self.metrics
         ]
+        return [[m] + [_vs_cell(column[i]) for column in columns] for i, m in enumerate(methods)]
 
     def format_comparison(self, reference: str = "random") -> str:
         """For each method and metric, the share of the images where the

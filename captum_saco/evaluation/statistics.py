@@ -133,13 +133,6 @@ def compare_pairs(
     return list(zip(fractions, _p_values(kept)))
 
 
-def compare(
-    a: Tensor, b: Tensor, higher_is_better: bool
-) -> Tuple[Optional[float], Optional[float]]:
-    """:func:`compare_pairs` of the one pair ``(a, b)``."""
-    return compare_pairs([(a, b)], higher_is_better)[0]
-
-
 def comparisons(
     per_example: Dict[Tuple[str, str], Tensor],
     methods: Sequence[str],
