@@ -5,8 +5,21 @@ from typing import Any, Optional, Tuple, Union
 from torch import Tensor
 
 from captum_saco._utils import TargetType
-from captum_saco.attr._core.gradient_x_input import GradientRuleAttribution
+from captum_saco.attr._core.engine import documented_options
+from captum_saco.attr._core.gradient_x_input import (
+    GRADIENT_RULE_ATTRIBUTE_DOC,
+    GradientRuleAttribution,
+)
 from captum_saco.attr._core.replay import GradientRules
+
+_ACTIVATION_RULE_OPTION = r"""
+            activation_rule (str, optional): ``"gradient"`` (default; Ali et al.) or
+                ``"identity"`` (the activation's gradient becomes ``act(x) / x``,
+                0 at ``x == 0``: LXT's CP-LRP; LXT divides by ``x + 1e-10``, which
+                moves the results by less than 1e-7 of their maximum on the
+                reference ViT). With ``embedding_gamma=0.25, linear_gamma=0.05``,
+                ``"identity"`` is LXT's recorded CP-LRP gamma run.
+"""
 
 
 class ConservativeLRP(GradientRuleAttribution):
@@ -50,6 +63,7 @@ class ConservativeLRP(GradientRuleAttribution):
         torch.Size([2, 1, 4, 4])
     """
 
+    @documented_options(_ACTIVATION_RULE_OPTION, GRADIENT_RULE_ATTRIBUTE_DOC)
     def attribute(
         self,
         inputs: Union[Tensor, Tuple[Tensor]],
@@ -62,47 +76,6 @@ class ConservativeLRP(GradientRuleAttribution):
         upsample: bool = True,
         max_examples_per_batch: Optional[int] = None,
     ) -> Union[Tensor, Tuple[Tensor]]:
-        r"""
-        Args:
-            inputs (Tensor or tuple[Tensor]): images ``(N, C, H, W)`` as the model
-                takes them, or a tuple holding that one tensor.
-            target (int, tuple, Tensor, list, optional): the class whose logit is
-                explained, for each example, in any form Captum accepts for
-                ``(N, C)`` outputs. Default: the predicted class (of the replayed
-                classifier head).
-            additional_forward_args (Any, optional): further positional arguments of
-                ``forward_func`` after the inputs (a non-tuple is passed as one
-                argument); with ``max_examples_per_batch``, tensors among them are
-                split with the inputs.
-            activation_rule (str, optional): ``"gradient"`` (default; Ali et al.) or
-                ``"identity"`` (the activation's gradient becomes ``act(x) / x``,
-                0 at ``x == 0``: LXT's CP-LRP; LXT divides by ``x + 1e-10``, which
-                moves the results by less than 1e-7 of their maximum on the
-                reference ViT).
-            linear_gamma (float, optional): zennit's gamma rule on the MLPs' linear
-                layers and the classifier head (see :class:`GradientRuleAttribution`).
-                Default: 0, the gradient.
-            embedding_gamma (float, optional): zennit's gamma rule on the patch
-                embedding's convolution; ``embedding_gamma=0.25, linear_gamma=0.05``
-                with ``activation_rule="identity"`` is LXT's recorded CP-LRP gamma run.
-                Default: 0.
-            upsample (bool, optional): if ``True`` (default), the relevance of the
-                pixels ``(N, C, H, W)``; if ``False``, the relevance of the patch
-                embedding's output summed over its channels, ``(N, 1, h, w)``.
-            max_examples_per_batch (int, optional): the most examples run at once;
-                one backward pass per chunk (same results, memory bounded by the
-                chunk). Default: all at once.
-
-        Returns:
-            *Tensor* or *tuple[Tensor]* of **attributions**: the relevance (gradient
-            times input under the rules), signed and not normalised, in the same
-            form as ``inputs`` and on their device, in float32 for half-precision
-            inputs.
-
-        Raises:
-            ValueError: for an unknown ``activation_rule``, a negative gamma, malformed inputs or
-                targets, or blocks the canonical form cannot express.
-        """
         rules = GradientRules(
             attention="detached",
             norm="std_detached",

@@ -119,14 +119,16 @@ _ATTRIBUTE_DOC = r"""
 _Method = TypeVar("_Method", bound=Callable)
 
 
-def documented_options(options: str) -> Callable[[_Method], _Method]:
-    """Decorator giving a method's ``attribute`` the shared Captum-style docstring
-    with its own options (Google-style ``name (type): text`` entries) inserted
-    after ``additional_forward_args``."""
+def documented_options(
+    options: str, template: str = _ATTRIBUTE_DOC
+) -> Callable[[_Method], _Method]:
+    """Decorator giving a method's ``attribute`` a shared Captum-style docstring
+    (``template``, by default that of the attention methods) with its own options
+    (Google-style ``name (type): text`` entries) inserted at ``{options}``."""
     entries = textwrap.indent(textwrap.dedent(options).strip("\n"), " " * 12)
 
     def document(attribute: _Method) -> _Method:
-        attribute.__doc__ = _ATTRIBUTE_DOC.format(options=entries + "\n" if entries else "")
+        attribute.__doc__ = template.format(options=entries + "\n" if entries else "")
         return attribute
 
     return document

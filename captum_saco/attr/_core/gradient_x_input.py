@@ -126,6 +126,44 @@ def gradient_x_input(
     )
 
 
+#: The ``attribute`` docstring of the gradient-rule methods, for
+#: :func:`~captum_saco.attr._core.engine.documented_options`.
+GRADIENT_RULE_ATTRIBUTE_DOC = r"""
+        Args:
+            inputs (Tensor or tuple[Tensor]): images ``(N, C, H, W)`` as the model
+                takes them, or a tuple holding that one tensor.
+            target (int, tuple, Tensor, list, optional): the class whose logit is
+                explained, for each example, in any form Captum accepts for
+                ``(N, C)`` outputs. Default: the predicted class (of the replayed
+                classifier head).
+            additional_forward_args (Any, optional): further positional arguments of
+                ``forward_func`` after the inputs (a non-tuple is passed as one
+                argument); with ``max_examples_per_batch``, tensors among them are
+                split with the inputs.
+{options}            linear_gamma (float, optional): zennit's gamma rule on the MLPs' linear
+                layers and the classifier head (see :class:`GradientRuleAttribution`).
+                Default: 0, the gradient.
+            embedding_gamma (float, optional): zennit's gamma rule on the patch
+                embedding's convolution. Default: 0.
+            upsample (bool, optional): if ``True`` (default), the relevance of the
+                pixels ``(N, C, H, W)``; if ``False``, the relevance of the patch
+                embedding's output summed over its channels, ``(N, 1, h, w)``.
+            max_examples_per_batch (int, optional): the most examples run at once;
+                one backward pass per chunk (same results, memory bounded by the
+                chunk). Default: all at once.
+
+        Returns:
+            *Tensor* or *tuple[Tensor]* of **attributions**: the relevance (gradient
+            times input under the rules), signed and not normalised, in the same
+            form as ``inputs`` and on their device, in float32 for half-precision
+            inputs.
+
+        Raises:
+            ValueError: for an unknown rule option, a negative gamma, malformed inputs
+                or targets, or blocks the canonical form cannot express.
+"""
+
+
 class GradientRuleAttribution(AttentionAttribution):
     r"""Base of the methods that are gradient times input under named
     :class:`~captum_saco.attr._core.replay.GradientRules` (``ConservativeLRP``,
