@@ -22,7 +22,7 @@ from common import add_device_option, timed
 from torch import Tensor, nn
 
 from captum_saco.datasets import load_fashion_mnist_vit
-from captum_saco.metrics._core.perturbation import PreparedInputs, chunk_rows
+from captum_saco.metrics import deletion_curve
 
 
 def models() -> Dict[str, Tuple[nn.Module, Tuple[int, ...], int]]:
@@ -53,6 +53,20 @@ def models() -> Dict[str, Tuple[nn.Module, Tuple[int, ...], int]]:
     }
 
 
+def default_chunks(model: nn.Module, x: Tensor) -> List[int]:
+    """The sizes of the forward calls ``deletion_curve`` makes with default
+    arguments to run ``x``'s rows (a tenth of them as images, 9 steps)."""
+    sizes: List[int] = []
+
+    def recording(rows: Tensor) -> Tensor:
+        sizes.append(rows.shape[0])
+        return model(rows)
+
+    images = x[: x.shape[0] // 10]
+    deletion_curve(recording, images, torch.rand(images.shape[0], *x.shape[2:], device=x.device))
+    return sorted(set(sizes), reverse=True)
+
+
 def run(model: nn.Module, x: Tensor, chunk: int) -> None:
     with torch.no_grad():
         for part in x.split(chunk):
@@ -78,10 +92,10 @@ def main() -> None:
             for c in chunks:
                 times[c].append(timed(lambda: run(model, x, c), args.device))
         best = min(min(t) for t in times.values())
-        rule = chunk_rows(None, model, PreparedInputs((x,), (x[:1],), None), rows)
+        rule = default_chunks(model, x)
         print(
             f"{name}: {rows} rows, {args.device}, threads={args.threads}, "
-            f"default rule -> {rule} rows"
+            f"the metrics' default chunks -> calls of {rule} rows"
         )
         for c in chunks:
             t = min(times[c])

@@ -251,3 +251,17 @@ def test_package_root_exports_the_cumulative_metrics():
     for name in ("aopc", "lodds", "auc", "comprehensiveness", "deletion_curve"):
         assert getattr(captum_saco, name) is getattr(captum_saco.metrics, name)
         assert name in captum_saco.__all__
+
+
+def test_a_step_that_removes_nothing_is_the_clean_input_forwarded_once(cnn, images):
+    sizes = []
+
+    def counting(x: Tensor) -> Tensor:
+        sizes.append(x.shape[0])
+        return cnn(x)
+
+    # 64 pixels: 0.001 removes none, 0.5 removes 32.
+    curve = deletion_curve(counting, images, torch.rand(4, 8, 8), fractions=[0.001, 0.5])
+    assert curve.n_removed[:, 1].tolist() == [0] * 4
+    assert sizes == [4 + 4]  # the clean rows and the 0.5 step, in one call
+    assert torch.equal(curve.probabilities[:, 1], curve.probabilities[:, 0])

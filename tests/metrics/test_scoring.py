@@ -46,7 +46,7 @@ def test_scores_equal_the_single_metrics_called_one_by_one(cnn, images, n_groups
             )
 
 
-def test_the_clean_pass_runs_once_and_perturbed_passes_share_batches(cnn, images):
+def test_the_clean_pass_runs_once_and_shares_batches_with_the_perturbed_passes(cnn, images):
     calls = []
 
     def counting(x: Tensor) -> Tensor:
@@ -57,7 +57,7 @@ def test_the_clean_pass_runs_once_and_perturbed_passes_share_batches(cnn, images
     score_attributions(counting, images, maps, n_groups=4, max_examples_per_batch=1000)
     # 64 pixels, K = 4: groups [0,16) [16,32) [32,48) [48,64); MoRF 16, 32, 48; LeRF 16, 32, 48.
     # Shared per map: MoRF 16 = group 1 and LeRF 16 = group 4: 4 + 3 + 3 - 2 = 8 inputs.
-    assert calls == [4, 2 * 4 * 8]
+    assert calls == [4 + 2 * 4 * 8]
 
 
 def test_metrics_may_be_chosen_and_unknown_ones_are_refused(cnn, images):

@@ -24,7 +24,7 @@ clean pass and the forward batches among several metrics and methods.
 """
 
 import math
-from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -501,32 +501,13 @@ def _forward_rows(
     return forward_scores(forward_func, inputs, args, len(rows))
 
 
-def clean_pass(
-    forward_func: Callable[..., Any],
-    prepared: PreparedInputs,
-    *,
-    target: TargetType,
-    apply_softmax: bool,
-    chunk: int,
-) -> CleanPass:
-    """Forward the clean inputs once; resolve the target (``None``: predicted class)."""
-    device = prepared.inputs[0].device
-    if prepared.n == 0:
-        empty = torch.zeros(0, device=device)
-        return CleanPass(TargetProbability(empty, empty), empty.long())
-    outputs = [
-        _forward_rows(forward_func, prepared, [x[rows] for x in prepared.inputs], rows)
-        for rows in torch.arange(prepared.n, device=device).split(chunk)
-    ]
-    probability, classes = target_probability(torch.cat(outputs), target, apply_softmax)
-    return CleanPass(probability, classes)
-
-
 def _perturbed(
     prepared: PreparedInputs, rankings: Sequence[FeatureRanking], jobs: Tensor
 ) -> List[Tensor]:
     """The inputs of ``jobs`` (rows ``ranking, example, start, stop``, sorted by ranking)."""
     which, examples, starts, stops = jobs.unbind(1)
+    # A clean row (ranking -1, interval [0, 0)) removes nothing under any ranking.
+    which = which.clamp(min=0)
     used = torch.unique_consecutive(which).tolist()
     perturbed = []
     for i, (x, b) in enumerate(zip(prepared.inputs, prepared.baselines)):
@@ -538,56 +519,161 @@ def _perturbed(
     return perturbed
 
 
-def removal_probabilities(
+CPU_MAX_ROWS = 64
+"""The most rows per forward call on a CPU when ``max_examples_per_batch`` is None."""
+CPU_MAX_ELEMENTS = 1 << 20
+"""The most input elements per forward call on a CPU (6 rows of 3 x 224 x 224).
+
+Measured with benchmarks/bench_batching.py (1 thread): ViT-S/16 and ResNet-18 at
+224 px run fastest at 4 to 8 rows per call (27 rows: 1.15x to 1.5x slower), the
+embedded ViT and a small CNN at 48 to 576 rows (64 rows: within 1.09x of the best),
+and one batch of all rows is 1.5x slower than 64 on the embedded ViT.
+"""
+GPU_MEMORY_SHARE = 0.5
+"""The share of the free GPU memory the default chunk may fill."""
+GPU_FIRST_ROWS = 4
+"""The rows of the first forward call on a GPU, which sizes the others."""
+
+
+def check_max_examples_per_batch(max_examples_per_batch: Optional[int]) -> None:
+    """Refuse a ``max_examples_per_batch`` that is neither None nor a positive int."""
+    if max_examples_per_batch is not None and (
+        isinstance(max_examples_per_batch, bool)
+        or not isinstance(max_examples_per_batch, int)
+        or max_examples_per_batch < 1
+    ):
+        raise ValueError(
+            "max_examples_per_batch: expected a positive int or None, got "
+            f"{max_examples_per_batch!r}"
+        )
+
+
+def cpu_chunk_rows(prepared: PreparedInputs) -> int:
+    """The default rows per forward call on a CPU: at most :data:`CPU_MAX_ROWS`
+    rows and :data:`CPU_MAX_ELEMENTS` input elements."""
+    elements = max(sum(math.prod(x.shape[1:]) for x in prepared.inputs), 1)
+    return max(1, min(CPU_MAX_ROWS, CPU_MAX_ELEMENTS // elements))
+
+
+def _forward_jobs(
     forward_func: Callable[..., Any],
     prepared: PreparedInputs,
-    clean: CleanPass,
+    rankings: Sequence[FeatureRanking],
+    jobs: Tensor,
+    max_examples_per_batch: Optional[int],
+) -> Iterator[Tuple[Tensor, Tensor]]:
+    """Forward the inputs of ``jobs`` in chunks; yield each chunk's jobs and class scores.
+
+    The chunk is ``max_examples_per_batch`` when given. Otherwise, for
+    throughput, on a CPU :func:`cpu_chunk_rows`; on a GPU the first call
+    forwards :data:`GPU_FIRST_ROWS` rows, and the others as many rows as fill
+    :data:`GPU_MEMORY_SHARE` of the free memory (``torch.cuda.mem_get_info``)
+    at the bytes per row that first call allocated in all (the allocator's
+    cumulative count: an upper bound of its peak that, unlike the peak
+    statistics, needs no reset, so the caller's
+    ``torch.cuda.max_memory_allocated`` is left as it was).
+    """
+
+    def forward(part: Tensor) -> Tensor:
+        inputs = _perturbed(prepared, rankings, part)
+        return _forward_rows(forward_func, prepared, inputs, part[:, 1])
+
+    chunk, done = max_examples_per_batch, 0
+    device = prepared.inputs[0].device
+    if chunk is None and device.type == "cuda" and len(jobs):
+        first = jobs[:GPU_FIRST_ROWS]
+        counter = "allocated_bytes.all.allocated"
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_stats(device).get(counter, 0)
+        output = forward(first)
+        torch.cuda.synchronize(device)
+        allocated = torch.cuda.memory_stats(device).get(counter, 0) - before
+        yield first, output
+        free, _ = torch.cuda.mem_get_info(device)
+        chunk = max(1, int(GPU_MEMORY_SHARE * free / max(allocated / len(first), 1.0)))
+        done = len(first)
+    elif chunk is None:
+        chunk = cpu_chunk_rows(prepared)
+    for part in jobs[done:].split(chunk):
+        yield part, forward(part)
+
+
+def forward_removals(
+    forward_func: Callable[..., Any],
+    prepared: PreparedInputs,
     removals: Sequence[Removal],
     *,
     target: TargetType,
     apply_softmax: bool,
-    chunk: int,
-) -> List[TargetProbability]:
-    """Target probabilities with each removal's rank intervals replaced by the baseline.
+    max_examples_per_batch: Optional[int],
+) -> Tuple[CleanPass, List[TargetProbability]]:
+    """The clean pass and the probabilities with each removal's rank intervals replaced.
 
-    All removals (of any metric and any ranking of the same inputs) are
-    forwarded together, in chunks of ``chunk`` rows under the caller's
-    ``no_grad``; a perturbed input asked for twice (the same ranking and
-    interval) is forwarded once. The user's tensors are never written to.
+    The clean inputs and the perturbed inputs of all removals (of any metric
+    and any ranking of the same inputs) are forwarded together, in the
+    chunks :func:`_forward_jobs` chooses, under the caller's ``no_grad``. The
+    clean rows come first: once they are through, the target (``None``: the
+    predicted class) is resolved, and the probabilities of the perturbed rows
+    are read for it. An input asked for twice (the same ranking and interval,
+    or an empty interval, which is the clean input) is forwarded once. The
+    user's tensors are never written to.
 
     Returns:
-        list of TargetProbability: ``(N, P_j)`` per removal ``j``.
+        tuple: the :class:`CleanPass` and, per removal ``j``, the ``(N, P_j)``
+        :class:`TargetProbability`.
     """
+    check_max_examples_per_batch(max_examples_per_batch)
     n = prepared.n
     device = prepared.inputs[0].device
+    steps = [r.starts.shape[-1] for r in removals]
+    if n == 0:
+        empty = torch.zeros(0, device=device)
+        none = TargetProbability(empty, empty)
+        return CleanPass(none, empty.long()), [
+            TargetProbability(empty.view(0, k), empty.view(0, k)) for k in steps
+        ]
     index = {id(r.ranking): i for i, r in enumerate(removals)}
     rankings = [r.ranking for r in removals]
-    tables = []
-    for r in removals:
-        n_steps = r.starts.shape[-1]
-        examples = torch.arange(n, device=device).repeat_interleave(n_steps)
-        which = torch.full_like(examples, index[id(r.ranking)])
-        starts = r.starts.to(device).expand(n, n_steps).reshape(-1)
-        stops = r.stops.to(device).expand(n, n_steps).reshape(-1)
-        tables.append(torch.stack([which, examples, starts, stops], dim=1))
+    examples = torch.arange(n, device=device)
+    zeros = torch.zeros_like(examples)
+    clean_rows = torch.stack([zeros - 1, examples, zeros, zeros], dim=1)
+    tables = [clean_rows]
+    for r, k in zip(removals, steps):
+        starts = r.starts.to(device).expand(n, k).reshape(-1)
+        stops = r.stops.to(device).expand(n, k).reshape(-1)
+        which = torch.full_like(starts, index[id(r.ranking)])
+        table = torch.stack([which, examples.repeat_interleave(k), starts, stops], dim=1)
+        # An empty interval removes nothing: it is the example's clean row.
+        tables.append(torch.where((starts >= stops).unsqueeze(1), clean_rows[table[:, 1]], table))
+    # Sorted by ranking, the n clean rows (ranking -1) come first, in example order.
     jobs, inverse = torch.unique(torch.cat(tables), dim=0, return_inverse=True)
-    parts: List[TargetProbability] = []
-    for chunk_jobs in jobs.split(chunk) if len(jobs) else ():
-        rows = chunk_jobs[:, 1]
-        output = _forward_rows(
-            forward_func, prepared, _perturbed(prepared, rankings, chunk_jobs), rows
-        )
-        probability, _ = target_probability(
-            output, _chunk_target(target, clean.target, rows), apply_softmax
-        )
-        parts.append(probability)
-    empty = clean.probability.p.new_zeros(0)
-    p = torch.cat([part.p for part in parts]) if parts else empty
-    q = torch.cat([part.q for part in parts]) if parts else empty
-    steps = [r.starts.shape[-1] for r in removals]
-    return [
-        TargetProbability(p[i].reshape(n, k), q[i].reshape(n, k))
-        for i, k in zip(inverse.split([n * k for k in steps]), steps)
+    clean_scores: List[Tensor] = []
+    probabilities: List[TargetProbability] = []
+    clean: Optional[CleanPass] = None
+    for part, output in _forward_jobs(
+        forward_func, prepared, rankings, jobs, max_examples_per_batch
+    ):
+        if clean is None:
+            n_clean = min(n - sum(len(s) for s in clean_scores), len(part))
+            clean_scores.append(output[:n_clean])
+            part, output = part[n_clean:], output[n_clean:]
+            if sum(len(s) for s in clean_scores) == n:
+                probability, classes = target_probability(
+                    torch.cat(clean_scores), target, apply_softmax
+                )
+                clean = CleanPass(probability, classes)
+                probabilities.append(probability)
+        if len(part):
+            assert clean is not None
+            rows_target = _chunk_target(target, clean.target, part[:, 1])
+            probabilities.append(target_probability(output, rows_target, apply_softmax)[0])
+    assert clean is not None
+    p = torch.cat([t.p for t in probabilities])[inverse]
+    q = torch.cat([t.q for t in probabilities])[inverse]
+    sizes = [n] + [n * k for k in steps]
+    return clean, [
+        TargetProbability(pj.reshape(n, k), qj.reshape(n, k))
+        for pj, qj, k in zip(p.split(sizes)[1:], q.split(sizes)[1:], steps)
     ]
 
 
@@ -612,6 +698,7 @@ def measure_removals(
     probabilities with each interval removed.
     """
     check_flag("apply_softmax", apply_softmax)
+    check_max_examples_per_batch(max_examples_per_batch)
     prepared = prepare_inputs(
         forward_func=forward_func,
         inputs=inputs,
@@ -620,96 +707,16 @@ def measure_removals(
     )
     ranking = rank_features(prepared.inputs, attributions, feature_mask)
     starts, stops = intervals(ranking)
-    chunk = chunk_rows(
-        max_examples_per_batch, forward_func, prepared, prepared.n * starts.shape[-1]
-    )
     with torch.no_grad():
-        clean = clean_pass(
-            forward_func, prepared, target=target, apply_softmax=apply_softmax, chunk=chunk
-        )
-        (removed,) = removal_probabilities(
+        clean, (removed,) = forward_removals(
             forward_func,
             prepared,
-            clean,
             [Removal(ranking, starts, stops)],
             target=target,
             apply_softmax=apply_softmax,
-            chunk=chunk,
+            max_examples_per_batch=max_examples_per_batch,
         )
     return ranking, clean, removed
-
-
-CPU_MAX_ROWS = 64
-"""The most rows per forward call on a CPU when ``max_examples_per_batch`` is None."""
-CPU_MAX_ELEMENTS = 1 << 20
-"""The most input elements per forward call on a CPU (6 rows of 3 x 224 x 224).
-
-Measured with benchmarks/bench_batching.py (1 thread): ViT-S/16 and ResNet-18 at
-224 px run fastest at 4 to 8 rows per call (27 rows: 1.15x to 1.5x slower), the
-embedded ViT and a small CNN at 48 to 576 rows (64 rows: within 1.09x of the best),
-and one batch of all rows is 1.5x slower than 64 on the embedded ViT.
-"""
-GPU_MEMORY_SHARE = 0.5
-"""The share of the free GPU memory the default chunk may fill."""
-
-
-def chunk_rows(
-    max_examples_per_batch: Optional[int],
-    forward_func: Callable[..., Any],
-    prepared: PreparedInputs,
-    n_rows: int,
-) -> int:
-    """The rows per forward call: ``max_examples_per_batch``, or the default rule.
-
-    The default rule, for throughput: on a CPU at most :data:`CPU_MAX_ROWS`
-    rows and at most :data:`CPU_MAX_ELEMENTS` input elements per call (one
-    huge batch is slower than chunks of a few dozen rows once the
-    activations leave the caches; ``benchmarks/bench_batching.py`` measures
-    the knee); on a GPU as many rows as fill :data:`GPU_MEMORY_SHARE` of the
-    free memory (``torch.cuda.mem_get_info``) at the memory per row that one
-    probe forward pass of a few clean rows allocates. ``n_rows`` (the rows to run)
-    caps either.
-    """
-    if max_examples_per_batch is not None:
-        if (
-            isinstance(max_examples_per_batch, bool)
-            or not isinstance(max_examples_per_batch, int)
-            or max_examples_per_batch < 1
-        ):
-            raise ValueError(
-                "max_examples_per_batch: expected a positive int or None, got "
-                f"{max_examples_per_batch!r}"
-            )
-        return max_examples_per_batch
-    device = prepared.inputs[0].device
-    if device.type == "cuda" and prepared.n > 0:
-        rows = _rows_fitting_gpu_memory(forward_func, prepared, device)
-    else:
-        elements = max(sum(math.prod(x.shape[1:]) for x in prepared.inputs), 1)
-        rows = max(1, min(CPU_MAX_ROWS, CPU_MAX_ELEMENTS // elements))
-    return max(1, min(rows, n_rows))
-
-
-def _rows_fitting_gpu_memory(
-    forward_func: Callable[..., Any], prepared: PreparedInputs, device: torch.device
-) -> int:
-    """Rows whose forward pass fills :data:`GPU_MEMORY_SHARE` of the free GPU memory.
-
-    The memory per row is the bytes a probe forward pass of a few rows
-    allocates in all (the allocator's cumulative count): an upper bound of
-    the probe's peak that, unlike the peak statistics, needs no reset, so the
-    caller's ``torch.cuda.max_memory_allocated`` is left as it was.
-    """
-    probe = torch.arange(min(prepared.n, 4), device=device)
-    counter = "allocated_bytes.all.allocated"
-    torch.cuda.synchronize(device)
-    before = torch.cuda.memory_stats(device).get(counter, 0)
-    with torch.no_grad():
-        _forward_rows(forward_func, prepared, [x[probe] for x in prepared.inputs], probe)
-    torch.cuda.synchronize(device)
-    per_row = max((torch.cuda.memory_stats(device).get(counter, 0) - before) / len(probe), 1.0)
-    free, _ = torch.cuda.mem_get_info(device)
-    return int(GPU_MEMORY_SHARE * free / per_row)
 
 
 def rank_intervals_of_groups(

@@ -286,7 +286,7 @@ def saco(
     ``n``) each example ranks and splits its own ``F_n`` features.
 
     Cost: one clean forward pass and ``K`` perturbed forward passes per
-    example, batched in chunks of ``max_examples_per_batch`` under
+    example, batched together in chunks of ``max_examples_per_batch`` under
     ``torch.no_grad()``.
 
     Precision: float16 and bfloat16 models and ``torch.autocast`` work;
@@ -345,9 +345,10 @@ def saco(
         max_examples_per_batch (int, optional): The most examples (clean or
                     perturbed) passed to ``forward_func`` at once. Default:
                     None, chosen for throughput: on a CPU at most 64
-                    rows and 2**20 input elements per call, on a GPU as many
-                    rows as fill half the free memory (see
-                    ``perturbation.chunk_rows``).
+                    rows and 2**20 input elements per call; on a GPU 4 rows
+                    in the first call and, in the others, as many rows as fill
+                    half the free memory at the bytes per row the first call
+                    allocated.
         apply_softmax (bool, optional): Keyword-only. Set to False when
                     ``forward_func`` already returns probabilities.
                     Default: True

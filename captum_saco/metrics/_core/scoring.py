@@ -12,11 +12,10 @@ from captum_saco.metrics._core.perturbation import (
     FeatureRanking,
     Removal,
     TargetProbability,
-    chunk_rows,
-    clean_pass,
+    check_max_examples_per_batch,
+    forward_removals,
     prepare_inputs,
     rank_features,
-    removal_probabilities,
 )
 from captum_saco.metrics._core.saco import group_intervals, saco_details
 
@@ -114,6 +113,7 @@ def score_attributions(
         raise TypeError("attributions: expected a non-empty mapping of method name -> attributions")
     if isinstance(n_groups, bool) or not isinstance(n_groups, int) or n_groups < 2:
         raise ValueError(f"n_groups: expected an int of at least 2, got {n_groups!r}")
+    check_max_examples_per_batch(max_examples_per_batch)
     prepared = prepare_inputs(
         forward_func=forward_func,
         inputs=inputs,
@@ -124,18 +124,14 @@ def score_attributions(
     rankings = {m: rank_features(prepared.inputs, a, feature_mask) for m, a in attributions.items()}
     removals = {m: _removals_of(r, names, n_groups, steps) for m, r in rankings.items()}
     flat = [(m, kind, r) for m, per in removals.items() for kind, r in per.items()]
-    n_rows = prepared.n * sum(r.starts.shape[-1] for *_, r in flat)
-    chunk = chunk_rows(max_examples_per_batch, forward_func, prepared, n_rows)
     with torch.no_grad():
-        clean = clean_pass(forward_func, prepared, target=target, apply_softmax=True, chunk=chunk)
-        removed = removal_probabilities(
+        clean, removed = forward_removals(
             forward_func,
             prepared,
-            clean,
             [r for *_, r in flat],
             target=target,
             apply_softmax=True,
-            chunk=chunk,
+            max_examples_per_batch=max_examples_per_batch,
         )
     measured: Dict[str, Dict[str, TargetProbability]] = {m: {} for m in rankings}
     for (method, kind, _), probability in zip(flat, removed):
