@@ -12,7 +12,9 @@ are measured for it. The script prints, from one run:
    of its baseline, in interleaved rounds (``--model small``, the default: a timm
    ViT on 96x96 images, 16x16 patches, width 192, 6 blocks, random weights;
    ``--model base``: ViT-B/16 at 224x224, for GPUs, where the small model
-   measures kernel launches more than arithmetic);
+   measures kernel launches more than arithmetic). The methods that compute in
+   float64 by default are also compared with the forward+backward pass of a
+   float64 copy of the model: the cost of float64 arithmetic on the device;
 2. batch speed-ups: the batch at once against the same method image by image;
 3. memory: the peak of torch's allocations during ``attribute`` on a batch of 64
    with ``max_examples_per_batch=8`` over the peak on a batch of 8 (goal <= 1.3),
@@ -33,6 +35,7 @@ are measured for it. The script prints, from one run:
 
 import argparse
 import contextlib
+import copy
 import itertools
 import statistics
 from dataclasses import dataclass, field
@@ -75,6 +78,7 @@ class Entry:
     speed_up: bool = True  # measure the batch against image by image
     memory: bool = True  # measure the peak memory of chunks
     precision: bool = True  # measure float16 / bfloat16 / autocast against float32
+    in_float64: bool = False  # computes in float64 by default: also compared with a float64 pass
 
 
 ENTRIES: List[Entry] = [
@@ -83,7 +87,7 @@ ENTRIES: List[Entry] = [
     Entry("GradientWeightedAttention", GradientWeightedAttention),
     Entry("AttentionGradCAM", AttentionGradCAM),
     Entry("AttCAT", AttCAT),
-    Entry("TransformerAttribution", TransformerAttribution, goal=2.0),
+    Entry("TransformerAttribution", TransformerAttribution, goal=2.0, in_float64=True),
     Entry(
         "TransformerAttribution model",
         TransformerAttribution,
@@ -92,8 +96,8 @@ ENTRIES: List[Entry] = [
         memory=False,
         precision=False,
     ),
-    Entry("PartialLRP", PartialLRP, goal=2.0),
-    Entry("FullLRP", FullLRP, goal=2.0),
+    Entry("PartialLRP", PartialLRP, goal=2.0, in_float64=True),
+    Entry("FullLRP", FullLRP, goal=2.0, in_float64=True),
     Entry("ConservativeLRP", ConservativeLRP),
     Entry("AttnLRP", AttnLRP),
 ]
@@ -139,9 +143,11 @@ def report_costs(args: argparse.Namespace) -> None:
     images = torch.rand(batch, 3, size, size, device=args.device)
     with torch.no_grad():
         target = model(images).argmax(dim=1)
+    model64 = copy.deepcopy(model).double()
     jobs: Dict[str, Callable[[], None]] = {
         "forward": lambda: forward(model, images),
         "forward+backward": lambda: forward_backward(model, images, target),
+        "forward+backward float64": lambda: forward_backward(model64, images.double(), target),
     }
     for entry in ENTRIES:
         method = entry.cls(model)
@@ -156,7 +162,7 @@ def report_costs(args: argparse.Namespace) -> None:
         f"{args.model} model, batch {batch}, {args.rounds} interleaved rounds on {args.device} "
         f"({torch.get_num_threads()} CPU threads); median ms per call"
     )
-    for name in ("forward", "forward+backward"):
+    for name in ("forward", "forward+backward", "forward+backward float64"):
         print(f"  {name:<44s} {1e3 * median[name]:8.2f} ms")
     print("cost ratios (median method / median baseline):")
     for entry in ENTRIES:
@@ -166,6 +172,9 @@ def report_costs(args: argparse.Namespace) -> None:
             f"  {entry.label:<28s} {1e3 * median[entry.label]:8.2f} ms  / {entry.baseline:<17s}"
             f" = {ratio:5.2f}  (goal <= {entry.goal}: {verdict})"
         )
+        if entry.in_float64:
+            float64 = median[entry.label] / median["forward+backward float64"]
+            print(f"  {'':<28s} {'':8s}     / the same in float64 = {float64:5.2f}")
     print(f"batch of {batch} vs image by image (speed-up = image-by-image time / batch time):")
     for entry in (entry for entry in ENTRIES if entry.speed_up):
         single = median[f"{entry.label} image by image"]

@@ -237,7 +237,8 @@ def resolve_target(output: Tensor, target: TargetType) -> Tuple[Tensor, Tensor]:
             )
         scores, classes = output, _classes(output, target).to(output.device)
     n_classes = scores.shape[-1]
-    if classes.numel() and (classes.min() < 0 or classes.max() >= n_classes):
+    # argmax classes (target None) lie in range: not checking them spares a device sync
+    if target is not None and classes.numel() and (classes.min() < 0 or classes.max() >= n_classes):
         raise ValueError(
             f"target: class indices must lie in [0, {n_classes}) for a forward_func "
             f"with {n_classes} outputs, got {classes.tolist()}"

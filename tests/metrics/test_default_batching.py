@@ -39,4 +39,16 @@ def test_gpu_default_chunk_gives_the_result_of_explicit_chunks(cnn):
     model = cnn.cuda()
     images, maps = torch.randn(16, 3, 8, 8, device="cuda"), torch.rand(16, 8, 8, device="cuda")
     reference = saco(model, images, maps, max_examples_per_batch=16)
-    assert torch.allclose(saco(model, images, maps), reference, atol=1e-6, equal_nan=True)
+    sizes: List[int] = []
+    result = saco(recording(model, sizes), images, maps)
+    assert torch.allclose(result, reference, atol=1e-6, equal_nan=True)
+    assert sizes == [16, 160]  # the clean rows size the chunk of the 160 perturbed rows
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_gpu_first_call_holds_at_most_64_clean_rows(cnn):
+    model = cnn.cuda()
+    images, maps = torch.randn(80, 3, 8, 8, device="cuda"), torch.rand(80, 8, 8, device="cuda")
+    sizes: List[int] = []
+    deletion_curve(recording(model, sizes), images, maps)
+    assert sizes == [64, 80 * 10 - 64]

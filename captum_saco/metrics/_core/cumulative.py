@@ -152,10 +152,10 @@ def deletion_curve(
         max_examples_per_batch (int, optional): The most examples passed to
                     ``forward_func`` at once. Default:
                     None, chosen for throughput: on a CPU at most 64
-                    rows and 2**20 input elements per call; on a GPU 4 rows
-                    in the first call and, in the others, as many rows as fill
-                    half the free memory at the bytes per row the first call
-                    allocated.
+                    rows and 2**20 input elements per call; on a GPU the
+                    clean rows (at most 64) in the first call and, in the
+                    others, as many rows as fill half the free memory at the
+                    bytes per row the first call allocated.
         order (str, optional): Keyword-only. ``"most_salient_first"`` or
                     ``"least_salient_first"``. Default: "most_salient_first"
         apply_softmax (bool, optional): Keyword-only. Set to False when

@@ -451,38 +451,42 @@ def target_probability(
 
     Computed in float32 or wider, outside any ``torch.autocast`` region.
     """
-    with torch.autocast(output.device.type, enabled=False):
-        return _target_probability(output, target, apply_softmax)
-
-
-def _target_probability(
-    output: Tensor, target: TargetType, apply_softmax: bool
-) -> Tuple[TargetProbability, Tensor]:
     scores, classes = resolve_target(output, target)
-    dtype = torch.promote_types(scores.dtype, torch.float32)
-    scores = scores.to(dtype)
-    if not apply_softmax:
-        p = scores.gather(-1, classes.unsqueeze(-1)).squeeze(-1)
-        return TargetProbability(p, 1 - p), classes
-    if scores.shape[-1] == 1:
-        raise ValueError(
-            "forward_func: the model has one output, and the softmax over one class is "
-            "always 1; pass apply_softmax=False if that output is a probability"
-        )
-    log_total = torch.logsumexp(scores, dim=-1)
-    p = torch.softmax(scores, dim=-1).gather(-1, classes.unsqueeze(-1)).squeeze(-1)
-    others = scores.scatter(-1, classes.unsqueeze(-1), -torch.inf)
-    q = torch.exp(torch.logsumexp(others, dim=-1) - log_total)
-    return TargetProbability(p, q), classes
+    return _probability(scores, classes, apply_softmax), classes
 
 
-def _chunk_target(target: TargetType, classes: Tensor, rows: Tensor) -> TargetType:
-    """The target of the examples ``rows`` of the batch, in resolvable form."""
+def _probability(scores: Tensor, classes: Tensor, apply_softmax: bool) -> TargetProbability:
+    """The probability of ``classes`` in the ``(N, C)`` class ``scores``."""
+    with torch.autocast(scores.device.type, enabled=False):
+        scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
+        if not apply_softmax:
+            p = scores.gather(-1, classes.unsqueeze(-1)).squeeze(-1)
+            return TargetProbability(p, 1 - p)
+        if scores.shape[-1] == 1:
+            raise ValueError(
+                "forward_func: the model has one output, and the softmax over one class is "
+                "always 1; pass apply_softmax=False if that output is a probability"
+            )
+        log_total = torch.logsumexp(scores, dim=-1)
+        p = torch.softmax(scores, dim=-1).gather(-1, classes.unsqueeze(-1)).squeeze(-1)
+        others = scores.scatter(-1, classes.unsqueeze(-1), -torch.inf)
+        q = torch.exp(torch.logsumexp(others, dim=-1) - log_total)
+        return TargetProbability(p, q)
+
+
+def _rows_probability(
+    output: Tensor, target: TargetType, clean: CleanPass, rows: Tensor, apply_softmax: bool
+) -> TargetProbability:
+    """The target's probability in the ``output`` of the batch's examples ``rows``.
+
+    The classes are the clean pass's, resolved and checked there; only a
+    tuple target (a position in a higher-dimensional output) is resolved again.
+    """
     if isinstance(target, tuple):
-        return target
+        return target_probability(output, target, apply_softmax)[0]
     if isinstance(target, list) and target and isinstance(target[0], tuple):
-        return [target[i] for i in rows.tolist()]
-    return classes[rows]
+        return target_probability(output, [target[i] for i in rows.tolist()], apply_softmax)[0]
+    return _probability(output, clean.target[rows], apply_softmax)
 
 
 def _forward_rows(
@@ -502,16 +506,17 @@ def _forward_rows(
 
 
 def _perturbed(
-    prepared: PreparedInputs, rankings: Sequence[FeatureRanking], jobs: Tensor
+    prepared: PreparedInputs, rankings: Sequence[FeatureRanking], jobs: Tensor, which: Tensor
 ) -> List[Tensor]:
-    """The inputs of ``jobs`` (rows ``ranking, example, start, stop``, sorted by ranking)."""
-    which, examples, starts, stops = jobs.unbind(1)
+    """The inputs of ``jobs`` (rows ``ranking, example, start, stop``, sorted by ranking);
+    ``which`` is their ranking column on the CPU (so that no step waits for the device)."""
+    _, examples, starts, stops = jobs.unbind(1)
     # A clean row (ranking -1, interval [0, 0)) removes nothing under any ranking.
-    which = which.clamp(min=0)
-    used = torch.unique_consecutive(which).tolist()
+    used, counts = torch.unique_consecutive(which.clamp(min=0), return_counts=True)
+    per_ranking = list(zip(used.tolist(), examples.split(counts.tolist())))
     perturbed = []
     for i, (x, b) in enumerate(zip(prepared.inputs, prepared.baselines)):
-        ranks = torch.cat([rankings[m].element_ranks[i][examples[which == m]] for m in used])
+        ranks = torch.cat([rankings[m].element_ranks[i][e] for m, e in per_ranking])
         shape = (-1,) + (1,) * (ranks.dim() - 1)
         hit = (ranks >= starts.view(shape)) & (ranks < stops.view(shape))
         b_rows = b[examples] if b.shape[0] == prepared.n and prepared.n > 1 else b
@@ -531,8 +536,9 @@ and one batch of all rows is 1.5x slower than 64 on the embedded ViT.
 """
 GPU_MEMORY_SHARE = 0.5
 """The share of the free GPU memory the default chunk may fill."""
-GPU_FIRST_ROWS = 4
-"""The rows of the first forward call on a GPU, which sizes the others."""
+GPU_FIRST_ROWS = 64
+"""The most rows of the first forward call on a GPU, which sizes the others: the
+clean inputs of the batch, which the user has run through the model already."""
 
 
 def check_max_examples_per_batch(max_examples_per_batch: Optional[int]) -> None:
@@ -566,36 +572,36 @@ def _forward_jobs(
 
     The chunk is ``max_examples_per_batch`` when given. Otherwise, for
     throughput, on a CPU :func:`cpu_chunk_rows`; on a GPU the first call
-    forwards :data:`GPU_FIRST_ROWS` rows, and the others as many rows as fill
-    :data:`GPU_MEMORY_SHARE` of the free memory (``torch.cuda.mem_get_info``)
-    at the bytes per row that first call allocated in all (the allocator's
-    cumulative count: an upper bound of its peak that, unlike the peak
-    statistics, needs no reset, so the caller's
-    ``torch.cuda.max_memory_allocated`` is left as it was).
+    forwards the clean rows (at most :data:`GPU_FIRST_ROWS`), and the others
+    as many rows as fill :data:`GPU_MEMORY_SHARE` of the free memory
+    (``torch.cuda.mem_get_info``) at the bytes per row that first call
+    allocated in all. That count is the allocator's cumulative one, kept on
+    the host as memory is handed out: it needs neither a reset (the caller's
+    ``torch.cuda.max_memory_allocated`` is left as it was) nor to wait for the
+    kernels, which keep running while the next calls are queued.
     """
+    which = jobs[:, 0].cpu()
 
-    def forward(part: Tensor) -> Tensor:
-        inputs = _perturbed(prepared, rankings, part)
-        return _forward_rows(forward_func, prepared, inputs, part[:, 1])
+    def forward(start: int, stop: int) -> Tuple[Tensor, Tensor]:
+        part = jobs[start:stop]
+        inputs = _perturbed(prepared, rankings, part, which[start:stop])
+        return part, _forward_rows(forward_func, prepared, inputs, part[:, 1])
 
     chunk, done = max_examples_per_batch, 0
     device = prepared.inputs[0].device
-    if chunk is None and device.type == "cuda" and len(jobs):
-        first = jobs[:GPU_FIRST_ROWS]
+    if chunk is None and device.type == "cuda":
+        done = min(prepared.n, GPU_FIRST_ROWS)
         counter = "allocated_bytes.all.allocated"
-        torch.cuda.synchronize(device)
         before = torch.cuda.memory_stats(device).get(counter, 0)
-        output = forward(first)
-        torch.cuda.synchronize(device)
+        first = forward(0, done)
         allocated = torch.cuda.memory_stats(device).get(counter, 0) - before
-        yield first, output
+        yield first
         free, _ = torch.cuda.mem_get_info(device)
-        chunk = max(1, int(GPU_MEMORY_SHARE * free / max(allocated / len(first), 1.0)))
-        done = len(first)
+        chunk = max(1, int(GPU_MEMORY_SHARE * free / max(allocated / done, 1.0)))
     elif chunk is None:
         chunk = cpu_chunk_rows(prepared)
-    for part in jobs[done:].split(chunk):
-        yield part, forward(part)
+    for start in range(done, len(jobs), chunk):
+        yield forward(start, start + chunk)
 
 
 def forward_removals(
@@ -665,8 +671,9 @@ def forward_removals(
                 probabilities.append(probability)
         if len(part):
             assert clean is not None
-            rows_target = _chunk_target(target, clean.target, part[:, 1])
-            probabilities.append(target_probability(output, rows_target, apply_softmax)[0])
+            probabilities.append(
+                _rows_probability(output, target, clean, part[:, 1], apply_softmax)
+            )
     assert clean is not None
     p = torch.cat([t.p for t in probabilities])[inverse]
     q = torch.cat([t.q for t in probabilities])[inverse]
