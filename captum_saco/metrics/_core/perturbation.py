@@ -12,10 +12,10 @@ those steps once:
   produce to the inputs, sums them per feature (pixel, token, scalar feature or
   ``feature_mask`` region) and ranks the features with a stable descending sort;
 - :func:`resolve_baselines` turns ``baselines`` into one tensor per input;
-- :func:`clean_pass` runs the clean inputs once and resolves the target;
-- :func:`removal_probabilities` builds the perturbed inputs (feature ranks in
+- :func:`forward_removals` builds the perturbed inputs (feature ranks in
   ``[start, stop)`` replaced by the baseline) of any number of removals and
-  rankings and runs them, chunked, through the forward function.
+  rankings and runs them, chunked, through the forward function together with
+  the clean inputs, whose pass resolves the target.
 
 :func:`measure_removals` chains these steps for one metric; a metric only
 says which rank intervals to remove and what to compute from the
@@ -659,11 +659,11 @@ def forward_removals(
     for part, output in _forward_jobs(
         forward_func, prepared, rankings, jobs, max_examples_per_batch
     ):
-        if clean is None:
-            n_clean = min(n - sum(len(s) for s in clean_scores), len(part))
+        if clean is None:  # the chunk starts with clean rows
+            n_clean = min(n - sum(map(len, clean_scores)), len(part))
             clean_scores.append(output[:n_clean])
             part, output = part[n_clean:], output[n_clean:]
-            if sum(len(s) for s in clean_scores) == n:
+            if sum(map(len, clean_scores)) == n:
                 probability, classes = target_probability(
                     torch.cat(clean_scores), target, apply_softmax
                 )
@@ -705,7 +705,6 @@ def measure_removals(
     probabilities with each interval removed.
     """
     check_flag("apply_softmax", apply_softmax)
-    check_max_examples_per_batch(max_examples_per_batch)
     prepared = prepare_inputs(
         forward_func=forward_func,
         inputs=inputs,

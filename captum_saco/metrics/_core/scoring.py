@@ -12,7 +12,6 @@ from captum_saco.metrics._core.perturbation import (
     FeatureRanking,
     Removal,
     TargetProbability,
-    check_max_examples_per_batch,
     forward_removals,
     prepare_inputs,
     rank_features,
@@ -113,7 +112,6 @@ def score_attributions(
         raise TypeError("attributions: expected a non-empty mapping of method name -> attributions")
     if isinstance(n_groups, bool) or not isinstance(n_groups, int) or n_groups < 2:
         raise ValueError(f"n_groups: expected an int of at least 2, got {n_groups!r}")
-    check_max_examples_per_batch(max_examples_per_batch)
     prepared = prepare_inputs(
         forward_func=forward_func,
         inputs=inputs,
