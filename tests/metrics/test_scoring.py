@@ -60,6 +60,28 @@ def test_the_clean_pass_runs_once_and_shares_batches_with_the_perturbed_passes(c
     assert calls == [4 + 2 * 4 * 8]
 
 
+def test_jobs_too_many_to_pack_into_one_key_are_deduplicated_row_by_row_alike(
+    cnn, images, monkeypatch
+):
+    from captum_saco.metrics._core import perturbation
+
+    torch.manual_seed(41)
+    maps = {"a": torch.rand(4, 8, 8), "b": torch.rand(4, 3, 8, 8)}
+    packed = score_attributions(cnn, images, maps, n_groups=4)
+    calls = []
+
+    def counting(x: Tensor) -> Tensor:
+        calls.append(x.shape[0])
+        return cnn(x)
+
+    monkeypatch.setattr(perturbation, "JOB_KEY_LIMIT", 1)
+    by_rows = score_attributions(counting, images, maps, n_groups=4, max_examples_per_batch=1000)
+    assert calls == [4 + 2 * 4 * 8]
+    for method in maps:
+        for name in SINGLE:
+            assert torch.equal(by_rows[method][name], packed[method][name]), (method, name)
+
+
 def test_metrics_may_be_chosen_and_unknown_ones_are_refused(cnn, images):
     maps = {"a": torch.rand(4, 8, 8)}
     assert list(score_attributions(cnn, images, maps, metrics=["auc"])["a"]) == ["auc"]
