@@ -29,8 +29,8 @@ from captum_saco.evaluation.result import EvaluationResult, summarise
 from captum_saco.evaluation.statistics import bootstrap_ci95s, comparisons
 from captum_saco.metrics import saco, score_attributions
 
-# method -> metric -> (N,) values
-Scores = Dict[str, Dict[str, Tensor]]
+# method -> metric -> the N values, one per image
+Scores = Dict[str, Dict[str, List[float]]]
 
 
 def _score_batch(
@@ -47,10 +47,14 @@ def _score_batch(
     scores = score_attributions(
         forward_func, inputs, attributions_by_method, metrics, target=target, n_groups=n_groups
     )
-    return {
-        method: {name: values.detach().cpu() for name, values in by_metric.items()}
-        for method, by_metric in scores.items()
-    }
+    # One copy to the host for all the values (each is a device sync on a GPU),
+    # and Python floats: the rows read them one by one.
+    keys = [(method, name) for method, by_metric in scores.items() for name in by_metric]
+    table = torch.stack([scores[m][k].detach().double() for m, k in keys]).cpu().tolist()
+    values: Scores = {method: {} for method in scores}
+    for (method, name), column in zip(keys, table):
+        values[method][name] = column
+    return values
 
 
 def _progress_bar(total: int, enabled: bool) -> Any:
@@ -191,14 +195,15 @@ class _Scorer:
             self.forward_func, x, attributions, target, self.metrics, self.n_groups
         )
         labels = [None] * len(keys) if batch.labels is None else batch.labels.tolist()
+        targets, probabilities = target.tolist(), probability.tolist()
         return [
             {
                 "image": key,
                 "label": None if labels[j] is None or labels[j] < 0 else labels[j],
-                "target": int(target[j]),
-                "probability": float(probability[j]),
+                "target": targets[j],
+                "probability": probabilities[j],
                 "method": method,
-                **{k: float(scores[method][k][j]) for k in self.metrics},
+                **{k: scores[method][k][j] for k in self.metrics},
             }
             for j, key in enumerate(keys)
             for method in self.methods
@@ -296,14 +301,13 @@ def _result(
 ) -> EvaluationResult:
     images = list(dict.fromkeys(str(r["image"]) for r in rows))
     position = {key: i for i, key in enumerate(images)}
-    per_example = {
-        (m, k): torch.full((len(images),), math.nan, dtype=torch.float64)
-        for m in methods
-        for k in metrics
-    }
+    # Filled as lists: a Python float is written in a fraction of a tensor item's time.
+    values = {(m, k): [math.nan] * len(images) for m in methods for k in metrics}
     for r in rows:
+        i = position[str(r["image"])]
         for k in metrics:
-            per_example[(r["method"], k)][position[str(r["image"])]] = r[k]
+            values[(r["method"], k)][i] = r[k]
+    per_example = {key: torch.tensor(v, dtype=torch.float64) for key, v in values.items()}
     return EvaluationResult(
         model=model_name,
         n_images=len(images),

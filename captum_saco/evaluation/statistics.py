@@ -121,14 +121,21 @@ def compare_pairs(
 ) -> List[Tuple[Optional[float], Optional[float]]]:
     """For each pair ``(a, b)`` of per-image values, the fraction of the images
     (where both are defined) on which ``a`` scores strictly better than ``b``,
-    and the paired test's p-value."""
-    kept = []
-    for a, b in pairs:
-        both = ~(torch.isnan(a) | torch.isnan(b))
-        kept.append((a[both].double(), b[both].double()))
+    and the paired test's p-value. The rows of all pairs have one length."""
+    if not pairs:
+        return []
+    a, b = (torch.stack([pair[side] for pair in pairs]).double() for side in (0, 1))
+    both = ~(torch.isnan(a) | torch.isnan(b))
+    better = (a > b) if higher_is_better else (a < b)  # False where either is NaN
     fractions = [
-        float(((a > b) if higher_is_better else (a < b)).double().mean()) if a.numel() else None
-        for a, b in kept
+        wins / count if count else None
+        for wins, count in zip(better.sum(dim=1).tolist(), both.sum(dim=1).tolist())
+    ]
+    kept = [
+        (x, y) if complete else (x[defined], y[defined])
+        for x, y, defined, complete in zip(
+            a.unbind(), b.unbind(), both.unbind(), both.all(dim=1).tolist()
+        )
     ]
     return list(zip(fractions, _p_values(kept)))
 
