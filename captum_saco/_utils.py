@@ -25,6 +25,7 @@ __all__ = [
     "TensorOrTupleOfTensorsGeneric",
     "check_flag",
     "check_forward_func",
+    "check_max_examples_per_batch",
     "format_inputs",
     "forward_scores",
     "model_output",
@@ -50,6 +51,18 @@ def check_flag(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name}: expected True or False, got {value!r}")
     return value
+
+
+def check_max_examples_per_batch(value: Any) -> None:
+    """Refuse a ``max_examples_per_batch`` that is neither None nor a positive int:
+    a TypeError for another type (a bool or a float included), a ValueError below 1."""
+    if value is None:
+        return
+    message = f"max_examples_per_batch: expected a positive int or None, got {value!r}"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(message)
+    if value < 1:
+        raise ValueError(message)
 
 
 def format_inputs(inputs: TensorOrTupleOfTensors, name: str = "inputs") -> Tuple[Tensor, ...]:

@@ -356,11 +356,11 @@ def test_chunks_run_the_model_on_at_most_max_examples_per_batch_images(
 @pytest.mark.parametrize(
     "options, error, message",
     [
-        ({"max_examples_per_batch": 0}, ValueError, "max_examples_per_batch: expected a positive"),
-        ({"max_examples_per_batch": 2.0}, TypeError, "max_examples_per_batch: expected an int"),
-        ({"max_examples_per_batch": True}, TypeError, "max_examples_per_batch: expected an int"),
-        ({"upsample": "no"}, TypeError, "upsample: expected a bool"),
-        ({"upsample": 0}, TypeError, "upsample: expected a bool"),
+        ({"max_examples_per_batch": 0}, ValueError, "max_examples_per_batch: expected a posit"),
+        ({"max_examples_per_batch": 2.0}, TypeError, "max_examples_per_batch: expected a posit"),
+        ({"max_examples_per_batch": True}, TypeError, "max_examples_per_batch: expected a posit"),
+        ({"upsample": "no"}, TypeError, "upsample: expected True or False, got 'no'"),
+        ({"upsample": 0}, TypeError, "upsample: expected True or False, got 0"),
     ],
 )
 def test_bad_pipeline_options_are_refused_before_running_the_model(

@@ -184,5 +184,5 @@ def test_rollout_refuses_bad_options_before_running_the_model(
 def test_gradient_weighted_attention_refuses_a_non_bool_aggregate_layers(
     vit: nn.Module, images: Tensor
 ) -> None:
-    with pytest.raises(TypeError, match="aggregate_layers: expected a bool"):
+    with pytest.raises(TypeError, match="aggregate_layers: expected True or False"):
         GradientWeightedAttention(vit).attribute(images, aggregate_layers="no")

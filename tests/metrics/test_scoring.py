@@ -105,14 +105,16 @@ def test_a_hugging_face_style_output_and_a_per_example_target_are_accepted(cnn, 
     assert scores["a"]["saco"].shape == (4,)
 
 
-@pytest.mark.parametrize("bad", [0, -1, 2.5, True])
-def test_a_bad_max_examples_per_batch_is_refused_before_any_forward_pass(cnn, images, bad):
+@pytest.mark.parametrize(
+    "bad, error", [(0, ValueError), (-1, ValueError), (2.5, TypeError), (True, TypeError)]
+)
+def test_a_bad_max_examples_per_batch_is_refused_before_any_forward_pass(cnn, images, bad, error):
     calls = []
 
     def counting(x: Tensor) -> Tensor:
         calls.append(x.shape[0])
         return cnn(x)
 
-    with pytest.raises(ValueError, match="max_examples_per_batch: expected a positive int"):
+    with pytest.raises(error, match="max_examples_per_batch: expected a positive int or None"):
         score_attributions(counting, images, {"a": torch.rand(4, 8, 8)}, max_examples_per_batch=bad)
     assert calls == []

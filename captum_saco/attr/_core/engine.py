@@ -15,7 +15,13 @@ from captum.attr import Attribution
 from captum.attr._utils.batching import _tuple_splice_range
 from torch import Tensor, nn
 
-from captum_saco._utils import TargetType, model_output, resolve_target
+from captum_saco._utils import (
+    TargetType,
+    check_flag,
+    check_max_examples_per_batch,
+    model_output,
+    resolve_target,
+)
 from captum_saco.attr._core.adapters import ViTAdapter, ViTParts, adapter_for
 from captum_saco.attr._core.relevance import AttentionRelevance, attention_relevance
 
@@ -440,12 +446,6 @@ def _check_inputs(inputs: Union[Tensor, Tuple[Tensor]]) -> Tensor:
     return inputs
 
 
-def check_flag(name: str, value: bool) -> None:
-    """Refuse a flag option that is not a bool (``"no"`` would count as true)."""
-    if not isinstance(value, bool):
-        raise TypeError(f"{name}: expected a bool, got {type(value).__name__}")
-
-
 def _chunks(
     images: Tensor, target: TargetType, extra: Tuple, max_examples_per_batch: Optional[int]
 ) -> Iterator[Tuple[Tensor, TargetType, Tuple]]:
@@ -456,15 +456,7 @@ def _chunks(
     if max_examples_per_batch is None:
         yield images, target, extra
         return
-    if isinstance(max_examples_per_batch, bool) or not isinstance(max_examples_per_batch, int):
-        raise TypeError(
-            "max_examples_per_batch: expected an int or None, "
-            f"got {type(max_examples_per_batch).__name__}"
-        )
-    if max_examples_per_batch < 1:
-        raise ValueError(
-            f"max_examples_per_batch: expected a positive int, got {max_examples_per_batch}"
-        )
+    check_max_examples_per_batch(max_examples_per_batch)
     for value in extra:
         if isinstance(value, Tensor) and (value.dim() == 0 or value.shape[0] != n):
             raise ValueError(

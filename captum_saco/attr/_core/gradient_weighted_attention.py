@@ -5,12 +5,11 @@ from typing import Any, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from captum_saco._utils import TargetType
+from captum_saco._utils import TargetType, check_flag
 from captum_saco.attr._core.engine import (
     AttentionAttribution,
     AttentionTrace,
     Needs,
-    check_flag,
     documented_options,
 )
 

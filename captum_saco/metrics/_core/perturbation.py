@@ -37,6 +37,7 @@ from captum_saco._utils import (
     TensorOrTupleOfTensors,
     check_flag,
     check_forward_func,
+    check_max_examples_per_batch,
     format_inputs,
     forward_scores,
     resolve_target,
@@ -539,19 +540,6 @@ GPU_MEMORY_SHARE = 0.5
 GPU_FIRST_ROWS = 64
 """The most rows of the first forward call on a GPU, which sizes the others: the
 clean inputs of the batch, which the user has run through the model already."""
-
-
-def check_max_examples_per_batch(max_examples_per_batch: Optional[int]) -> None:
-    """Refuse a ``max_examples_per_batch`` that is neither None nor a positive int."""
-    if max_examples_per_batch is not None and (
-        isinstance(max_examples_per_batch, bool)
-        or not isinstance(max_examples_per_batch, int)
-        or max_examples_per_batch < 1
-    ):
-        raise ValueError(
-            "max_examples_per_batch: expected a positive int or None, got "
-            f"{max_examples_per_batch!r}"
-        )
 
 
 def cpu_chunk_rows(prepared: PreparedInputs) -> int:

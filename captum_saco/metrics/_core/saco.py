@@ -372,10 +372,11 @@ def saco(
             the most features any example has), a target out of range or
             of a wrong form, a baseline or feature mask of the wrong shape, a
             baseline an integer input cannot hold, meta-device or sparse
-            tensors, a model with one output unless ``apply_softmax=False``.
+            tensors, a model with one output unless ``apply_softmax=False``,
+            ``max_examples_per_batch`` below 1.
         TypeError: a ``forward_func`` that is not callable or returns no
             scores, complex attributions, non-bool ``apply_softmax`` or
-            ``return_details``.
+            ``return_details``, a ``max_examples_per_batch`` that is not an int.
 
     Examples::
 
