@@ -14,6 +14,7 @@ from captum_saco.cli import main
 from captum_saco.datasets import load_fashion_mnist_samples, load_fashion_mnist_vit
 from captum_saco.evaluation import METHODS, evaluate
 from captum_saco.metrics import saco, score_attributions
+from tests.numerics import relative_error
 
 pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU"),
@@ -29,11 +30,6 @@ def models() -> Dict[str, nn.Module]:
 @pytest.fixture(scope="module")
 def images() -> Tensor:
     return load_fashion_mnist_samples(limit=16).images
-
-
-def relative_error(actual: Tensor, expected: Tensor) -> float:
-    scale = expected.double().abs().amax().clamp(min=1e-12)
-    return ((actual.double() - expected.double()).abs().amax() / scale).item()
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))

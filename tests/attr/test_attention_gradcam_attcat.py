@@ -10,14 +10,9 @@ from torch import Tensor, nn
 from transformers import DeiTForImageClassificationWithTeacher
 
 from captum_saco.attr import AttCAT, AttentionGradCAM, AttentionTrace
+from tests.numerics import relative_errors
 
 TARGETS = ["argmax", "fixed"]
-
-
-def relative_error(maps: Tensor, expected: Tensor) -> Tensor:
-    """Per example max |maps - expected| / max |expected|."""
-    maps, expected = maps.flatten(1).double(), expected.flatten(1).double()
-    return (maps - expected).abs().amax(1) / expected.abs().amax(1)
 
 
 class _KeepRow(AttCAT):
@@ -40,8 +35,8 @@ def test_attcat_equals_the_original_in_float32(
     )
     recorded = more_reference["attributions"][target_kind]
     assert maps.shape == (4, 1, 6, 6)
-    assert (relative_error(maps, recorded["attcat"]) < 1e-4).all()
-    assert (relative_error(method.row, recorded["attcat_all_tokens"]) < 1e-4).all()
+    assert (relative_errors(maps, recorded["attcat"]) < 1e-4).all()
+    assert (relative_errors(method.row, recorded["attcat_all_tokens"]) < 1e-4).all()
 
 
 @pytest.mark.parametrize("family", ["timm", "torchvision"])
@@ -60,7 +55,7 @@ def test_attcat_in_float64_is_the_original_float64_computation(
         model.float()
     assert maps.dtype == torch.float64
     recorded = more_reference["attributions"][target_kind]["attcat"]
-    difference = relative_error(recorded, maps)
+    difference = relative_errors(recorded, maps)
     expected = more_reference["float32_vs_float64"][target_kind]["attcat"].double()
     torch.testing.assert_close(difference, expected, rtol=0, atol=1e-9)
 
@@ -78,7 +73,7 @@ def test_attention_gradcam_in_float64_equals_the_original_float64_run(
     finally:
         model.float()
     expected = more_reference["attributions"][target_kind]["attn_gradcam_float64"]
-    assert (relative_error(maps, expected) < 1e-10).all()
+    assert (relative_errors(maps, expected) < 1e-10).all()
 
 
 def test_hugging_face_float64_runs_are_as_close_as_its_float32_softmax_allows(
@@ -94,7 +89,7 @@ def test_hugging_face_float64_runs_are_as_close_as_its_float32_softmax_allows(
     finally:
         model.float()
     expected = more_reference["attributions"]["fixed"]["attn_gradcam_float64"]
-    assert (relative_error(maps, expected) < 1e-4).all()
+    assert (relative_errors(maps, expected) < 1e-4).all()
 
 
 # --- the rules written out --------------------------------------------------------------

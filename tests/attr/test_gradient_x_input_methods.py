@@ -18,6 +18,7 @@ from captum_saco.attr._core.attn_lrp import AttnLRP
 from captum_saco.attr._core.conservative_lrp import ConservativeLRP
 from captum_saco.attr._core.gradient_x_input import gradient_x_input
 from captum_saco.attr._core.replay import PLAIN_GRADIENT, GradientRules, model_forward
+from tests.numerics import relative_errors
 
 # reference key -> (method class, options, the rules that method runs)
 CASES = {
@@ -51,12 +52,6 @@ CASES = {
 METHODS = [ConservativeLRP, AttnLRP]
 
 
-def relative_error(values: Tensor, expected: Tensor) -> Tensor:
-    """Per example, ``max |values - expected| / max |expected|``."""
-    values, expected = values.double().flatten(1), expected.double().flatten(1)
-    return (values - expected).abs().amax(dim=1) / expected.abs().amax(dim=1)
-
-
 def pixel_map(relevance: Tensor, key: str, recorded: Dict) -> Tensor:
     """What the reference stores at the pixels: ``(N, 3, H, W)`` if it has the raw
     key, else the sum over the channels."""
@@ -87,9 +82,9 @@ def test_pixel_and_patch_relevance_equal_the_original_code(
     assert pixels.shape == (4, 3, 96, 96) and patches.shape == (4, 1, 6, 6)
     # float32 against float32: the originals' own float32 error is <= 3e-5 of the maximum
     assert (
-        relative_error(pixel_map(pixels, key, recorded), stored_pixels(key, recorded)).max() < 1e-4
+        relative_errors(pixel_map(pixels, key, recorded), stored_pixels(key, recorded)).max() < 1e-4
     )
-    assert relative_error(patches, recorded[f"{key}_tokens"]).max() < 1e-4
+    assert relative_errors(patches, recorded[f"{key}_tokens"]).max() < 1e-4
 
 
 @pytest.mark.parametrize("target_kind", ["argmax", "fixed"])
@@ -102,7 +97,7 @@ def test_block0_token_relevance_equals_the_original_code(
     adapter = adapter_for(reference_model)
     result = gradient_x_input(adapter, reference_model, more_reference["inputs"], target, (), rules)
     expected = more_reference["attributions"][target_kind][f"{key}_tokens_block0"]
-    assert relative_error(result.tokens, expected).max() < 1e-4
+    assert relative_errors(result.tokens, expected).max() < 1e-4
     assert torch.equal(result.classes, target)
 
 
@@ -130,7 +125,7 @@ def test_float64_run_is_as_far_from_the_float32_keys_as_the_originals_float64_ru
         (pixel_map(pixels, key, recorded), pixel_key),
         (patches, f"{key}_tokens"),
     ):
-        error = relative_error(values, recorded[stored])
+        error = relative_errors(values, recorded[stored])
         assert (error - distance[stored].double()).abs().max() < 1e-7
 
 
@@ -260,7 +255,7 @@ def test_half_precision_models_give_float32_maps_close_to_float32(
     maps = cls(half).attribute(inputs, upsample=False)
     expected = cls(rounded).attribute(inputs.float(), upsample=False)
     assert maps.dtype == torch.float32
-    assert relative_error(maps, expected).max() < (0.015 if dtype == torch.float16 else 0.08)
+    assert relative_errors(maps, expected).max() < (0.015 if dtype == torch.float16 else 0.08)
 
 
 @pytest.mark.parametrize("cls", METHODS)
@@ -365,4 +360,4 @@ def test_a_cuda_model_gives_the_cpu_maps_on_the_inputs_device(
     expected = cls(timm_reference_model).attribute(images, **options)
     maps = cls(copy.deepcopy(timm_reference_model).cuda()).attribute(images.cuda(), **options)
     assert maps.device.type == "cuda"
-    assert relative_error(maps.cpu(), expected).max() < 1e-4
+    assert relative_errors(maps.cpu(), expected).max() < 1e-4

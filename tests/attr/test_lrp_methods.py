@@ -15,13 +15,9 @@ from captum_saco.attr._core.adapters import adapter_for, vit_parts
 from captum_saco.attr._core.full_lrp import FullLRP
 from captum_saco.attr._core.partial_lrp import PartialLRP
 from captum_saco.attr._core.relevance import attention_relevance, embedding_in
+from tests.numerics import relative_error
 
 TARGETS = ["argmax", "fixed"]
-
-
-def relative_error(actual: Tensor, expected: Tensor) -> float:
-    actual = actual.reshape(expected.shape).double()
-    return float((actual - expected).abs().max() / expected.abs().max())
 
 
 def float32_tolerance(more_reference: Dict, target_kind: str, key: str) -> float:

@@ -23,6 +23,7 @@ from captum_saco.attr._core.relevance import (
     z_rule_half_each,
     z_rule_rescaled,
 )
+from tests.numerics import relative_error
 
 
 def block0_tokens(model: nn.Module, images: Tensor) -> Tensor:
@@ -40,10 +41,6 @@ def relevance_of(model: nn.Module, images: Tensor, target=None, **options) -> At
 def partial_lrp(result: AttentionRelevance, num_prefix_tokens: int = 1) -> Tensor:
     """``mean_h clamp(R(A_last), min=0)``, class-token row, patch columns."""
     return result.relevances[-1].clamp(min=0).mean(dim=1)[:, 0, num_prefix_tokens:]
-
-
-def relative_error(actual: Tensor, expected: Tensor) -> float:
-    return float((actual - expected).abs().max() / expected.abs().max())
 
 
 # --- the original numbers ----------------------------------------------------------------

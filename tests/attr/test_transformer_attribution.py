@@ -18,15 +18,12 @@ from captum_saco.attr import TransformerAttribution
 from captum_saco.attr._core.adapters import vit_parts
 from captum_saco.attr._core.relevance import attention_relevance
 from captum_saco.datasets import load_fashion_mnist_samples, load_fashion_mnist_vit
+from tests.numerics import relative_error
 
 
 @pytest.fixture
 def images(reference: Dict) -> Tensor:
     return reference["inputs"].clone()
-
-
-def relative_error(maps: Tensor, expected: Tensor) -> float:
-    return float((maps.flatten(1) - expected).abs().max() / expected.abs().max())
 
 
 # --- the original numbers ----------------------------------------------------------------
