@@ -140,6 +140,27 @@ def test_undefined_values_are_counted_and_warned_about_once(model, images) -> No
     assert "and 2 similar warnings" in str(saco_warnings[0].message)
 
 
+class NaNForImage2(Attribution):
+    """Saliency, except that the map of the batch's third image holds a NaN."""
+
+    def attribute(self, inputs, target=None):
+        maps = Saliency(self.forward_func).attribute(inputs, target=target)
+        maps[2, 0, 0, 0] = torch.nan
+        return maps
+
+
+def test_one_image_with_a_nan_map_is_nan_and_the_rest_of_its_batch_is_scored(model, images) -> None:
+    methods = {"nan_in_one": NaNForImage2(model), "saliency": "saliency"}
+    with pytest.warns(UserWarning, match=r"the attributions of 1 of 6 examples \(indices \[2\]\)"):
+        result = evaluate(model, images, methods=methods, metrics=["saco", "aopc"], batch_size=6)
+    for metric in ("saco", "aopc"):
+        broken = result.per_example[("nan_in_one", metric)]
+        assert bool(torch.isnan(broken[2]))
+        others = [0, 1, 3, 4, 5]
+        expected = result.per_example[("saliency", metric)][others]
+        torch.testing.assert_close(broken[others], expected, rtol=0, atol=1e-6, equal_nan=True)
+
+
 def test_model_and_inputs_are_left_unchanged(model, images) -> None:
     state = {k: v.clone() for k, v in model.state_dict().items()}
     before = images.clone()

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from captum.attr import IntegratedGradients, LayerGradCam, Occlusion, Saliency
 from torch import Tensor, nn
 
-from captum_saco.metrics import saco
+from captum_saco.metrics import aopc, saco
 
 
 @pytest.fixture
@@ -293,11 +293,20 @@ def test_unmatched_attribution_shape_names_attributions_and_both_shapes(cnn, ima
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
-def test_non_finite_attributions_are_rejected(cnn, images, bad):
-    attributions = torch.rand(4, 8, 8)
-    attributions[2, 3, 3] = bad
-    with pytest.raises(ValueError, match="attributions: contain NaN or infinite"):
-        saco(cnn, images, attributions)
+def test_an_example_with_non_finite_attributions_is_nan_and_the_others_are_scored(cnn, images, bad):
+    attributions = torch.rand(4, 8, 8, generator=torch.Generator().manual_seed(3))
+    broken = attributions.clone()
+    broken[2, 3, 3] = bad
+    kept = [0, 1, 3]
+    for metric, name in ((saco, "saco"), (aopc, "deletion_curve")):
+        expected = metric(cnn, images, attributions)
+        with pytest.warns(
+            UserWarning,
+            match=rf"{name}: the attributions of 1 of 4 examples \(indices \[2\]\) hold NaN",
+        ):
+            result = metric(cnn, images, broken)
+        assert bool(torch.isnan(result[2]))
+        torch.testing.assert_close(result[kept], expected[kept], rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("n_groups", [1, 0, 65, 2.5])

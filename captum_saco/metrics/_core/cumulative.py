@@ -165,8 +165,9 @@ def deletion_curve(
     Returns:
         DeletionCurve: fractions ``(S + 1,)``, removed counts ``(N, S + 1)``,
         probabilities ``(N, S + 1)`` (column 0 the clean input) and targets,
-        on the inputs' device. Examples whose probabilities are not finite
-        give NaN metrics and one warning.
+        on the inputs' device. Examples whose probabilities are not finite,
+        and examples whose attributions hold NaN or infinite values, give NaN
+        metrics, with one warning for each kind.
 
     Examples::
 
@@ -224,7 +225,17 @@ def curve_of(
 ) -> DeletionCurve:
     """The deletion curve of one ranking from its clean pass and its removals."""
     curve = torch.cat([clean.probability.p.unsqueeze(1), removed.p], dim=1)
-    not_finite = ~torch.isfinite(curve).all(dim=1)
+    bad_map = ~ranking.finite
+    if bool(bad_map.any()):
+        warnings.warn(
+            f"deletion_curve: the attributions of {int(bad_map.sum())} of {curve.shape[0]} "
+            f"examples (indices {bad_map.nonzero().flatten().tolist()}) hold NaN or infinite "
+            "values; their metrics are NaN",
+            UserWarning,
+            stacklevel=stacklevel + 1,
+        )
+        curve = curve.masked_fill(bad_map.unsqueeze(1), torch.nan)
+    not_finite = ~torch.isfinite(curve).all(dim=1) & ranking.finite
     if bool(not_finite.any()):
         warnings.warn(
             f"deletion_curve: the model's probabilities are not finite for "

@@ -68,6 +68,9 @@ class FeatureRanking(NamedTuple):
         constant (Tensor): ``(N,)`` bool, True where the example's maps, as
             given (channels summed, before any upsampling, all inputs
             together), hold one value: they carry no ranking.
+        finite (Tensor): ``(N,)`` bool, False where the example's attributions
+            hold NaN or infinite values. Such an example is ranked as a map of
+            zeros (so it is also ``constant``), and its metrics are NaN.
     """
 
     salience: Tensor
@@ -75,6 +78,7 @@ class FeatureRanking(NamedTuple):
     feature_counts: Tensor
     element_ranks: Tuple[Tensor, ...]
     constant: Tensor
+    finite: Tensor
 
     @property
     def n_features(self) -> int:
@@ -242,8 +246,11 @@ def _rank_features(
             for i, (a, x) in enumerate(zip(attributions_t, inputs))
         )
     )
-    if not all(bool(torch.isfinite(m).all()) for m in given):
-        raise ValueError("attributions: contain NaN or infinite values")
+    # One example's NaN or infinite attributions must not cost the others theirs:
+    # it is ranked as zeros, and the metrics give it NaN (see FeatureRanking.finite).
+    finite = torch.stack([torch.isfinite(g).all(dim=1) for g in given]).all(dim=0)
+    maps = tuple(m.masked_fill(~finite.view(-1, *(1,) * (m.dim() - 1)), 0) for m in maps)
+    given = tuple(g.masked_fill(~finite.unsqueeze(1), 0) for g in given)
     n = inputs[0].shape[0]
     flat_maps = torch.cat([m.flatten(1) for m in maps], dim=1)
     given_flat = torch.cat(given, dim=1)
@@ -264,7 +271,9 @@ def _rank_features(
         for d in reduced_dims:
             r = r.unsqueeze(d)
         element_ranks.append(r)
-    return FeatureRanking(salience, order, present.sum(dim=1), tuple(element_ranks), constant)
+    return FeatureRanking(
+        salience, order, present.sum(dim=1), tuple(element_ranks), constant, finite
+    )
 
 
 def _feature_salience(

@@ -148,7 +148,7 @@ def saco_details(
     constant = constant | ranking.constant | (ranking.feature_counts < n_groups)
     coefficient = coefficient.masked_fill(constant, torch.nan)
     ties_found = tied_fraction(drop)
-    _warn_about(coefficient, ties_found, stacklevel + 1)
+    _warn_about(coefficient, ~ranking.finite, ties_found, stacklevel + 1)
     return SacoDetails(
         coefficient=coefficient,
         group_salience=group_salience,
@@ -160,9 +160,19 @@ def saco_details(
     )
 
 
-def _warn_about(coefficient: Tensor, ties_found: Tensor, stacklevel: int) -> None:
+def _warn_about(
+    coefficient: Tensor, not_finite: Tensor, ties_found: Tensor, stacklevel: int
+) -> None:
     n = coefficient.shape[0]
-    undefined = torch.isnan(coefficient)
+    if bool(not_finite.any()):
+        warnings.warn(
+            f"saco: the attributions of {int(not_finite.sum())} of {n} examples (indices "
+            f"{not_finite.nonzero().flatten().tolist()}) hold NaN or infinite values; "
+            "returning NaN for them",
+            UserWarning,
+            stacklevel=stacklevel + 1,
+        )
+    undefined = torch.isnan(coefficient) & ~not_finite
     if bool(undefined.any()):
         warnings.warn(
             f"saco: the coefficient is undefined for {int(undefined.sum())} of {n} "
@@ -260,7 +270,9 @@ def saco(
     one warning for the call, when the example's map as given (channels
     summed, before any upsampling) or its feature saliences hold one value
     (the map carries no ranking), when it has fewer features than ``K``,
-    when ``Σ |w| = 0``, or when the model's probabilities are not finite.
+    when ``Σ |w| = 0``, or when the model's probabilities are not finite;
+    and when its attributions hold NaN or infinite values (the other examples
+    of the batch are scored as usual).
     The dataset-level score is the mean of the defined coefficients (e.g.
     ``torch.nanmean``). An empty batch (``N = 0``) gives an empty result
     without calling ``forward_func``.
@@ -368,7 +380,7 @@ def saco(
 
     Raises:
         ValueError: an attribution whose shape cannot be matched to its input,
-            non-finite attributions, ``n_groups`` outside ``[2, F]`` (``F``
+            ``n_groups`` outside ``[2, F]`` (``F``
             the most features any example has), a target out of range or
             of a wrong form, a baseline or feature mask of the wrong shape, a
             baseline an integer input cannot hold, meta-device or sparse
