@@ -93,6 +93,18 @@ def test_tuple_inputs_share_one_ranking_over_all_features():
     assert torch.allclose(result, joined)
 
 
+def test_a_one_dimensional_input_is_one_feature_per_example_like_an_n_by_1_input(cnn, images):
+    def image_and_scalar(x: Tensor, scalar: Tensor) -> Tensor:
+        return cnn(x) + scalar.reshape(-1, 1) * torch.arange(5.0)
+
+    torch.manual_seed(16)
+    scalar, maps, scalar_map = torch.randn(4), torch.rand(4, 8, 8), torch.rand(4)
+    for metric in (saco, aopc):
+        as_vector = metric(image_and_scalar, (images, scalar), (maps, scalar_map))
+        as_column = metric(image_and_scalar, (images, scalar[:, None]), (maps, scalar_map[:, None]))
+        torch.testing.assert_close(as_vector, as_column, rtol=0, atol=0)
+
+
 def test_tuple_inputs_of_different_kinds_with_per_input_baselines(cnn, images, attributions):
     def image_and_bias(x: Tensor, bias: Tensor) -> Tensor:
         return cnn(x) + bias

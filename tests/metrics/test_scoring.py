@@ -82,6 +82,15 @@ def test_jobs_too_many_to_pack_into_one_key_are_deduplicated_row_by_row_alike(
             assert torch.equal(by_rows[method][name], packed[method][name]), (method, name)
 
 
+def test_an_attribution_that_does_not_fit_is_named_by_its_method(cnn, images):
+    maps = {"fits": torch.rand(4, 8, 8), "too_few": torch.rand(3, 8, 8)}
+    with pytest.raises(ValueError, match=r"attributions\['too_few'\]: cannot match .*\(3, 8, 8\)"):
+        score_attributions(cnn, images, maps)
+    two_inputs = {"fits": (torch.rand(4, 8, 8), torch.rand(4, 5)), "bad": (torch.rand(4, 8, 8),)}
+    with pytest.raises(ValueError, match=r"attributions\['bad'\]: expected one attribution per"):
+        score_attributions(lambda x, b: cnn(x) + b, (images, torch.zeros(4, 5)), two_inputs)
+
+
 def test_metrics_may_be_chosen_and_unknown_ones_are_refused(cnn, images):
     maps = {"a": torch.rand(4, 8, 8)}
     assert list(score_attributions(cnn, images, maps, metrics=["auc"])["a"]) == ["auc"]

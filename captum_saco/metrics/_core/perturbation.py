@@ -100,10 +100,13 @@ def _feature_dims(x: Tensor) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
     return tuple(range(2, x.dim())), (1,)
 
 
-def _feature_map(
-    attribution: Tensor, x: Tensor, index: int, n_inputs: int
-) -> Tuple[Tensor, Tensor]:
-    """Match one attribution to its input.
+def _per_example(values: Tensor) -> Tensor:
+    """``values`` as ``(N, elements per example)``: a 1-D input is one scalar each."""
+    return values.reshape(values.shape[0], math.prod(values.shape[1:]))
+
+
+def _feature_map(attribution: Tensor, x: Tensor, where: str) -> Tuple[Tensor, Tensor]:
+    """Match one attribution to its input (``where`` names it in errors).
 
     Returns its ``(N, *feature_shape)`` map and the ``(N, -1)`` map as given
     (channels summed, before upsampling), both in float32 or wider whatever
@@ -112,7 +115,6 @@ def _feature_map(
     feature_dims, reduced_dims = _feature_dims(x)
     feature_shape = tuple(x.shape[d] for d in feature_dims)
     n = x.shape[0]
-    where = f"attributions[{index}]" if n_inputs > 1 else "attributions"
     if attribution.is_complex():
         raise TypeError(f"{where}: expected real values, got dtype {attribution.dtype}")
     dtype = (
@@ -147,7 +149,7 @@ def _feature_map(
             raise mismatch()
     elif not (a.dim() == len(feature_shape) + 1 and tuple(a.shape[1:]) == feature_shape):
         raise mismatch()
-    given = a.flatten(1)
+    given = _per_example(a)
     if tuple(a.shape[1:]) != feature_shape:
         if len(feature_shape) not in _INTERPOLATION_MODES:
             raise ValueError(
@@ -202,6 +204,7 @@ def rank_features(
     inputs: Tuple[Tensor, ...],
     attributions: TensorOrTupleOfTensors,
     feature_mask: Union[None, Tensor, Tuple[Tensor, ...]] = None,
+    name: str = "attributions",
 ) -> FeatureRanking:
     """Sum the attributions per feature and rank the features, most salient first.
 
@@ -220,29 +223,31 @@ def rank_features(
         attributions (Tensor or tuple of Tensor): one attribution per input.
         feature_mask (Tensor or tuple of Tensor, optional): integer feature
             ids, one tensor per input, broadcastable to it.
+        name (str, optional): what errors call the attributions.
+            Default: "attributions"
 
     Returns:
         FeatureRanking: the per-feature salience, the ranking and the rank of
         every input element.
     """
     with torch.autocast(inputs[0].device.type, enabled=False):
-        return _rank_features(inputs, attributions, feature_mask)
+        return _rank_features(inputs, attributions, feature_mask, name)
 
 
 def _rank_features(
     inputs: Tuple[Tensor, ...],
     attributions: TensorOrTupleOfTensors,
     feature_mask: Union[None, Tensor, Tuple[Tensor, ...]],
+    name: str,
 ) -> FeatureRanking:
-    attributions_t = format_inputs(attributions, name="attributions")
+    attributions_t = format_inputs(attributions, name=name)
     if len(attributions_t) != len(inputs):
         raise ValueError(
-            f"attributions: expected one attribution per input ({len(inputs)}), "
-            f"got {len(attributions_t)}"
+            f"{name}: expected one attribution per input ({len(inputs)}), got {len(attributions_t)}"
         )
     maps, given = zip(
         *(
-            _feature_map(a, x, i, len(inputs))
+            _feature_map(a, x, f"{name}[{i}]" if len(inputs) > 1 else name)
             for i, (a, x) in enumerate(zip(attributions_t, inputs))
         )
     )
@@ -252,7 +257,7 @@ def _rank_features(
     maps = tuple(m.masked_fill(~finite.view(-1, *(1,) * (m.dim() - 1)), 0) for m in maps)
     given = tuple(g.masked_fill(~finite.unsqueeze(1), 0) for g in given)
     n = inputs[0].shape[0]
-    flat_maps = torch.cat([m.flatten(1) for m in maps], dim=1)
+    flat_maps = torch.cat([_per_example(m) for m in maps], dim=1)
     given_flat = torch.cat(given, dim=1)
     constant = (given_flat == given_flat[:, :1]).all(dim=1)
 
@@ -266,7 +271,7 @@ def _rank_features(
     element_ranks = []
     for feature_ids, x in zip(ids, inputs):
         _, reduced_dims = _feature_dims(x)
-        r = rank.gather(1, feature_ids.expand(n, *feature_ids.shape[1:]).flatten(1))
+        r = rank.gather(1, _per_example(feature_ids.expand(n, *feature_ids.shape[1:])))
         r = r.reshape(n, *feature_ids.shape[1:])
         for d in reduced_dims:
             r = r.unsqueeze(d)
@@ -300,7 +305,7 @@ def _feature_salience(
             f"got {type(feature_mask).__name__} of length {len(masks)}"
         )
     raw_ids = [_feature_ids(m, x, i, len(inputs)) for i, (m, x) in enumerate(zip(masks, inputs))]
-    flat_ids = torch.cat([r.expand(n, *r.shape[1:]).flatten(1) for r in raw_ids], 1)
+    flat_ids = torch.cat([_per_example(r.expand(n, *r.shape[1:])) for r in raw_ids], 1)
     _, dense = torch.unique(flat_ids, return_inverse=True)
     n_features = int(dense.max()) + 1 if dense.numel() else 0
     present = torch.zeros(n, n_features, device=dense.device, dtype=torch.bool)

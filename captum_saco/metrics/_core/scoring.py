@@ -119,7 +119,10 @@ def score_attributions(
         additional_forward_args=additional_forward_args,
     )
     steps = torch.arange(1, n_groups, dtype=torch.float64) / n_groups
-    rankings = {m: rank_features(prepared.inputs, a, feature_mask) for m, a in attributions.items()}
+    rankings = {
+        m: rank_features(prepared.inputs, a, feature_mask, name=f"attributions[{m!r}]")
+        for m, a in attributions.items()
+    }
     removals = {m: _removals_of(r, names, n_groups, steps) for m, r in rankings.items()}
     flat = [(m, kind, r) for m, per in removals.items() for kind, r in per.items()]
     with torch.no_grad():
