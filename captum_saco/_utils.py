@@ -265,11 +265,12 @@ def forward_scores(
     additional_forward_args: Optional[Tuple[Any, ...]],
     n_rows: int,
 ) -> Tensor:
-    """Run ``forward_func`` and return its class scores, checking one row per example."""
+    """Run ``forward_func`` and return its class scores, checking one row per input row."""
     output = model_output(forward_func(*inputs, *(additional_forward_args or ())))
     if output.dim() == 0 or output.shape[0] != n_rows:
         raise ValueError(
-            f"forward_func: expected an output with one row per example ({n_rows}), "
-            f"got shape {tuple(output.shape)}"
+            f"forward_func: expected an output with one row per input row, got shape "
+            f"{tuple(output.shape)} for inputs of {n_rows} rows (the metrics forward "
+            "clean and perturbed copies of the examples together)"
         )
     return output

@@ -394,6 +394,10 @@ def test_inputs_of_the_wrong_type_are_rejected(cnn):
 def test_forward_outputs_without_one_row_per_example_are_rejected(images):
     with pytest.raises(ValueError, match="forward_func"):
         saco(lambda x: x.sum(), images, torch.rand(4, 8, 8))
+    with pytest.raises(
+        ValueError, match=r"forward_func: .* one row per input row, got shape \(1, 5\) for inputs"
+    ):
+        saco(lambda x: torch.zeros(1, 5), images, torch.rand(4, 8, 8))
 
 
 # --- the user's tensors -------------------------------------------------------
