@@ -161,6 +161,22 @@ def test_one_image_with_a_nan_map_is_nan_and_the_rest_of_its_batch_is_scored(mod
         torch.testing.assert_close(broken[others], expected, rtol=0, atol=1e-6, equal_nan=True)
 
 
+def test_warnings_of_two_kinds_from_one_site_are_both_reported(model, images) -> None:
+    with_nan_image = images.clone()
+    with_nan_image[4, 0, 0, 0] = torch.nan
+    methods = {"random": "random", "nan_in_one": NaNForImage2(model)}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        evaluate(model, with_nan_image, methods=methods, metrics=["aopc"], batch_size=3)
+    messages = [str(w.message) for w in caught if "deletion_curve" in str(w.message)]
+    assert len(messages) == 2, messages
+    # Batch 1: the third map holds a NaN. Batch 2: so do the maps of images 4 and 5,
+    # a warning of the same kind; and image 4 makes the probabilities NaN.
+    assert "attributions of 1 of 3 examples (indices [2]) hold NaN" in messages[0]
+    assert "(and 1 similar warnings)" in messages[0]
+    assert "probabilities are not finite for 1 of 3 examples (indices [1])" in messages[1]
+
+
 def test_model_and_inputs_are_left_unchanged(model, images) -> None:
     state = {k: v.clone() for k, v in model.state_dict().items()}
     before = images.clone()

@@ -3,6 +3,7 @@ explanation with each metric, and summarise; and SaCo's case study of one
 image."""
 
 import math
+import re
 import warnings
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
@@ -67,9 +68,14 @@ def _progress_bar(total: int, enabled: bool) -> Any:
     return tqdm(total=total, unit="batch", desc="evaluating", leave=False, disable=None)
 
 
+def _kind(message: str) -> str:
+    """A warning's text without its numbers and bracketed lists (counts, indices)."""
+    return re.sub(r"\d+", "#", re.sub(r"\[[^\]]*\]", "[...]", message))
+
+
 class _WarningGroups:
-    """Records the warnings of the scoring, to warn once per warning site
-    saying how many similar warnings followed."""
+    """Records the warnings of the scoring, to warn once per warning site and
+    kind of message, saying how many similar warnings followed."""
 
     def __init__(self) -> None:
         self.caught: List[warnings.WarningMessage] = []
@@ -84,10 +90,11 @@ class _WarningGroups:
                 self.caught.extend(caught)
 
     def emit(self) -> None:
-        sites: Dict[Tuple[Any, str, int], List[warnings.WarningMessage]] = {}
+        sites: Dict[Tuple[Any, str, int, str], List[warnings.WarningMessage]] = {}
         for w in self.caught:
-            sites.setdefault((w.category, w.filename, w.lineno), []).append(w)
-        for (category, filename, lineno), ws in sites.items():
+            key = (w.category, w.filename, w.lineno, _kind(str(w.message)))
+            sites.setdefault(key, []).append(w)
+        for (category, filename, lineno, _), ws in sites.items():
             more = f" (and {len(ws) - 1} similar warnings)" if len(ws) > 1 else ""
             warnings.warn_explicit(f"{ws[0].message}{more}", category, filename, lineno)
 
