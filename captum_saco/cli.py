@@ -327,6 +327,17 @@ def _check_model_accepts(name: str, model: nn.Module, x: Tensor) -> None:
         )
 
 
+def _check_n_groups(n_groups: int, x: Tensor) -> None:
+    """Fail with one sentence if the images have fewer pixels (the features
+    ranked) than ``n_groups``: every image is prepared to the same size."""
+    pixels = x.shape[-2] * x.shape[-1]
+    if n_groups > pixels:
+        raise CliError(
+            f"--n-groups {n_groups} exceeds the {pixels} pixels of an image as prepared "
+            f"for the model ({'x'.join(map(str, x.shape[1:]))}); choose 2 to {pixels}"
+        )
+
+
 def _load_data(args: argparse.Namespace, model: nn.Module) -> Dataset:
     if args.images is not None:
         return _load_images(args, model)
@@ -420,6 +431,7 @@ def run(args: argparse.Namespace) -> int:
         _check_target(args, data)
         first = _first_image(args, data).to(device)
         _check_model_accepts(args.model, model, first)
+        _check_n_groups(args.n_groups, first)
         result = evaluate(
             model,
             data,

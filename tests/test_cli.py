@@ -380,6 +380,17 @@ def test_out_of_range_numbers_are_rejected_by_the_parser(capsys, option, value) 
     assert f"argument {option}: expected" in capsys.readouterr().err
 
 
+def test_more_groups_than_pixels_is_a_clear_error_before_any_image_is_explained(
+    capsys, monkeypatch
+) -> None:
+    def never(*args, **kwargs):
+        raise AssertionError("evaluate ran")
+
+    monkeypatch.setattr("captum_saco.cli.evaluate", never)
+    rc, _, err = run_cli(capsys, "--n-groups", "785", "--limit", "2", *FAST)
+    assert_one_sentence_error(rc, err, "--n-groups 785 exceeds the 784 pixels of an image")
+
+
 def test_a_model_that_does_not_accept_its_resized_images_is_a_clear_error(
     capsys, grey_folder
 ) -> None:
