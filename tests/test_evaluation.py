@@ -202,6 +202,8 @@ def test_a_model_in_training_mode_is_warned_about(images) -> None:
         (dict(metrics="saco"), TypeError, "metrics"),
         (dict(methods={"x": 3}), TypeError, "methods"),
         (dict(targets=torch.zeros(5, dtype=torch.long)), ValueError, "targets"),
+        (dict(targets=torch.zeros(6)), ValueError, "targets: expected an integer tensor"),
+        (dict(targets=torch.tensor([0, 1, 2, 3, 0, 1])), ValueError, "the class 3 of image 3"),
         (dict(batch_size=0), ValueError, "batch_size"),
     ],
 )
@@ -449,7 +451,7 @@ class Labelled(torch.utils.data.Dataset):
 
 def test_a_data_set_is_streamed_with_its_labels_and_unreadable_items_skipped(model, images) -> None:
     labels = torch.tensor([0, 1, 2, 0, 1, 2])
-    with pytest.warns(UserWarning, match="skipping the unreadable image 3: OSError"):
+    with pytest.warns(UserWarning, match=r"skipping the image 3: it cannot be read \(OSError"):
         result = evaluate(
             model,
             Labelled(images, labels),
@@ -467,6 +469,60 @@ def test_a_data_set_is_streamed_with_its_labels_and_unreadable_items_skipped(mod
         result.per_example[("saliency", "saco")], direct.per_example[("saliency", "saco")]
     )
     assert [r["label"] for r in result.per_image[::2]] == labels[kept].tolist()
+
+
+class Items(torch.utils.data.Dataset):
+    """A data set of the given items."""
+
+    def __init__(self, items):
+        self.items = items
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def test_data_sets_of_images_alone_tuples_and_numpy_arrays_give_the_tensor_result(
+    model, images
+) -> None:
+    options = dict(methods=["saliency"], metrics=["saco"], batch_size=4)
+    direct = evaluate(model, images, **options).per_example[("saliency", "saco")]
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    for data in (
+        torch.utils.data.TensorDataset(images),  # items (image,)
+        Items(list(images)),  # bare tensors
+        Items([(image.numpy(), label) for image, label in zip(images, labels)]),  # label: 0-dim
+        torch.utils.data.TensorDataset(images, labels, labels),  # more than (image, label)
+    ):
+        result = evaluate(model, data, **options)
+        assert result.skipped == [], type(data).__name__
+        torch.testing.assert_close(result.per_example[("saliency", "saco")], direct)
+
+
+def test_an_image_of_another_shape_than_its_batch_is_skipped_with_a_warning(model, images) -> None:
+    items = [(image, 0) for image in images]
+    items[1] = (torch.zeros(1, 9, 9), 0)
+    with pytest.warns(UserWarning, match=r"skipping the image 1: its shape \(1, 9, 9\) differs"):
+        result = evaluate(model, Items(items), methods=["random"], metrics=["saco"], batch_size=3)
+    assert result.skipped == [1] and result.n_images == 5
+
+
+def test_a_data_set_whose_items_are_not_images_and_labels_is_a_clear_error(model, images):
+    with pytest.raises(TypeError, match="item 0 of the data set has the label 'cat'"):
+        evaluate(model, Items([(image, "cat") for image in images]), methods=["random"])
+    with pytest.raises(TypeError, match="item 0 of the data set holds a str, not an image"):
+        evaluate(model, Items([("image.png", 0)] * 6), methods=["random"])
+
+
+def test_a_label_that_is_not_a_class_of_the_model_is_a_clear_error(model, images) -> None:
+    items = Items([(image, 7 if i == 4 else 0) for i, image in enumerate(images)])
+    with pytest.raises(ValueError, match="targets: the label 7 of image 4 is not a class"):
+        evaluate(model, items, targets="label", methods=["random"], metrics=["saco"])
+    unlabelled = torch.utils.data.TensorDataset(images)
+    with pytest.raises(ValueError, match="needs a label per image, and image 0 has none"):
+        evaluate(model, unlabelled, targets="label", methods=["random"], metrics=["saco"])
 
 
 def test_target_label_needs_labels(model, images) -> None:

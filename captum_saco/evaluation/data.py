@@ -2,8 +2,11 @@
 a data set read by a ``DataLoader``, where a file that cannot be read is
 reported and skipped instead of ending the run."""
 
+import numbers
+from collections import Counter
 from typing import Any, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
@@ -26,7 +29,34 @@ class Batch(NamedTuple):
     labels: Optional[Tensor]
     """``(B,)`` their labels (negative: unknown), or None without labels."""
     skipped: List[Tuple[int, str]]
-    """``(position, reason)`` of the items of the batch that could not be read."""
+    """``(position, reason)`` of the items of the batch left out: unreadable, or
+    of another shape than most of the batch."""
+
+
+def _image_and_label(item: Any, index: int) -> Tuple[Tensor, int]:
+    """An item of a data set as ``(image, label)``: ``(image, label, ...)``, or
+    an image alone (``TensorDataset(images)`` gives ``(image,)``), whose label
+    is unknown (-1). Images are tensors or NumPy arrays; labels integers."""
+    if isinstance(item, (tuple, list)) and item:
+        image, label = item[0], item[1] if len(item) > 1 else -1
+    else:
+        image, label = item, -1
+    if isinstance(image, np.ndarray):
+        image = torch.from_numpy(image)
+    if not isinstance(image, Tensor):
+        raise TypeError(
+            f"inputs: item {index} of the data set holds a {type(image).__name__}, not an "
+            "image tensor; give the data set a transform that makes tensors (e.g. "
+            "torchvision.transforms.ToTensor())"
+        )
+    if isinstance(label, Tensor) and label.numel() == 1 and not label.is_floating_point():
+        label = label.item()
+    if isinstance(label, bool) or not isinstance(label, numbers.Integral):
+        raise TypeError(
+            f"inputs: item {index} of the data set has the label {label!r}; expected an "
+            "integer class index, or items without labels"
+        )
+    return image, int(label)
 
 
 class _Indexed(Dataset):
@@ -38,15 +68,25 @@ class _Indexed(Dataset):
 
     def __getitem__(self, index: int) -> Tuple[int, Optional[Tensor], int, Optional[str]]:
         try:
-            image, label = self.dataset[index]
+            item = self.dataset[index]
         except READ_ERRORS as e:
-            return index, None, -1, f"{type(e).__name__}: {e}"
-        return index, image, int(label), None
+            return index, None, -1, f"it cannot be read ({type(e).__name__}: {e})"
+        return (index, *_image_and_label(item, index), None)
 
 
 def _collate(items: Sequence[Tuple[int, Optional[Tensor], int, Optional[str]]]) -> Batch:
     read = [(i, image, label) for i, image, label, error in items if error is None]
     skipped = [(i, error) for i, _, _, error in items if error is not None]
+    # An image of another shape than most of its batch's is skipped, not the batch.
+    shapes = Counter(image.shape for _, image, _ in read)
+    if len(shapes) > 1:
+        shape = shapes.most_common(1)[0][0]
+        skipped += [
+            (i, f"its shape {tuple(image.shape)} differs from the batch's {tuple(shape)}")
+            for i, image, _ in read
+            if image.shape != shape
+        ]
+        read = [(i, image, label) for i, image, label in read if image.shape == shape]
     if not read:
         return Batch(torch.zeros(0, dtype=torch.long), torch.zeros(0), None, skipped)
     return Batch(

@@ -185,7 +185,7 @@ class EvaluationResult:
         for k in self.metrics:
             directions.setdefault(METRICS[k], []).append(k)
         parts = [f"{d}: {', '.join(ks)}" for d, ks in directions.items()]
-        skipped = f" ({len(self.skipped)} unreadable skipped)" if self.skipped else ""
+        skipped = f" ({len(self.skipped)} skipped)" if self.skipped else ""
         return (
             f"{self.model}, {self.n_images} images{skipped}; cells: mean ± std [95% CI] "
             f"(undefined values); {'; '.join(parts)}\n{CI_METHOD}"

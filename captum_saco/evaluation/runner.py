@@ -121,10 +121,10 @@ def _check_inputs(inputs: Any, workers: Any) -> Source:
 def _check_targets(targets: Any, source: Source) -> None:
     n = len(source)
     if isinstance(targets, Tensor):
-        if targets.shape != (n,):
+        if targets.shape != (n,) or targets.is_floating_point() or targets.dtype == torch.bool:
             raise ValueError(
-                f"targets: expected a tensor of shape ({n},), one class per image, got "
-                + _describe(targets)
+                f"targets: expected an integer tensor of shape ({n},), one class per image, "
+                f"got {_describe(targets)} of dtype {targets.dtype}"
             )
         return
     if targets is None or targets == "predicted":
@@ -180,20 +180,34 @@ class _Scorer:
             targets,
         )
 
-    def _target(self, batch: Batch, logits: Tensor) -> Tensor:
+    def _target(self, batch: Batch, logits: Tensor, keys: List[Any]) -> Tensor:
         if isinstance(self.targets, Tensor):
-            return self.targets[batch.indices].to(logits.device)
-        if isinstance(self.targets, str) and self.targets == "label":
+            target, what = self.targets[batch.indices], "class"
+        elif isinstance(self.targets, str) and self.targets == "label":
             assert batch.labels is not None
-            return batch.labels.to(logits.device)
-        return logits.argmax(dim=1)
+            target, what = batch.labels, "label"
+        else:
+            return logits.argmax(dim=1)
+        classes = logits.shape[1]
+        outside = ((target < 0) | (target >= classes)).nonzero().flatten().tolist()
+        if outside:
+            j = outside[0]
+            if what == "label" and int(target[j]) < 0:
+                raise ValueError(
+                    f"targets: 'label' needs a label per image, and image {keys[j]!r} has none"
+                )
+            raise ValueError(
+                f"targets: the {what} {int(target[j])} of image {keys[j]!r} is not a class of "
+                f"the model, which has {classes} outputs; expected classes in [0, {classes})"
+            )
+        return target.to(logits.device)
 
     def rows(self, batch: Batch, x: Tensor, keys: List[Any]) -> List[Row]:
         """The per-image rows of one batch: its targets (given or predicted),
         clean probabilities, every method's attributions and their scores."""
         with torch.no_grad():
             logits = self.forward_func(x)
-        target = self._target(batch, logits)
+        target = self._target(batch, logits, keys)
         probability = logits.double().softmax(dim=1).gather(1, target[:, None])[:, 0].cpu()
         attributions = {
             name: attribute(x, target, batch.indices) for name, attribute in self.methods.items()
@@ -254,7 +268,7 @@ def _run_batches(
     writer: Optional[PerImageFile],
     progress: bool,
 ) -> Tuple[List[Row], List[Any]]:
-    """Score the planned batches; returns the new rows and the unreadable images."""
+    """Score the planned batches; returns the new rows and the skipped images."""
     rows: List[Row] = []
     skipped: List[Any] = []
     groups = _WarningGroups()
@@ -263,7 +277,7 @@ def _run_batches(
         for batch in source.batches(plan):
             for index, reason in batch.skipped:
                 skipped.append(source.key(index))
-                warnings.warn(f"skipping the unreadable image {source.key(index)!r}: {reason}")
+                warnings.warn(f"skipping the image {source.key(index)!r}: {reason}")
             if batch.indices.numel():
                 keys = [source.key(int(i)) for i in batch.indices]
                 with groups.recording():
@@ -356,8 +370,9 @@ def evaluate(
     target with its default baseline (the per-image, per-channel mean of the
     input). A method that fails raises; an image where a metric is undefined
     counts as NaN in the ``nan`` column, with one warning per kind. An item
-    of a data set that cannot be read (not an image, a decompression bomb) is
-    skipped with a warning naming it, and listed in ``result.skipped``.
+    of a data set that cannot be read (not an image, a decompression bomb), or
+    whose shape differs from most of its batch's, is skipped with a warning
+    naming it, and listed in ``result.skipped``.
 
     Batch ``b`` holds the images ``b * batch_size`` to ``(b + 1) *
     batch_size - 1``. Under ``torch.distributed`` (initialised, world size
@@ -381,7 +396,9 @@ def evaluate(
                     expects them (resized and normalised), or a data set of
                     ``(image, label)`` items such as
                     :class:`~captum_saco.datasets.ImageFiles` or torchvision's
-                    ``ImageFolder`` (read batch by batch by a ``DataLoader``).
+                    ``ImageFolder`` (read batch by batch by a ``DataLoader``);
+                    items may also be an image alone or ``(image,)`` (label
+                    unknown), images tensors or NumPy arrays, labels integers.
                     Moved to the model's device batch by batch.
         targets (Tensor or str, optional): ``(N,)`` class per image;
                     ``"label"``, the data set's labels; or None or
