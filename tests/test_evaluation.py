@@ -212,6 +212,16 @@ def test_bad_arguments_are_clear_errors(model, images, kwargs, error, match) -> 
         evaluate(model, images, **kwargs)
 
 
+class Unexpected(Attribution):
+    def attribute(self, inputs, target=None):
+        raise AssertionError("a method ran")
+
+
+def test_more_groups_than_pixels_is_refused_before_any_method_runs(model, images) -> None:
+    with pytest.raises(ValueError, match=r"n_groups: .* number of features \(64\), got 65"):
+        evaluate(model, images, methods={"never": Unexpected(model)}, n_groups=65)
+
+
 def test_inputs_without_images_are_a_value_error(model) -> None:
     with pytest.raises(ValueError, match="inputs"):
         evaluate(model, torch.zeros(0, 1, 8, 8))

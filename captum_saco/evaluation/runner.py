@@ -29,6 +29,8 @@ from captum_saco.evaluation.registry import (
 from captum_saco.evaluation.result import EvaluationResult, summarise
 from captum_saco.evaluation.statistics import bootstrap_ci95s, comparisons
 from captum_saco.metrics import saco, score_attributions
+from captum_saco.metrics._core.perturbation import n_features_of
+from captum_saco.metrics._core.saco import check_n_groups
 
 # method -> metric -> the N values, one per image
 Scores = Dict[str, Dict[str, List[float]]]
@@ -205,6 +207,7 @@ class _Scorer:
     def rows(self, batch: Batch, x: Tensor, keys: List[Any]) -> List[Row]:
         """The per-image rows of one batch: its targets (given or predicted),
         clean probabilities, every method's attributions and their scores."""
+        check_n_groups(self.n_groups, n_features_of([x]))  # before any method runs
         with torch.no_grad():
             logits = self.forward_func(x)
         target = self._target(batch, logits, keys)

@@ -100,6 +100,12 @@ def _feature_dims(x: Tensor) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
     return tuple(range(2, x.dim())), (1,)
 
 
+def n_features_of(inputs: Sequence[Tensor]) -> int:
+    """The number of features of an example of ``inputs`` without a ``feature_mask``
+    (see :func:`rank_features`)."""
+    return sum(math.prod(x.shape[d] for d in _feature_dims(x)[0]) for x in inputs)
+
+
 def _per_example(values: Tensor) -> Tensor:
     """``values`` as ``(N, elements per example)``: a 1-D input is one scalar each."""
     return values.reshape(values.shape[0], math.prod(values.shape[1:]))

@@ -107,19 +107,23 @@ def tied_fraction(probability_drop: Tensor) -> Tensor:
     return tied.sum(dim=(1, 2)) / max(k * (k - 1) // 2, 1)
 
 
-def group_intervals(ranking: FeatureRanking, n_groups: int) -> Tuple[Tensor, Tensor]:
-    """The ``(N, K)`` rank intervals of the ``K = n_groups`` groups of each example."""
-    counts = ranking.feature_counts
-    max_features = int(counts.max()) if counts.numel() else ranking.n_features
+def check_n_groups(n_groups: Any, n_features: int) -> None:
+    """Refuse an ``n_groups`` that is not an int between 2 and ``n_features``."""
     if (
         isinstance(n_groups, bool)
         or not isinstance(n_groups, int)
-        or not (2 <= n_groups <= max_features)
+        or not (2 <= n_groups <= n_features)
     ):
         raise ValueError(
             f"n_groups: expected an int between 2 and the number of features "
-            f"({max_features}), got {n_groups!r}"
+            f"({n_features}), got {n_groups!r}"
         )
+
+
+def group_intervals(ranking: FeatureRanking, n_groups: int) -> Tuple[Tensor, Tensor]:
+    """The ``(N, K)`` rank intervals of the ``K = n_groups`` groups of each example."""
+    counts = ranking.feature_counts
+    check_n_groups(n_groups, int(counts.max()) if counts.numel() else ranking.n_features)
     return rank_intervals_of_groups(counts, n_groups)
 
 
