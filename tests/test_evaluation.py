@@ -93,6 +93,18 @@ def test_results_do_not_depend_on_the_batch_size(model, images) -> None:
         torch.testing.assert_close(values, other.per_example[key])
 
 
+def test_each_image_is_forwarded_clean_once_for_its_target_and_all_metrics(model, images) -> None:
+    rows = []
+    handle = model.register_forward_pre_hook(lambda module, args: rows.append(len(args[0])))
+    try:
+        evaluate(model, images, methods=["random"], metrics=["saco", "aopc"], n_groups=4)
+    finally:
+        handle.remove()
+    # 6 clean rows (the targets), then per image 4 SaCo groups and 3 deletion steps,
+    # the first step being the first group: 6 * 6 perturbed rows.
+    assert sum(rows) == 6 + 6 * 6
+
+
 def test_seed_changes_only_the_random_method(model, images) -> None:
     kwargs = dict(methods=["random", "saliency"], metrics=["saco"])
     a = evaluate(model, images, seed=0, **kwargs)

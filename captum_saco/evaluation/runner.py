@@ -39,16 +39,23 @@ Scores = Dict[str, Dict[str, List[float]]]
 def _score_batch(
     forward_func: Callable[..., Tensor],
     inputs: Tensor,
+    logits: Tensor,
     attributions_by_method: Dict[str, Tensor],
     target: Tensor,
     metrics: List[str],
     n_groups: int,
 ) -> Scores:
     """Score every method's attributions of one batch with every metric, sharing
-    the clean pass and the perturbed forward batches (see
-    :func:`~captum_saco.metrics.score_attributions`)."""
+    the clean pass (``logits``, run to find the targets) and the perturbed
+    forward batches (see :func:`~captum_saco.metrics.score_attributions`)."""
     scores = score_attributions(
-        forward_func, inputs, attributions_by_method, metrics, target=target, n_groups=n_groups
+        forward_func,
+        inputs,
+        attributions_by_method,
+        metrics,
+        target=target,
+        n_groups=n_groups,
+        clean_output=logits,
     )
     # One copy to the host for all the values (each is a device sync on a GPU),
     # and Python floats: the rows read them one by one.
@@ -216,7 +223,7 @@ class _Scorer:
             name: attribute(x, target, batch.indices) for name, attribute in self.methods.items()
         }
         scores = _score_batch(
-            self.forward_func, x, attributions, target, self.metrics, self.n_groups
+            self.forward_func, x, logits, attributions, target, self.metrics, self.n_groups
         )
         labels = [None] * len(keys) if batch.labels is None else batch.labels.tolist()
         targets, probabilities = target.tolist(), probability.tolist()

@@ -60,6 +60,28 @@ def test_the_clean_pass_runs_once_and_shares_batches_with_the_perturbed_passes(c
     assert calls == [4 + 2 * 4 * 8]
 
 
+def test_a_given_clean_output_is_not_forwarded_again_and_gives_the_same_scores(cnn, images):
+    calls = []
+
+    def counting(x: Tensor) -> Tensor:
+        calls.append(x.shape[0])
+        return cnn(x)
+
+    maps = {"a": torch.rand(4, 8, 8), "b": torch.rand(4, 8, 8)}
+    expected = score_attributions(cnn, images, maps, n_groups=4, max_examples_per_batch=1000)
+    with torch.no_grad():
+        logits = cnn(images)
+    scores = score_attributions(
+        counting, images, maps, n_groups=4, max_examples_per_batch=1000, clean_output=logits
+    )
+    assert calls == [2 * 4 * 8]  # 2 maps x 4 images x 8 distinct perturbed inputs, no clean row
+    for method in maps:
+        for name in SINGLE:
+            torch.testing.assert_close(scores[method][name], expected[method][name])
+    with pytest.raises(ValueError, match=r"clean_output: expected forward_func's output on the 4"):
+        score_attributions(cnn, images, maps, clean_output=logits[:3])
+
+
 def test_jobs_too_many_to_pack_into_one_key_are_deduplicated_row_by_row_alike(
     cnn, images, monkeypatch
 ):

@@ -40,6 +40,7 @@ from captum_saco._utils import (
     check_max_examples_per_batch,
     format_inputs,
     forward_scores,
+    model_output,
     resolve_target,
 )
 
@@ -559,7 +560,8 @@ GPU_MEMORY_SHARE = 0.5
 """The share of the free GPU memory the default chunk may fill."""
 GPU_FIRST_ROWS = 64
 """The most rows of the first forward call on a GPU, which sizes the others: the
-clean inputs of the batch, which the user has run through the model already."""
+clean inputs of the batch (which the user has run through the model already),
+or, when their output is given, the first perturbed inputs."""
 
 
 def cpu_chunk_rows(prepared: PreparedInputs) -> int:
@@ -580,7 +582,8 @@ def _forward_jobs(
 
     The chunk is ``max_examples_per_batch`` when given. Otherwise, for
     throughput, on a CPU :func:`cpu_chunk_rows`; on a GPU the first call
-    forwards the clean rows (at most :data:`GPU_FIRST_ROWS`), and the others
+    forwards the first rows (the clean ones, unless their output was given;
+    at most :data:`GPU_FIRST_ROWS`), and the others
     as many rows as fill :data:`GPU_MEMORY_SHARE` of the free memory
     (``torch.cuda.mem_get_info``) at the bytes per row that first call
     allocated in all. That count is the allocator's cumulative one, kept on
@@ -667,6 +670,7 @@ def forward_removals(
     target: TargetType,
     apply_softmax: bool,
     max_examples_per_batch: Optional[int],
+    clean_output: Optional[Any] = None,
 ) -> Tuple[CleanPass, List[TargetProbability]]:
     """The clean pass and the probabilities with each removal's rank intervals replaced.
 
@@ -676,8 +680,9 @@ def forward_removals(
     clean rows come first: once they are through, the target (``None``: the
     predicted class) is resolved, and the probabilities of the perturbed rows
     are read for it. An input asked for twice (the same ranking and interval,
-    or an empty interval, which is the clean input) is forwarded once. The
-    user's tensors are never written to.
+    or an empty interval, which is the clean input) is forwarded once. Given
+    ``clean_output``, ``forward_func``'s output on the clean inputs, the clean
+    rows are not forwarded at all. The user's tensors are never written to.
 
     Returns:
         tuple: the :class:`CleanPass` and, per removal ``j``, the ``(N, P_j)``
@@ -698,6 +703,16 @@ def forward_removals(
     clean_scores: List[Tensor] = []
     probabilities: List[TargetProbability] = []
     clean: Optional[CleanPass] = None
+    if clean_output is not None:  # the n clean rows, first in the table, are not run again
+        scores = model_output(clean_output).detach()
+        if scores.dim() == 0 or scores.shape[0] != n:
+            raise ValueError(
+                f"clean_output: expected forward_func's output on the {n} inputs, got shape "
+                f"{tuple(scores.shape)}"
+            )
+        clean = CleanPass(*target_probability(scores, target, apply_softmax))
+        probabilities.append(clean.probability)
+        jobs = jobs[n:]
     for part, output in _forward_jobs(
         forward_func, prepared, rankings, jobs, max_examples_per_batch
     ):

@@ -61,6 +61,7 @@ def score_attributions(
     n_groups: int = 10,
     feature_mask: Union[None, Tensor, Tuple[Tensor, ...]] = None,
     max_examples_per_batch: Optional[int] = None,
+    clean_output: Optional[Any] = None,
 ) -> Dict[str, Dict[str, Tensor]]:
     r"""Score several explanations of the same inputs with several metrics at once.
 
@@ -89,6 +90,10 @@ def score_attributions(
                     Default: all five
         n_groups (int, optional): ``K``: SaCo's groups and the deletion
                     steps. Default: 10
+        clean_output (Tensor, optional): ``forward_func``'s output on
+                    ``inputs`` (with ``additional_forward_args``), if you have
+                    it already, e.g. from finding the predicted classes: the
+                    clean inputs are then not forwarded again. Default: None
 
     Returns:
         dict: method -> metric -> ``(N,)`` values on the inputs' device, NaN
@@ -133,6 +138,7 @@ def score_attributions(
             target=target,
             apply_softmax=True,
             max_examples_per_batch=max_examples_per_batch,
+            clean_output=clean_output,
         )
     measured: Dict[str, Dict[str, TargetProbability]] = {m: {} for m in rankings}
     for (method, kind, _), probability in zip(flat, removed):
