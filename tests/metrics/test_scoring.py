@@ -1,5 +1,7 @@
 """score_attributions gives what the single metrics give, from shared passes."""
 
+from typing import Callable, List, Tuple
+
 import pytest
 import torch
 from torch import Tensor, nn
@@ -13,6 +15,20 @@ SINGLE = {
     "auc": auc,
     "comprehensiveness": comprehensiveness,
 }
+
+
+Forward = Callable[[Tensor], Tensor]
+
+
+def counting_rows(model: Forward) -> Tuple[Forward, List[int]]:
+    """``model`` as a forward function, and the list of the rows of its calls."""
+    calls: List[int] = []
+
+    def counting(x: Tensor) -> Tensor:
+        calls.append(x.shape[0])
+        return model(x)
+
+    return counting, calls
 
 
 def _separately(model, images, maps, n_groups, **kwargs):
@@ -47,12 +63,7 @@ def test_scores_equal_the_single_metrics_called_one_by_one(cnn, images, n_groups
 
 
 def test_the_clean_pass_runs_once_and_shares_batches_with_the_perturbed_passes(cnn, images):
-    calls = []
-
-    def counting(x: Tensor) -> Tensor:
-        calls.append(x.shape[0])
-        return cnn(x)
-
+    counting, calls = counting_rows(cnn)
     maps = {"a": torch.rand(4, 8, 8), "b": torch.rand(4, 8, 8)}
     score_attributions(counting, images, maps, n_groups=4, max_examples_per_batch=1000)
     # 64 pixels, K = 4: groups [0,16) [16,32) [32,48) [48,64); MoRF 16, 32, 48; LeRF 16, 32, 48.
@@ -61,12 +72,7 @@ def test_the_clean_pass_runs_once_and_shares_batches_with_the_perturbed_passes(c
 
 
 def test_a_given_clean_output_is_not_forwarded_again_and_gives_the_same_scores(cnn, images):
-    calls = []
-
-    def counting(x: Tensor) -> Tensor:
-        calls.append(x.shape[0])
-        return cnn(x)
-
+    counting, calls = counting_rows(cnn)
     maps = {"a": torch.rand(4, 8, 8), "b": torch.rand(4, 8, 8)}
     expected = score_attributions(cnn, images, maps, n_groups=4, max_examples_per_batch=1000)
     with torch.no_grad():
@@ -90,12 +96,7 @@ def test_jobs_too_many_to_pack_into_one_key_are_deduplicated_row_by_row_alike(
     torch.manual_seed(41)
     maps = {"a": torch.rand(4, 8, 8), "b": torch.rand(4, 3, 8, 8)}
     packed = score_attributions(cnn, images, maps, n_groups=4)
-    calls = []
-
-    def counting(x: Tensor) -> Tensor:
-        calls.append(x.shape[0])
-        return cnn(x)
-
+    counting, calls = counting_rows(cnn)
     monkeypatch.setattr(perturbation, "JOB_KEY_LIMIT", 1)
     by_rows = score_attributions(counting, images, maps, n_groups=4, max_examples_per_batch=1000)
     assert calls == [4 + 2 * 4 * 8]
@@ -140,12 +141,7 @@ def test_a_hugging_face_style_output_and_a_per_example_target_are_accepted(cnn, 
     "bad, error", [(0, ValueError), (-1, ValueError), (2.5, TypeError), (True, TypeError)]
 )
 def test_a_bad_max_examples_per_batch_is_refused_before_any_forward_pass(cnn, images, bad, error):
-    calls = []
-
-    def counting(x: Tensor) -> Tensor:
-        calls.append(x.shape[0])
-        return cnn(x)
-
+    counting, calls = counting_rows(cnn)
     with pytest.raises(error, match="max_examples_per_batch: expected a positive int or None"):
         score_attributions(counting, images, {"a": torch.rand(4, 8, 8)}, max_examples_per_batch=bad)
     assert calls == []
