@@ -517,6 +517,7 @@ def test_data_sets_of_images_alone_tuples_and_numpy_arrays_give_the_tensor_resul
         Items(list(images)),  # bare tensors
         Items([(image.numpy(), label) for image, label in zip(images, labels)]),  # label: 0-dim
         torch.utils.data.TensorDataset(images, labels, labels),  # more than (image, label)
+        Items([(image, None) for image in images]),  # label None: unknown
     ):
         result = evaluate(model, data, **options)
         assert result.skipped == [], type(data).__name__

@@ -36,11 +36,14 @@ class Batch(NamedTuple):
 def _image_and_label(item: Any, index: int) -> Tuple[Tensor, int]:
     """An item of a data set as ``(image, label)``: ``(image, label, ...)``, or
     an image alone (``TensorDataset(images)`` gives ``(image,)``), whose label
-    is unknown (-1). Images are tensors or NumPy arrays; labels integers."""
+    is unknown (-1), as is a label None. Images are tensors or NumPy arrays;
+    labels integers."""
     if isinstance(item, (tuple, list)) and item:
-        image, label = item[0], item[1] if len(item) > 1 else -1
+        image, label = item[0], item[1] if len(item) > 1 else None
     else:
-        image, label = item, -1
+        image, label = item, None
+    if label is None:
+        label = -1
     if isinstance(image, np.ndarray):
         image = torch.from_numpy(image)
     if not isinstance(image, Tensor):

@@ -408,7 +408,8 @@ def evaluate(
                     :class:`~captum_saco.datasets.ImageFiles` or torchvision's
                     ``ImageFolder`` (read batch by batch by a ``DataLoader``);
                     items may also be an image alone or ``(image,)`` (label
-                    unknown), images tensors or NumPy arrays, labels integers.
+                    unknown), images tensors or NumPy arrays, labels integers
+                    or None (unknown).
                     Moved to the model's device batch by batch.
         targets (Tensor or str, optional): ``(N,)`` class per image;
                     ``"label"``, the data set's labels; or None or
