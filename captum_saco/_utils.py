@@ -119,14 +119,15 @@ def format_inputs(inputs: TensorOrTupleOfTensors, name: str = "inputs") -> Tuple
     return formatted
 
 
-def model_output(output: Any) -> Tensor:
+def model_output(output: Any, name: str = "forward_func") -> Tensor:
     """The class scores in a model's output: the tensor itself, or its ``.logits``.
 
     Hugging Face models return an output object whose ``logits`` are the
     scores; every metric and attribution class accepts both forms.
 
     Raises:
-        TypeError: naming ``forward_func`` if ``output`` is neither.
+        TypeError: naming ``name`` (the argument that gave ``output``) if
+            ``output`` is neither.
 
     Examples::
 
@@ -141,8 +142,8 @@ def model_output(output: Any) -> Tensor:
     if isinstance(logits, Tensor):
         return logits
     raise TypeError(
-        "forward_func: expected the model to return a Tensor or an output with .logits, "
-        f"got {type(output).__name__}; pass a forward_func that returns the class scores"
+        f"{name}: expected the model's output, a Tensor or an output with .logits, got "
+        f"{type(output).__name__}; the class scores are needed"
     )
 
 

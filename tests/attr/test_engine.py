@@ -225,7 +225,7 @@ def test_forward_func_that_is_not_callable_is_refused(vit: nn.Module) -> None:
 
 def test_forward_func_output_without_scores_is_refused(vit: nn.Module, images: Tensor) -> None:
     method = RawAttention(vit, lambda x: {"out": vit(x)})
-    with pytest.raises(TypeError, match="forward_func: expected the model to return a Tensor"):
+    with pytest.raises(TypeError, match="forward_func: expected the model's output, a Tensor"):
         method.attribute(images)
 
 

@@ -86,6 +86,8 @@ def test_a_given_clean_output_is_not_forwarded_again_and_gives_the_same_scores(c
             torch.testing.assert_close(scores[method][name], expected[method][name])
     with pytest.raises(ValueError, match=r"clean_output: expected forward_func's output on the 4"):
         score_attributions(cnn, images, maps, clean_output=logits[:3])
+    with pytest.raises(TypeError, match="clean_output: expected the model's output, a Tensor"):
+        score_attributions(cnn, images, maps, clean_output=logits.tolist())
 
 
 def test_jobs_too_many_to_pack_into_one_key_are_deduplicated_row_by_row_alike(

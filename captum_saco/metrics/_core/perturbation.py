@@ -704,7 +704,7 @@ def forward_removals(
     probabilities: List[TargetProbability] = []
     clean: Optional[CleanPass] = None
     if clean_output is not None:  # the n clean rows, first in the table, are not run again
-        scores = model_output(clean_output).detach()
+        scores = model_output(clean_output, "clean_output").detach()
         if scores.dim() == 0 or scores.shape[0] != n:
             raise ValueError(
                 f"clean_output: expected forward_func's output on the {n} inputs, got shape "
