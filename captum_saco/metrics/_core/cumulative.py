@@ -17,6 +17,7 @@ from captum_saco.metrics._core.perturbation import (
     CleanPass,
     FeatureRanking,
     TargetProbability,
+    describe_examples,
     measure_removals,
 )
 
@@ -226,25 +227,19 @@ def curve_of(
     """The deletion curve of one ranking from its clean pass and its removals."""
     curve = torch.cat([clean.probability.p.unsqueeze(1), removed.p], dim=1)
     bad_map = ~ranking.finite
-    if bool(bad_map.any()):
-        warnings.warn(
-            f"deletion_curve: the attributions of {int(bad_map.sum())} of {curve.shape[0]} "
-            f"examples (indices {bad_map.nonzero().flatten().tolist()}) hold NaN or infinite "
-            "values; their metrics are NaN",
-            UserWarning,
-            stacklevel=stacklevel + 1,
-        )
-        curve = curve.masked_fill(bad_map.unsqueeze(1), torch.nan)
     not_finite = ~torch.isfinite(curve).all(dim=1) & ranking.finite
-    if bool(not_finite.any()):
-        warnings.warn(
-            f"deletion_curve: the model's probabilities are not finite for "
-            f"{int(not_finite.sum())} of {curve.shape[0]} examples (indices "
-            f"{not_finite.nonzero().flatten().tolist()}); their metrics are NaN",
-            UserWarning,
-            stacklevel=stacklevel + 1,
-        )
-        curve = curve.masked_fill(not_finite.unsqueeze(1), torch.nan)
+    for undefined, reason in (
+        (bad_map, "the attributions of {} hold NaN or infinite values"),
+        (not_finite, "the model's probabilities are not finite for {}"),
+    ):
+        if bool(undefined.any()):
+            warnings.warn(
+                f"deletion_curve: {reason.format(describe_examples(undefined))}; "
+                "their metrics are NaN",
+                UserWarning,
+                stacklevel=stacklevel + 1,
+            )
+    curve = curve.masked_fill((bad_map | not_finite).unsqueeze(1), torch.nan)
     starts, stops = deletion_intervals(ranking, steps, order)
     n_removed = torch.cat([starts.new_zeros(starts.shape[0], 1), stops - starts], dim=1)
     return DeletionCurve(

@@ -87,6 +87,13 @@ class FeatureRanking(NamedTuple):
         return self.salience.shape[1]
 
 
+def describe_examples(mask: Tensor) -> str:
+    """``"k of N examples (indices [...])"``: the examples where the ``(N,)`` bool
+    ``mask`` is True, as the metrics' warnings name them."""
+    indices = mask.nonzero().flatten().tolist()
+    return f"{len(indices)} of {mask.shape[0]} examples (indices {indices})"
+
+
 def _feature_dims(x: Tensor) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
     """Which dimensions of an input index its features and which are summed.
 
@@ -702,6 +709,13 @@ def forward_removals(
     rankings = [r.ranking for r in removals]
     clean_scores: List[Tensor] = []
     probabilities: List[TargetProbability] = []
+
+    def clean_pass(scores: Tensor) -> CleanPass:
+        """Resolve the target on the clean rows' ``scores``; their probability first."""
+        resolved = CleanPass(*target_probability(scores, target, apply_softmax))
+        probabilities.append(resolved.probability)
+        return resolved
+
     clean: Optional[CleanPass] = None
     if clean_output is not None:  # the n clean rows, first in the table, are not run again
         scores = model_output(clean_output, "clean_output").detach()
@@ -710,8 +724,7 @@ def forward_removals(
                 f"clean_output: expected forward_func's output on the {n} inputs, got shape "
                 f"{tuple(scores.shape)}"
             )
-        clean = CleanPass(*target_probability(scores, target, apply_softmax))
-        probabilities.append(clean.probability)
+        clean = clean_pass(scores)
         jobs = jobs[n:]
     for part, output in _forward_jobs(
         forward_func, prepared, rankings, jobs, max_examples_per_batch
@@ -721,11 +734,7 @@ def forward_removals(
             clean_scores.append(output[:n_clean])
             part, output = part[n_clean:], output[n_clean:]
             if sum(map(len, clean_scores)) == n:
-                probability, classes = target_probability(
-                    torch.cat(clean_scores), target, apply_softmax
-                )
-                clean = CleanPass(probability, classes)
-                probabilities.append(probability)
+                clean = clean_pass(torch.cat(clean_scores))
         if len(part):
             assert clean is not None
             probabilities.append(

@@ -11,6 +11,7 @@ from captum_saco.metrics._core.perturbation import (
     CleanPass,
     FeatureRanking,
     TargetProbability,
+    describe_examples,
     measure_removals,
     rank_intervals_of_groups,
 )
@@ -167,36 +168,28 @@ def saco_details(
 def _warn_about(
     coefficient: Tensor, not_finite: Tensor, ties_found: Tensor, stacklevel: int
 ) -> None:
-    n = coefficient.shape[0]
-    if bool(not_finite.any()):
-        warnings.warn(
-            f"saco: the attributions of {int(not_finite.sum())} of {n} examples (indices "
-            f"{not_finite.nonzero().flatten().tolist()}) hold NaN or infinite values; "
-            "returning NaN for them",
-            UserWarning,
-            stacklevel=stacklevel + 1,
-        )
     undefined = torch.isnan(coefficient) & ~not_finite
-    if bool(undefined.any()):
-        warnings.warn(
-            f"saco: the coefficient is undefined for {int(undefined.sum())} of {n} "
-            f"examples (indices {undefined.nonzero().flatten().tolist()}): their "
-            "attribution map is constant, they have fewer features than n_groups, their "
-            "group saliences are all equal, or the model's probabilities are not finite; "
-            "returning NaN for them",
-            UserWarning,
-            stacklevel=stacklevel + 1,
-        )
-    mostly_tied = ties_found > 0.5
-    if bool(mostly_tied.any()):
-        warnings.warn(
-            f"saco: {int(mostly_tied.sum())} of {n} examples (indices "
-            f"{mostly_tied.nonzero().flatten().tolist()}) have more than half of their "
-            "group pairs with exactly equal probability drops (a saturated or input-blind "
-            "model); ties='agree' counts each as agreement, ties='ignore' leaves them out",
-            UserWarning,
-            stacklevel=stacklevel + 1,
-        )
+    for examples, message in (
+        (not_finite, "the attributions of {} hold NaN or infinite values; returning NaN for them"),
+        (
+            undefined,
+            "the coefficient is undefined for {}: their attribution map is constant, they "
+            "have fewer features than n_groups, their group saliences are all equal, or the "
+            "model's probabilities are not finite; returning NaN for them",
+        ),
+        (
+            ties_found > 0.5,
+            "{} have more than half of their group pairs with exactly equal probability "
+            "drops (a saturated or input-blind model); ties='agree' counts each as "
+            "agreement, ties='ignore' leaves them out",
+        ),
+    ):
+        if bool(examples.any()):
+            warnings.warn(
+                "saco: " + message.format(describe_examples(examples)),
+                UserWarning,
+                stacklevel=stacklevel + 1,
+            )
 
 
 @overload
