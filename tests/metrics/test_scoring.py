@@ -1,5 +1,6 @@
 """score_attributions gives what the single metrics give, from shared passes."""
 
+import warnings
 from typing import Callable, List, Tuple
 
 import pytest
@@ -147,3 +148,106 @@ def test_a_bad_max_examples_per_batch_is_refused_before_any_forward_pass(cnn, im
     with pytest.raises(error, match="max_examples_per_batch: expected a positive int or None"):
         score_attributions(counting, images, {"a": torch.rand(4, 8, 8)}, max_examples_per_batch=bad)
     assert calls == []
+
+
+def _tensor_operations(job: Callable[[], object]) -> int:
+    """The tensor operations ``job`` dispatches (deterministic, unlike its time)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Counting(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Counting.count += 1
+            return func(*args, **(kwargs or {}))
+
+    with Counting():
+        job()
+    return Counting.count
+
+
+def test_the_methods_are_ranked_and_read_together_not_one_by_one(images):
+    # A one-layer model, so that the count is the metrics' own work and not the forward passes'.
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 5))
+    torch.manual_seed(42)
+
+    def operations(n_methods: int) -> int:
+        maps = {f"m{i}": torch.rand(4, 8, 8) for i in range(n_methods)}
+        return _tensor_operations(
+            lambda: score_attributions(model, images, maps, max_examples_per_batch=10_000)
+        )
+
+    per_further_method = (operations(10) - operations(2)) / 8
+    # Each method's own: matching its maps to the inputs and views of the shared
+    # tensors (about 40). Ranking, grouping and reading it alone took about 230.
+    assert per_further_method < 60, per_further_method
+
+
+def test_maps_of_different_dtypes_are_each_ranked_and_read_in_their_own(cnn, images):
+    torch.manual_seed(43)
+    maps = {
+        "double": torch.randn(4, 8, 8, dtype=torch.float64),
+        "single": torch.randn(4, 8, 8),
+        "half": torch.randn(4, 8, 8).half(),
+    }
+    scores = score_attributions(cnn, images, maps, n_groups=5, max_examples_per_batch=1000)
+    expected = _separately(cnn, images, maps, 5, max_examples_per_batch=1000)
+    for method in maps:
+        for name in SINGLE:
+            assert scores[method][name].dtype == expected[method][name].dtype, (method, name)
+            assert torch.equal(scores[method][name], expected[method][name]), (method, name)
+
+
+def test_a_per_example_feature_mask_serves_every_method_as_it_serves_one(cnn, images):
+    torch.manual_seed(44)
+    # Example 1 uses fewer regions than the others.
+    mask = torch.randint(0, 12, (4, 1, 8, 8))
+    mask[1] = mask[1] % 6
+    maps = {"a": torch.randn(4, 8, 8), "b": torch.randn(4, 3, 8, 8), "c": torch.rand(4, 2, 2)}
+    scores = score_attributions(
+        cnn, images, maps, n_groups=4, feature_mask=mask, max_examples_per_batch=1000
+    )
+    expected = _separately(cnn, images, maps, 4, feature_mask=mask, max_examples_per_batch=1000)
+    for method in maps:
+        for name in SINGLE:
+            assert torch.equal(scores[method][name], expected[method][name]), (method, name)
+
+
+def test_a_warning_names_the_method_and_points_at_the_callers_line(cnn, images):
+    maps = {"fine": torch.rand(4, 8, 8), "broken": torch.rand(4, 8, 8)}
+    maps["broken"][1, 2, 3] = torch.nan
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        score_attributions(cnn, images, maps, metrics=["saco", "aopc"])
+    messages = [str(w.message) for w in caught]
+    assert messages == [
+        "deletion_curve of attributions['broken']: the attributions of 1 of 4 examples "
+        "(indices [1]) hold NaN or infinite values; their metrics are NaN",
+        "saco of attributions['broken']: the attributions of 1 of 4 examples (indices [1]) "
+        "hold NaN or infinite values; returning NaN for them",
+    ]
+    assert {w.filename for w in caught} == {__file__}
+
+
+def test_ranking_explanations_together_ranks_each_example_as_ranking_it_alone(images):
+    from captum_saco.metrics._core.perturbation import (
+        match_attributions,
+        rank_features,
+        rank_matched,
+    )
+
+    torch.manual_seed(45)
+    inputs = (images, torch.randn(4, 6))
+    mask = (torch.randint(0, 9, (4, 1, 8, 8)), torch.randint(5, 12, (1, 6)))
+    attributions = [(torch.randn(4, 8, 8), torch.randn(4, 6)) for _ in range(3)]
+    attributions[1][0][2] = torch.nan
+    together = rank_matched(
+        inputs, [match_attributions(inputs, a, "attributions") for a in attributions], mask
+    )
+    for i, a in enumerate(attributions):
+        alone = rank_features(inputs, a, mask)
+        part = together.examples(4 * i, 4 * (i + 1))
+        for field in ("salience", "order", "feature_counts", "constant", "finite"):
+            assert torch.equal(getattr(part, field), getattr(alone, field)), (i, field)
+        for r_part, r_alone in zip(part.element_ranks, alone.element_ranks):
+            assert torch.equal(r_part, r_alone), i

@@ -6,7 +6,6 @@ as :func:`~captum_saco.metrics.saco` ranks them, replaces them with the same
 baselines and runs the same batched engine.
 """
 
-import warnings
 from typing import Any, Callable, Literal, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
@@ -17,8 +16,8 @@ from captum_saco.metrics._core.perturbation import (
     CleanPass,
     FeatureRanking,
     TargetProbability,
-    describe_examples,
     measure_removals,
+    warn_about_examples,
 )
 
 Order = Literal["most_salient_first", "least_salient_first"]
@@ -223,22 +222,18 @@ def curve_of(
     steps: Tensor,
     order: Order,
     stacklevel: int,
+    methods: Sequence[str] = (),
 ) -> DeletionCurve:
-    """The deletion curve of one ranking from its clean pass and its removals."""
+    """The deletion curve of one ranking from its clean pass and its removals
+    (of several methods ranked together: see :func:`warn_about_examples`)."""
     curve = torch.cat([clean.probability.p.unsqueeze(1), removed.p], dim=1)
     bad_map = ~ranking.finite
     not_finite = ~torch.isfinite(curve).all(dim=1) & ranking.finite
-    for undefined, reason in (
-        (bad_map, "the attributions of {} hold NaN or infinite values"),
-        (not_finite, "the model's probabilities are not finite for {}"),
-    ):
-        if bool(undefined.any()):
-            warnings.warn(
-                f"deletion_curve: {reason.format(describe_examples(undefined))}; "
-                "their metrics are NaN",
-                UserWarning,
-                stacklevel=stacklevel + 1,
-            )
+    reasons = [
+        (bad_map, "the attributions of {} hold NaN or infinite values; their metrics are NaN"),
+        (not_finite, "the model's probabilities are not finite for {}; their metrics are NaN"),
+    ]
+    warn_about_examples("deletion_curve", reasons, stacklevel + 1, methods)
     curve = curve.masked_fill((bad_map | not_finite).unsqueeze(1), torch.nan)
     starts, stops = deletion_intervals(ranking, steps, order)
     n_removed = torch.cat([starts.new_zeros(starts.shape[0], 1), stops - starts], dim=1)

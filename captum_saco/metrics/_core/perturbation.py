@@ -23,7 +23,9 @@ probabilities. :func:`~captum_saco.metrics.score_attributions` shares the
 clean pass and the forward batches among several metrics and methods.
 """
 
+import functools
 import math
+import warnings
 from typing import Any, Callable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
@@ -86,12 +88,49 @@ class FeatureRanking(NamedTuple):
         """``F``, the number of feature ids of the batch, all examples together."""
         return self.salience.shape[1]
 
+    def examples(self, start: int, stop: int) -> "FeatureRanking":
+        """The ranking of the examples ``[start, stop)`` (views, no copies)."""
+        return FeatureRanking(
+            self.salience[start:stop],
+            self.order[start:stop],
+            self.feature_counts[start:stop],
+            tuple(r[start:stop] for r in self.element_ranks),
+            self.constant[start:stop],
+            self.finite[start:stop],
+        )
 
-def describe_examples(mask: Tensor) -> str:
-    """``"k of N examples (indices [...])"``: the examples where the ``(N,)`` bool
-    ``mask`` is True, as the metrics' warnings name them."""
-    indices = mask.nonzero().flatten().tolist()
-    return f"{len(indices)} of {mask.shape[0]} examples (indices {indices})"
+
+def warn_about_examples(
+    metric: str,
+    reasons: Sequence[Tuple[Tensor, str]],
+    stacklevel: int,
+    methods: Sequence[str] = (),
+) -> None:
+    """Warn once for each reason that holds for some examples, naming them.
+
+    ``reasons`` pairs an ``(N,)`` bool mask with a message whose ``{}`` the
+    examples fill: ``"k of N examples (indices [...])"``; ``metric`` opens
+    it. The examples of several methods ranked together (``methods``: their
+    names, ``N / M`` examples each, method by method; see
+    :func:`rank_matched`) are named per method, one warning per method and
+    reason that opens ``"metric of attributions['name']: "``. All masks reach
+    the host in one copy, one device sync.
+    """
+    names: Sequence[Optional[str]] = methods or [None]
+    n = reasons[0][0].shape[0] // len(names)
+    # (reason, method, example) as nested lists of bools
+    masks = torch.stack([mask for mask, _ in reasons]).view(len(reasons), len(names), n).tolist()
+    for j, name in enumerate(names):
+        opening = metric if name is None else f"{metric} of attributions[{name!r}]"
+        for mask, (_, message) in zip(masks, reasons):
+            indices = [i for i, hit in enumerate(mask[j]) if hit]
+            if indices:
+                examples = f"{len(indices)} of {len(mask[j])} examples (indices {indices})"
+                warnings.warn(
+                    f"{opening}: {message.format(examples)}",
+                    UserWarning,
+                    stacklevel=stacklevel + 1,
+                )
 
 
 def _feature_dims(x: Tensor) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
@@ -244,55 +283,105 @@ def rank_features(
         FeatureRanking: the per-feature salience, the ranking and the rank of
         every input element.
     """
+    return rank_matched(inputs, [match_attributions(inputs, attributions, name)], feature_mask)
+
+
+class MatchedMaps(NamedTuple):
+    """One explanation's attributions matched to the inputs' features.
+
+    Attributes:
+        maps (tuple of Tensor): per input, the ``(N, *feature_shape)`` map
+            (channels summed, upsampled to the input's grid), float32 or
+            wider, zero for the examples that are not ``finite``.
+        constant (Tensor): ``(N,)`` see :class:`FeatureRanking`.
+        finite (Tensor): ``(N,)`` see :class:`FeatureRanking`.
+    """
+
+    maps: Tuple[Tensor, ...]
+    constant: Tensor
+    finite: Tensor
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the maps, wherein they are ranked."""
+        return self.maps[0].dtype
+
+
+def match_attributions(
+    inputs: Tuple[Tensor, ...], attributions: TensorOrTupleOfTensors, name: str
+) -> MatchedMaps:
+    """Check the attributions against the inputs (``name`` names them in
+    errors) and match them to the inputs' features (see :func:`rank_features`)."""
     with torch.autocast(inputs[0].device.type, enabled=False):
-        return _rank_features(inputs, attributions, feature_mask, name)
+        attributions_t = format_inputs(attributions, name=name)
+        if len(attributions_t) != len(inputs):
+            raise ValueError(
+                f"{name}: expected one attribution per input ({len(inputs)}), "
+                f"got {len(attributions_t)}"
+            )
+        maps, given = zip(
+            *(
+                _feature_map(a, x, f"{name}[{i}]" if len(inputs) > 1 else name)
+                for i, (a, x) in enumerate(zip(attributions_t, inputs))
+            )
+        )
+        dtype = functools.reduce(torch.promote_types, (m.dtype for m in maps))
+        # One example's NaN or infinite attributions must not cost the others theirs:
+        # it is ranked as zeros, and the metrics give it NaN (see FeatureRanking.finite).
+        finite = torch.stack([torch.isfinite(g).all(dim=1) for g in given]).all(dim=0)
+        maps = tuple(
+            m.masked_fill(~finite.view(-1, *(1,) * (m.dim() - 1)), 0).to(dtype) for m in maps
+        )
+        given_flat = torch.cat([g.masked_fill(~finite.unsqueeze(1), 0) for g in given], dim=1)
+        constant = (given_flat == given_flat[:, :1]).all(dim=1)
+        return MatchedMaps(maps, constant, finite)
 
 
-def _rank_features(
+def rank_matched(
     inputs: Tuple[Tensor, ...],
-    attributions: TensorOrTupleOfTensors,
+    matched: Sequence[MatchedMaps],
     feature_mask: Union[None, Tensor, Tuple[Tensor, ...]],
-    name: str,
 ) -> FeatureRanking:
-    attributions_t = format_inputs(attributions, name=name)
-    if len(attributions_t) != len(inputs):
-        raise ValueError(
-            f"{name}: expected one attribution per input ({len(inputs)}), got {len(attributions_t)}"
-        )
-    maps, given = zip(
-        *(
-            _feature_map(a, x, f"{name}[{i}]" if len(inputs) > 1 else name)
-            for i, (a, x) in enumerate(zip(attributions_t, inputs))
-        )
-    )
-    # One example's NaN or infinite attributions must not cost the others theirs:
-    # it is ranked as zeros, and the metrics give it NaN (see FeatureRanking.finite).
-    finite = torch.stack([torch.isfinite(g).all(dim=1) for g in given]).all(dim=0)
-    maps = tuple(m.masked_fill(~finite.view(-1, *(1,) * (m.dim() - 1)), 0) for m in maps)
-    given = tuple(g.masked_fill(~finite.unsqueeze(1), 0) for g in given)
-    n = inputs[0].shape[0]
-    flat_maps = torch.cat([_per_example(m) for m in maps], dim=1)
-    given_flat = torch.cat(given, dim=1)
-    constant = (given_flat == given_flat[:, :1]).all(dim=1)
+    """Rank the features of ``M`` explanations of the same ``N`` inputs together.
 
-    salience, present, ids = _feature_salience(inputs, maps, flat_maps, feature_mask)
+    Returns one :class:`FeatureRanking` of ``M·N`` examples, explanation by
+    explanation (:meth:`FeatureRanking.examples` gives one explanation's): the
+    operations of one ranking for all of them, each example ranked as
+    :func:`rank_features` ranks it alone. The maps must share a dtype
+    (:attr:`MatchedMaps.dtype`), so that none is summed in another precision.
+    """
+    if len({m.dtype for m in matched}) != 1:
+        raise ValueError("rank_matched: expected maps of one dtype")
 
-    # Attributions are finite, so -inf ranks the absent features after every present one.
-    sort_key = salience.masked_fill(~present, -torch.inf)
-    order = torch.sort(sort_key, dim=1, descending=True, stable=True).indices
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
-    element_ranks = []
-    for feature_ids, x in zip(ids, inputs):
-        _, reduced_dims = _feature_dims(x)
-        r = rank.gather(1, _per_example(feature_ids.expand(n, *feature_ids.shape[1:])))
-        r = r.reshape(n, *feature_ids.shape[1:])
-        for d in reduced_dims:
-            r = r.unsqueeze(d)
-        element_ranks.append(r)
-    return FeatureRanking(
-        salience, order, present.sum(dim=1), tuple(element_ranks), constant, finite
-    )
+    def stacked(parts: Sequence[Tensor]) -> Tensor:
+        return parts[0] if len(parts) == 1 else torch.cat(list(parts))
+
+    with torch.autocast(inputs[0].device.type, enabled=False):
+        maps = tuple(stacked(per_input) for per_input in zip(*(m.maps for m in matched)))
+        n = maps[0].shape[0]
+        flat_maps = torch.cat([_per_example(m) for m in maps], dim=1)
+        salience, present, ids = _feature_salience(inputs, maps, flat_maps, feature_mask)
+        # Attributions are finite, so -inf ranks the absent features after every present one.
+        sort_key = salience.masked_fill(~present, -torch.inf)
+        order = torch.sort(sort_key, dim=1, descending=True, stable=True).indices
+        rank = torch.empty_like(order)
+        rank.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+        element_ranks = []
+        for feature_ids, x in zip(ids, inputs):
+            _, reduced_dims = _feature_dims(x)
+            r = rank.gather(1, _per_example(feature_ids.expand(n, *feature_ids.shape[1:])))
+            r = r.reshape(n, *feature_ids.shape[1:])
+            for d in reduced_dims:
+                r = r.unsqueeze(d)
+            element_ranks.append(r)
+        return FeatureRanking(
+            salience,
+            order,
+            present.sum(dim=1),
+            tuple(element_ranks),
+            stacked([m.constant for m in matched]),
+            stacked([m.finite for m in matched]),
+        )
 
 
 def _feature_salience(
@@ -302,8 +391,9 @@ def _feature_salience(
     feature_mask: Union[None, Tensor, Tuple[Tensor, ...]],
 ) -> Tuple[Tensor, Tensor, List[Tensor]]:
     """Salience ``(N, F)`` and presence ``(N, F)`` of each feature id, and the id of
-    every map element (per input)."""
-    n = inputs[0].shape[0]
+    every map element (per input). The maps may stack several explanations of
+    the inputs (``N`` a multiple of theirs): a per-example mask repeats."""
+    n = flat_maps.shape[0]
     if feature_mask is None:
         sizes = [math.prod(m.shape[1:]) for m in maps]
         offsets = torch.tensor([0] + sizes[:-1]).cumsum(0).tolist()
@@ -319,6 +409,10 @@ def _feature_salience(
             f"got {type(feature_mask).__name__} of length {len(masks)}"
         )
     raw_ids = [_feature_ids(m, x, i, len(inputs)) for i, (m, x) in enumerate(zip(masks, inputs))]
+    raw_ids = [
+        r if r.shape[0] in (1, n) else r.repeat(n // r.shape[0], *(1,) * (r.dim() - 1))
+        for r in raw_ids
+    ]
     flat_ids = torch.cat([_per_example(r.expand(n, *r.shape[1:])) for r in raw_ids], 1)
     _, dense = torch.unique(flat_ids, return_inverse=True)
     n_features = int(dense.max()) + 1 if dense.numel() else 0

@@ -1,7 +1,6 @@
 """SaCo, the Salience-guided Faithfulness Coefficient (Wu et al., CVPR 2024)."""
 
-import warnings
-from typing import Any, Callable, Literal, NamedTuple, Optional, Tuple, Union, overload
+from typing import Any, Callable, Literal, NamedTuple, Optional, Sequence, Tuple, Union, overload
 
 import torch
 from torch import Tensor
@@ -11,9 +10,9 @@ from captum_saco.metrics._core.perturbation import (
     CleanPass,
     FeatureRanking,
     TargetProbability,
-    describe_examples,
     measure_removals,
     rank_intervals_of_groups,
+    warn_about_examples,
 )
 
 Ties = Literal["agree", "ignore"]
@@ -135,8 +134,10 @@ def saco_details(
     n_groups: int,
     ties: Ties,
     stacklevel: int,
+    methods: Sequence[str] = (),
 ) -> SacoDetails:
-    """SaCo of one ranking from its clean pass and its ``(N, K)`` group removals."""
+    """SaCo of one ranking from its clean pass and its ``(N, K)`` group removals
+    (of several methods ranked together: see :func:`warn_about_examples`)."""
     starts, stops = rank_intervals_of_groups(ranking.feature_counts, n_groups)
     n, n_features = ranking.salience.shape
     ranks = torch.arange(n_features, device=stops.device).expand(n, -1).contiguous()
@@ -153,7 +154,7 @@ def saco_details(
     constant = constant | ranking.constant | (ranking.feature_counts < n_groups)
     coefficient = coefficient.masked_fill(constant, torch.nan)
     ties_found = tied_fraction(drop)
-    _warn_about(coefficient, ~ranking.finite, ties_found, stacklevel + 1)
+    _warn_about(coefficient, ~ranking.finite, ties_found, stacklevel + 1, methods)
     return SacoDetails(
         coefficient=coefficient,
         group_salience=group_salience,
@@ -166,10 +167,14 @@ def saco_details(
 
 
 def _warn_about(
-    coefficient: Tensor, not_finite: Tensor, ties_found: Tensor, stacklevel: int
+    coefficient: Tensor,
+    not_finite: Tensor,
+    ties_found: Tensor,
+    stacklevel: int,
+    methods: Sequence[str],
 ) -> None:
     undefined = torch.isnan(coefficient) & ~not_finite
-    for examples, message in (
+    reasons = [
         (not_finite, "the attributions of {} hold NaN or infinite values; returning NaN for them"),
         (
             undefined,
@@ -183,13 +188,8 @@ def _warn_about(
             "drops (a saturated or input-blind model); ties='agree' counts each as "
             "agreement, ties='ignore' leaves them out",
         ),
-    ):
-        if bool(examples.any()):
-            warnings.warn(
-                "saco: " + message.format(describe_examples(examples)),
-                UserWarning,
-                stacklevel=stacklevel + 1,
-            )
+    ]
+    warn_about_examples("saco", reasons, stacklevel + 1, methods)
 
 
 @overload

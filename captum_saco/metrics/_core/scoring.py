@@ -1,6 +1,7 @@
 """Several metrics of several explanations of the same inputs, sharing every pass."""
 
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+import itertools
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -10,11 +11,13 @@ from captum_saco.metrics._core.cumulative import DeletionCurve, curve_of, deleti
 from captum_saco.metrics._core.perturbation import (
     CleanPass,
     FeatureRanking,
+    MatchedMaps,
     Removal,
     TargetProbability,
     forward_removals,
+    match_attributions,
     prepare_inputs,
-    rank_features,
+    rank_matched,
 )
 from captum_saco.metrics._core.saco import group_intervals, saco_details
 
@@ -76,7 +79,10 @@ def score_attributions(
     all methods and metrics, the perturbed inputs of all of them share
     forward batches, and a perturbed input that two metrics ask for (the
     first SaCo group and the first deletion step when ``K`` divides the
-    number of features) is forwarded once.
+    number of features) is forwarded once. The methods' maps are ranked and
+    their scores read as one batch of methods × examples (one batch per dtype
+    of the maps, each ranked in its own precision): the work besides the
+    forward passes grows little with the number of methods.
 
     Args:
         forward_func, inputs, baselines, additional_forward_args, target,
@@ -98,7 +104,8 @@ def score_attributions(
     Returns:
         dict: method -> metric -> ``(N,)`` values on the inputs' device, NaN
         where a metric is undefined for an example (with the warnings of the
-        single metrics).
+        single metrics, which name the method: ``"saco of
+        attributions['name']: ..."``).
 
     Examples::
 
@@ -124,51 +131,118 @@ def score_attributions(
         additional_forward_args=additional_forward_args,
     )
     steps = torch.arange(1, n_groups, dtype=torch.float64) / n_groups
-    rankings = {
-        m: rank_features(prepared.inputs, a, feature_mask, name=f"attributions[{m!r}]")
+    matched = {
+        m: match_attributions(prepared.inputs, a, f"attributions[{m!r}]")
         for m, a in attributions.items()
     }
-    removals = {m: _removals_of(r, names, n_groups, steps) for m, r in rankings.items()}
-    flat = [(m, kind, r) for m, per in removals.items() for kind, r in per.items()]
+    stacks = [
+        _Stack.of(
+            prepared.inputs, {m: matched[m] for m in same}, feature_mask, names, n_groups, steps
+        )
+        for same in _same_dtype(matched)
+    ]
     with torch.no_grad():
         clean, removed = forward_removals(
             forward_func,
             prepared,
-            [r for *_, r in flat],
+            [r for stack in stacks for r in stack.per_method(prepared.n)],
             target=target,
             apply_softmax=True,
             max_examples_per_batch=max_examples_per_batch,
             clean_output=clean_output,
         )
-    measured: Dict[str, Dict[str, TargetProbability]] = {m: {} for m in rankings}
-    for (method, kind, _), probability in zip(flat, removed):
-        measured[method][kind] = probability
-    return {
-        method: _read_scores(ranking, clean, measured[method], names, n_groups, steps)
-        for method, ranking in rankings.items()
-    }
+    results = iter(removed)  # stack by stack, in the order of per_method
+    scores: Dict[str, Dict[str, Tensor]] = {}
+    for stack in stacks:
+        mine = list(itertools.islice(results, len(stack.methods) * len(stack.removals)))
+        scores.update(stack.read(clean, mine, names, n_groups, steps))
+    return {method: scores[method] for method in attributions}
 
 
-def _read_scores(
-    ranking: FeatureRanking,
-    clean: CleanPass,
-    measured: Dict[str, TargetProbability],
-    names: List[str],
-    n_groups: int,
-    steps: Tensor,
-) -> Dict[str, Tensor]:
-    """The metrics ``names`` of one method from its measured removals."""
-    curves = {
-        kind: curve_of(ranking, clean, probability, steps, kind, stacklevel=4)
-        for kind, probability in measured.items()
-        if kind != "saco"
-    }
-    scores = {}
-    for name in names:
-        if name == "saco":
-            details = saco_details(ranking, clean, measured[name], n_groups, "agree", stacklevel=4)
-            scores[name] = details.coefficient
-        else:
-            order, read = _CURVE_READERS[name]
-            scores[name] = read(curves[order])
-    return scores
+def _same_dtype(matched: Dict[str, MatchedMaps]) -> List[List[str]]:
+    """The methods in groups whose maps share a dtype, in order of appearance."""
+    groups: Dict[torch.dtype, List[str]] = {}
+    for method, maps in matched.items():
+        groups.setdefault(maps.dtype, []).append(method)
+    return list(groups.values())
+
+
+class _Stack(NamedTuple):
+    """Methods whose maps share a dtype, ranked and read as one batch of
+    ``M·N`` examples (method by method): one set of operations for all."""
+
+    methods: List[str]
+    ranking: FeatureRanking
+    removals: Dict[str, Removal]
+
+    @classmethod
+    def of(
+        cls,
+        inputs: Tuple[Tensor, ...],
+        matched: Dict[str, MatchedMaps],
+        feature_mask: Union[None, Tensor, Tuple[Tensor, ...]],
+        metrics: List[str],
+        n_groups: int,
+        steps: Tensor,
+    ) -> "_Stack":
+        ranking = rank_matched(inputs, list(matched.values()), feature_mask)
+        return cls(list(matched), ranking, _removals_of(ranking, metrics, n_groups, steps))
+
+    def per_method(self, n: int) -> List[Removal]:
+        """Each method's removals (views), for the forward passes: method by
+        method, each method's in the order of :attr:`removals`."""
+        removals = []
+        for i in range(len(self.methods)):
+            ranking = self.ranking.examples(i * n, (i + 1) * n)  # one object per method
+            removals += [
+                Removal(ranking, r.starts[i * n : (i + 1) * n], r.stops[i * n : (i + 1) * n])
+                for r in self.removals.values()
+            ]
+        return removals
+
+    def read(
+        self,
+        clean: CleanPass,
+        removed: List[TargetProbability],
+        names: List[str],
+        n_groups: int,
+        steps: Tensor,
+    ) -> Dict[str, Dict[str, Tensor]]:
+        """Method -> metric -> ``(N,)`` scores, from the clean pass and the
+        probabilities of the removals of :meth:`per_method`, in its order."""
+        m, kinds = len(self.methods), list(self.removals)
+        n = clean.target.shape[0]
+        # Each kind's probabilities, and the clean pass, stacked like the examples.
+        measured = {
+            kind: TargetProbability(
+                torch.cat([t.p for t in removed[j :: len(kinds)]]),
+                torch.cat([t.q for t in removed[j :: len(kinds)]]),
+            )
+            for j, kind in enumerate(kinds)
+        }
+        clean = CleanPass(
+            TargetProbability(clean.probability.p.repeat(m), clean.probability.q.repeat(m)),
+            clean.target.repeat(m),
+        )
+        # Plain loops, not comprehensions: a comprehension is a frame of its own
+        # before Python 3.12, and the warnings' stacklevel counts frames.
+        curves = {}
+        for kind, probability in measured.items():
+            if kind != "saco":
+                curves[kind] = curve_of(
+                    self.ranking, clean, probability, steps, kind, 3, methods=self.methods
+                )
+        scores = {}
+        for name in names:
+            if name == "saco":
+                details = saco_details(
+                    self.ranking, clean, measured[name], n_groups, "agree", 3, self.methods
+                )
+                scores[name] = details.coefficient
+            else:
+                order, read = _CURVE_READERS[name]
+                scores[name] = read(curves[order])
+        return {
+            method: {name: values[i * n : (i + 1) * n] for name, values in scores.items()}
+            for i, method in enumerate(self.methods)
+        }
