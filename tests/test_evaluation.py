@@ -648,14 +648,19 @@ def test_pairs_tested_in_one_call_get_the_p_values_of_one_test_each() -> None:
     from captum_saco.evaluation.statistics import comparisons
 
     torch.manual_seed(6)
-    methods = ["a", "b", "c", "d"]
-    per_example = {
-        (m, "saco"): torch.randn(80, dtype=torch.float64).round(decimals=1) for m in methods
-    }
+    # 40 images: SciPy tests exactly where no difference is zero or tied, otherwise
+    # by the normal approximation; rounded values give zeros and ties, NaN fewer pairs.
+    methods = ["a", "b", "c", "d", "e", "f", "g"]
+    per_example = {(m, "saco"): torch.randn(40, dtype=torch.float64) for m in methods}
+    for m in ("c", "e", "g"):
+        per_example[(m, "saco")] = per_example[(m, "saco")].round(decimals=1)
+    per_example[("g", "saco")] += 0.05  # e - g: tied differences, none zero
     per_example[("c", "saco")][:5] = float("nan")
     per_example[("d", "saco")] = per_example[("a", "saco")].clone()
+    per_example[("f", "saco")] = per_example[("b", "saco")].clone()
+    per_example[("f", "saco")][7] = per_example[("a", "saco")][7]  # one zero difference
     rows = comparisons(per_example, methods, {"saco": "higher is better"})
-    assert len(rows) == 6
+    assert len(rows) == 21
     for row in rows:
         a, b = per_example[(row["method_a"], "saco")], per_example[(row["method_b"], "saco")]
         both = ~(a.isnan() | b.isnan())

@@ -83,20 +83,34 @@ def p_value_method() -> str:
     return "two-sided Wilcoxon signed-rank test over the images where both are defined (SciPy)"
 
 
-def _test_kind(a: Tensor, b: Tensor) -> Tuple[int, bool, bool]:
-    """What SciPy's Wilcoxon test ("auto") chooses its method by: the number of
-    pairs, and whether some differences are zero or tied."""
-    differences = a - b
-    nonzero = differences[differences != 0].abs()
-    tied = nonzero.unique().numel() < nonzero.numel()
-    return a.numel(), bool(nonzero.numel() < differences.numel()), tied
+def _test_kinds(pairs: Sequence[Tuple[Tensor, Tensor]]) -> List[Optional[Tuple[int, bool, bool]]]:
+    """What SciPy's Wilcoxon test ("auto") chooses its method by, for each pair
+    of NaN-free rows: the number of pairs, and whether some differences are
+    zero or some nonzero ones tied; None where the rows are equal everywhere.
+    The pairs of one length are looked at together."""
+    kinds: List[Optional[Tuple[int, bool, bool]]] = [None] * len(pairs)
+    by_length: Dict[int, List[int]] = {}
+    for index, (a, _) in enumerate(pairs):
+        by_length.setdefault(a.numel(), []).append(index)
+    for n, indices in by_length.items():
+        if n == 0:
+            continue
+        a, b = (torch.stack([pairs[i][side] for i in indices]) for side in (0, 1))
+        magnitude = (a - b).abs().sort(dim=1).values  # the zeros first
+        zero = magnitude[:, 0] == 0
+        tied = ((magnitude[:, 1:] == magnitude[:, :-1]) & (magnitude[:, 1:] != 0)).any(dim=1)
+        found = zip(indices, (a != b).any(dim=1).tolist(), zero.tolist(), tied.tolist())
+        for index, differ, some_zero, some_tied in found:
+            if differ:
+                kinds[index] = (n, some_zero, some_tied)
+    return kinds
 
 
 def _p_values(pairs: Sequence[Tuple[Tensor, Tensor]]) -> List[Optional[float]]:
     """The Wilcoxon p-value of each pair of NaN-free float64 rows; None without
     SciPy, where the rows are equal everywhere, or where the test is undefined.
 
-    Pairs alike in what the test's method depends on (:func:`_test_kind`) are
+    Pairs alike in what the test's method depends on (:func:`_test_kinds`) are
     tested in one vectorised call, with the p-values of one call per pair.
     """
     p_values: List[Optional[float]] = [None] * len(pairs)
@@ -104,9 +118,9 @@ def _p_values(pairs: Sequence[Tuple[Tensor, Tensor]]) -> List[Optional[float]]:
     if wilcoxon is None:
         return p_values
     by_kind: Dict[Tuple[int, bool, bool], List[int]] = {}
-    for index, (a, b) in enumerate(pairs):
-        if bool((a != b).any()):
-            by_kind.setdefault(_test_kind(a, b), []).append(index)
+    for index, kind in enumerate(_test_kinds(pairs)):
+        if kind is not None:
+            by_kind.setdefault(kind, []).append(index)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for indices in by_kind.values():
