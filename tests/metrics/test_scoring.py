@@ -251,3 +251,6 @@ def test_ranking_explanations_together_ranks_each_example_as_ranking_it_alone(im
             assert torch.equal(getattr(part, field), getattr(alone, field)), (i, field)
         for r_part, r_alone in zip(part.element_ranks, alone.element_ranks):
             assert torch.equal(r_part, r_alone), i
+    float64 = match_attributions(inputs, (torch.randn(4, 8, 8).double(), torch.randn(4, 6)), "b")
+    with pytest.raises(ValueError, match="rank_matched: expected maps of one dtype"):
+        rank_matched(inputs, [match_attributions(inputs, attributions[0], "a"), float64], mask)

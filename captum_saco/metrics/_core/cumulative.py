@@ -224,8 +224,10 @@ def curve_of(
     stacklevel: int,
     methods: Sequence[str] = (),
 ) -> DeletionCurve:
-    """The deletion curve of one ranking from its clean pass and its removals
-    (of several methods ranked together: see :func:`warn_about_examples`)."""
+    """The deletion curve of one ranking from its clean pass and its removals.
+
+    ``methods`` names the methods of a ranking of several together, whose
+    warnings then name the method (see :func:`warn_about_examples`)."""
     curve = torch.cat([clean.probability.p.unsqueeze(1), removed.p], dim=1)
     bad_map = ~ranking.finite
     not_finite = ~torch.isfinite(curve).all(dim=1) & ranking.finite

@@ -136,8 +136,10 @@ def saco_details(
     stacklevel: int,
     methods: Sequence[str] = (),
 ) -> SacoDetails:
-    """SaCo of one ranking from its clean pass and its ``(N, K)`` group removals
-    (of several methods ranked together: see :func:`warn_about_examples`)."""
+    """SaCo of one ranking from its clean pass and its ``(N, K)`` group removals.
+
+    ``methods`` names the methods of a ranking of several together, whose
+    warnings then name the method (see :func:`warn_about_examples`)."""
     starts, stops = rank_intervals_of_groups(ranking.feature_counts, n_groups)
     n, n_features = ranking.salience.shape
     ranks = torch.arange(n_features, device=stops.device).expand(n, -1).contiguous()

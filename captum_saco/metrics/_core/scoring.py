@@ -230,13 +230,25 @@ class _Stack(NamedTuple):
         for kind, probability in measured.items():
             if kind != "saco":
                 curves[kind] = curve_of(
-                    self.ranking, clean, probability, steps, kind, 3, methods=self.methods
+                    self.ranking,
+                    clean,
+                    probability,
+                    steps,
+                    kind,
+                    stacklevel=3,
+                    methods=self.methods,
                 )
         scores = {}
         for name in names:
             if name == "saco":
                 details = saco_details(
-                    self.ranking, clean, measured[name], n_groups, "agree", 3, self.methods
+                    self.ranking,
+                    clean,
+                    measured[name],
+                    n_groups,
+                    "agree",
+                    stacklevel=3,
+                    methods=self.methods,
                 )
                 scores[name] = details.coefficient
             else:
