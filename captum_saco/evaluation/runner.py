@@ -60,7 +60,7 @@ def _score_batch(
     # One copy to the host for all the values (each is a device sync on a GPU),
     # and Python floats: the rows read them one by one.
     keys = [(method, name) for method, by_metric in scores.items() for name in by_metric]
-    table = torch.stack([scores[m][k].detach().double() for m, k in keys]).cpu().tolist()
+    table = torch.stack([scores[m][k] for m, k in keys]).detach().double().cpu().tolist()
     values: Scores = {method: {} for method in scores}
     for (method, name), column in zip(keys, table):
         values[method][name] = column
