@@ -353,55 +353,60 @@ def rank_matched(
     if len({m.dtype for m in matched}) != 1:
         raise ValueError("rank_matched: expected maps of one dtype")
 
-    def stacked(parts: Sequence[Tensor]) -> Tensor:
-        return parts[0] if len(parts) == 1 else torch.cat(list(parts))
+    def joined(parts: Sequence[Tensor], dim: int = 0) -> Tensor:
+        return parts[0] if len(parts) == 1 else torch.cat(list(parts), dim=dim)
 
     with torch.autocast(inputs[0].device.type, enabled=False):
-        maps = tuple(stacked(per_input) for per_input in zip(*(m.maps for m in matched)))
+        maps = tuple(joined(per_input) for per_input in zip(*(m.maps for m in matched)))
         n = maps[0].shape[0]
-        flat_maps = torch.cat([_per_example(m) for m in maps], dim=1)
-        salience, present, ids = _feature_salience(inputs, maps, flat_maps, feature_mask)
+        sizes = [math.prod(m.shape[1:]) for m in maps]
+        flat_maps = joined([_per_example(m) for m in maps], dim=1)
+        if feature_mask is None:  # each element is a feature, all present
+            salience, present, ids = flat_maps, None, None
+        else:
+            salience, present, ids = _mask_salience(inputs, sizes, flat_maps, feature_mask)
         # Attributions are finite, so -inf ranks the absent features after every present one.
-        sort_key = salience.masked_fill(~present, -torch.inf)
-        order = torch.sort(sort_key, dim=1, descending=True, stable=True).indices
+        order = torch.argsort(
+            salience if present is None else salience.masked_fill(~present, -torch.inf),
+            dim=1,
+            descending=True,
+            stable=True,
+        )
         rank = torch.empty_like(order)
         rank.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+        # Without a mask the features are the elements: their ranks are rank's columns.
+        per_input = rank.split(sizes, dim=1) if ids is None else [rank.gather(1, i) for i in ids]
         element_ranks = []
-        for feature_ids, x in zip(ids, inputs):
-            _, reduced_dims = _feature_dims(x)
-            r = rank.gather(1, _per_example(feature_ids.expand(n, *feature_ids.shape[1:])))
-            r = r.reshape(n, *feature_ids.shape[1:])
-            for d in reduced_dims:
+        for r, m, x in zip(per_input, maps, inputs):
+            r = r.reshape(n, *m.shape[1:])
+            for d in _feature_dims(x)[1]:
                 r = r.unsqueeze(d)
             element_ranks.append(r)
+        if present is None:
+            feature_counts = torch.full((n,), order.shape[1], device=order.device)
+        else:
+            feature_counts = present.sum(dim=1)
         return FeatureRanking(
             salience,
             order,
-            present.sum(dim=1),
+            feature_counts,
             tuple(element_ranks),
-            stacked([m.constant for m in matched]),
-            stacked([m.finite for m in matched]),
+            joined([m.constant for m in matched]),
+            joined([m.finite for m in matched]),
         )
 
 
-def _feature_salience(
+def _mask_salience(
     inputs: Tuple[Tensor, ...],
-    maps: Sequence[Tensor],
+    sizes: Sequence[int],
     flat_maps: Tensor,
-    feature_mask: Union[None, Tensor, Tuple[Tensor, ...]],
+    feature_mask: Union[Tensor, Tuple[Tensor, ...]],
 ) -> Tuple[Tensor, Tensor, List[Tensor]]:
-    """Salience ``(N, F)`` and presence ``(N, F)`` of each feature id, and the id of
-    every map element (per input). The maps may stack several explanations of
-    the inputs (``N`` a multiple of theirs): a per-example mask repeats."""
+    """Salience ``(N, F)`` and presence ``(N, F)`` of each id of ``feature_mask``,
+    and the ``(N, sizes[i])`` ids of the map elements of each input. The maps
+    may stack several explanations of the inputs (``N`` a multiple of theirs):
+    a per-example mask repeats."""
     n = flat_maps.shape[0]
-    if feature_mask is None:
-        sizes = [math.prod(m.shape[1:]) for m in maps]
-        offsets = torch.tensor([0] + sizes[:-1]).cumsum(0).tolist()
-        ids = [
-            (torch.arange(size, device=m.device) + offset).reshape(1, *m.shape[1:])
-            for size, offset, m in zip(sizes, offsets, maps)
-        ]
-        return flat_maps, torch.ones_like(flat_maps, dtype=torch.bool), ids
     masks = feature_mask if isinstance(feature_mask, tuple) else (feature_mask,)
     if len(masks) != len(inputs) or not all(isinstance(m, Tensor) for m in masks):
         raise ValueError(
@@ -420,9 +425,7 @@ def _feature_salience(
     present.scatter_(1, dense, True)
     salience = torch.zeros(n, n_features, device=flat_maps.device, dtype=flat_maps.dtype)
     salience.scatter_add_(1, dense, flat_maps)
-    ids = list(torch.split(dense, [math.prod(m.shape[1:]) for m in maps], dim=1))
-    ids = [i.reshape(n, *m.shape[1:]) for i, m in zip(ids, maps)]
-    return salience, present, ids
+    return salience, present, list(torch.split(dense, list(sizes), dim=1))
 
 
 def _check_integer_baseline(b: Tensor, dtype: torch.dtype, where: str) -> None:
