@@ -254,3 +254,28 @@ def test_ranking_explanations_together_ranks_each_example_as_ranking_it_alone(im
     float64 = match_attributions(inputs, (torch.randn(4, 8, 8).double(), torch.randn(4, 6)), "b")
     with pytest.raises(ValueError, match="rank_matched: expected maps of one dtype"):
         rank_matched(inputs, [match_attributions(inputs, attributions[0], "a"), float64], mask)
+
+
+def test_stacks_of_methods_are_bounded_in_size_and_score_as_one_stack(cnn, images, monkeypatch):
+    from captum_saco.metrics._core import scoring
+
+    torch.manual_seed(46)
+    maps = {f"m{i}": torch.rand(4, 8, 8) for i in range(5)}
+    maps["m1"] = maps["m1"].double()
+    maps["m3"][0, 1, 2] = torch.nan
+    nan_in_m3 = r"of attributions\['m3'\]: the attributions of 1 of 4 examples \(indices \[0\]\)"
+    with pytest.warns(UserWarning, match=nan_in_m3):
+        one_stack = score_attributions(cnn, images, maps, n_groups=4, max_examples_per_batch=1000)
+    matched = {m: scoring.match_attributions((images,), a, m) for m, a in maps.items()}
+    assert scoring._stacks(matched, 4) == [["m0", "m2", "m3", "m4"], ["m1"]]
+    # Two methods of 4 images of 64 pixels per stack.
+    monkeypatch.setattr(scoring, "STACK_ELEMENTS", 2 * 4 * 64)
+    assert scoring._stacks(matched, 4) == [["m0", "m2"], ["m3", "m4"], ["m1"]]
+    with pytest.warns(UserWarning, match=nan_in_m3):
+        stacked = score_attributions(cnn, images, maps, n_groups=4, max_examples_per_batch=1000)
+    assert list(stacked) == list(maps)
+    for method in maps:
+        for name in SINGLE:
+            torch.testing.assert_close(
+                stacked[method][name], one_stack[method][name], rtol=0, atol=0, equal_nan=True
+            )

@@ -1,6 +1,7 @@
 """Several metrics of several explanations of the same inputs, sharing every pass."""
 
 import itertools
+import math
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
@@ -80,9 +81,10 @@ def score_attributions(
     forward batches, and a perturbed input that two metrics ask for (the
     first SaCo group and the first deletion step when ``K`` divides the
     number of features) is forwarded once. The methods' maps are ranked and
-    their scores read as one batch of methods × examples (one batch per dtype
-    of the maps, each ranked in its own precision): the work besides the
-    forward passes grows little with the number of methods.
+    their scores read as one batch of methods × examples (split by the dtype
+    of the maps, each ranked in its own precision, and into batches of at
+    most 2**24 features in all, which bounds their memory): the work besides
+    the forward passes grows little with the number of methods.
 
     Args:
         forward_func, inputs, baselines, additional_forward_args, target,
@@ -139,8 +141,9 @@ def score_attributions(
         _Stack.of(
             prepared.inputs, {m: matched[m] for m in same}, feature_mask, names, n_groups, steps
         )
-        for same in _same_dtype(matched)
+        for same in _stacks(matched, prepared.n)
     ]
+    del matched  # the stacks hold the maps now, in one copy
     with torch.no_grad():
         clean, removed = forward_removals(
             forward_func,
@@ -159,17 +162,33 @@ def score_attributions(
     return {method: scores[method] for method in attributions}
 
 
-def _same_dtype(matched: Dict[str, MatchedMaps]) -> List[List[str]]:
-    """The methods in groups whose maps share a dtype, in order of appearance."""
-    groups: Dict[torch.dtype, List[str]] = {}
+STACK_ELEMENTS = 1 << 24
+"""The most rank positions (methods × examples × features of each) ranked and
+read as one stack. Ranking and reading hold a few tensors of that many
+elements at once (128 MiB each in int64), so this bounds their memory, while
+the methods of small inputs still share one set of operations: 13 methods of
+64 images at 224 x 224 pixels make three stacks, of 28 x 28 pixels one."""
+
+
+def _stacks(matched: Dict[str, MatchedMaps], n: int) -> List[List[str]]:
+    """The methods in stacks, in order of appearance: maps of one dtype, at
+    most :data:`STACK_ELEMENTS` rank positions each."""
+    by_dtype: Dict[torch.dtype, List[str]] = {}
     for method, maps in matched.items():
-        groups.setdefault(maps.dtype, []).append(method)
-    return list(groups.values())
+        by_dtype.setdefault(maps.dtype, []).append(method)
+    features = sum(math.prod(m.shape[1:]) for m in next(iter(matched.values())).maps)
+    size = max(1, STACK_ELEMENTS // max(n * features, 1))
+    return [
+        methods[start : start + size]
+        for methods in by_dtype.values()
+        for start in range(0, len(methods), size)
+    ]
 
 
 class _Stack(NamedTuple):
     """Methods whose maps share a dtype, ranked and read as one batch of
-    ``M·N`` examples (method by method): one set of operations for all."""
+    ``M·N`` examples (method by method): one set of operations for all
+    (see :func:`_stacks`)."""
 
     methods: List[str]
     ranking: FeatureRanking
