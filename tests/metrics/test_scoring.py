@@ -267,10 +267,10 @@ def test_stacks_of_methods_are_bounded_in_size_and_score_as_one_stack(cnn, image
     with pytest.warns(UserWarning, match=nan_in_m3):
         one_stack = score_attributions(cnn, images, maps, n_groups=4, max_examples_per_batch=1000)
     matched = {m: scoring.match_attributions((images,), a, m) for m, a in maps.items()}
-    assert scoring._stacks(matched, 4) == [["m0", "m2", "m3", "m4"], ["m1"]]
+    assert scoring._stacks(matched, 4 * 64) == [["m0", "m2", "m3", "m4"], ["m1"]]
     # Two methods of 4 images of 64 pixels per stack.
     monkeypatch.setattr(scoring, "STACK_ELEMENTS", 2 * 4 * 64)
-    assert scoring._stacks(matched, 4) == [["m0", "m2"], ["m3", "m4"], ["m1"]]
+    assert scoring._stacks(matched, 4 * 64) == [["m0", "m2"], ["m3", "m4"], ["m1"]]
     with pytest.warns(UserWarning, match=nan_in_m3):
         stacked = score_attributions(cnn, images, maps, n_groups=4, max_examples_per_batch=1000)
     assert list(stacked) == list(maps)

@@ -1,7 +1,6 @@
 """Several metrics of several explanations of the same inputs, sharing every pass."""
 
 import itertools
-import math
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
@@ -17,6 +16,7 @@ from captum_saco.metrics._core.perturbation import (
     TargetProbability,
     forward_removals,
     match_attributions,
+    n_features_of,
     prepare_inputs,
     rank_matched,
 )
@@ -141,7 +141,7 @@ def score_attributions(
         _Stack.of(
             prepared.inputs, {m: matched[m] for m in same}, feature_mask, names, n_groups, steps
         )
-        for same in _stacks(matched, prepared.n)
+        for same in _stacks(matched, prepared.n * n_features_of(prepared.inputs))
     ]
     del matched  # the stacks hold the maps now, in one copy
     with torch.no_grad():
@@ -170,14 +170,15 @@ the methods of small inputs still share one set of operations: 13 methods of
 64 images at 224 x 224 pixels make three stacks, of 28 x 28 pixels one."""
 
 
-def _stacks(matched: Dict[str, MatchedMaps], n: int) -> List[List[str]]:
+def _stacks(matched: Dict[str, MatchedMaps], positions: int) -> List[List[str]]:
     """The methods in stacks, in order of appearance: maps of one dtype, at
-    most :data:`STACK_ELEMENTS` rank positions each."""
+    most :data:`STACK_ELEMENTS` rank positions each (``positions`` per
+    method: examples × features, without a ``feature_mask``, which only
+    merges features)."""
     by_dtype: Dict[torch.dtype, List[str]] = {}
     for method, maps in matched.items():
         by_dtype.setdefault(maps.dtype, []).append(method)
-    features = sum(math.prod(m.shape[1:]) for m in next(iter(matched.values())).maps)
-    size = max(1, STACK_ELEMENTS // max(n * features, 1))
+    size = max(1, STACK_ELEMENTS // max(positions, 1))
     return [
         methods[start : start + size]
         for methods in by_dtype.values()
