@@ -88,17 +88,6 @@ class FeatureRanking(NamedTuple):
         """``F``, the number of feature ids of the batch, all examples together."""
         return self.salience.shape[1]
 
-    def examples(self, start: int, stop: int) -> "FeatureRanking":
-        """The ranking of the examples ``[start, stop)`` (views, no copies)."""
-        return FeatureRanking(
-            self.salience[start:stop],
-            self.order[start:stop],
-            self.feature_counts[start:stop],
-            tuple(r[start:stop] for r in self.element_ranks),
-            self.constant[start:stop],
-            self.finite[start:stop],
-        )
-
 
 def warn_about_examples(
     metric: str,
@@ -344,9 +333,10 @@ def rank_matched(
 ) -> FeatureRanking:
     """Rank the features of ``M`` explanations of the same ``N`` inputs together.
 
-    Returns one :class:`FeatureRanking` of ``M·N`` examples, explanation by
-    explanation (:meth:`FeatureRanking.examples` gives one explanation's): the
-    operations of one ranking for all of them, each example ranked as
+    Returns one :class:`FeatureRanking` of ``M·N`` rows, explanation by
+    explanation (row ``r`` explains example ``r % N``; :func:`forward_removals`
+    takes such rankings as they are): the operations of one ranking for all of
+    them, each example ranked as
     :func:`rank_features` ranks it alone. The maps must share a dtype
     (:attr:`MatchedMaps.dtype`), so that none is summed in another precision.
     """
@@ -546,7 +536,13 @@ class PreparedInputs(NamedTuple):
 
 
 class Removal(NamedTuple):
-    """Rank intervals ``[starts, stops)`` to remove, ``(N, P)``, under one ranking."""
+    """Rank intervals ``[starts, stops)`` to remove under one ranking, ``(R, P)``
+    for its ``R`` rows (or ``(P,)`` for all of them).
+
+    A ranking may rank several maps of the same ``N`` inputs as one batch of
+    ``R = M·N`` rows, map by map (see :func:`rank_matched`): row ``r`` is an
+    explanation of example ``r % N``.
+    """
 
     ranking: FeatureRanking
     starts: Tensor
@@ -632,17 +628,23 @@ def _forward_rows(
 
 
 def _perturbed(
-    prepared: PreparedInputs, rankings: Sequence[FeatureRanking], jobs: Tensor, which: Tensor
+    prepared: PreparedInputs,
+    rankings: Sequence[FeatureRanking],
+    jobs: Tensor,
+    which: Tensor,
+    examples: Tensor,
 ) -> List[Tensor]:
-    """The inputs of ``jobs`` (rows ``ranking, example, start, stop``, sorted by ranking);
-    ``which`` is their ranking column on the CPU (so that no step waits for the device)."""
-    _, examples, starts, stops = jobs.unbind(1)
+    """The inputs of ``jobs`` (rows ``ranking, row, start, stop``, sorted by ranking),
+    which explain ``examples``; ``which`` is their ranking column on the CPU (so
+    that no step waits for the device)."""
+    _, rows, starts, stops = jobs.unbind(1)
     # A clean row (ranking -1, interval [0, 0)) removes nothing under any ranking.
     used, counts = torch.unique_consecutive(which.clamp(min=0), return_counts=True)
-    per_ranking = list(zip(used.tolist(), examples.split(counts.tolist())))
+    per_ranking = list(zip(used.tolist(), rows.split(counts.tolist())))
     perturbed = []
     for i, (x, b) in enumerate(zip(prepared.inputs, prepared.baselines)):
-        ranks = torch.cat([rankings[m].element_ranks[i][e] for m, e in per_ranking])
+        parts = [rankings[m].element_ranks[i][r] for m, r in per_ranking]
+        ranks = parts[0] if len(parts) == 1 else torch.cat(parts)
         shape = (-1,) + (1,) * (ranks.dim() - 1)
         hit = (ranks >= starts.view(shape)) & (ranks < stops.view(shape))
         b_rows = b[examples] if b.shape[0] == prepared.n and prepared.n > 1 else b
@@ -682,7 +684,7 @@ def _forward_jobs(
     jobs: Tensor,
     max_examples_per_batch: Optional[int],
 ) -> Iterator[Tuple[Tensor, Tensor]]:
-    """Forward the inputs of ``jobs`` in chunks; yield each chunk's jobs and class scores.
+    """Forward the inputs of ``jobs`` in chunks; yield each chunk's examples and class scores.
 
     The chunk is ``max_examples_per_batch`` when given. Otherwise, for
     throughput, on a CPU :func:`cpu_chunk_rows`; on a GPU the first call
@@ -699,8 +701,9 @@ def _forward_jobs(
 
     def forward(start: int, stop: int) -> Tuple[Tensor, Tensor]:
         part = jobs[start:stop]
-        inputs = _perturbed(prepared, rankings, part, which[start:stop])
-        return part, _forward_rows(forward_func, prepared, inputs, part[:, 1])
+        examples = part[:, 1] % prepared.n
+        inputs = _perturbed(prepared, rankings, part, which[start:stop], examples)
+        return examples, _forward_rows(forward_func, prepared, inputs, examples)
 
     chunk, done = max_examples_per_batch, 0
     device = prepared.inputs[0].device
@@ -726,40 +729,38 @@ JOB_KEY_LIMIT = 2**63
 def _job_table(removals: Sequence[Removal], n: int, device: torch.device) -> Tuple[Tensor, Tensor]:
     """The distinct jobs of the clean rows and of all removals, and where each went.
 
-    A job is a row ``(ranking, example, start, stop)``: example ``example``
-    with the ranks ``[start, stop)`` of ranking ``ranking`` (the index of one
-    of its removals) replaced. The table holds first the ``n`` clean rows
-    ``(-1, e, 0, 0)``, then, example by example, the intervals of every
-    removal in turn; an empty interval is the example's clean row. Returns
-    the distinct jobs, sorted (so by ranking, the clean rows first, in example
-    order), and for each row of the table its job.
+    A job is a row ``(ranking, row, start, stop)``: the ranks ``[start, stop)``
+    of row ``row`` of ranking ``ranking`` (the index of one of its removals)
+    replaced in example ``row % n``. The table holds first the ``n`` clean
+    rows ``(-1, e, 0, 0)``, then each removal's intervals, row by row; an empty
+    interval is the example's clean row. Returns the distinct jobs, sorted (so
+    by ranking, the clean rows first, in example order), and for each row of
+    the table its job.
     """
     index = {id(r.ranking): i for i, r in enumerate(removals)}
-    steps = [r.starts.shape[-1] for r in removals]
-    # (n, S) columns of all removals side by side: S = the sum of their steps.
-    starts = torch.cat([r.starts.to(device).expand(n, k) for r, k in zip(removals, steps)], 1)
-    stops = torch.cat([r.stops.to(device).expand(n, k) for r, k in zip(removals, steps)], 1)
-    ranking = torch.tensor([index[id(r.ranking)] for r in removals]).repeat_interleave(
-        torch.tensor(steps)
-    )
+    blocks = []
+    for r in removals:
+        rows, k = r.ranking.salience.shape[0], r.starts.shape[-1]
+        starts, stops = r.starts.to(device).expand(rows, k), r.stops.to(device).expand(rows, k)
+        empty = starts >= stops
+        row = torch.arange(rows, device=device).unsqueeze(1).expand(rows, k)
+        columns = [
+            torch.full_like(starts, index[id(r.ranking)]).masked_fill(empty, -1),
+            torch.where(empty, row % n, row),
+            starts.masked_fill(empty, 0),
+            stops.masked_fill(empty, 0),
+        ]
+        blocks.append(torch.stack(columns, 2).view(-1, 4))
     examples = torch.arange(n, device=device)
-    empty = starts >= stops
-    columns = [
-        torch.where(empty, -1, ranking.to(device)),
-        examples.unsqueeze(1).expand_as(starts),
-        starts.masked_fill(empty, 0),
-        stops.masked_fill(empty, 0),
-    ]
     zeros = torch.zeros_like(examples)
-    table = torch.cat(
-        [torch.stack([zeros - 1, examples, zeros, zeros], 1), torch.stack(columns, 2).view(-1, 4)]
-    )
+    table = torch.cat([torch.stack([zeros - 1, examples, zeros, zeros], 1)] + blocks)
+    most_rows = max(r.ranking.salience.shape[0] for r in removals)
     span = max(r.ranking.n_features for r in removals) + 1
-    if (len(removals) + 1) * n * span * span >= JOB_KEY_LIMIT:
+    if (len(removals) + 1) * most_rows * span * span >= JOB_KEY_LIMIT:
         return torch.unique(table, dim=0, return_inverse=True)
     # The rows in one int64 each, ordered as the rows are: one sort of integers
     # instead of a sort of rows, several times faster.
-    key = (((table[:, 0] + 1) * n + table[:, 1]) * span + table[:, 2]) * span + table[:, 3]
+    key = (((table[:, 0] + 1) * most_rows + table[:, 1]) * span + table[:, 2]) * span + table[:, 3]
     keys, inverse = torch.unique(key, return_inverse=True)
     jobs = table.new_empty(len(keys), 4)
     jobs[inverse] = table
@@ -789,8 +790,8 @@ def forward_removals(
     rows are not forwarded at all. The user's tensors are never written to.
 
     Returns:
-        tuple: the :class:`CleanPass` and, per removal ``j``, the ``(N, P_j)``
-        :class:`TargetProbability`.
+        tuple: the :class:`CleanPass` and, per removal ``j``, the ``(R_j, P_j)``
+        :class:`TargetProbability` of its ranking's ``R_j`` rows.
     """
     check_max_examples_per_batch(max_examples_per_batch)
     n = prepared.n
@@ -823,26 +824,26 @@ def forward_removals(
             )
         clean = clean_pass(scores)
         jobs = jobs[n:]
-    for part, output in _forward_jobs(
+    for examples, output in _forward_jobs(
         forward_func, prepared, rankings, jobs, max_examples_per_batch
     ):
         if clean is None:  # the chunk starts with clean rows
-            n_clean = min(n - sum(map(len, clean_scores)), len(part))
+            n_clean = min(n - sum(map(len, clean_scores)), len(examples))
             clean_scores.append(output[:n_clean])
-            part, output = part[n_clean:], output[n_clean:]
+            examples, output = examples[n_clean:], output[n_clean:]
             if sum(map(len, clean_scores)) == n:
                 clean = clean_pass(torch.cat(clean_scores))
-        if len(part):
+        if len(examples):
             assert clean is not None
-            probabilities.append(
-                _rows_probability(output, target, clean, part[:, 1], apply_softmax)
-            )
+            probabilities.append(_rows_probability(output, target, clean, examples, apply_softmax))
     assert clean is not None
-    # The table's rows after its n clean ones: (n, S), the removals side by side.
-    p = torch.cat([t.p for t in probabilities])[inverse[n:]].view(n, -1)
-    q = torch.cat([t.q for t in probabilities])[inverse[n:]].view(n, -1)
+    # The table's rows after its n clean ones: each removal's (R_j, P_j) in turn.
+    shapes = [(r.ranking.salience.shape[0], k) for r, k in zip(removals, steps)]
+    jobs_of = inverse[n:].split([rows * k for rows, k in shapes])
+    p = torch.cat([t.p for t in probabilities])
+    q = torch.cat([t.q for t in probabilities])
     return clean, [
-        TargetProbability(pj, qj) for pj, qj in zip(p.split(steps, dim=1), q.split(steps, dim=1))
+        TargetProbability(p[j].view(shape), q[j].view(shape)) for j, shape in zip(jobs_of, shapes)
     ]
 
 

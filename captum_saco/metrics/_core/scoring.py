@@ -1,6 +1,5 @@
 """Several metrics of several explanations of the same inputs, sharing every pass."""
 
-import itertools
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
@@ -148,16 +147,16 @@ def score_attributions(
         clean, removed = forward_removals(
             forward_func,
             prepared,
-            [r for stack in stacks for r in stack.per_method(prepared.n)],
+            [r for stack in stacks for r in stack.removals.values()],
             target=target,
             apply_softmax=True,
             max_examples_per_batch=max_examples_per_batch,
             clean_output=clean_output,
         )
-    results = iter(removed)  # stack by stack, in the order of per_method
+    results = iter(removed)  # stack by stack, each in the order of its removals
     scores: Dict[str, Dict[str, Tensor]] = {}
     for stack in stacks:
-        mine = list(itertools.islice(results, len(stack.methods) * len(stack.removals)))
+        mine = dict(zip(stack.removals, results))
         scores.update(stack.read(clean, mine, names, n_groups, steps))
     return {method: scores[method] for method in attributions}
 
@@ -208,38 +207,18 @@ class _Stack(NamedTuple):
         ranking = rank_matched(inputs, list(matched.values()), feature_mask)
         return cls(list(matched), ranking, _removals_of(ranking, metrics, n_groups, steps))
 
-    def per_method(self, n: int) -> List[Removal]:
-        """Each method's removals (views), for the forward passes: method by
-        method, each method's in the order of :attr:`removals`."""
-        removals = []
-        for i in range(len(self.methods)):
-            ranking = self.ranking.examples(i * n, (i + 1) * n)  # one object per method
-            removals += [
-                Removal(ranking, r.starts[i * n : (i + 1) * n], r.stops[i * n : (i + 1) * n])
-                for r in self.removals.values()
-            ]
-        return removals
-
     def read(
         self,
         clean: CleanPass,
-        removed: List[TargetProbability],
+        measured: Dict[str, TargetProbability],
         names: List[str],
         n_groups: int,
         steps: Tensor,
     ) -> Dict[str, Dict[str, Tensor]]:
         """Method -> metric -> ``(N,)`` scores, from the clean pass and the
-        probabilities of the removals of :meth:`per_method`, in its order."""
-        m, kinds = len(self.methods), list(self.removals)
-        n = clean.target.shape[0]
-        # Each kind's probabilities, and the clean pass, stacked like the examples.
-        measured = {
-            kind: TargetProbability(
-                torch.cat([t.p for t in removed[j :: len(kinds)]]),
-                torch.cat([t.q for t in removed[j :: len(kinds)]]),
-            )
-            for j, kind in enumerate(kinds)
-        }
+        ``(M·N, P)`` probabilities of each of :attr:`removals`."""
+        m, n = len(self.methods), clean.target.shape[0]
+        # The clean pass, stacked like the examples.
         clean = CleanPass(
             TargetProbability(clean.probability.p.repeat(m), clean.probability.q.repeat(m)),
             clean.target.repeat(m),
