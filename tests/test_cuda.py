@@ -97,3 +97,27 @@ def test_the_default_chunk_leaves_the_callers_peak_memory_statistic_alone(models
     result = saco(models["cuda"], images.cuda(), maps)
     assert result.shape == (len(images),) and torch.isfinite(result).all()
     assert torch.cuda.max_memory_allocated() >= peak
+
+
+def test_the_default_chunk_sizes_itself_on_the_clean_rows_then_takes_the_rest_at_once(
+    models,
+) -> None:
+    # 8 images: 8 clean + 80 perturbed rows. The first call forwards the clean
+    # rows, which the caller has run already, to measure the memory per row;
+    # the rest fit in one call.
+    images = load_fashion_mnist_samples(limit=8).images.cuda()
+    maps = torch.rand(8, 28, 28, device="cuda")
+    calls = []
+
+    def counting(x: Tensor) -> Tensor:
+        calls.append(x.shape[0])
+        return models["cuda"](x)
+
+    expected = saco(models["cuda"], images, maps, max_examples_per_batch=1000)
+    torch.testing.assert_close(saco(counting, images, maps), expected)
+    assert calls == [8, 80]
+    with torch.no_grad():
+        logits = models["cuda"](images)
+    calls.clear()  # Given the clean output, the first call takes as many perturbed rows.
+    score_attributions(counting, images, {"m": maps}, metrics=["saco"], clean_output=logits)
+    assert calls == [8, 72]
