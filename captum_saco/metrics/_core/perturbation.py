@@ -326,6 +326,11 @@ def match_attributions(
         return MatchedMaps(maps, constant, finite)
 
 
+def _joined(parts: Sequence[Tensor], dim: int = 0) -> Tensor:
+    """``torch.cat(parts, dim)``, without a copy of a single part."""
+    return parts[0] if len(parts) == 1 else torch.cat(list(parts), dim=dim)
+
+
 def rank_matched(
     inputs: Tuple[Tensor, ...],
     matched: Sequence[MatchedMaps],
@@ -336,21 +341,17 @@ def rank_matched(
     Returns one :class:`FeatureRanking` of ``M·N`` rows, explanation by
     explanation (row ``r`` explains example ``r % N``; :func:`forward_removals`
     takes such rankings as they are): the operations of one ranking for all of
-    them, each example ranked as
-    :func:`rank_features` ranks it alone. The maps must share a dtype
-    (:attr:`MatchedMaps.dtype`), so that none is summed in another precision.
+    them, each example ranked as :func:`rank_features` ranks it alone. The maps
+    must share a dtype (:attr:`MatchedMaps.dtype`), so that none is summed in
+    another precision.
     """
     if len({m.dtype for m in matched}) != 1:
         raise ValueError("rank_matched: expected maps of one dtype")
-
-    def joined(parts: Sequence[Tensor], dim: int = 0) -> Tensor:
-        return parts[0] if len(parts) == 1 else torch.cat(list(parts), dim=dim)
-
     with torch.autocast(inputs[0].device.type, enabled=False):
-        maps = tuple(joined(per_input) for per_input in zip(*(m.maps for m in matched)))
+        maps = tuple(_joined(per_input) for per_input in zip(*(m.maps for m in matched)))
         n = maps[0].shape[0]
         sizes = [math.prod(m.shape[1:]) for m in maps]
-        flat_maps = joined([_per_example(m) for m in maps], dim=1)
+        flat_maps = _joined([_per_example(m) for m in maps], dim=1)
         if feature_mask is None:  # each element is a feature, all present
             salience, present, ids = flat_maps, None, None
         else:
@@ -381,8 +382,8 @@ def rank_matched(
             order,
             feature_counts,
             tuple(element_ranks),
-            joined([m.constant for m in matched]),
-            joined([m.finite for m in matched]),
+            _joined([m.constant for m in matched]),
+            _joined([m.finite for m in matched]),
         )
 
 
@@ -643,8 +644,7 @@ def _perturbed(
     per_ranking = list(zip(used.tolist(), rows.split(counts.tolist())))
     perturbed = []
     for i, (x, b) in enumerate(zip(prepared.inputs, prepared.baselines)):
-        parts = [rankings[m].element_ranks[i][r] for m, r in per_ranking]
-        ranks = parts[0] if len(parts) == 1 else torch.cat(parts)
+        ranks = _joined([rankings[m].element_ranks[i][r] for m, r in per_ranking])
         shape = (-1,) + (1,) * (ranks.dim() - 1)
         hit = (ranks >= starts.view(shape)) & (ranks < stops.view(shape))
         b_rows = b[examples] if b.shape[0] == prepared.n and prepared.n > 1 else b
