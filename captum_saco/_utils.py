@@ -9,12 +9,13 @@ argument, model outputs with ``.logits`` (Hugging Face) and target resolution
 against an output.
 """
 
+import warnings
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from captum._utils.common import _format_tensor_into_tuples
 from captum._utils.typing import BaselineType, TargetType, TensorOrTupleOfTensorsGeneric
-from torch import Tensor
+from torch import Tensor, nn
 
 TensorOrTupleOfTensors = Union[Tensor, Tuple[Tensor, ...]]
 
@@ -23,6 +24,7 @@ __all__ = [
     "TargetType",
     "TensorOrTupleOfTensors",
     "TensorOrTupleOfTensorsGeneric",
+    "check_dense",
     "check_flag",
     "check_forward_func",
     "check_max_examples_per_batch",
@@ -30,6 +32,7 @@ __all__ = [
     "forward_scores",
     "model_output",
     "resolve_target",
+    "warn_if_training",
 ]
 
 
@@ -41,6 +44,23 @@ def check_forward_func(forward_func: Any) -> Callable[..., Any]:
             f"got {type(forward_func).__name__}"
         )
     return forward_func
+
+
+def warn_if_training(model: Any, name: str, stacklevel: int) -> None:
+    """Warn, naming ``name``, if ``model`` (a module, or a bound method of one) has
+    a submodule in training mode: dropout and batch statistics make its outputs
+    random, and batch-norm layers would update their running statistics with the
+    inputs they are given. ``stacklevel`` counts from the caller, as
+    ``warnings.warn``'s does."""
+    module = model if isinstance(model, nn.Module) else getattr(model, "__self__", None)
+    if isinstance(module, nn.Module) and any(m.training for m in module.modules()):
+        warnings.warn(
+            f"{name}: the model is in training mode (dropout and batch statistics make "
+            "the results random, and batch-norm layers update their running statistics); "
+            "call model.eval() first",
+            UserWarning,
+            stacklevel=stacklevel + 1,
+        )
 
 
 def check_flag(name: str, value: Any) -> bool:
@@ -63,6 +83,15 @@ def check_max_examples_per_batch(value: Any) -> None:
         raise TypeError(message)
     if value < 1:
         raise ValueError(message)
+
+
+def check_dense(tensor: Tensor, name: str) -> None:
+    """Refuse, with a ValueError naming ``name``, a tensor that holds no values
+    to read: one on the ``meta`` device or with a sparse layout."""
+    if tensor.is_meta:
+        raise ValueError(f"{name}: got a tensor on the meta device, which holds no values")
+    if tensor.layout != torch.strided:
+        raise ValueError(f"{name}: expected a dense tensor, got layout {tensor.layout}")
 
 
 def format_inputs(inputs: TensorOrTupleOfTensors, name: str = "inputs") -> Tuple[Tensor, ...]:
@@ -106,10 +135,7 @@ def format_inputs(inputs: TensorOrTupleOfTensors, name: str = "inputs") -> Tuple
     for x in formatted:
         if x.dim() == 0:
             raise ValueError(f"{name}: every input needs a batch dimension, got a 0-dim tensor")
-        if x.is_meta:
-            raise ValueError(f"{name}: got a tensor on the meta device, which holds no values")
-        if x.layout != torch.strided:
-            raise ValueError(f"{name}: expected dense tensors, got layout {x.layout}")
+        check_dense(x, name)
     n = formatted[0].shape[0]
     if any(x.shape[0] != n for x in formatted):
         raise ValueError(
@@ -174,6 +200,7 @@ def _tuple_scores(output: Tensor, target: Union[tuple, list]) -> Tuple[Tensor, L
 
 
 def _tensor_classes(target: Tensor, n: int) -> Tensor:
+    check_dense(target, "target")
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
         raise ValueError(f"target: expected an integer tensor, got dtype {target.dtype}")
     if target.numel() == 1:
@@ -248,6 +275,11 @@ def resolve_target(output: Tensor, target: TargetType) -> Tuple[Tensor, Tensor]:
                 "target: an int, list or tensor target needs a forward_func output of "
                 f"shape (N, C), got {tuple(output.shape)}; use a tuple target to pick a "
                 "position in a higher-dimensional output"
+            )
+        if output.shape[1] == 0:
+            raise ValueError(
+                "forward_func: expected class scores of shape (N, C) with at least one "
+                f"class, got shape {tuple(output.shape)}"
             )
         scores, classes = output, _classes(output, target).to(output.device)
     n_classes = scores.shape[-1]

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from captum_saco._utils import warn_if_training
 from captum_saco.evaluation import distributed
 from captum_saco.evaluation.data import Batch, Source
 from captum_saco.evaluation.per_image import PerImageFile, Row, check_suffix
@@ -470,13 +471,7 @@ def evaluate(
     _check_targets(targets, source)
     _check_options(batch_size, per_image_file, resume)
     _fractions(n_groups)  # validates n_groups before any work
-    if model.training:
-        warnings.warn(
-            "evaluate: the model is in training mode (dropout, batch statistics make "
-            "the results random); call model.eval() first",
-            UserWarning,
-            stacklevel=2,
-        )
+    warn_if_training(model, "evaluate", stacklevel=2)
     built = {name: build(model, seed) for name, build in builders.items()}
     scorer = _Scorer(model, built, metric_defs, n_groups, targets)
     rank, world = distributed.world()

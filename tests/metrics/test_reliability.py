@@ -7,7 +7,14 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from captum_saco.metrics import aopc, deletion_curve, saco, saco_coefficient
+from captum_saco.metrics import (
+    aopc,
+    comprehensiveness,
+    deletion_curve,
+    saco,
+    saco_coefficient,
+    score_attributions,
+)
 
 FLAT = nn.Sequential(nn.Flatten(), nn.Linear(784, 3)).eval()
 
@@ -207,8 +214,62 @@ def test_meta_and_sparse_tensors_are_refused_by_name(cnn, images):
         saco(cnn, images.to("meta"), torch.rand(4, 8, 8))
     with pytest.raises(ValueError, match="attributions: got a tensor on the meta device"):
         saco(cnn, images, torch.rand(4, 8, 8, device="meta"))
-    with pytest.raises(ValueError, match="attributions: expected dense tensors"):
+    with pytest.raises(ValueError, match="attributions: expected a dense tensor"):
         saco(cnn, images, torch.rand(4, 8, 8).to_sparse())
+
+
+@pytest.mark.parametrize("argument", ["baselines", "feature_mask", "target"])
+@pytest.mark.parametrize("kind", ["meta", "sparse"])
+def test_meta_and_sparse_baselines_masks_and_targets_are_refused_by_name(
+    cnn, images, argument, kind
+):
+    dense = {
+        "baselines": torch.zeros(4, 3, 8, 8),
+        "feature_mask": torch.arange(64).view(1, 1, 8, 8),
+        "target": torch.tensor([0, 1, 2, 3]),
+    }[argument]
+    value = dense.to("meta") if kind == "meta" else dense.to_sparse()
+    message = "got a tensor on the meta device" if kind == "meta" else "expected a dense tensor"
+    with pytest.raises(ValueError, match=f"{argument}: {message}"):
+        saco(cnn, images, torch.rand(4, 8, 8), **{argument: value})
+
+
+def test_a_model_without_classes_is_refused_by_name(images):
+    def no_classes(x: Tensor) -> Tensor:
+        return x.flatten(1)[:, :0]
+
+    for target in (None, 0):
+        with pytest.raises(ValueError, match=r"forward_func: .*at least one class, got .*\(4, 0\)"):
+            saco(no_classes, images, torch.rand(4, 8, 8), target=target)
+
+
+@pytest.mark.parametrize("shape", [(4, 1, 0, 4), (4, 0, 8)])
+def test_attribution_grids_without_cells_are_refused_by_name(cnn, images, shape):
+    with pytest.raises(ValueError, match=r"attributions: cannot match an attribution of shape"):
+        saco(cnn, images, torch.rand(shape))
+
+
+def test_a_channels_last_attribution_is_refused_with_the_fix(cnn, images):
+    channels_last = torch.rand(4, 8, 8, 3)  # would read as an 8 x 3 grid of 8 channels
+    with pytest.raises(ValueError, match=r"attributions: .* with the channels last.*movedim"):
+        saco(cnn, images, channels_last)
+    assert saco(cnn, images, channels_last.movedim(-1, 1)).shape == (4,)
+
+
+def test_a_model_in_training_mode_is_warned_about_once_per_call(images):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.LazyLinear(3))
+    model(images)  # materialise the lazy layer
+    maps = torch.rand(4, 8, 8)
+    for metric in (saco, aopc, lambda *a: score_attributions(a[0], a[1], {"m": a[2]})):
+        with pytest.warns(UserWarning, match="forward_func: the model is in training mode") as w:
+            metric(model, images, maps)
+        assert sum("training mode" in str(x.message) for x in w) == 1
+        assert all(x.filename == __file__ for x in w if "training mode" in str(x.message))
+    model.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        saco(model, images, maps)
 
 
 def test_a_none_forward_func_is_refused_by_name(images):
@@ -220,3 +281,36 @@ def test_coarse_maps_of_inputs_with_four_spatial_dimensions_are_refused_by_name(
     x = torch.randn(2, 1, 4, 4, 4, 4)
     with pytest.raises(ValueError, match="attributions: .*4 spatial dimensions"):
         saco(lambda z: z.flatten(1)[:, :3], x, torch.rand(2, 2, 2, 2, 2), n_groups=2)
+
+
+@pytest.mark.parametrize("fractions", [0.5, None, "0.5", torch.tensor(0.5), [0.1, "a"]])
+def test_fractions_that_are_not_a_sequence_of_numbers_are_refused_by_name(cnn, images, fractions):
+    with pytest.raises(TypeError, match="fractions: expected a non-empty, strictly increasing"):
+        deletion_curve(cnn, images, torch.rand(4, 8, 8), fractions=fractions)
+
+
+@pytest.mark.parametrize(
+    "salience, drop",
+    [
+        (torch.rand(3), torch.rand(3)),
+        (torch.rand(2, 3), torch.rand(2, 4)),
+        (torch.rand(4, 3), torch.rand(1, 3)),  # would broadcast silently
+    ],
+)
+def test_saco_coefficient_needs_two_n_by_k_tensors_of_one_shape(salience, drop):
+    with pytest.raises(ValueError, match="group_salience, probability_drop: expected two"):
+        saco_coefficient(salience, drop)
+
+
+def test_saco_coefficient_refuses_what_is_not_a_tensor():
+    with pytest.raises(TypeError, match="group_salience: expected an \\(N, K\\) tensor, got list"):
+        saco_coefficient([[3.0, 2.0]], torch.rand(1, 2))
+
+
+@pytest.mark.parametrize("metric", [aopc, deletion_curve, comprehensiveness])
+def test_warnings_of_the_curve_metrics_point_at_the_users_call(cnn, images, metric):
+    maps = torch.rand(4, 8, 8)
+    maps[1] = torch.nan
+    with pytest.warns(UserWarning, match="hold NaN or infinite values") as caught:
+        metric(cnn, images, maps)
+    assert [w.filename for w in caught] == [__file__]

@@ -77,7 +77,7 @@ def test_format_inputs_returns_a_tuple_and_names_what_is_wrong():
         format_inputs(torch.tensor(1.0))
     with pytest.raises(ValueError, match="inputs: got a tensor on the meta device"):
         format_inputs(torch.zeros(2, 3, device="meta"))
-    with pytest.raises(ValueError, match="inputs: expected dense tensors"):
+    with pytest.raises(ValueError, match="inputs: expected a dense tensor"):
         format_inputs(x.to_sparse())
 
 

@@ -73,17 +73,21 @@ class DeletionCurve(NamedTuple):
 
 
 def _validate_fractions(fractions: Sequence[float]) -> Tensor:
-    values = torch.as_tensor(list(fractions), dtype=torch.float64)
+    message = (
+        "fractions: expected a non-empty, strictly increasing sequence of numbers in (0, 1], "
+        f"got {fractions!r}"
+    )
+    try:  # list() first: a string or a number would be read as a number otherwise
+        values = torch.as_tensor(list(fractions), dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(message) from None
     if (
         values.dim() != 1
         or values.numel() == 0
         or not bool(((values > 0) & (values <= 1)).all())
         or not bool((values[1:] > values[:-1]).all())
     ):
-        raise ValueError(
-            "fractions: expected a non-empty, strictly increasing sequence of numbers "
-            f"in (0, 1], got {list(fractions)!r}"
-        )
+        raise ValueError(message)
     return values
 
 
@@ -184,6 +188,25 @@ def deletion_curve(
         >>> curve.probabilities.shape, curve.aopc().shape
         (torch.Size([2, 10]), torch.Size([2]))
     """
+    return _deletion_curve(2, **locals())
+
+
+def _deletion_curve(
+    stacklevel: int,
+    forward_func: Callable[..., Any],
+    inputs: TensorOrTupleOfTensors,
+    attributions: TensorOrTupleOfTensors,
+    baselines: BaselineType,
+    additional_forward_args: Any,
+    target: TargetType,
+    fractions: Sequence[float],
+    feature_mask: Union[None, Tensor, Tuple[Tensor, ...]],
+    max_examples_per_batch: Optional[int],
+    order: Order,
+    apply_softmax: bool,
+) -> DeletionCurve:
+    """:func:`deletion_curve`, whose warnings point ``stacklevel`` frames up from
+    the caller: to the user's call of the public metric that called it."""
     steps = _validate_fractions(fractions)
     ranking, clean, removed = measure_removals(
         forward_func,
@@ -196,8 +219,9 @@ def deletion_curve(
         feature_mask=feature_mask,
         max_examples_per_batch=max_examples_per_batch,
         apply_softmax=apply_softmax,
+        stacklevel=stacklevel + 1,
     )
-    return curve_of(ranking, clean, removed, steps, order, stacklevel=2)
+    return curve_of(ranking, clean, removed, steps, order, stacklevel=stacklevel + 1)
 
 
 def deletion_intervals(
@@ -283,7 +307,7 @@ def aopc(
         >>> aopc(model, torch.randn(2, 3, 8, 8), torch.rand(2, 8, 8)).shape
         torch.Size([2])
     """
-    return deletion_curve(**locals()).aopc()
+    return _deletion_curve(2, **locals()).aopc()
 
 
 def lodds(
@@ -321,7 +345,7 @@ def lodds(
         >>> lodds(model, torch.randn(2, 3, 8, 8), torch.rand(2, 8, 8)).shape
         torch.Size([2])
     """
-    return deletion_curve(**locals()).lodds()
+    return _deletion_curve(2, **locals()).lodds()
 
 
 def auc(
@@ -360,7 +384,7 @@ def auc(
         >>> auc(model, torch.randn(2, 3, 8, 8), torch.rand(2, 8, 8)).shape
         torch.Size([2])
     """
-    return deletion_curve(**locals()).auc()
+    return _deletion_curve(2, **locals()).auc()
 
 
 def comprehensiveness(
@@ -404,4 +428,4 @@ def comprehensiveness(
         >>> comprehensiveness(model, torch.randn(2, 3, 8, 8), torch.rand(2, 8, 8)).shape
         torch.Size([2])
     """
-    return deletion_curve(**locals(), order="least_salient_first").aopc()
+    return _deletion_curve(2, **locals(), order="least_salient_first").aopc()

@@ -37,6 +37,7 @@ from captum_saco._utils import (
     BaselineType,
     TargetType,
     TensorOrTupleOfTensors,
+    check_dense,
     check_flag,
     check_forward_func,
     check_max_examples_per_batch,
@@ -44,6 +45,7 @@ from captum_saco._utils import (
     forward_scores,
     model_output,
     resolve_target,
+    warn_if_training,
 )
 
 _INTERPOLATION_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
@@ -181,13 +183,22 @@ def _feature_map(attribution: Tensor, x: Tensor, where: str) -> Tuple[Tensor, Te
         grid = tuple(a.shape[d] for d in feature_dims)
         same_grid = grid == feature_shape
         reduced_ok = all(a.shape[d] in (1, x.shape[d]) for d in reduced_dims)
-        smaller_grid = len(feature_dims) > 1 and all(g <= s for g, s in zip(grid, feature_shape))
+        smaller_grid = len(feature_dims) > 1 and all(
+            0 < g <= s for g, s in zip(grid, feature_shape)
+        )
+        channels_last = tuple(a.shape[1:]) == tuple(x.shape[2:]) + (x.shape[1],)
+        if not same_grid and channels_last and len(feature_dims) > 1:
+            raise ValueError(
+                f"{where}: an attribution of shape {tuple(attribution.shape)} is the input's "
+                f"shape {tuple(x.shape)} with the channels last; give it channels first "
+                "(e.g. attribution.movedim(-1, 1))"
+            )
         if (same_grid and reduced_ok) or (not same_grid and smaller_grid):
             a = a.sum(dim=reduced_dims)
         else:
             raise mismatch()
     elif a.dim() == len(feature_shape) + 1 and len(feature_dims) > 1:
-        if not all(g <= s for g, s in zip(a.shape[1:], feature_shape)):
+        if not all(0 < g <= s for g, s in zip(a.shape[1:], feature_shape)):
             raise mismatch()
     elif not (a.dim() == len(feature_shape) + 1 and tuple(a.shape[1:]) == feature_shape):
         raise mismatch()
@@ -211,6 +222,7 @@ def _feature_map(attribution: Tensor, x: Tensor, where: str) -> Tuple[Tensor, Te
 def _feature_ids(mask: Tensor, x: Tensor, index: int, n_inputs: int) -> Tensor:
     """The ``(1 or N, *feature_shape)`` feature ids a ``feature_mask`` assigns."""
     where = f"feature_mask[{index}]" if n_inputs > 1 else "feature_mask"
+    check_dense(mask, where)
     if mask.is_floating_point() or mask.is_complex() or mask.dtype == torch.bool:
         raise TypeError(f"{where}: expected an integer tensor, got dtype {mask.dtype}")
     if mask.dim() > x.dim():
@@ -468,9 +480,11 @@ def resolve_baselines(inputs: Tuple[Tensor, ...], baselines: BaselineType) -> Tu
             continue
         if isinstance(b, bool) or not isinstance(b, (int, float, Tensor)):
             raise TypeError(f"{where}: expected None, a number or a tensor, got {type(b).__name__}")
-        b = torch.as_tensor(b).detach().to(x.device)
-        if b.is_complex() or b.is_meta:
-            raise TypeError(f"{where}: expected real values, got a {b.dtype} tensor on {b.device}")
+        b = torch.as_tensor(b)
+        check_dense(b, where)
+        if b.is_complex():
+            raise TypeError(f"{where}: expected real values, got dtype {b.dtype}")
+        b = b.detach().to(x.device)
         if not x.is_floating_point():
             _check_integer_baseline(b, x.dtype, where)
         b = b.to(x.dtype)
@@ -556,9 +570,13 @@ def prepare_inputs(
     inputs: TensorOrTupleOfTensors,
     baselines: BaselineType,
     additional_forward_args: Any,
+    stacklevel: int,
 ) -> PreparedInputs:
-    """Check ``forward_func`` and format the inputs, baselines and further arguments."""
+    """Check ``forward_func`` and format the inputs, baselines and further arguments.
+
+    A model in training mode is warned about (``stacklevel`` counts from the caller)."""
     check_forward_func(forward_func)
+    warn_if_training(forward_func, "forward_func", stacklevel + 1)
     inputs_t = format_inputs(inputs)
     return PreparedInputs(
         inputs_t,
@@ -859,13 +877,15 @@ def measure_removals(
     feature_mask: Union[None, Tensor, Tuple[Tensor, ...]],
     max_examples_per_batch: Optional[int],
     apply_softmax: bool,
+    stacklevel: int,
 ) -> Tuple[FeatureRanking, CleanPass, TargetProbability]:
     """The one preparation of every metric: format, rank, baselines, removal.
 
     ``intervals`` turns the ranking into the ``(N, P)`` rank intervals
     ``[starts, stops)`` the metric removes (it validates the metric's own
     arguments). Returns the ranking, the clean pass and the ``(N, P)``
-    probabilities with each interval removed.
+    probabilities with each interval removed. ``stacklevel`` places the
+    warnings, counted from the caller.
     """
     check_flag("apply_softmax", apply_softmax)
     prepared = prepare_inputs(
@@ -873,6 +893,7 @@ def measure_removals(
         inputs=inputs,
         baselines=baselines,
         additional_forward_args=additional_forward_args,
+        stacklevel=stacklevel + 1,
     )
     ranking = rank_features(prepared.inputs, attributions, feature_mask)
     starts, stops = intervals(ranking)

@@ -66,6 +66,11 @@ def saco_coefficient(
     Returns:
         Tensor: ``(N,)``; NaN where ``Σ |w| = 0`` or a drop is not finite.
 
+    Raises:
+        TypeError: ``group_salience`` or ``probability_drop`` not a tensor.
+        ValueError: the two are not ``(N, K)`` tensors of one shape, or an
+            unknown ``ties``.
+
     Examples::
 
         >>> import torch
@@ -81,6 +86,14 @@ def saco_coefficient(
     """
     if ties not in ("agree", "ignore"):
         raise ValueError(f"ties: expected 'agree' or 'ignore', got {ties!r}")
+    for name, value in (("group_salience", group_salience), ("probability_drop", probability_drop)):
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{name}: expected an (N, K) tensor, got {type(value).__name__}")
+    if group_salience.dim() != 2 or group_salience.shape != probability_drop.shape:
+        raise ValueError(
+            "group_salience, probability_drop: expected two (N, K) tensors of the same "
+            f"shape, got {tuple(group_salience.shape)} and {tuple(probability_drop.shape)}"
+        )
     difference = group_salience.unsqueeze(2) - group_salience.unsqueeze(1)
     agrees = probability_drop.unsqueeze(2) >= probability_drop.unsqueeze(1)
     weight = torch.where(agrees, difference, -difference)
@@ -313,6 +326,8 @@ def saco(
                     inputs (followed by ``additional_forward_args``) and returns
                     class scores (logits) of shape ``(N, C)``, or a
                     higher-dimensional output together with a tuple target.
+                    A model in training mode is warned about: dropout and
+                    batch statistics would make the results random.
         inputs (Tensor or tuple[Tensor, ...]): The examples, as passed to
                     ``forward_func``, batch dimension first.
         attributions (Tensor or tuple[Tensor, ...]): The salience maps to
@@ -421,6 +436,7 @@ def saco(
         feature_mask=feature_mask,
         max_examples_per_batch=max_examples_per_batch,
         apply_softmax=apply_softmax,
+        stacklevel=2,
     )
     details = saco_details(ranking, clean, removed, n_groups, ties, stacklevel=2)
     return details if return_details else details.coefficient

@@ -130,6 +130,7 @@ def score_attributions(
         inputs=inputs,
         baselines=baselines,
         additional_forward_args=additional_forward_args,
+        stacklevel=2,
     )
     steps = torch.arange(1, n_groups, dtype=torch.float64) / n_groups
     matched = {
