@@ -21,6 +21,9 @@ from captum_saco.attr import (
     AttentionGradCAM,
     AttentionRollout,
     AttentionTrace,
+    AttnLRP,
+    ConservativeLRP,
+    FullLRP,
     GradientWeightedAttention,
     Needs,
     RawAttention,
@@ -218,6 +221,37 @@ def test_forward_func_that_does_not_run_the_model_is_refused(
         RawAttention(vit, lambda x: x.mean((2, 3))).attribute(images)
 
 
+@pytest.mark.parametrize("cls", METHODS)
+def test_forward_func_with_fewer_output_rows_than_examples_is_refused(
+    cls: type, vit: nn.Module, images: Tensor
+) -> None:
+    with pytest.raises(ValueError, match=r"forward_func: expected an output with one row per"):
+        cls(vit, lambda x: vit(x)[:2]).attribute(images)
+
+
+@pytest.mark.parametrize("cls", GRADIENT_METHODS + [AttnLRP, ConservativeLRP])
+def test_forward_func_without_an_autograd_graph_is_refused_by_name(
+    cls: type, vit: nn.Module, images: Tensor
+) -> None:
+    def predict(x: Tensor) -> Tensor:  # a typical inference wrapper
+        with torch.no_grad():
+            return vit(x)
+
+    with pytest.raises(ValueError, match="forward_func: this method differentiates the model"):
+        cls(vit, predict).attribute(images)
+
+
+@pytest.mark.parametrize("cls", METHODS)
+def test_forward_func_that_runs_the_model_twice_is_refused(
+    cls: type, vit: nn.Module, images: Tensor
+) -> None:
+    def flip_averaged(x: Tensor) -> Tensor:  # test-time augmentation
+        return (vit(x) + vit(x.flip(-1))) / 2
+
+    with pytest.raises(ValueError, match="forward_func: it ran the model 2 times in one call"):
+        cls(vit, flip_averaged).attribute(images)
+
+
 def test_forward_func_that_is_not_callable_is_refused(vit: nn.Module) -> None:
     with pytest.raises(TypeError, match="forward_func: expected a callable"):
         RawAttention(vit, forward_func=3)
@@ -377,6 +411,16 @@ def test_bad_pipeline_options_are_refused_before_running_the_model(
     assert calls == []
 
 
+@pytest.mark.parametrize("target", [[0, 1, 2], [0, 1, 2, 3, 4], torch.tensor([0, 1, 2])])
+@pytest.mark.parametrize("chunk", [None, 2])
+def test_a_target_without_one_entry_per_example_is_refused_also_when_chunked(
+    vit: nn.Module, images: Tensor, target, chunk
+) -> None:
+    # chunks of 2 would cut [0, 1, 2] into [0, 1] and a broadcast [2]
+    with pytest.raises(ValueError, match=r"target: .*one entry per example \(4\)"):
+        RawAttention(vit).attribute(images, target=target, max_examples_per_batch=chunk)
+
+
 def test_per_example_arguments_must_have_one_row_per_example_when_chunked(
     vit: nn.Module, images: Tensor
 ) -> None:
@@ -441,6 +485,32 @@ def test_a_plain_forward_pass_in_another_thread_is_not_recorded(
     )
 
 
+@pytest.mark.parametrize("cls", [TransformerAttribution, FullLRP, AttnLRP])
+def test_the_hooks_of_a_call_leave_another_threads_forward_pass_alone(
+    cls: type, vit: nn.Module, images: Tensor
+) -> None:
+    # TransformerAttribution and FullLRP recompute the patch embedding in float64,
+    # FullLRP reads the pixels it is given, AttnLRP keeps the embedding's output.
+    expected = cls(vit).attribute(images, upsample=False)
+    other = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        other_expected = vit(other)
+    seen: Dict[str, Tensor] = {}
+
+    def run_other() -> None:
+        with torch.no_grad():
+            seen["output"] = vit(other)
+
+    def forward(x: Tensor) -> Tensor:
+        thread = threading.Thread(target=run_other)
+        thread.start()
+        thread.join()
+        return vit(x)
+
+    torch.testing.assert_close(cls(vit, forward).attribute(images, upsample=False), expected)
+    torch.testing.assert_close(seen["output"], other_expected)
+
+
 # --- inputs refused with the argument named ----------------------------------------------
 @pytest.mark.parametrize("cls", GRADIENT_METHODS + [TransformerAttribution])
 def test_integer_images_are_refused_by_methods_that_differentiate(
@@ -454,9 +524,11 @@ def test_integer_images_are_refused_by_methods_that_differentiate(
 def test_meta_device_tensors_are_refused_with_the_argument_named(
     vit: nn.Module, images: Tensor
 ) -> None:
-    with pytest.raises(ValueError, match="inputs: a tensor on the meta device"):
+    with pytest.raises(ValueError, match="inputs: got a tensor on the meta device"):
         RawAttention(vit).attribute(images.to("meta"))
-    with pytest.raises(ValueError, match="target: a tensor on the meta device"):
+    with pytest.raises(ValueError, match="inputs: expected a dense tensor"):
+        RawAttention(vit).attribute(images.to_sparse())
+    with pytest.raises(ValueError, match="target: got a tensor on the meta device"):
         GradientWeightedAttention(vit).attribute(
             images, target=torch.zeros(4, dtype=torch.long, device="meta")
         )

@@ -165,6 +165,9 @@ def test_gradient_weighted_attention_of_each_example_ignores_the_rest_of_the_bat
         ({"start_layer": 1.0}, TypeError, "start_layer: expected an int"),
         ({"head_fusion": "median"}, ValueError, "head_fusion: expected one of"),
         ({"discard_ratio": 1.0}, ValueError, r"discard_ratio: expected a value in \[0, 1\)"),
+        ({"discard_ratio": float("nan")}, ValueError, r"discard_ratio: expected a value in"),
+        ({"discard_ratio": None}, TypeError, "discard_ratio: expected a number, got None"),
+        ({"discard_ratio": "0.5"}, TypeError, "discard_ratio: expected a number, got '0.5'"),
     ],
 )
 def test_rollout_refuses_bad_options_before_running_the_model(

@@ -11,7 +11,7 @@ import threading
 import weakref
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -72,6 +72,20 @@ def _model_lock(model: nn.Module) -> threading.RLock:
         return lock
 
 
+def this_thread_only(hook: Callable[..., Any]) -> Callable[..., Any]:
+    """``hook`` acting only on the forward passes of the thread that calls this.
+
+    A module's hooks see the forward passes of every thread, and while one
+    thread explains a model, another may run it as usual: its passes must be
+    neither recorded nor changed."""
+    owner = threading.get_ident()
+
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        return hook(*args, **kwargs) if threading.get_ident() == owner else None
+
+    return guarded
+
+
 class _ReachedFirstBlock(Exception):
     """Cuts a forward pass short once the tokens entering block 0 are recorded."""
 
@@ -86,12 +100,14 @@ class AttentionRecord:
         block_inputs (list of Tensor or None): per block, the tokens ``(N, T, D)``
             entering it (the residual stream), as the forward pass used them.
         grid (tuple of int or None): the patch grid ``(h, w)`` of the input.
+        passes (int): how many forward passes entered block 0.
     """
 
     def __init__(self, num_blocks: int) -> None:
         self.attentions: List[Optional[Tensor]] = [None] * num_blocks
         self.block_inputs: List[Optional[Tensor]] = [None] * num_blocks
         self.grid: Optional[Tuple[int, int]] = None
+        self.passes = 0
 
     @property
     def tokens(self) -> Optional[Tensor]:
@@ -168,33 +184,30 @@ class ViTAdapter:
         """
         blocks = self.blocks()
         record = AttentionRecord(len(blocks))
-        owner = threading.get_ident()
 
         def input_hook(index: int) -> Callable:
             def hook(module: nn.Module, args: Tuple, kwargs: dict) -> None:
-                if threading.get_ident() != owner:
-                    return
+                if index == 0:
+                    record.passes += 1
                 record.block_inputs[index] = args[0] if args else next(iter(kwargs.values()))
                 if stop_at_first_block:
                     raise _ReachedFirstBlock
 
-            return hook
+            return this_thread_only(hook)
 
         def store_grid(module: nn.Module, args: Tuple, output: Tensor) -> None:
-            if threading.get_ident() == owner:
-                record.grid = (int(output.shape[-2]), int(output.shape[-1]))
+            record.grid = (int(output.shape[-2]), int(output.shape[-1]))
 
         def attention_hook(index: int, read: Callable[[object], Tensor]) -> Callable:
             def hook(module: nn.Module, args: Tuple, output: object) -> None:
-                if threading.get_ident() == owner:
-                    record.attentions[index] = read(output)
+                record.attentions[index] = read(output)
 
-            return hook
+            return this_thread_only(hook)
 
         with ExitStack() as stack:
             stack.enter_context(_model_lock(self.model))
             stack.enter_context(self.attention_mode())
-            handles = [self.patch_embedding().register_forward_hook(store_grid)]
+            handles = [self.patch_embedding().register_forward_hook(this_thread_only(store_grid))]
             stack.callback(lambda: [h.remove() for h in handles])
             for index, (block, (module, read)) in enumerate(zip(blocks, self.attention_sources())):
                 handles.append(block.register_forward_pre_hook(input_hook(index), with_kwargs=True))

@@ -75,6 +75,8 @@ class AttentionRollout(AttentionAttribution):
         check_start_layer(start_layer, self.num_blocks)
         if head_fusion not in _HEAD_FUSIONS:
             raise ValueError(f"head_fusion: expected one of {_HEAD_FUSIONS}, got {head_fusion!r}")
+        if isinstance(discard_ratio, bool) or not isinstance(discard_ratio, (int, float)):
+            raise TypeError(f"discard_ratio: expected a number, got {discard_ratio!r}")
         if not 0.0 <= discard_ratio < 1.0:
             raise ValueError(f"discard_ratio: expected a value in [0, 1), got {discard_ratio}")
         return self._attribute(

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from captum_saco._utils import (
     TargetType,
+    check_dense,
     check_flag,
     check_max_examples_per_batch,
     model_output,
@@ -275,8 +276,8 @@ class AttentionAttribution(Attribution):
                 f"needs floating-point images, got dtype {images.dtype}; convert them as the "
                 "model expects (e.g. images.float() / 255 and its normalisation)"
             )
-        if isinstance(target, Tensor) and target.is_meta:
-            raise ValueError("target: a tensor on the meta device holds no values")
+        if isinstance(target, Tensor):
+            check_dense(target, "target")
         check_flag("upsample", upsample)
         extra = _format_additional_forward_args(additional_forward_args) or ()
         chunks = [
@@ -341,12 +342,24 @@ class AttentionAttribution(Attribution):
                     "forward_func: running it did not run the whole model given at "
                     "construction; forward_func must call that model on the inputs"
                 )
+            if record.passes > 1:
+                raise ValueError(
+                    f"forward_func: it ran the model {record.passes} times in one call (test-"
+                    "time augmentation?), and the attention of one forward pass is explained; "
+                    "forward_func must run the model once on the inputs"
+                )
+            if output.dim() == 0 or output.shape[0] != images.shape[0]:
+                raise ValueError(
+                    "forward_func: expected an output with one row per example, got shape "
+                    f"{tuple(output.shape)} for {images.shape[0]} examples"
+                )
             scores, classes = resolve_target(output, target)
             attentions: List[Tensor] = record.attentions  # type: ignore[assignment]
             block_inputs: List[Tensor] = record.block_inputs  # type: ignore[assignment]
             gradients = block_gradients = None
             if self.needs >= Needs.GRADIENTS:
                 objective = scores.gather(1, classes[:, None]).sum()
+                check_differentiable(objective, *attentions, *block_inputs)
                 both = torch.autograd.grad(objective, attentions + block_inputs)
                 gradients = [g.detach() for g in both[: len(attentions)]]
                 block_gradients = [g.detach() for g in both[len(attentions) :]]
@@ -412,6 +425,19 @@ class AttentionAttribution(Attribution):
         return patches.reshape(-1, 1, h, w)
 
 
+def check_differentiable(*tensors: Tensor) -> None:
+    """Refuse, naming ``forward_func``, to differentiate ``tensors`` outside an
+    autograd graph: a ``forward_func`` that runs the model under ``no_grad``,
+    detaches or rounds its output records none."""
+    if not all(t.requires_grad for t in tensors):
+        raise ValueError(
+            "forward_func: this method differentiates the model, but running "
+            "forward_func recorded no autograd graph (does it run the model under "
+            "torch.no_grad(), or detach or round its output?); pass a differentiable "
+            "forward_func"
+        )
+
+
 def _widened(trace: AttentionTrace) -> AttentionTrace:
     """``trace`` with its float16 and bfloat16 tensors in float32."""
 
@@ -437,8 +463,7 @@ def _check_inputs(inputs: Union[Tensor, Tuple[Tensor]]) -> Tensor:
         inputs = inputs[0]
     if not isinstance(inputs, Tensor):
         raise TypeError(f"inputs: expected a Tensor, got {type(inputs).__name__}")
-    if inputs.is_meta:
-        raise ValueError("inputs: a tensor on the meta device holds no values")
+    check_dense(inputs, "inputs")
     if inputs.dim() != 4 or inputs.shape[0] == 0:
         raise ValueError(
             f"inputs: expected images of shape (N, C, H, W) with N > 0, got {tuple(inputs.shape)}"
@@ -453,6 +478,13 @@ def _chunks(
     ``max_examples_per_batch`` examples (Captum's convention: list targets, tensor
     targets of more than one element and every tensor in ``extra`` are split)."""
     n = images.shape[0]
+    per_example_target = isinstance(target, list) or (
+        isinstance(target, Tensor) and target.numel() > 1
+    )
+    if per_example_target and len(target) != n:  # type: ignore[arg-type]
+        raise ValueError(
+            f"target: a list or tensor target needs one entry per example ({n}), got {len(target)}"  # type: ignore[arg-type]
+        )
     if max_examples_per_batch is None:
         yield images, target, extra
         return
@@ -464,9 +496,6 @@ def _chunks(
                 f"with the inputs and needs one row per example ({n}), got shape "
                 f"{tuple(value.shape)}"
             )
-    per_example_target = isinstance(target, list) or (
-        isinstance(target, Tensor) and target.numel() > 1
-    )
     for start in range(0, n, max_examples_per_batch):
         end = start + max_examples_per_batch
         yield (

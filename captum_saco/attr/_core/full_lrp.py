@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from captum_saco._utils import TargetType
-from captum_saco.attr._core.adapters import ViTParts, _model_lock
+from captum_saco.attr._core.adapters import ViTParts, _model_lock, this_thread_only
 from captum_saco.attr._core.engine import AttentionAttribution, Needs
 from captum_saco.attr._core.relevance import (
     CHEFER_RULES,
@@ -128,10 +128,12 @@ class FullLRP(AttentionAttribution):
         conv = self._adapter.patch_embedding()
         prefix = self._adapter.prefix_tokens()
         seen: List[Tensor] = []
-        # Under the model's capture lock, so that no other thread's forward pass
-        # reaches the hook.
+        # Under the model's capture lock, so that no other thread's attribution call
+        # reaches the hook, and acting on this thread's passes only.
         with _model_lock(self._adapter.model):
-            handle = conv.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+            handle = conv.register_forward_pre_hook(
+                this_thread_only(lambda module, args: seen.append(args[0]))
+            )
             try:
                 with computing_in(self._adapter, precision):
                     trace = self._trace(images, target, extra)

@@ -10,7 +10,6 @@ are replayed from there in canonical form with the rules, and the gradient of
 the target logit flows back through the replay and the model's own embedding.
 """
 
-import threading
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple
@@ -19,8 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from captum_saco._utils import TargetType, resolve_target
-from captum_saco.attr._core.adapters import ViTAdapter, _model_lock
-from captum_saco.attr._core.engine import AttentionAttribution, Needs
+from captum_saco.attr._core.adapters import ViTAdapter, _model_lock, this_thread_only
+from captum_saco.attr._core.engine import AttentionAttribution, Needs, check_differentiable
 from captum_saco.attr._core.replay import GradientRules, gamma_rule, model_forward
 
 
@@ -49,11 +48,8 @@ def _embedding_hook(embedded: List[Tensor], gamma: float) -> Callable:
     """A forward hook on the patch embedding that keeps its output in ``embedded``
     and, with ``gamma > 0``, gives the convolution the gamma rule; it acts only on
     the forward passes of the thread that registers it."""
-    owner = threading.get_ident()
 
     def hook(module: nn.Module, args: Tuple, output: Tensor) -> Optional[Tensor]:
-        if threading.get_ident() != owner:
-            return None
         if gamma > 0:
             if not isinstance(module, nn.Conv2d):
                 raise ValueError(
@@ -64,7 +60,7 @@ def _embedding_hook(embedded: List[Tensor], gamma: float) -> Callable:
         embedded.append(output)
         return output if gamma > 0 else None
 
-    return hook
+    return this_thread_only(hook)
 
 
 def gradient_x_input(
@@ -85,10 +81,13 @@ def gradient_x_input(
     gradient is that of the sum over the batch of each example's target logit, so
     an example's relevance does not depend on the rest of the batch.
     """
-    parts = adapter.parts()
     with ExitStack() as stack:
         stack.enter_context(torch.inference_mode(False))
         stack.enter_context(torch.enable_grad())
+        # Built here, not in the caller's inference_mode(), where the parts that
+        # families assemble (Hugging Face's joined q/k/v weight) would be inference
+        # tensors, which the replay's autograd graph cannot save.
+        parts = adapter.parts()
         # the model's weights set the precision, not the caller's autocast
         stack.enter_context(torch.autocast(images.device.type, enabled=False))
         pixels = images.clone() if images.is_inference() else images.detach()
@@ -108,6 +107,7 @@ def gradient_x_input(
                 "forward_func must call that model on the inputs"
             )
         tokens = record.tokens
+        check_differentiable(tokens, embedded[-1])
         dtype = torch.promote_types(tokens.dtype, torch.float32)
         logits = model_forward(parts, tokens.to(dtype), rules).logits
         _, classes = resolve_target(logits.detach(), target)

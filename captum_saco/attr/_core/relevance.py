@@ -38,7 +38,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from captum_saco._utils import TargetType, resolve_target
-from captum_saco.attr._core.adapters import BlockParts, ViTAdapter, ViTParts, _model_lock
+from captum_saco.attr._core.adapters import (
+    BlockParts,
+    ViTAdapter,
+    ViTParts,
+    _model_lock,
+    this_thread_only,
+)
 from captum_saco.attr._core.replay import BlockRecord, ModelRecord, at_rows, model_forward
 
 _EPSILON = 1e-9
@@ -258,9 +264,11 @@ def embedding_in(adapter: ViTAdapter, dtype: torch.dtype) -> Iterator[None]:
             module.stride, module.padding, module.dilation, module.groups,
         )  # fmt: skip
 
-    # Held with the model's capture lock, so that no other thread's call sees the hook.
+    # Held with the model's capture lock, so that no other thread's attribution call
+    # sees the hook, and acting on this thread's passes only.
     with _model_lock(adapter.model):
-        handle = conv.register_forward_hook(recompute) if conv.weight.dtype != dtype else None
+        hook = this_thread_only(recompute)
+        handle = conv.register_forward_hook(hook) if conv.weight.dtype != dtype else None
         try:
             yield
         finally:

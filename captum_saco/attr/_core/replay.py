@@ -13,6 +13,7 @@ to it on the fly (a float16 model replayed from float32 tokens computes in
 float32).
 """
 
+import math
 from dataclasses import dataclass, fields
 from typing import Callable, List, Optional, Tuple
 
@@ -65,8 +66,12 @@ class GradientRules:
         }
         for name in ("linear_gamma", "embedding_gamma"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise ValueError(f"{name}: expected a number >= 0, got {value!r}")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not 0 <= value < math.inf
+            ):
+                raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
         for field in fields(self):
             value = getattr(self, field.name)
             if field.name in allowed and value not in allowed[field.name]:
