@@ -219,6 +219,14 @@ def _check_output_paths(args: argparse.Namespace) -> None:
         _check_writable("--plot", args.plot, (".png",))
     if args.per_image is not None:
         _check_writable("--per-image", args.per_image, (".jsonl", ".csv"))
+        if args.output is not None and Path(args.output).resolve() in (
+            Path(args.per_image).resolve(),
+            Path(f"{args.per_image}.settings.json").resolve(),
+        ):
+            raise CliError(
+                f"--output {args.output!r} would overwrite the per-image results of "
+                f"--per-image {args.per_image!r}; give them different files"
+            )
     elif args.resume:
         raise CliError("--resume needs --per-image FILE, the results to resume from")
 
@@ -306,8 +314,9 @@ def _load_images(args: argparse.Namespace, model: nn.Module) -> Dataset:
         raise CliError(f"--images {str(e).removeprefix('root: ')}")
 
 
-def _check_model_accepts(name: str, model: nn.Module, x: Tensor) -> None:
-    """Fail with one sentence if the model cannot classify the prepared images."""
+def _check_model_accepts(name: str, model: nn.Module, x: Tensor) -> int:
+    """Fail with one sentence if the model cannot classify the prepared images;
+    returns its number of outputs."""
     try:
         with torch.no_grad():
             output = logits_of(model)(x)
@@ -325,6 +334,7 @@ def _check_model_accepts(name: str, model: nn.Module, x: Tensor) -> None:
                 else type(output).__name__
             )
         )
+    return output.shape[1]
 
 
 def _check_n_groups(n_groups: int, x: Tensor) -> None:
@@ -418,6 +428,41 @@ def _check_target(args: argparse.Namespace, data: Dataset) -> None:
         )
 
 
+def _check_labels_fit(args: argparse.Namespace, data: Dataset, outputs: int) -> None:
+    """Fail before any work if ``--target label`` names classes the model lacks:
+    the class folders are the labels 0, 1, ... in sorted order."""
+    classes = getattr(data, "classes", None) or []
+    if args.target == "label" and len(classes) > outputs:
+        raise CliError(
+            f"--target label: --images {str(args.images)!r} has {len(classes)} class folders, "
+            f"labelled 0 to {len(classes) - 1}, and --model {args.model!r} has {outputs} "
+            "outputs; the folders must be some of the model's classes in its order"
+        )
+
+
+#: evaluate()'s arguments by the options that set them, to name the option in errors
+_OPTIONS = {
+    "per_image_file": "--per-image",
+    "targets": "--target",
+    "n_groups": "--n-groups",
+    "batch_size": "--batch-size",
+    "workers": "--workers",
+    "seed": "--seed",
+    "methods": "--methods",
+    "metrics": "--metrics",
+    "model": "--model",
+    "inputs": "--images",
+}
+
+
+def _as_option_error(error: ValueError) -> Optional[CliError]:
+    """``evaluate``'s refusal of an argument (its message opens with the
+    argument's name), said of the option that set it; None for another error,
+    a library bug, which keeps its traceback."""
+    argument, _, rest = _first_line(error).partition(": ")
+    return CliError(f"{_OPTIONS[argument]}: {rest}") if argument in _OPTIONS and rest else None
+
+
 def run(args: argparse.Namespace) -> int:
     methods = _names("--methods", args.methods, DEFAULT_METHODS)
     metrics = _names("--metrics", args.metrics, DEFAULT_METRICS)
@@ -430,23 +475,29 @@ def run(args: argparse.Namespace) -> int:
         data = _load_data(args, model)
         _check_target(args, data)
         first = _first_image(args, data).to(device)
-        _check_model_accepts(args.model, model, first)
+        _check_labels_fit(args, data, _check_model_accepts(args.model, model, first))
         _check_n_groups(args.n_groups, first)
-        result = evaluate(
-            model,
-            data,
-            targets=args.target,
-            methods=methods,
-            metrics=metrics,
-            n_groups=args.n_groups,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            progress=not args.no_progress,
-            model_name=args.model,
-            workers=args.workers,
-            per_image_file=args.per_image,
-            resume=args.resume,
-        )
+        try:
+            result = evaluate(
+                model,
+                data,
+                targets=args.target,
+                methods=methods,
+                metrics=metrics,
+                n_groups=args.n_groups,
+                batch_size=args.batch_size,
+                seed=args.seed,
+                progress=not args.no_progress,
+                model_name=args.model,
+                workers=args.workers,
+                per_image_file=args.per_image,
+                resume=args.resume,
+            )
+        except ValueError as e:
+            refusal = _as_option_error(e)
+            if refusal is None:
+                raise
+            raise refusal from None
         if is_main:
             print(result)
             _write_outputs(args, result, model, first, methods)

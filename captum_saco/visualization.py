@@ -6,7 +6,7 @@ from typing import Any, List, Mapping, Optional
 from torch import Tensor
 
 from captum_saco.evaluation.registry import METRICS
-from captum_saco.evaluation.result import EvaluationResult
+from captum_saco.evaluation.result import EvaluationResult, replacing
 
 
 def _pyplot() -> Any:
@@ -103,6 +103,7 @@ def plot_evaluation(
             _plot_case_study(panels, case_study, result.methods, colours)
         fig.suptitle(f"{result.model}: {result.n_images} images", fontsize=10)
         fig.tight_layout()
-        fig.savefig(path, dpi=120)
+        with replacing(path) as temporary:  # a failed write leaves the previous plot
+            fig.savefig(temporary, dpi=120, format="png")
     finally:
         plt.close(fig)

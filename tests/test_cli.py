@@ -489,6 +489,46 @@ def test_target_label_needs_class_folders(capsys, grey_folder) -> None:
     assert_one_sentence_error(rc, err, "--target label needs class subfolders")
 
 
+def test_more_class_folders_than_model_outputs_is_a_clear_error_before_any_work(
+    capsys, tmp_path, monkeypatch
+) -> None:
+    def never(*args, **kwargs):
+        raise AssertionError("evaluate ran")
+
+    monkeypatch.setattr("captum_saco.cli.evaluate", never)
+    for k in range(11):  # for a model of 10 classes
+        (tmp_path / f"k{k:02d}").mkdir()
+        Image.new("L", (28, 28)).save(tmp_path / f"k{k:02d}" / "0.png")
+    rc, _, err = run_cli(capsys, "--images", str(tmp_path), "--target", "label", *FAST)
+    assert_one_sentence_error(rc, err, "has 11 class folders, labelled 0 to 10, and --model")
+
+
+def test_the_same_file_for_output_and_per_image_is_refused_before_any_work(
+    capsys, tmp_path
+) -> None:
+    path = str(tmp_path / "rows.csv")
+    rc, _, err = run_cli(capsys, "--limit", "2", *FAST, "--per-image", path, "--output", path)
+    assert_one_sentence_error(rc, err, "would overwrite the per-image results of --per-image")
+    assert not (tmp_path / "rows.csv").exists()
+
+
+def test_an_argument_that_evaluate_refuses_is_one_sentence_naming_the_option(
+    capsys, tmp_path
+) -> None:
+    path = str(tmp_path / "rows.jsonl")
+    assert run_cli(capsys, "--limit", "2", *FAST, "--per-image", path)[0] == 0
+    args = ["--limit", "2", *FAST, "--seed", "3", "--per-image", path, "--resume"]
+    rc, _, err = run_cli(capsys, *args)
+    assert_one_sentence_error(rc, err, "--per-image: ")
+    assert "was written with seed=0, and this run has seed=3" in err
+    images = tmp_path / "rgb"
+    images.mkdir()
+    Image.new("RGB", (50, 60)).save(images / "0.png")
+    model = ["--model", f"{__name__}:tiny_cnn", "--images", str(images)]
+    rc, _, err = run_cli(capsys, *model, "--methods", "raw_attention", "--no-progress")
+    assert_one_sentence_error(rc, err, "--model: Sequential is not a supported Vision Transformer")
+
+
 def test_resume_needs_a_per_image_file(capsys) -> None:
     rc, _, err = run_cli(capsys, "--resume", *FAST)
     assert_one_sentence_error(rc, err, "--resume needs --per-image FILE")

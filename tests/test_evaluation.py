@@ -1,6 +1,9 @@
 import csv
 import io
 import json
+import os
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -163,7 +166,7 @@ class NaNForImage2(Attribution):
 
 def test_one_image_with_a_nan_map_is_nan_and_the_rest_of_its_batch_is_scored(model, images) -> None:
     methods = {"nan_in_one": NaNForImage2(model), "saliency": "saliency"}
-    with pytest.warns(UserWarning, match=r"the attributions of 1 of 6 examples \(indices \[2\]\)"):
+    with pytest.warns(UserWarning, match=r"the attributions of 1 of 6 examples \(images \[2\]\)"):
         result = evaluate(model, images, methods=methods, metrics=["saco", "aopc"], batch_size=6)
     for metric in ("saco", "aopc"):
         broken = result.per_example[("nan_in_one", metric)]
@@ -184,9 +187,9 @@ def test_warnings_of_two_kinds_from_one_site_are_both_reported(model, images) ->
     assert len(messages) == 2, messages
     # Batch 1: the third map holds a NaN. Batch 2: so do the maps of images 4 and 5,
     # a warning of the same kind; and image 4 makes the probabilities NaN.
-    assert "attributions of 1 of 3 examples (indices [2]) hold NaN" in messages[0]
+    assert "attributions of 1 of 3 examples (images [2]) hold NaN" in messages[0]
     assert "(and 1 similar warnings)" in messages[0]
-    assert "probabilities are not finite for 1 of 3 examples (indices [1])" in messages[1]
+    assert "probabilities are not finite for 1 of 3 examples (images [4])" in messages[1]
 
 
 def test_model_and_inputs_are_left_unchanged(model, images) -> None:
@@ -565,6 +568,8 @@ def test_resuming_a_cut_per_image_file_gives_the_uninterrupted_result(
     header = 1 if suffix == ".csv" else 0
     cut = tmp_path / f"cut{suffix}"
     cut.write_text("".join(lines[: header + 4]) + lines[header + 4][:10])
+    settings = tmp_path / f"full{suffix}.settings.json"
+    (tmp_path / f"cut{suffix}.settings.json").write_text(settings.read_text())
     calls = []
     saliency = Saliency(model)
     original = saliency.attribute
@@ -583,6 +588,155 @@ def test_resuming_a_cut_per_image_file_gives_the_uninterrupted_result(
     assert resumed.to_dict() == full.to_dict()
     assert resumed.per_image == full.per_image
     assert cut.read_text() == full_path.read_text()
+
+
+class BatchSizes(Attribution):
+    """Gradient-free maps (the inputs' magnitude) that record the batch sizes."""
+
+    def __init__(self) -> None:
+        self.sizes = []
+
+    def attribute(self, inputs, target=None):
+        self.sizes.append(len(inputs))
+        return inputs.abs()
+
+
+def test_a_resumed_run_reruns_a_partly_written_batch_whole(model, images, tmp_path) -> None:
+    # An image's float32 values may depend on its batch: a resumed run forms the
+    # batches of the uninterrupted one, even where part of a batch was written.
+    path = tmp_path / "rows.jsonl"
+    full = evaluate(model, images, methods={"m": BatchSizes()}, per_image_file=str(path))
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:3]))  # images 0 to 2 of the batch of 6
+    method = BatchSizes()
+    resumed = evaluate(model, images, methods={"m": method}, per_image_file=str(path), resume=True)
+    assert method.sizes == [6]
+    assert resumed.per_image == full.per_image
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"n_groups": 4},
+        {"seed": 9},
+        {"methods": ["random"]},
+        {"metrics": ["aopc"]},
+        {"targets": "predicted"},
+    ],
+)
+def test_resume_refuses_a_file_written_with_other_settings(model, images, tmp_path, change) -> None:
+    settings = dict(
+        methods=["random", "saliency"], metrics=["saco"], targets=torch.zeros(6, dtype=torch.long)
+    )
+    path = str(tmp_path / "rows.jsonl")
+    evaluate(model, images, per_image_file=path, **settings)
+    before = open(path).read()
+    name = next(iter(change))
+    with pytest.raises(
+        ValueError, match=rf"per_image_file: .* was written with {name}=.*and this run has {name}="
+    ):
+        evaluate(model, images, per_image_file=path, resume=True, **{**settings, **change})
+    assert open(path).read() == before  # the other methods' rows are kept
+
+
+def test_resume_warns_that_a_file_without_its_settings_cannot_be_checked(
+    model, images, tmp_path
+) -> None:
+    path = tmp_path / "rows.jsonl"
+    evaluate(model, images, methods=["random"], metrics=["saco"], per_image_file=str(path))
+    (tmp_path / "rows.jsonl.settings.json").unlink()
+    with pytest.warns(UserWarning, match=r"rows.jsonl.settings.json' is missing") as caught:
+        evaluate(
+            model,
+            images,
+            methods=["random"],
+            metrics=["saco"],
+            per_image_file=str(path),
+            resume=True,
+        )
+    assert caught[0].filename == __file__
+
+
+@pytest.mark.parametrize(
+    "name, text, match",
+    [
+        ("rows.jsonl", '{"image": 0, "label": null\n', "a line that is not JSON"),
+        ("rows.jsonl", '{"image": 0}\n', r"the row .*KeyError"),
+        ("rows.csv", "image,label,target,probability,method,saco\n0,,1\n", "a row without the 6"),
+        (
+            "rows.csv",
+            "image,label,target,probability,method,saco\n0,,x,0.5,random,0.1\n",
+            "ValueError",
+        ),
+    ],
+)
+def test_resume_refuses_a_file_it_cannot_read_by_name(model, images, tmp_path, name, text, match):
+    path = tmp_path / name
+    path.write_text(text)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the file has no settings beside it
+        with pytest.raises(ValueError, match=rf"per_image_file: .*{name}' holds .*{match}"):
+            evaluate(
+                model,
+                images,
+                methods=["random"],
+                metrics=["saco"],
+                per_image_file=str(path),
+                resume=True,
+            )
+
+
+class Named(torch.utils.data.Dataset):
+    """Images whose names hold line breaks, as a file name may."""
+
+    def __init__(self, images):
+        self.images = images
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i], 0
+
+    def key(self, i):
+        return ["a\nb.png", "c\u2028d.png", "e\rf.png", "plain.png", "g,h.png", 'i"j.png'][i]
+
+
+def test_a_csv_per_image_file_keeps_names_with_line_breaks_when_resumed(
+    model, images, tmp_path
+) -> None:
+    path = str(tmp_path / "rows.csv")
+    data = Named(images)
+    full = evaluate(model, data, methods=["random"], metrics=["saco"], per_image_file=path)
+    again = evaluate(
+        model,
+        data,
+        methods={"random": "random"},
+        metrics=["saco"],
+        per_image_file=path,
+        resume=True,
+    )
+    assert [r["image"] for r in again.per_image] == [data.key(i) for i in range(6)]
+    assert again.per_image == full.per_image
+
+
+def test_warnings_of_a_batch_name_its_images(model, images, tmp_path) -> None:
+    zeroed = images.clone()
+    zeroed[4] = 0  # its map is constant: SaCo is undefined
+    with pytest.warns(UserWarning, match=r"1 of 2 examples \(images \[4\]\)"):
+        evaluate(model, zeroed, methods={"m": BatchSizes()}, metrics=["saco"], batch_size=2)
+
+
+def test_an_iterable_data_set_and_a_seed_out_of_range_are_refused_by_name(model, images) -> None:
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter(images)
+
+    with pytest.raises(ValueError, match="inputs: expected a map-style data set"):
+        evaluate(model, Stream(), methods=["random"])
+    for seed in (-1, 2**64, 1.5, True):
+        with pytest.raises(ValueError, match=r"seed: expected an int in \[0, 2\*\*62\]"):
+            evaluate(model, images, methods=["random"], seed=seed)
 
 
 def test_resume_without_a_per_image_file_is_a_value_error(model, images) -> None:
@@ -681,3 +835,37 @@ def test_without_scipy_the_output_says_p_values_are_missing(result, monkeypatch)
     assert rows[0]["p_value"] is None and rows[0]["a_better_fraction"] is not None
     assert "p-values need SciPy, which is not installed" in str(result)
     assert "SciPy, which is not installed" in json.loads(result.to_json())["p_value_method"]
+
+
+def test_files_are_written_in_utf8_whatever_the_locale(tmp_path) -> None:
+    path = tmp_path / "names.csv"
+    script = (
+        "import locale, sys\n"
+        "from captum_saco.evaluation.result import write_atomically\n"
+        "assert locale.getpreferredencoding(False).lower() not in ('utf-8', 'utf8')\n"
+        "write_atomically(sys.argv[1], 'caf\\u00e9 \\u2028')\n"
+    )
+    ascii_locale = {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    subprocess.run(
+        [sys.executable, "-c", script, str(path)], env={**os.environ, **ascii_locale}, check=True
+    )
+    assert path.read_bytes() == "caf\u00e9 \u2028".encode("utf-8")
+
+
+def test_a_failed_plot_write_leaves_the_previous_plot_whole(result, tmp_path, monkeypatch) -> None:
+    from matplotlib.figure import Figure
+
+    path = tmp_path / "plot.png"
+    plot_evaluation(result, str(path))
+    before = path.read_bytes()
+
+    def full_disk(self, fname, **kwargs):
+        with open(fname, "wb") as f:
+            f.write(before[:100])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        plot_evaluation(result, str(path))
+    assert path.read_bytes() == before
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind

@@ -44,7 +44,7 @@ def _data_file(name: str) -> Path:
 
 @lru_cache(maxsize=1)
 def _metadata() -> Dict[str, Any]:
-    with open(_data_file(METADATA_FILE)) as f:
+    with open(_data_file(METADATA_FILE), encoding="utf-8") as f:
         return json.load(f)
 
 

@@ -6,7 +6,9 @@ Columns: ``image`` (the path relative to the image folder, or the index),
 probability of the target), ``method``, then one column per metric (None/empty
 where the metric is undefined). Under ``torch.distributed`` each process
 appends to its own part, ``FILE.rank<r>``; the first process merges the parts
-into ``FILE`` at the end.
+into ``FILE`` at the end. Beside it, ``FILE.settings.json`` records what the
+values depend on (model name, methods, metrics, ``n_groups``, seed and
+targets), so that a resumed run continues only the run it was started as.
 """
 
 import csv
@@ -15,12 +17,16 @@ import io
 import json
 import math
 import os
+import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from captum_saco.evaluation.result import write_atomically
 
 FIXED_COLUMNS = ("image", "label", "target", "probability", "method")
 SUFFIXES = (".jsonl", ".csv")
+#: RFC 4180's line end: the csv module quotes the fields that hold a character of
+#: it, so that an image name with a carriage return stays one field
+CSV_LINE_END = "\r\n"
 
 Row = Dict[str, Any]
 
@@ -43,24 +49,61 @@ def _stored(value: float) -> Optional[float]:
     return None if math.isnan(value) else value
 
 
-def _complete_lines(path: str) -> Tuple[List[str], int]:
-    """The complete lines of ``path`` and the byte length they span (a line
-    cut by a killed process is left out)."""
+def _complete_text(path: str) -> Tuple[str, int]:
+    """The text of ``path`` up to its last line end, and its length in bytes (a
+    row cut by a killed process is left out)."""
     with open(path, "rb") as f:
         data = f.read()
     end = data.rfind(b"\n") + 1
-    return data[:end].decode("utf-8").splitlines(), end
+    return data[:end].decode("utf-8"), end
+
+
+def _unreadable(path: str, what: str) -> ValueError:
+    return ValueError(
+        f"per_image_file: {path!r} holds {what}; resume from a file that this command "
+        "wrote, or start afresh without resume"
+    )
 
 
 class PerImageFile:
     """Reads, appends to and merges the per-image results file."""
 
-    def __init__(self, path: str, metrics: Sequence[str], rank: int, world: int) -> None:
-        self.path, self.metrics = path, list(metrics)
+    def __init__(self, path: str, settings: Dict[str, Any], rank: int, world: int) -> None:
+        """``settings``: what the values depend on, JSON-serialisable, with the
+        list of ``"metrics"`` (the columns after the fixed ones)."""
+        self.path, self.settings, self.metrics = path, settings, list(settings["metrics"])
         self.csv = check_suffix(path) == ".csv"
         self.columns = list(FIXED_COLUMNS) + self.metrics
-        self.part = path if world == 1 else f"{path}.rank{rank}"
+        self.rank, self.part = rank, path if world == 1 else f"{path}.rank{rank}"
         self._file: Optional[io.TextIOBase] = None
+
+    @property
+    def settings_path(self) -> str:
+        return f"{self.path}.settings.json"
+
+    def check_settings(self) -> None:
+        """Refuse to resume a file whose recorded settings differ from this run's;
+        warn about one without them (written before they were recorded, or
+        copied without them)."""
+        if not os.path.isfile(self.settings_path):
+            if self._paths():
+                warnings.warn(
+                    f"per_image_file: {self.settings_path!r} is missing, so it is not "
+                    f"checked that {self.path!r} was written with this run's settings",
+                    UserWarning,
+                    stacklevel=4,
+                )
+            return
+        with open(self.settings_path, encoding="utf-8") as f:
+            recorded = json.load(f)
+        differ = [k for k in self.settings if recorded.get(k) != self.settings[k]]
+        if differ:
+            then = ", ".join(f"{k}={recorded.get(k)!r}" for k in differ)
+            now = ", ".join(f"{k}={self.settings[k]!r}" for k in differ)
+            raise ValueError(
+                f"per_image_file: {self.path!r} was written with {then}, and this run has "
+                f"{now}; resume with the same settings, or write to another file"
+            )
 
     def _paths(self) -> List[str]:
         return [
@@ -69,45 +112,61 @@ class PerImageFile:
             if os.path.isfile(p)
         ]
 
-    def _parse(self, path: str, lines: List[str]) -> List[Row]:
+    def _parse(self, path: str, text: str) -> List[Row]:
         if not self.csv:
-            return [json.loads(line) for line in lines if line.strip()]
-        rows = list(csv.DictReader(lines))
-        if lines and next(csv.reader(lines[:1])) != self.columns:
+            try:
+                return [json.loads(line) for line in text.split("\n") if line.strip()]
+            except json.JSONDecodeError as e:
+                raise _unreadable(path, f"a line that is not JSON ({e})") from None
+        # The csv module reads the quoted line breaks an image's name may hold.
+        header, *rows = list(csv.reader(io.StringIO(text, newline=""))) or [self.columns]
+        if header != self.columns:
             raise ValueError(
-                f"per_image_file: {path!r} has the columns {lines[0]!r}, expected "
+                f"per_image_file: {path!r} has the columns {','.join(header)}, expected "
                 f"{','.join(self.columns)}; resume with the same metrics"
             )
-        return rows
+        if any(len(row) != len(header) for row in rows):
+            raise _unreadable(path, f"a row without the {len(header)} columns")
+        return [dict(zip(header, row)) for row in rows]
 
     def read(self) -> Dict[Tuple[str, str], Row]:
         """The stored rows by ``(str(image), method)``; the last row wins."""
+        self.check_settings()
         stored: Dict[Tuple[str, str], Row] = {}
         for path in self._paths():
-            for row in self._parse(path, _complete_lines(path)[0]):
-                for k in self.metrics:
-                    if k in row:
-                        row[k] = _number(row[k])
-                row["probability"] = _number(row["probability"])
-                row["target"] = int(row["target"])
-                row["label"] = None if row["label"] in (None, "") else int(row["label"])
-                stored[(str(row["image"]), row["method"])] = row
+            for row in self._parse(path, _complete_text(path)[0]):
+                try:
+                    for k in self.metrics:
+                        if k in row:
+                            row[k] = _number(row[k])
+                    row["probability"] = _number(row["probability"])
+                    row["target"] = int(row["target"])
+                    row["label"] = None if row["label"] in (None, "") else int(row["label"])
+                    stored[(str(row["image"]), row["method"])] = row
+                except (KeyError, TypeError, ValueError) as e:
+                    raise _unreadable(path, f"the row {row!r} ({type(e).__name__}: {e})") from None
         return stored
 
     def open(self, resume: bool) -> None:
-        """Open this process's part for appending (emptied unless resuming)."""
+        """Open this process's part for appending (emptied unless resuming); the
+        first process records the settings."""
+        if self.rank == 0:
+            write_atomically(self.settings_path, json.dumps(self.settings, indent=1) + "\n")
         if resume and os.path.isfile(self.part):
-            os.truncate(self.part, _complete_lines(self.part)[1])
+            os.truncate(self.part, _complete_text(self.part)[1])
         self._file = open(self.part, "a" if resume else "w", newline="", encoding="utf-8")
         if self.csv and self._file.tell() == 0:
-            self._file.write(",".join(self.columns) + "\n")
+            self._file.write(self._header())
             self._file.flush()
+
+    def _header(self) -> str:
+        return ",".join(self.columns) + CSV_LINE_END if self.csv else ""
 
     def _format(self, rows: List[Row]) -> str:
         if not self.csv:
             return "".join(json.dumps(_for_json(r, self.metrics)) + "\n" for r in rows)
         out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=self.columns, lineterminator="\n")
+        writer = csv.DictWriter(out, fieldnames=self.columns, lineterminator=CSV_LINE_END)
         writer.writerows(
             {c: "" if r.get(c) is None or r[c] != r[c] else r[c] for c in self.columns}
             for r in rows
@@ -129,8 +188,7 @@ class PerImageFile:
     def merge(self, rows: List[Row]) -> None:
         """Replace the file by ``rows`` (all the images, in order) and remove
         the processes' parts."""
-        header = ",".join(self.columns) + "\n" if self.csv else ""
-        write_atomically(self.path, header + self._format(rows))
+        write_atomically(self.path, self._header() + self._format(rows))
         for part in glob.glob(glob.escape(self.path) + ".rank*"):
             os.unlink(part)
 

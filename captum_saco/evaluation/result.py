@@ -6,8 +6,9 @@ import io
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -70,21 +71,28 @@ def output_suffix(path: str) -> str:
     return suffix
 
 
-def write_atomically(path: str, text: str) -> None:
-    """Write ``text`` to a temporary file in ``path``'s folder, then rename it
-    to ``path``: a failed write (a full disk) leaves the previous file whole."""
+@contextmanager
+def replacing(path: str) -> Iterator[str]:
+    """A temporary file in ``path``'s folder to write, renamed to ``path`` when
+    the block ends: a failed write (a full disk) leaves the previous file whole."""
     folder = os.path.dirname(os.path.abspath(path))
     handle, temporary = tempfile.mkstemp(dir=folder, prefix=".captum-saco-", suffix=".tmp")
     os.close(handle)
     try:
-        with open(temporary, "w", newline="") as f:
-            f.write(text)
+        yield temporary
         mode = os.stat(path).st_mode if os.path.exists(path) else _default_file_mode()
         os.chmod(temporary, mode & 0o777)
         os.replace(temporary, path)
     except BaseException:
         os.unlink(temporary)
         raise
+
+
+def write_atomically(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` in UTF-8, whatever the locale, through
+    :func:`replacing`."""
+    with replacing(path) as temporary, open(temporary, "w", newline="", encoding="utf-8") as f:
+        f.write(text)
 
 
 def _default_file_mode() -> int:

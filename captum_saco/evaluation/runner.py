@@ -2,6 +2,7 @@
 explanation with each metric, and summarise; and SaCo's case study of one
 image."""
 
+import hashlib
 import math
 import re
 import warnings
@@ -10,7 +11,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set,
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, IterableDataset
 
 from captum_saco._utils import warn_if_training
 from captum_saco.evaluation import distributed
@@ -78,6 +79,18 @@ def _progress_bar(total: int, enabled: bool) -> Any:
     return tqdm(total=total, unit="batch", desc="evaluating", leave=False, disable=None)
 
 
+def _naming_images(message: str, keys: Sequence[Any]) -> str:
+    """``message`` with the metrics' ``examples (indices [i, j])`` of a batch
+    (see :func:`~captum_saco.metrics._core.perturbation.warn_about_examples`)
+    said as ``examples (images [key_i, key_j])``."""
+
+    def images(match: "re.Match[str]") -> str:
+        positions = [int(i) for i in match.group(1).split(",") if i.strip()]
+        return f"examples (images {[keys[i] for i in positions]!r})"
+
+    return re.sub(r"examples \(indices \[([\d, ]*)\]\)", images, message)
+
+
 def _kind(message: str) -> str:
     """A warning's text without its numbers and bracketed lists (counts, indices)."""
     return re.sub(r"\d+", "#", re.sub(r"\[[^\]]*\]", "[...]", message))
@@ -91,12 +104,17 @@ class _WarningGroups:
         self.caught: List[warnings.WarningMessage] = []
 
     @contextmanager
-    def recording(self) -> Iterator[None]:
+    def recording(self, keys: Sequence[Any]) -> Iterator[None]:
+        """Record the warnings of one batch, whose examples are the images ``keys``:
+        the metrics' warnings name examples by their position in the batch, the
+        recorded ones name the images."""
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
                 yield
             finally:
+                for w in caught:
+                    w.message = w.category(_naming_images(str(w.message), keys))
                 self.caught.extend(caught)
 
     def emit(self) -> None:
@@ -117,6 +135,11 @@ def _check_inputs(inputs: Any, workers: Any) -> Source:
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ValueError(f"workers: expected a non-negative int, got {workers!r}")
     if isinstance(inputs, Dataset) and not isinstance(inputs, Tensor):
+        if isinstance(inputs, IterableDataset) or not hasattr(inputs, "__len__"):
+            raise ValueError(
+                f"inputs: expected a map-style data set (with __len__ and __getitem__), got "
+                f"{type(inputs).__name__}: images are read by position, in fixed batches"
+            )
         if len(inputs) == 0:  # type: ignore[arg-type]
             raise ValueError("inputs: expected a data set holding at least one image, got none")
         return Source(inputs, workers)
@@ -150,9 +173,19 @@ def _check_targets(targets: Any, source: Source) -> None:
         )
 
 
-def _check_options(batch_size: Any, per_image_file: Optional[str], resume: Any) -> None:
+def _targets_setting(targets: Union[None, str, Tensor]) -> str:
+    """How the targets were chosen, as the per-image file's settings record it."""
+    if isinstance(targets, Tensor):
+        digest = hashlib.sha256(targets.detach().long().cpu().numpy().tobytes()).hexdigest()
+        return f"given (sha256 {digest[:16]})"
+    return "predicted" if targets is None else targets
+
+
+def _check_options(batch_size: Any, seed: Any, per_image_file: Optional[str], resume: Any) -> None:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**62:
+        raise ValueError(f"seed: expected an int in [0, 2**62], got {seed!r}")
     if not isinstance(resume, bool):
         raise ValueError(f"resume: expected a bool, got {resume!r}")
     if per_image_file is not None:
@@ -261,14 +294,16 @@ def _done(
 
 
 def _plan(n: int, batch_size: int, done: Set[int]) -> List[List[int]]:
-    """This process's batches: fixed blocks of ``batch_size`` positions (so
-    that a resumed run forms the batches of an uninterrupted one), sharded
-    across processes, without the images already done."""
-    batches = [
-        [i for i in range(b * batch_size, min(n, (b + 1) * batch_size)) if i not in done]
+    """This process's batches: fixed blocks of ``batch_size`` positions,
+    sharded across processes, without the blocks whose images are all done.
+    A block is run whole or not at all, so that a resumed run forms the
+    batches of an uninterrupted one (an image's float32 values may depend on
+    the batch it is computed in)."""
+    blocks = [
+        list(range(b * batch_size, min(n, (b + 1) * batch_size)))
         for b in distributed.shard(math.ceil(n / batch_size))
     ]
-    return [positions for positions in batches if positions]
+    return [block for block in blocks if not done.issuperset(block)]
 
 
 def _run_batches(
@@ -291,7 +326,7 @@ def _run_batches(
                 warnings.warn(f"skipping the image {source.key(index)!r}: {reason}")
             if batch.indices.numel():
                 keys = [source.key(int(i)) for i in batch.indices]
-                with groups.recording():
+                with groups.recording(keys):
                     new = scorer.rows(batch, batch.images.to(device), keys)
                 if writer is not None:
                     writer.append(new)
@@ -438,7 +473,9 @@ def evaluate(
         per_image_file (str, optional): a ``.jsonl`` or ``.csv`` file for
                     the per-image rows. Default: None
         resume (bool): continue the run recorded in ``per_image_file``
-                    (same inputs, targets, n_groups and seed). Default: False
+                    (same inputs, and the same model name, methods, metrics,
+                    targets, n_groups and seed, which the file's settings
+                    record and a resumed run checks). Default: False
 
     Returns:
         EvaluationResult: the rows ``{method, metric, mean, std, n, nan,
@@ -448,8 +485,11 @@ def evaluate(
 
     Raises:
         ValueError: unknown method or metric names, ``inputs`` without
-            images, ``targets`` of the wrong shape or ``"label"`` without
-            labels, ``batch_size`` < 1, ``resume`` without a file.
+            images or an iterable-style data set, ``targets`` of the wrong
+            shape or ``"label"`` without labels, ``batch_size`` < 1, a
+            ``seed`` outside ``[0, 2**62]``, ``resume`` without a file, or
+            with a file that this function did not write or that was written
+            with other settings (see :mod:`captum_saco.evaluation.per_image`).
 
     Examples::
 
@@ -469,7 +509,7 @@ def evaluate(
     builders, metric_defs = resolve_methods(methods), resolve_metrics(metrics)
     source = _check_inputs(inputs, workers)
     _check_targets(targets, source)
-    _check_options(batch_size, per_image_file, resume)
+    _check_options(batch_size, seed, per_image_file, resume)
     _fractions(n_groups)  # validates n_groups before any work
     warn_if_training(model, "evaluate", stacklevel=2)
     built = {name: build(model, seed) for name, build in builders.items()}
@@ -478,7 +518,15 @@ def evaluate(
     writer = None
     stored: Dict[Tuple[str, str], Row] = {}
     if per_image_file is not None:
-        writer = PerImageFile(per_image_file, list(metric_defs), rank, world)
+        settings = {
+            "model": model_name or type(model).__name__,
+            "methods": list(built),
+            "metrics": list(metric_defs),
+            "n_groups": n_groups,
+            "seed": seed,
+            "targets": _targets_setting(targets),
+        }
+        writer = PerImageFile(per_image_file, settings, rank, world)
         stored = writer.read() if resume else {}
         distributed.barrier()  # every process has read before any appends
         writer.open(resume)
