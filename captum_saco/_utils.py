@@ -46,18 +46,32 @@ def check_forward_func(forward_func: Any) -> Callable[..., Any]:
     return forward_func
 
 
+def _differs_in_training(module: nn.Module) -> bool:
+    """Whether ``module`` in training mode computes otherwise than in eval mode:
+    dropout with a non-zero rate (timm's ``DropPath`` included), or
+    normalisation by batch statistics with running statistics to update."""
+    if isinstance(module, nn.modules.batchnorm._NormBase):
+        return module.track_running_stats
+    if isinstance(module, nn.modules.dropout._DropoutNd) or "Drop" in type(module).__name__:
+        rate = getattr(module, "p", getattr(module, "drop_prob", None))
+        return rate is None or rate > 0
+    return False
+
+
 def warn_if_training(model: Any, name: str, stacklevel: int) -> None:
-    """Warn, naming ``name``, if ``model`` (a module, or a bound method of one) has
-    a submodule in training mode: dropout and batch statistics make its outputs
-    random, and batch-norm layers would update their running statistics with the
+    """Warn, naming ``name``, if ``model`` (a module, or a bound method of one)
+    holds dropout or batch normalisation in training mode: its outputs are then
+    random, and batch-norm layers update their running statistics with the
     inputs they are given. ``stacklevel`` counts from the caller, as
     ``warnings.warn``'s does."""
     module = model if isinstance(model, nn.Module) else getattr(model, "__self__", None)
-    if isinstance(module, nn.Module) and any(m.training for m in module.modules()):
+    if isinstance(module, nn.Module) and any(
+        m.training and _differs_in_training(m) for m in module.modules()
+    ):
         warnings.warn(
-            f"{name}: the model is in training mode (dropout and batch statistics make "
-            "the results random, and batch-norm layers update their running statistics); "
-            "call model.eval() first",
+            f"{name}: the model is in training mode, where its dropout or batch "
+            "normalisation makes the results random (and batch norm updates its running "
+            "statistics); call model.eval() first",
             UserWarning,
             stacklevel=stacklevel + 1,
         )

@@ -94,8 +94,11 @@ class PerImageFile:
                     stacklevel=4,
                 )
             return
-        with open(self.settings_path, encoding="utf-8") as f:
-            recorded = json.load(f)
+        try:
+            with open(self.settings_path, encoding="utf-8") as f:
+                recorded = json.load(f)
+        except json.JSONDecodeError as e:
+            raise _unreadable(self.settings_path, f"no settings ({e})") from None
         differ = [k for k in self.settings if recorded.get(k) != self.settings[k]]
         if differ:
             then = ", ".join(f"{k}={recorded.get(k)!r}" for k in differ)

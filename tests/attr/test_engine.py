@@ -3,6 +3,7 @@ gradient modes, and the model left exactly as found. Every test runs on the tiny
 models of ``tiny_models.py``; the reference numbers are checked in
 ``test_model_families.py``."""
 
+import copy
 import dataclasses
 import inspect
 import threading
@@ -26,6 +27,7 @@ from captum_saco.attr import (
     FullLRP,
     GradientWeightedAttention,
     Needs,
+    PartialLRP,
     RawAttention,
     TransformerAttribution,
 )
@@ -571,6 +573,23 @@ def test_rules_of_half_precision_models_compute_float32_maps_in_float32(
     assert method.dtypes == {torch.float32}
     exact = method.exact[:, 1:].reshape(maps.shape)
     torch.testing.assert_close(maps.double(), exact, rtol=1e-5, atol=1e-5 * exact.abs().max())
+
+
+@pytest.mark.parametrize("cls", [TransformerAttribution, PartialLRP, FullLRP])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_lrp_maps_of_half_precision_models_are_float32_not_rounded_to_half(
+    cls: type, dtype: torch.dtype, images: Tensor
+) -> None:
+    # Computed in float64: rounding them to bfloat16 would tie values that differ.
+    # A float64 copy of the model computes the same float64 relevance (the half
+    # weights and images widen exactly).
+    model, half_images = tiny_timm().to(dtype), images.to(dtype)
+    maps = cls(model).attribute(half_images, target=1, upsample=False)
+    assert maps.dtype == torch.float32
+    exact = cls(copy.deepcopy(model).double()).attribute(
+        half_images.double(), target=1, upsample=False
+    )
+    torch.testing.assert_close(maps, exact.float(), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("cls", METHODS + [TransformerAttribution])

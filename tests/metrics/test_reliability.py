@@ -272,6 +272,20 @@ def test_a_model_in_training_mode_is_warned_about_once_per_call(images):
         saco(model, images, maps)
 
 
+def test_a_model_that_computes_alike_in_training_mode_is_not_warned_about(cnn, images):
+    alike = [
+        cnn.train(),  # convolutions, ReLU, pooling, linear layers
+        nn.Sequential(nn.Dropout(0.0), cnn),
+        nn.Sequential(nn.BatchNorm2d(3, track_running_stats=False), cnn),
+    ]
+    for model in alike:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            saco(model.train(), images, torch.rand(4, 8, 8))
+    with pytest.warns(UserWarning, match="training mode"):
+        saco(nn.Sequential(nn.Dropout(0.1), cnn).train(), images, torch.rand(4, 8, 8))
+
+
 def test_a_none_forward_func_is_refused_by_name(images):
     with pytest.raises(TypeError, match="forward_func: expected the model or a callable"):
         saco(None, images, torch.rand(4, 8, 8))

@@ -482,8 +482,9 @@ def _chunks(
         isinstance(target, Tensor) and target.numel() > 1
     )
     if per_example_target and len(target) != n:  # type: ignore[arg-type]
+        entries = len(target)  # type: ignore[arg-type]
         raise ValueError(
-            f"target: a list or tensor target needs one entry per example ({n}), got {len(target)}"  # type: ignore[arg-type]
+            f"target: a list or tensor target needs one entry per example ({n}), got {entries}"
         )
     if max_examples_per_batch is None:
         yield images, target, extra

@@ -17,6 +17,7 @@ from captum_saco.attr._core.relevance import (
     computing_in,
     z_box,
 )
+from captum_saco.attr._core.transformer_attribution import map_dtype
 
 
 class FullLRP(AttentionAttribution):
@@ -40,7 +41,8 @@ class FullLRP(AttentionAttribution):
 
     Precision: by default (``precision="float64"``) the patch embedding, the
     replayed blocks and the relevance pass compute in float64 whatever the
-    model's dtype, and the result is returned in the inputs' dtype. The residual
+    model's dtype, and the result is returned in the inputs' dtype (float32 for
+    half-precision inputs). The residual
     rule divides by sums that nearly cancel: on the reference ViT of the tests a
     float32 run of the original is up to 0.5 % of the maximum off its float64
     run, and on other weights O(1) off. ``precision="model"`` computes in the
@@ -106,8 +108,8 @@ class FullLRP(AttentionAttribution):
         Returns:
             *Tensor* or *tuple[Tensor]* of **attributions**: the relevance, signed,
             summing to about 1 per example (up to what biases and the position
-            embedding take), in the same form and dtype as ``inputs`` and on their
-            device.
+            embedding take), in the same form as ``inputs``, in their dtype
+            (float32 for half-precision inputs) and on their device.
         """
         check_precision(precision)
         return self._attribute(
@@ -158,7 +160,7 @@ class FullLRP(AttentionAttribution):
                 relevance = z_box(conv, pixels, relevance, *bounds)
             else:
                 relevance = relevance.sum(dim=1, keepdim=True)
-        return relevance.to(images.dtype)
+        return relevance.to(map_dtype(images))
 
     @staticmethod
     def _patch_relevance(

@@ -39,12 +39,12 @@ class PartialLRP(RelevancePrecision, AttentionAttribution):
 
     Precision: by default (``precision="float64"``) the patch embedding, the
     replayed blocks and the relevance pass compute in float64 whatever the
-    model's dtype, and the map is returned in the inputs' dtype: the residual
-    rule divides by sums that nearly cancel, so that a float32 computation is
-    up to 3.7e-4 of the maximum off float64 on the reference ViT of the tests
-    (the original's own float32 run likewise) and depends on the rounding of
-    every earlier layer. ``precision="model"`` computes in the model's dtype,
-    as the original does.
+    model's dtype, and the map is returned in the inputs' dtype (float32 for
+    half-precision inputs): the residual rule divides by sums that nearly
+    cancel, so that a float32 computation is up to 3.7e-4 of the maximum off
+    float64 on the reference ViT of the tests (the original's own float32 run
+    likewise) and depends on the rounding of every earlier layer.
+    ``precision="model"`` computes in the model's dtype, as the original does.
 
     Args:
         model (nn.Module): the ViT whose attention is read (timm, Hugging Face or

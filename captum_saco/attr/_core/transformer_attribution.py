@@ -25,17 +25,24 @@ _START_LAYER_OPTION = """start_layer (int, optional): the first block ``s`` chai
 """
 
 
+def map_dtype(images: Tensor) -> torch.dtype:
+    """The dtype of the LRP methods' maps: the inputs', float32 for float16 and
+    bfloat16 inputs (a relevance computed in float64 and rounded to bfloat16
+    would tie values that differ)."""
+    return torch.promote_types(images.dtype, torch.float32)
+
+
 class RelevancePrecision:
     """Mixin of the LRP methods: their ``precision`` option (see
     :data:`~captum_saco.attr._core.relevance.PRECISIONS`). The maps come back in
-    the dtype of the inputs."""
+    :func:`map_dtype`."""
 
     def _explain(
         self, images: Tensor, target: TargetType, extra: Tuple, *, precision: str, **options: Any
     ) -> Tensor:
         with computing_in(self._adapter, precision):  # type: ignore[attr-defined]
             maps = super()._explain(images, target, extra, **options)  # type: ignore[misc]
-        return maps.to(images.dtype)
+        return maps.to(map_dtype(images))
 
 
 class TransformerAttribution(RelevancePrecision, AttentionAttribution):
@@ -62,20 +69,20 @@ class TransformerAttribution(RelevancePrecision, AttentionAttribution):
     and backward pass of the replayed blocks and the relevance pass.
 
     Precision: by default (``precision="float64"``) the patch embedding, the
-    replayed blocks, their backward pass and the relevance pass compute in
-    float64, whatever the model's dtype (the model is not touched), and the map
-    is returned in the inputs' dtype. The original's residual rule divides by
-    sums that nearly cancel and takes the sign of such sums, so in float32 the
-    map is not the map of the model: on 64 images of the embedded Fashion-MNIST
-    ViT, float32 computation is up to 5.8 % of the maximum off float64 (the
-    original's own float32 and float64 runs differ likewise), rounding the tokens
-    entering block 0 to float32 moves the float64 map by up to 98 %, and an
-    image's map depends on the batch it is in by up to 1.6e-4 of its maximum. In
-    float64 the maps agree with a float64 run of the original to 4e-8 (the
-    float32 rounding of the returned map) and do not depend on the batch.
-    ``precision="model"`` computes in the model's dtype as the original does:
-    faster (see ``benchmarks/bench_attr.py``), but only right to about the
-    differences above.
+    replayed blocks, their backward pass and the relevance pass compute in float64,
+    whatever the model's dtype (the model is not touched), and the map is returned
+    in the inputs' dtype (float32 for half-precision inputs). The original's
+    residual rule divides by sums that nearly cancel and takes the sign of such
+    sums, so in float32 the map is not the map of the model: on 64 images of the
+    embedded Fashion-MNIST ViT, float32 computation is up to 5.8 % of the maximum
+    off float64 (the original's own float32 and float64 runs differ likewise),
+    rounding the tokens entering block 0 to float32 moves the float64 map by up to
+    98 %, and an image's map depends on the batch it is in by up to 1.6e-4 of its
+    maximum. In float64 the maps agree with a float64 run of the original to 4e-8
+    (the float32 rounding of the returned map) and do not depend on the batch.
+    ``precision="model"`` computes in the model's dtype as the original does: faster
+    (see ``benchmarks/bench_attr.py``), but only right to about the differences
+    above.
 
     Args:
         model (nn.Module): the ViT whose attention is read (timm, Hugging Face or
