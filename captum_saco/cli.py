@@ -542,11 +542,12 @@ def _interrupted(args: argparse.Namespace, error: KeyboardInterrupt) -> int:
     else:
         again = "the same command" if args.resume else "the same command with --resume"
         hint = f"the finished batches are in {args.per_image}; rerun {again} to finish"
-    print(
-        f"captum-saco: interrupted by {signal.Signals(signum).name}; {hint}",
-        file=sys.stderr,
-        flush=True,
-    )
+    if int(os.environ.get("RANK", "0")) == 0:  # once for all the processes of torchrun
+        print(
+            f"captum-saco: interrupted by {signal.Signals(signum).name}; {hint}",
+            file=sys.stderr,
+            flush=True,
+        )
     return 128 + signum
 
 

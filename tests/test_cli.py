@@ -311,9 +311,13 @@ def test_console_script_reports_errors_with_exit_status_2() -> None:
 
 
 def test_torchrun_with_two_processes_gives_the_single_process_table(capsys, tmp_path) -> None:
+    images = tmp_path / "pngs"
+    shipped_images_as_pngs(images, 8, class_folders=False)
+    for k in range(3):  # unreadable, at positions 1, 3 and 5: batches of ranks 0, 1, 0
+        (images / f"{k:04d}a.txt").write_text("not an image")
     args = [
-        "--limit",
-        "8",
+        "--images",
+        str(images),
         "--batch-size",
         "2",
         "--methods",
@@ -342,6 +346,7 @@ def test_torchrun_with_two_processes_gives_the_single_process_table(capsys, tmp_
     assert run_cli(capsys, *args, "--output", str(single))[0] == 0
     got, expected = json.loads(distributed.read_text()), json.loads(single.read_text())
     assert got["n_images"] == expected["n_images"] == 8
+    assert got["skipped"] == expected["skipped"] == ["0000a.txt", "0001a.txt", "0002a.txt"]
     for g, e in zip(got["results"], expected["results"], strict=True):
         assert (g["method"], g["metric"], g["n"], g["nan"]) == (
             e["method"],
@@ -656,6 +661,7 @@ def test_a_killed_run_resumes_to_exactly_the_table_of_an_uninterrupted_run(
     _, err = proc.communicate(timeout=300)
     assert proc.returncode != 0 and not table.exists()
     assert "interrupted by SIGTERM" in err and "--resume to finish" in err
+    assert err.count("captum-saco: interrupted by") == 1  # the first process says it
     parts = [per_image] if not distributed else sorted(tmp_path.glob("rows.jsonl.rank*"))
     written = sum(_assert_valid_jsonl(p) for p in parts)
     assert 32 <= written < 400 and written % 2 == 0

@@ -170,3 +170,39 @@ def test_a_missing_folder_is_a_value_error(tmp_path) -> None:
 
     with pytest.raises(ValueError, match="is not a folder"):
         ImageFiles(tmp_path / "nope", lambda image: image)
+
+
+def test_only_regular_files_are_read_and_linked_folders_are_followed_once(tmp_path) -> None:
+    import os
+
+    from captum_saco.datasets import ImageFiles
+
+    flat = tmp_path / "flat"
+    make_files(flat, ["a.png"])
+    os.mkfifo(flat / "pipe.png")  # opening it would wait forever
+    assert [p.name for p, _ in ImageFiles(flat, lambda image: image).samples] == ["a.png"]
+    classes = tmp_path / "classes"
+    make_files(classes, ["cat/own.png"])
+    make_files(tmp_path, ["elsewhere/linked.png"])
+    (classes / "cat" / "more").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere" / "loop").symlink_to(classes / "cat")  # a link loop ends
+    data = ImageFiles(classes, lambda image: image)
+    assert [data.key(i) for i in range(len(data))] == ["cat/more/linked.png", "cat/own.png"]
+
+
+def test_sixteen_bit_grey_images_are_scaled_to_eight_bits_not_clipped(tmp_path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from captum_saco.datasets import ImageFiles, fashion_mnist_transform
+
+    ramp = np.linspace(0, 255, 28 * 28).round().reshape(28, 28).astype(np.uint8)
+    Image.fromarray(ramp).save(tmp_path / "8.png")
+    Image.fromarray(ramp.astype(np.uint16) * 257).save(tmp_path / "16.png")  # the same picture
+    with Image.open(tmp_path / "16.png") as image:
+        assert image.mode.startswith("I")
+    data = ImageFiles(tmp_path, fashion_mnist_transform(), mode="L")
+    sixteen, eight = (data[[data.key(i) for i in range(2)].index(f"{b}.png")][0] for b in (16, 8))
+    torch.testing.assert_close(sixteen, eight, rtol=0, atol=0)
+    with Image.open(tmp_path / "16.png") as image:  # the transform alone, too
+        torch.testing.assert_close(fashion_mnist_transform()(image), eight, rtol=0, atol=0)

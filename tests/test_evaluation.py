@@ -872,3 +872,22 @@ def test_a_failed_plot_write_leaves_the_previous_plot_whole(result, tmp_path, mo
         plot_evaluation(result, str(path))
     assert path.read_bytes() == before
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+
+
+def test_a_fresh_run_replaces_an_earlier_runs_parts_and_leaves_other_files(
+    model, images, tmp_path
+) -> None:
+    path = tmp_path / "rows.jsonl"
+    kwargs = dict(methods=["random"], metrics=["saco"], per_image_file=str(path))
+    evaluate(model, images, seed=1, **kwargs)
+    # the parts of an earlier torchrun run, which a later resume would read
+    (tmp_path / "rows.jsonl.rank1").write_text(path.read_text())
+    (tmp_path / "rows.jsonl.ranking.txt").write_text("the user's notes")
+    fresh = evaluate(model, images, seed=0, **kwargs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "rows.jsonl",
+        "rows.jsonl.ranking.txt",
+        "rows.jsonl.settings.json",
+    ]
+    resumed = evaluate(model, images, seed=0, resume=True, **kwargs)
+    assert resumed.per_image == fresh.per_image

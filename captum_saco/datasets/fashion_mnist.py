@@ -13,6 +13,8 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Union
 import torch
 from torch import Tensor, nn
 
+from captum_saco.datasets.image_files import to_eight_bit
+
 DATA_DIR = Path(__file__).resolve().parent / "data"
 WEIGHTS_FILE = "fashion_vit.pt"
 METADATA_FILE = "fashion_vit.json"
@@ -148,7 +150,7 @@ def fashion_mnist_transform() -> Callable[[Any], Tensor]:
     std = torch.tensor(config["std"]).view(-1, 1, 1)
 
     def transform(image: Any) -> Tensor:
-        grey = image.convert("L")
+        grey = to_eight_bit(image).convert("L")
         if grey.size != (width, height):
             grey = grey.resize((width, height), Image.Resampling.BILINEAR)
         pixels = torch.frombuffer(bytearray(grey.tobytes()), dtype=torch.uint8)

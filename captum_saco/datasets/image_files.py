@@ -1,8 +1,10 @@
 """A folder of image files as a data set: flat, or one subfolder per class."""
 
+import os
 from pathlib import Path
-from typing import Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
+import numpy as np
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -14,12 +16,31 @@ def _visible(path: Path) -> bool:
 
 
 def _files_under(folder: Path) -> List[Path]:
-    """The files under ``folder``, recursively, without hidden files or folders."""
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
+    """The regular files under ``folder``, recursively, following linked folders
+    as torchvision's ``ImageFolder`` does (each real folder once, so that a link
+    loop ends), without hidden files or folders."""
+    files, seen = [], set()
+    for path, folders, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(path)
+        if real in seen:
+            folders[:] = []
+            continue
+        seen.add(real)
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        files += [Path(path, name) for name in names if not name.startswith(".")]
+    return sorted(p for p in files if p.is_file())
+
+
+def to_eight_bit(image: Any) -> Any:
+    """A PIL image with 8 bits per channel: a 16-bit greyscale image (PNG modes
+    ``"I;16"`` and ``"I"``) is scaled by 255 / 65535, where PIL's ``convert``
+    would clip its values at 255 (an almost white image); others as they are."""
+    if not (image.mode == "I" or image.mode.startswith("I;16")):
+        return image
+    from PIL import Image
+
+    values = np.asarray(image).astype(np.float64) * (255 / 65535)
+    return Image.fromarray(np.clip(np.round(values), 0, 255).astype(np.uint8), "L")
 
 
 class ImageFiles(Dataset):
@@ -91,8 +112,8 @@ class ImageFiles(Dataset):
             self.samples: List[Tuple[Path, int]] = [
                 (f, label) for label, folder in enumerate(folders) for f in _files_under(folder)
             ]
-        else:
-            self.samples = [(p, UNLABELLED) for p in top]
+        else:  # regular files: reading a named pipe or a device would wait forever
+            self.samples = [(p, UNLABELLED) for p in top if p.is_file()]
         self.samples = self.samples[:limit]
         if not self.samples:
             raise ValueError(f"root: {str(root)!r} holds no files")
@@ -110,4 +131,4 @@ class ImageFiles(Dataset):
 
         path, label = self.samples[index]
         with Image.open(path) as image:
-            return self.transform(image.convert(self.mode)), label
+            return self.transform(to_eight_bit(image).convert(self.mode)), label

@@ -17,6 +17,7 @@ import io
 import json
 import math
 import os
+import re
 import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -74,7 +75,8 @@ class PerImageFile:
         self.path, self.settings, self.metrics = path, settings, list(settings["metrics"])
         self.csv = check_suffix(path) == ".csv"
         self.columns = list(FIXED_COLUMNS) + self.metrics
-        self.rank, self.part = rank, path if world == 1 else f"{path}.rank{rank}"
+        self.rank, self.world = rank, world
+        self.part = path if world == 1 else f"{path}.rank{rank}"
         self._file: Optional[io.TextIOBase] = None
 
     @property
@@ -108,12 +110,17 @@ class PerImageFile:
                 f"{now}; resume with the same settings, or write to another file"
             )
 
+    def _parts(self) -> Dict[int, str]:
+        """The processes' parts on disk, ``FILE.rank<r>``, by rank ``r``."""
+        pattern = re.compile(re.escape(self.path) + r"\.rank(\d+)")
+        found = (pattern.fullmatch(p) for p in glob.glob(glob.escape(self.path) + ".rank*"))
+        return {int(m.group(1)): m.group(0) for m in found if m and os.path.isfile(m.group(0))}
+
     def _paths(self) -> List[str]:
-        return [
-            p
-            for p in [self.path, *sorted(glob.glob(glob.escape(self.path) + ".rank*"))]
-            if os.path.isfile(p)
-        ]
+        """The file and the parts, whose rows a resumed run reads."""
+        parts = self._parts()
+        main = [self.path] if os.path.isfile(self.path) else []
+        return main + [parts[r] for r in sorted(parts)]
 
     def _parse(self, path: str, text: str) -> List[Row]:
         if not self.csv:
@@ -152,9 +159,18 @@ class PerImageFile:
 
     def open(self, resume: bool) -> None:
         """Open this process's part for appending (emptied unless resuming); the
-        first process records the settings."""
+        first process records the settings and, for a fresh run, removes the
+        files of an earlier run that no process of this one empties (which a
+        later resume would read)."""
         if self.rank == 0:
             write_atomically(self.settings_path, json.dumps(self.settings, indent=1) + "\n")
+            if not resume:
+                mine = {
+                    self.path if self.world == 1 else f"{self.path}.rank{r}"
+                    for r in range(self.world)
+                }
+                for stale in set(self._paths()) - mine:
+                    os.unlink(stale)
         if resume and os.path.isfile(self.part):
             os.truncate(self.part, _complete_text(self.part)[1])
         self._file = open(self.part, "a" if resume else "w", newline="", encoding="utf-8")
@@ -192,7 +208,7 @@ class PerImageFile:
         """Replace the file by ``rows`` (all the images, in order) and remove
         the processes' parts."""
         write_atomically(self.path, self._header() + self._format(rows))
-        for part in glob.glob(glob.escape(self.path) + ".rank*"):
+        for part in self._parts().values():
             os.unlink(part)
 
 

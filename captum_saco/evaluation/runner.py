@@ -313,16 +313,17 @@ def _run_batches(
     device: torch.device,
     writer: Optional[PerImageFile],
     progress: bool,
-) -> Tuple[List[Row], List[Any]]:
-    """Score the planned batches; returns the new rows and the skipped images."""
+) -> Tuple[List[Row], List[int]]:
+    """Score the planned batches; returns the new rows and the positions of the
+    skipped images."""
     rows: List[Row] = []
-    skipped: List[Any] = []
+    skipped: List[int] = []
     groups = _WarningGroups()
     bar = _progress_bar(len(plan), progress and distributed.world()[0] == 0)
     try:
         for batch in source.batches(plan):
             for index, reason in batch.skipped:
-                skipped.append(source.key(index))
+                skipped.append(index)
                 warnings.warn(f"skipping the image {source.key(index)!r}: {reason}")
             if batch.indices.numel():
                 keys = [source.key(int(i)) for i in batch.indices]
@@ -545,7 +546,7 @@ def evaluate(
         rows,
         list(built),
         list(metric_defs),
-        [key for _, part in parts for key in part],
+        [source.key(i) for i in sorted(i for _, part in parts for i in part)],
         model_name or type(model).__name__,
     )
 
