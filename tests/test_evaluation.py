@@ -593,6 +593,9 @@ def test_resuming_a_cut_per_image_file_gives_the_uninterrupted_result(
     assert cut.read_text() == full_path.read_text()
 
 
+RANDOM_SACO = dict(methods=["random"], metrics=["saco"])
+
+
 class BatchSizes(Attribution):
     """Gradient-free maps (the inputs' magnitude) that record the batch sizes."""
 
@@ -646,17 +649,10 @@ def test_resume_warns_that_a_file_without_its_settings_cannot_be_checked(
     model, images, tmp_path
 ) -> None:
     path = tmp_path / "rows.jsonl"
-    evaluate(model, images, methods=["random"], metrics=["saco"], per_image_file=str(path))
+    evaluate(model, images, per_image_file=str(path), **RANDOM_SACO)
     (tmp_path / "rows.jsonl.settings.json").unlink()
     with pytest.warns(UserWarning, match=r"rows.jsonl.settings.json' is missing") as caught:
-        evaluate(
-            model,
-            images,
-            methods=["random"],
-            metrics=["saco"],
-            per_image_file=str(path),
-            resume=True,
-        )
+        evaluate(model, images, per_image_file=str(path), resume=True, **RANDOM_SACO)
     assert caught[0].filename == __file__
 
 
@@ -679,27 +675,11 @@ def test_resume_refuses_a_file_it_cannot_read_by_name(model, images, tmp_path, n
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the file has no settings beside it
         with pytest.raises(ValueError, match=rf"per_image_file: .*{name}' holds .*{match}"):
-            evaluate(
-                model,
-                images,
-                methods=["random"],
-                metrics=["saco"],
-                per_image_file=str(path),
-                resume=True,
-            )
+            evaluate(model, images, per_image_file=str(path), resume=True, **RANDOM_SACO)
 
 
-class Named(torch.utils.data.Dataset):
-    """Images whose names hold line breaks, as a file name may."""
-
-    def __init__(self, images):
-        self.images = images
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        return self.images[i], 0
+class Named(Items):
+    """Items whose names hold line breaks, as a file name may."""
 
     def key(self, i):
         return ["a\nb.png", "c\u2028d.png", "e\rf.png", "plain.png", "g,h.png", 'i"j.png'][i]
@@ -709,16 +689,9 @@ def test_a_csv_per_image_file_keeps_names_with_line_breaks_when_resumed(
     model, images, tmp_path
 ) -> None:
     path = str(tmp_path / "rows.csv")
-    data = Named(images)
-    full = evaluate(model, data, methods=["random"], metrics=["saco"], per_image_file=path)
-    again = evaluate(
-        model,
-        data,
-        methods={"random": "random"},
-        metrics=["saco"],
-        per_image_file=path,
-        resume=True,
-    )
+    data = Named([(image, 0) for image in images])
+    full = evaluate(model, data, per_image_file=path, **RANDOM_SACO)
+    again = evaluate(model, data, per_image_file=path, resume=True, **RANDOM_SACO)
     assert [r["image"] for r in again.per_image] == [data.key(i) for i in range(6)]
     assert again.per_image == full.per_image
 
@@ -878,7 +851,7 @@ def test_a_fresh_run_replaces_an_earlier_runs_parts_and_leaves_other_files(
     model, images, tmp_path
 ) -> None:
     path = tmp_path / "rows.jsonl"
-    kwargs = dict(methods=["random"], metrics=["saco"], per_image_file=str(path))
+    kwargs = dict(RANDOM_SACO, per_image_file=str(path))
     evaluate(model, images, seed=1, **kwargs)
     # the parts of an earlier torchrun run, which a later resume would read
     (tmp_path / "rows.jsonl.rank1").write_text(path.read_text())
