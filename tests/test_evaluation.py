@@ -625,6 +625,7 @@ def test_a_resumed_run_reruns_a_partly_written_batch_whole(model, images, tmp_pa
     [
         {"n_groups": 4},
         {"seed": 9},
+        {"batch_size": 4},
         {"methods": ["random"]},
         {"metrics": ["aopc"]},
         {"targets": "predicted"},

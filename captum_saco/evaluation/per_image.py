@@ -7,8 +7,9 @@ probability of the target), ``method``, then one column per metric (None/empty
 where the metric is undefined). Under ``torch.distributed`` each process
 appends to its own part, ``FILE.rank<r>``; the first process merges the parts
 into ``FILE`` at the end. Beside it, ``FILE.settings.json`` records what the
-values depend on (model name, methods, metrics, ``n_groups``, seed and
-targets), so that a resumed run continues only the run it was started as.
+values depend on (model name, methods, metrics, ``n_groups``, batch size,
+seed and targets), so that a resumed run continues only the run it was
+started as.
 """
 
 import csv

@@ -475,8 +475,8 @@ def evaluate(
                     the per-image rows. Default: None
         resume (bool): continue the run recorded in ``per_image_file``
                     (same inputs, and the same model name, methods, metrics,
-                    targets, n_groups and seed, which the file's settings
-                    record and a resumed run checks). Default: False
+                    targets, n_groups, batch_size and seed, which the file's
+                    settings record and a resumed run checks). Default: False
 
     Returns:
         EvaluationResult: the rows ``{method, metric, mean, std, n, nan,
@@ -524,6 +524,7 @@ def evaluate(
             "methods": list(built),
             "metrics": list(metric_defs),
             "n_groups": n_groups,
+            "batch_size": batch_size,  # an image's values may depend on its batch
             "seed": seed,
             "targets": _targets_setting(targets),
         }
