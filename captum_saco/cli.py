@@ -219,6 +219,7 @@ def _check_output_paths(args: argparse.Namespace) -> None:
         _check_writable("--plot", args.plot, (".png",))
     if args.per_image is not None:
         _check_writable("--per-image", args.per_image, (".jsonl", ".csv"))
+        _check_writable("--per-image", f"{args.per_image}.settings.json", (".json",))
         if args.output is not None and Path(args.output).resolve() in (
             Path(args.per_image).resolve(),
             Path(f"{args.per_image}.settings.json").resolve(),

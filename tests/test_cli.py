@@ -517,6 +517,15 @@ def test_the_same_file_for_output_and_per_image_is_refused_before_any_work(
     assert not (tmp_path / "rows.csv").exists()
 
 
+def test_a_folder_where_the_per_image_settings_go_is_refused_before_any_work(
+    capsys, tmp_path
+) -> None:
+    (tmp_path / "rows.csv.settings.json").mkdir()
+    rc, _, err = run_cli(capsys, "--limit", "2", *FAST, "--per-image", str(tmp_path / "rows.csv"))
+    assert_one_sentence_error(rc, err, "rows.csv.settings.json' is a folder, not a file name")
+    assert not (tmp_path / "rows.csv").exists()
+
+
 def test_an_argument_that_evaluate_refuses_is_one_sentence_naming_the_option(
     capsys, tmp_path
 ) -> None:

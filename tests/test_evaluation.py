@@ -2,6 +2,7 @@ import csv
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -865,3 +866,68 @@ def test_a_fresh_run_replaces_an_earlier_runs_parts_and_leaves_other_files(
     ]
     resumed = evaluate(model, images, seed=0, resume=True, **kwargs)
     assert resumed.per_image == fresh.per_image
+
+
+@pytest.mark.parametrize(
+    "damage, match",
+    [
+        ("rows", "bytes that are not UTF-8 text"),
+        ("settings not UTF-8", "settings.json' holds no settings"),
+        ("settings not an object", r"holds no settings \(a JSON list\)"),
+        ("settings a folder", "settings.json', where its settings go, is a folder"),
+    ],
+)
+def test_resume_refuses_a_damaged_file_or_settings_by_name(
+    model, images, tmp_path, damage, match
+) -> None:
+    path = tmp_path / "rows.csv"
+    evaluate(model, images, per_image_file=str(path), **RANDOM_SACO)
+    settings = tmp_path / "rows.csv.settings.json"
+    if damage == "rows":
+        path.write_bytes(path.read_bytes() + b"\xff\xfe,\r\n")
+    elif damage == "settings not UTF-8":
+        settings.write_bytes(b"\xff{}")
+    elif damage == "settings not an object":
+        settings.write_text("[]")
+    else:
+        settings.unlink()
+        settings.mkdir()
+    with pytest.raises(ValueError, match=rf"per_image_file: .*{match}"):
+        evaluate(model, images, per_image_file=str(path), resume=True, **RANDOM_SACO)
+
+
+def test_resume_refuses_other_images(model, images, tmp_path) -> None:
+    path = str(tmp_path / "rows.jsonl")
+    evaluate(model, images, per_image_file=path, **RANDOM_SACO)
+    with pytest.raises(ValueError, match=r"was written with images='6 \(names sha256 .*'2 \("):
+        evaluate(model, images[:2], per_image_file=path, resume=True, **RANDOM_SACO)
+    other_names = Named([(image, 0) for image in images])
+    with pytest.raises(ValueError, match="was written with images="):
+        evaluate(model, other_names, per_image_file=path, resume=True, **RANDOM_SACO)
+
+
+def test_files_behind_symbolic_links_are_written_and_the_links_kept(
+    model, images, tmp_path
+) -> None:
+    (tmp_path / "data").mkdir()
+    for name in ("rows.jsonl", "table.md"):
+        (tmp_path / "data" / name).write_text("old")
+        (tmp_path / name).symlink_to(tmp_path / "data" / name)
+    result = evaluate(model, images, per_image_file=str(tmp_path / "rows.jsonl"), **RANDOM_SACO)
+    result.save(str(tmp_path / "table.md"))
+    for name in ("rows.jsonl", "table.md"):
+        assert (tmp_path / name).is_symlink()
+        assert (tmp_path / "data" / name).read_text() != "old"
+    rows = (tmp_path / "data" / "rows.jsonl").read_text().splitlines()
+    assert len(rows) == 6
+
+
+def test_markdown_cells_keep_pipes_and_line_breaks_of_method_names(model, images) -> None:
+    result = evaluate(model, images, methods={"a|b\nc": "random"}, metrics=["saco"])
+    header, _, row = result.to_markdown().splitlines()[:3]
+    assert row.startswith("| a\\|b c | ")
+
+    def cells(line: str) -> int:
+        return len(re.findall(r"(?<!\\)\|", line)) - 1
+
+    assert cells(row) == cells(header) == 2

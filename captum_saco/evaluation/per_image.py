@@ -7,9 +7,9 @@ probability of the target), ``method``, then one column per metric (None/empty
 where the metric is undefined). Under ``torch.distributed`` each process
 appends to its own part, ``FILE.rank<r>``; the first process merges the parts
 into ``FILE`` at the end. Beside it, ``FILE.settings.json`` records what the
-values depend on (model name, methods, metrics, ``n_groups``, batch size,
-seed and targets), so that a resumed run continues only the run it was
-started as.
+values depend on (model name, the images' number and a digest of their
+names, methods, metrics, ``n_groups``, batch size, seed and targets), so that
+a resumed run continues only the run it was started as.
 """
 
 import csv
@@ -57,7 +57,10 @@ def _complete_text(path: str) -> Tuple[str, int]:
     with open(path, "rb") as f:
         data = f.read()
     end = data.rfind(b"\n") + 1
-    return data[:end].decode("utf-8"), end
+    try:
+        return data[:end].decode("utf-8"), end
+    except UnicodeDecodeError as e:
+        raise _unreadable(path, f"bytes that are not UTF-8 text ({e.reason})") from None
 
 
 def _unreadable(path: str, what: str) -> ValueError:
@@ -65,6 +68,17 @@ def _unreadable(path: str, what: str) -> ValueError:
         f"per_image_file: {path!r} holds {what}; resume from a file that this command "
         "wrote, or start afresh without resume"
     )
+
+
+def _read_settings(path: str) -> Dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            recorded = json.load(f)
+    except ValueError as e:  # not UTF-8, or not JSON
+        raise _unreadable(path, f"no settings ({e})") from None
+    if not isinstance(recorded, dict):
+        raise _unreadable(path, f"no settings (a JSON {type(recorded).__name__})")
+    return recorded
 
 
 class PerImageFile:
@@ -88,6 +102,10 @@ class PerImageFile:
         """Refuse to resume a file whose recorded settings differ from this run's;
         warn about one without them (written before they were recorded, or
         copied without them)."""
+        if os.path.isdir(self.settings_path):
+            raise ValueError(
+                f"per_image_file: {self.settings_path!r}, where its settings go, is a folder"
+            )
         if not os.path.isfile(self.settings_path):
             if self._paths():
                 warnings.warn(
@@ -97,11 +115,7 @@ class PerImageFile:
                     stacklevel=4,
                 )
             return
-        try:
-            with open(self.settings_path, encoding="utf-8") as f:
-                recorded = json.load(f)
-        except json.JSONDecodeError as e:
-            raise _unreadable(self.settings_path, f"no settings ({e})") from None
+        recorded = _read_settings(self.settings_path)
         differ = [k for k in self.settings if recorded.get(k) != self.settings[k]]
         if differ:
             then = ", ".join(f"{k}={recorded.get(k)!r}" for k in differ)

@@ -71,11 +71,19 @@ def output_suffix(path: str) -> str:
     return suffix
 
 
+def _markdown_cell(text: str) -> str:
+    """``text`` as one cell of a Markdown table row (a method name may hold ``|``
+    or a line break)."""
+    return " ".join(text.replace("|", "\\|").splitlines())
+
+
 @contextmanager
 def replacing(path: str) -> Iterator[str]:
     """A temporary file in ``path``'s folder to write, renamed to ``path`` when
-    the block ends: a failed write (a full disk) leaves the previous file whole."""
-    folder = os.path.dirname(os.path.abspath(path))
+    the block ends: a failed write (a full disk) leaves the previous file whole.
+    A symbolic link stays one: the file it points to is replaced."""
+    path = os.path.realpath(path)
+    folder = os.path.dirname(path)
     handle, temporary = tempfile.mkstemp(dir=folder, prefix=".captum-saco-", suffix=".tmp")
     os.close(handle)
     try:
@@ -230,7 +238,7 @@ class EvaluationResult:
             "| " + " | ".join(header) + " |",
             "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
         ]
-        lines += ["| " + " | ".join(row) + " |" for row in body]
+        lines += ["| " + " | ".join(_markdown_cell(c) for c in row) + " |" for row in body]
         return "\n".join(lines) + "\n\n" + self._legend() + "\n"
 
     def format_table(self) -> str:

@@ -3,6 +3,7 @@ explanation with each metric, and summarise; and SaCo's case study of one
 image."""
 
 import hashlib
+import json
 import math
 import re
 import warnings
@@ -179,6 +180,13 @@ def _targets_setting(targets: Union[None, str, Tensor]) -> str:
         digest = hashlib.sha256(targets.detach().long().cpu().numpy().tobytes()).hexdigest()
         return f"given (sha256 {digest[:16]})"
     return "predicted" if targets is None else targets
+
+
+def _images_setting(source: Source) -> str:
+    """Which images are evaluated, as the per-image file's settings record it:
+    their number and a digest of their names (paths in an image folder)."""
+    keys = json.dumps([str(source.key(i)) for i in range(len(source))])
+    return f"{len(source)} (names sha256 {hashlib.sha256(keys.encode()).hexdigest()[:16]})"
 
 
 def _check_options(batch_size: Any, seed: Any, per_image_file: Optional[str], resume: Any) -> None:
@@ -474,9 +482,10 @@ def evaluate(
         per_image_file (str, optional): a ``.jsonl`` or ``.csv`` file for
                     the per-image rows. Default: None
         resume (bool): continue the run recorded in ``per_image_file``
-                    (same inputs, and the same model name, methods, metrics,
-                    targets, n_groups, batch_size and seed, which the file's
-                    settings record and a resumed run checks). Default: False
+                    (the same inputs, model name, methods, metrics, targets,
+                    n_groups, batch_size and seed, which the file's settings
+                    record and a resumed run checks; of the inputs, their
+                    number and names). Default: False
 
     Returns:
         EvaluationResult: the rows ``{method, metric, mean, std, n, nan,
@@ -523,6 +532,7 @@ def evaluate(
             "model": model_name or type(model).__name__,
             "methods": list(built),
             "metrics": list(metric_defs),
+            "images": _images_setting(source),
             "n_groups": n_groups,
             "batch_size": batch_size,  # an image's values may depend on its batch
             "seed": seed,
