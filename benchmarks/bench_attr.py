@@ -227,11 +227,10 @@ def report_precision(args: argparse.Namespace) -> None:
         reference = entry.cls(model).attribute(images, 0, upsample=False, **entry.options)
         row = []
         for dtype, context in settings.values():
-            with context():
-                maps = entry.cls(model.to(dtype)).attribute(
+            with context():  # on a copy: casting the model back would keep the rounding
+                maps = entry.cls(copy.deepcopy(model).to(dtype)).attribute(
                     images.to(dtype), 0, upsample=False, **entry.options
                 )
-            model.float()
             difference = (maps.double() - reference.double()).abs().max()
             row.append(f"{(difference / reference.double().abs().max()).item():20.1e}")
         print(f"  {entry.label:<28s}" + "".join(row))

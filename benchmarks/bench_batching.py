@@ -2,11 +2,12 @@
 
 The metrics run ``N * (K + 1)`` forward passes; on a CPU one huge batch is
 not the fastest way to run them (activations fall out of the caches). This
-script times the same rows forwarded in chunks of 1, 2, 4, ..., for several
-models, interleaving the chunk sizes over rounds, and prints the time per row
-and the activation elements per chunk (a model's largest activation times the
-chunk size), so that the default chunking rule of
-:mod:`captum_saco.metrics` can be checked against it:
+script times the same rows forwarded in chunks of 4, 8, 16, 27, 48, ...
+rows, for several models, interleaving the chunk sizes over rounds, and
+prints the time per row and the input elements per chunk (the default rule
+bounds them by 2**20 per call on a CPU) beside the chunks that the metrics
+choose by default, so that the rule of :mod:`captum_saco.metrics` can be
+checked against it:
 
     python benchmarks/bench_batching.py [--rounds 3] [--threads 2] [--device cpu]
 
@@ -99,7 +100,10 @@ def main() -> None:
         )
         for c in chunks:
             t = min(times[c])
-            print(f"  chunk {c:4d}: {t / rows * 1e3:8.3f} ms/row  {t / best:5.2f}x best")
+            print(
+                f"  chunk {c:4d} ({c * x[0].numel():9d} input elements): "
+                f"{t / rows * 1e3:8.3f} ms/row  {t / best:5.2f}x best"
+            )
 
 
 if __name__ == "__main__":

@@ -102,11 +102,17 @@ def main() -> None:
     print(f"peak RSS, {args.small} images:   {small_rss:8.1f} MiB")
     print(f"peak RSS, {args.large} images: {large_rss:8.1f} MiB")
     print(f"ratio {args.large}/{args.small}: {large_rss / small_rss:.3f} (goal <= 1.2)")
-    for workers, seconds in [(0, time_0), (2, time_2)]:
-        rate = (args.large - 10) / max(seconds - startup, 1e-9)
-        print(f"{workers} workers: {rate:7.1f} images/s ({seconds:.1f} s for {args.large})")
-    speed_up = (time_0 - startup) / (time_2 - startup)
-    print(f"speed-up with 2 workers: {speed_up:.2f}x on {os.cpu_count()} CPUs")
+    work = {workers: seconds - startup for workers, seconds in [(0, time_0), (2, time_2)]}
+    if min(work.values()) <= 0:  # a loaded machine, or too few images to tell
+        print(
+            f"throughput not measured: {time_0:.1f} s and {time_2:.1f} s for {args.large} "
+            f"images with 0 and 2 workers, {startup:.1f} s for 10; use a larger --large"
+        )
+        return
+    for workers, seconds in work.items():
+        rate = (args.large - 10) / seconds
+        print(f"{workers} workers: {rate:7.1f} images/s ({seconds + startup:.1f} s in all)")
+    print(f"speed-up with 2 workers: {work[0] / work[2]:.2f}x on {os.cpu_count()} CPUs")
     print(f"images/s = ({args.large} - 10) / (time on {args.large} - time on 10 images)")
 
 

@@ -254,7 +254,10 @@ def _load_model(name: str, pretrained: bool) -> nn.Module:
             raise CliError(
                 f"--pretrained applies to timm models; {EMBEDDED_MODEL} ships its weights"
             )
-        return load_fashion_mnist_vit()
+        try:
+            return load_fashion_mnist_vit()
+        except ImportError as e:  # it is a timm ViT
+            raise CliError(f"--model {EMBEDDED_MODEL}: {_first_line(e)}")
     if ":" in name:
         module_name, _, function_name = name.partition(":")
         try:

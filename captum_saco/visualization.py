@@ -8,6 +8,8 @@ from torch import Tensor
 from captum_saco.evaluation.registry import METRICS
 from captum_saco.evaluation.result import EvaluationResult, replacing
 
+__all__ = ["plot_evaluation"]
+
 
 def _pyplot() -> Any:
     try:
@@ -88,6 +90,21 @@ def plot_evaluation(
 
     Raises:
         ImportError: if matplotlib is not installed.
+
+    Examples::
+
+        >>> import tempfile, torch
+        >>> from captum_saco.evaluation import evaluate, saco_case_study
+        >>> from captum_saco.visualization import plot_evaluation
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3)).eval()
+        >>> images = torch.randn(4, 1, 8, 8)
+        >>> result = evaluate(model, images, methods=["random", "saliency"], metrics=["saco"])
+        >>> study = saco_case_study(model, images, 0, methods=["random", "saliency"], n_groups=4)
+        >>> path = tempfile.mkdtemp() + "/evaluation.png"
+        >>> plot_evaluation(result, path, study, images[0])
+        >>> open(path, "rb").read(4)[1:]  # the PNG signature
+        b'PNG'
     """
     plt = _pyplot()
     n_cols = max(len(result.metrics), len(case_study or {}) + (image is not None))

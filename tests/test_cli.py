@@ -517,6 +517,17 @@ def test_the_same_file_for_output_and_per_image_is_refused_before_any_work(
     assert not (tmp_path / "rows.csv").exists()
 
 
+def test_the_embedded_model_without_timm_is_one_sentence_naming_the_extra(
+    capsys, monkeypatch
+) -> None:
+    def without_timm():
+        raise ImportError("the embedded ViT needs timm: pip install 'captum-saco[timm]'")
+
+    monkeypatch.setattr("captum_saco.datasets.load_fashion_mnist_vit", without_timm)
+    rc, _, err = run_cli(capsys, "--limit", "2", *FAST)
+    assert_one_sentence_error(rc, err, "--model fashion_mnist_vit: the embedded ViT needs timm")
+
+
 def test_a_folder_where_the_per_image_settings_go_is_refused_before_any_work(
     capsys, tmp_path
 ) -> None:

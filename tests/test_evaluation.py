@@ -931,3 +931,9 @@ def test_markdown_cells_keep_pipes_and_line_breaks_of_method_names(model, images
         return len(re.findall(r"(?<!\\)\|", line)) - 1
 
     assert cells(row) == cells(header) == 2
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "0"])
+def test_the_case_study_refuses_a_seed_as_evaluate_does(model, images, seed) -> None:
+    with pytest.raises(ValueError, match=r"seed: expected an int in \[0, 2\*\*62\]"):
+        saco_case_study(model, images, 0, methods=["random"], seed=seed)

@@ -189,11 +189,15 @@ def _images_setting(source: Source) -> str:
     return f"{len(source)} (names sha256 {hashlib.sha256(keys.encode()).hexdigest()[:16]})"
 
 
+def _check_seed(seed: Any) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**62:
+        raise ValueError(f"seed: expected an int in [0, 2**62], got {seed!r}")
+
+
 def _check_options(batch_size: Any, seed: Any, per_image_file: Optional[str], resume: Any) -> None:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**62:
-        raise ValueError(f"seed: expected an int in [0, 2**62], got {seed!r}")
+    _check_seed(seed)
     if not isinstance(resume, bool):
         raise ValueError(f"resume: expected a bool, got {resume!r}")
     if per_image_file is not None:
@@ -602,6 +606,7 @@ def saco_case_study(
         torch.Size([1, 4])
     """
     builders = resolve_methods(methods)
+    _check_seed(seed)
     if not 0 <= index < inputs.shape[0]:
         raise ValueError(f"index: expected an image index in [0, {inputs.shape[0]}), got {index}")
     x = inputs[index : index + 1].to(_device_of(model, inputs.device))
