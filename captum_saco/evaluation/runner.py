@@ -526,6 +526,7 @@ def evaluate(
     _check_options(batch_size, seed, per_image_file, resume)
     _fractions(n_groups)  # validates n_groups before any work
     warn_if_training(model, "evaluate", stacklevel=2)
+    model_name = model_name or type(model).__name__
     built = {name: build(model, seed) for name, build in builders.items()}
     scorer = _Scorer(model, built, metric_defs, n_groups, targets)
     rank, world = distributed.world()
@@ -533,7 +534,7 @@ def evaluate(
     stored: Dict[Tuple[str, str], Row] = {}
     if per_image_file is not None:
         settings = {
-            "model": model_name or type(model).__name__,
+            "model": model_name,
             "methods": list(built),
             "metrics": list(metric_defs),
             "images": _images_setting(source),
@@ -562,7 +563,7 @@ def evaluate(
         list(built),
         list(metric_defs),
         [source.key(i) for i in sorted(i for _, part in parts for i in part)],
-        model_name or type(model).__name__,
+        model_name,
     )
 
 
