@@ -261,13 +261,41 @@ def test_json_has_exactly_the_documented_schema(result) -> None:
         "ci95_method",
         "comparisons",
         "p_value_method",
+        "agreement",
+        "agreement_method",
+        "stability",
+        "stability_method",
+        "n_groups",
+        "unchanged_images",
+        "notes",
         "skipped",
+    }
+    assert data["n_groups"] == 10 and data["stability"] == []
+    assert data["unchanged_images"] == [] and data["notes"] == []
+    assert [(a["metric_a"], a["metric_b"]) for a in data["agreement"]] == [("saco", "auc")]
+    assert set(data["agreement"][0]) == {
+        "metric_a",
+        "metric_b",
+        "n_groups",
+        "tau_b",
+        "per_image_tau_b",
+        "n_images",
     }
     assert data["n_images"] == 6 and data["model"] == "VisionTransformer"
     assert data["n_skipped"] == 0 and data["skipped"] == []
     assert len(data["results"]) == 4
     for row in data["results"]:
-        assert set(row) == {"method", "metric", "mean", "std", "n", "nan", "ci95"}
+        assert set(row) == {
+            "method",
+            "metric",
+            "mean",
+            "std",
+            "n",
+            "nan",
+            "ci95",
+            "n_groups",
+            "unchanged",
+        }
         low, high = row["ci95"]
         assert low <= row["mean"] <= high
     assert [(c["metric"], c["method_a"], c["method_b"]) for c in data["comparisons"]] == [
@@ -280,6 +308,7 @@ def test_json_has_exactly_the_documented_schema(result) -> None:
         "method_b",
         "a_better_fraction",
         "p_value",
+        "n_groups",
     }
 
 
@@ -663,10 +692,15 @@ def test_resume_warns_that_a_file_without_its_settings_cannot_be_checked(
     [
         ("rows.jsonl", '{"image": 0, "label": null\n', "a line that is not JSON"),
         ("rows.jsonl", '{"image": 0}\n', r"the row .*KeyError"),
-        ("rows.csv", "image,label,target,probability,method,saco\n0,,1\n", "a row without the 6"),
         (
             "rows.csv",
-            "image,label,target,probability,method,saco\n0,,x,0.5,random,0.1\n",
+            "image,label,target,probability,n_groups,unchanged,method,saco\n0,,1\n",
+            "a row without the 8",
+        ),
+        (
+            "rows.csv",
+            "image,label,target,probability,n_groups,unchanged,method,saco\n"
+            "0,,x,0.5,10,false,random,0.1\n",
             "ValueError",
         ),
     ],
@@ -699,10 +733,10 @@ def test_a_csv_per_image_file_keeps_names_with_line_breaks_when_resumed(
 
 
 def test_warnings_of_a_batch_name_its_images(model, images, tmp_path) -> None:
-    zeroed = images.clone()
-    zeroed[4] = 0  # its map is constant: SaCo is undefined
+    signs = images.clone()
+    signs[4] = images[4].sign()  # its map, the magnitude, is constant: SaCo is undefined
     with pytest.warns(UserWarning, match=r"1 of 2 examples \(images \[4\]\)"):
-        evaluate(model, zeroed, methods={"m": BatchSizes()}, metrics=["saco"], batch_size=2)
+        evaluate(model, signs, methods={"m": BatchSizes()}, metrics=["saco"], batch_size=2)
 
 
 def test_an_iterable_data_set_and_a_seed_out_of_range_are_refused_by_name(model, images) -> None:

@@ -3,8 +3,10 @@ flushed batch by batch, so that an interrupted run can be resumed.
 
 Columns: ``image`` (the path relative to the image folder, or the index),
 ``label`` (None/empty when unknown), ``target``, ``probability`` (the clean
-probability of the target), ``method``, then one column per metric (None/empty
-where the metric is undefined). Under ``torch.distributed`` each process
+probability of the target), ``n_groups`` (the K of the values), ``unchanged``
+(true where the model's output did not change under any perturbation of the
+metrics, whose values are then undefined), ``method``, then one column per
+metric (None/empty where the metric is undefined). Under ``torch.distributed`` each process
 appends to its own part, ``FILE.rank<r>``; the first process merges the parts
 into ``FILE`` at the end. Beside it, ``FILE.settings.json`` records what the
 values depend on (model name, the images' number and a digest of their
@@ -24,13 +26,28 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from captum_saco.evaluation.result import write_atomically
 
-FIXED_COLUMNS = ("image", "label", "target", "probability", "method")
+FIXED_COLUMNS = ("image", "label", "target", "probability", "n_groups", "unchanged", "method")
 SUFFIXES = (".jsonl", ".csv")
 #: RFC 4180's line end: the csv module quotes the fields that hold a character of
 #: it, so that an image name with a carriage return stays one field
 CSV_LINE_END = "\r\n"
 
 Row = Dict[str, Any]
+# (str(image), method, n_groups): a row's identity
+RowKey = Tuple[str, str, int]
+
+
+def row_key(row: Row) -> RowKey:
+    return (str(row["image"]), row["method"], int(row["n_groups"]))
+
+
+def _flag(value: Any) -> bool:
+    """A stored ``unchanged`` flag (JSON true/false, CSV ``true``/``false``)."""
+    if value in (True, False):
+        return bool(value)
+    if value in ("true", "false"):
+        return value == "true"
+    raise ValueError(f"unchanged: expected true or false, got {value!r}")
 
 
 def check_suffix(path: str) -> str:
@@ -154,10 +171,10 @@ class PerImageFile:
             raise _unreadable(path, f"a row without the {len(header)} columns")
         return [dict(zip(header, row)) for row in rows]
 
-    def read(self) -> Dict[Tuple[str, str], Row]:
-        """The stored rows by ``(str(image), method)``; the last row wins."""
+    def read(self) -> Dict[RowKey, Row]:
+        """The stored rows by ``(str(image), method, n_groups)``; the last row wins."""
         self.check_settings()
-        stored: Dict[Tuple[str, str], Row] = {}
+        stored: Dict[RowKey, Row] = {}
         for path in self._paths():
             for row in self._parse(path, _complete_text(path)[0]):
                 try:
@@ -166,8 +183,10 @@ class PerImageFile:
                             row[k] = _number(row[k])
                     row["probability"] = _number(row["probability"])
                     row["target"] = int(row["target"])
+                    row["n_groups"] = int(row["n_groups"])
+                    row["unchanged"] = _flag(row["unchanged"])
                     row["label"] = None if row["label"] in (None, "") else int(row["label"])
-                    stored[(str(row["image"]), row["method"])] = row
+                    stored[row_key(row)] = row
                 except (KeyError, TypeError, ValueError) as e:
                     raise _unreadable(path, f"the row {row!r} ({type(e).__name__}: {e})") from None
         return stored
@@ -202,7 +221,12 @@ class PerImageFile:
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=self.columns, lineterminator=CSV_LINE_END)
         writer.writerows(
-            {c: "" if r.get(c) is None or r[c] != r[c] else r[c] for c in self.columns}
+            {
+                c: "" if r.get(c) is None or r[c] != r[c] else r[c]
+                for c in self.columns
+                if c != "unchanged"
+            }
+            | {"unchanged": "true" if r["unchanged"] else "false"}
             for r in rows
         )
         return out.getvalue()

@@ -7,7 +7,8 @@ data set, for methods seeded per image). A new metric is one entry in
 :data:`_METRICS`: the measurement it reads and how it reads it.
 """
 
-from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple, Union
+import copy
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from captum.attr import Attribution, IntegratedGradients, Saliency
@@ -16,6 +17,7 @@ from torch import Tensor, nn
 from captum_saco._utils import model_output
 from captum_saco.attr import (
     AttCAT,
+    AttentionAttribution,
     AttentionGradCAM,
     AttentionRollout,
     AttnLRP,
@@ -28,10 +30,10 @@ from captum_saco.attr import (
     TransformerAttribution,
 )
 
-# (inputs, target, global indices of the examples) -> attributions
-AttributeFn = Callable[[Tensor, Tensor, Tensor], Tensor]
-# (model, seed) -> AttributeFn
-MethodBuilder = Callable[[nn.Module, int], AttributeFn]
+# (inputs, target, global indices of the examples[, additional forward args]) -> attributions
+AttributeFn = Callable[..., Tensor]
+# (model, seed, **options of attribute) -> AttributeFn
+MethodBuilder = Callable[..., AttributeFn]
 
 
 def logits_of(model: Callable[..., Any]) -> Callable[..., Tensor]:
@@ -40,22 +42,28 @@ def logits_of(model: Callable[..., Any]) -> Callable[..., Tensor]:
     return lambda *args: model_output(model(*args))
 
 
-def _random_builder(model: nn.Module, seed: int) -> AttributeFn:
+def _random_builder(model: nn.Module, seed: int, **options: Any) -> AttributeFn:
     method = RandomAttribution(model)
 
-    def attribute(inputs: Tensor, target: Tensor, indices: Tensor) -> Tensor:
+    def attribute(
+        inputs: Tensor, target: Tensor, indices: Tensor, extra: Optional[Tuple[Any, ...]] = None
+    ) -> Tensor:
         # One generator per image, seeded by its index in the whole data set:
         # the maps do not depend on batching or on sharding across processes.
         generators = [torch.Generator().manual_seed(seed + int(i)) for i in indices]
-        return method.attribute(inputs, generator=generators)
+        return method.attribute(inputs, generator=generators, **options)
 
     return attribute
 
 
-def _attribute_with(method: Attribution, **kwargs: Any) -> AttributeFn:
-    """Call ``method.attribute(inputs, target=target, **kwargs)``."""
+def _attribute_with(method: Attribution, **options: Any) -> AttributeFn:
+    """Call ``method.attribute(inputs, target=target, **options)``, with the
+    additional forward arguments when there are some."""
 
-    def attribute(inputs: Tensor, target: Tensor, indices: Tensor) -> Tensor:
+    def attribute(
+        inputs: Tensor, target: Tensor, indices: Tensor, extra: Optional[Tuple[Any, ...]] = None
+    ) -> Tensor:
+        kwargs = options if extra is None else {**options, "additional_forward_args": extra}
         # A fresh leaf that requires grad: gradient methods need one, and the
         # caller's tensor stays untouched.
         return method.attribute(inputs.detach().requires_grad_(), target=target, **kwargs)
@@ -65,17 +73,49 @@ def _attribute_with(method: Attribution, **kwargs: Any) -> AttributeFn:
 
 def _vit_builder(cls: Callable[[nn.Module], Attribution]) -> MethodBuilder:
     """A builder for a ViT attribution class, which takes the model itself."""
-    return lambda model, seed: _attribute_with(cls(model))
+    return lambda model, seed, **options: _attribute_with(cls(model), **options)
 
 
-def _gradient_builder(cls: Callable[[Callable], Attribution], **kwargs: Any) -> MethodBuilder:
-    """A builder for a Captum gradient method, given the model's logits."""
-    return lambda model, seed: _attribute_with(cls(logits_of(model)), **kwargs)
+def _gradient_builder(cls: Callable[[Callable], Attribution], **defaults: Any) -> MethodBuilder:
+    """A builder for a Captum method that takes a forward function: the model's logits."""
+    return lambda model, seed, **options: _attribute_with(
+        cls(logits_of(model)), **{**defaults, **options}
+    )
+
+
+def _on_logits(method: Attribution) -> Attribution:
+    """``method`` itself, or, where its ``forward_func`` is a model (a Hugging
+    Face model returns an output object, which Captum's methods cannot
+    index), a shallow copy whose ``forward_func`` returns the logits; so is the
+    method that a wrapper such as ``NoiseTunnel`` holds. The user's instance
+    is not modified. The methods of :mod:`captum_saco.attr` read the model
+    themselves and are used as they are."""
+    if type(method).__module__.startswith("captum_saco.") or not isinstance(
+        getattr(method, "forward_func", None), nn.Module
+    ):
+        return method
+    copied = copy.copy(method)
+    copied.forward_func = logits_of(method.forward_func)
+    inner = getattr(method, "attribution_method", None)
+    if isinstance(inner, Attribution):
+        copied.attribution_method = _on_logits(inner)  # type: ignore[attr-defined]
+    return copied
 
 
 def _instance_builder(method: Attribution) -> MethodBuilder:
     """A builder for a ready-made attribution instance."""
-    return lambda model, seed: _attribute_with(method)
+    return lambda model, seed, **options: _attribute_with(_on_logits(method), **options)
+
+
+def _class_builder(cls: type) -> MethodBuilder:
+    """A builder for an attribution class: :class:`RandomAttribution` seeded per
+    image, a ViT class of :mod:`captum_saco.attr` on the model, any other
+    Captum class on the model's logits."""
+    if issubclass(cls, RandomAttribution):
+        return _random_builder
+    if issubclass(cls, AttentionAttribution):
+        return _vit_builder(cls)
+    return _gradient_builder(cls)
 
 
 METHODS: Dict[str, MethodBuilder] = {
@@ -127,18 +167,40 @@ AOPC of the least-salient-first curve."""
 
 DEFAULT_METRICS: Tuple[str, ...] = tuple(METRICS)
 
-MethodsType = Union[Sequence[str], Mapping[str, Union[str, Attribution]]]
+MethodSpec = Union[str, Attribution, type]
+MethodsType = Union[
+    Sequence[str], Mapping[str, Union[MethodSpec, Tuple[MethodSpec, Mapping[str, Any]]]]
+]
 
 
-def _method_builder(name: str, method: Union[str, Attribution]) -> MethodBuilder:
+def _method_builder(name: str, method: Any) -> MethodBuilder:
+    """The builder of ``methods[name]``: a name, an attribution instance or
+    class, or ``(any of these, {option: value})`` with options of its
+    ``attribute`` (such as ``start_layer`` or ``n_steps``)."""
+    options: Mapping[str, Any] = {}
+    if isinstance(method, tuple) and len(method) == 2 and isinstance(method[1], Mapping):
+        method, options = method
+        bad = [k for k in options if not isinstance(k, str)]
+        if bad:
+            raise TypeError(f"methods: the options of {name!r} must be named by str, got {bad[0]!r}")
     if isinstance(method, Attribution):
-        return _instance_builder(method)
-    if isinstance(method, str) and method in METHODS:
-        return METHODS[method]
-    raise TypeError(
-        f"methods: expected a captum Attribution or a method name for {name!r}, "
-        f"got {type(method).__name__}"
-    )
+        builder = _instance_builder(method)
+    elif isinstance(method, type) and issubclass(method, Attribution):
+        builder = _class_builder(method)
+    elif isinstance(method, str) and method in METHODS:
+        builder = METHODS[method]
+    elif isinstance(method, str):
+        raise ValueError(
+            f"methods: unknown method {method!r} for {name!r}; choose from {', '.join(METHODS)}"
+        )
+    else:
+        raise TypeError(
+            f"methods: expected a method name, a captum Attribution instance or class, or "
+            f"(one of these, {{option: value}}) for {name!r}, got {type(method).__name__}"
+        )
+    if not options:
+        return builder
+    return lambda model, seed: builder(model, seed, **options)
 
 
 def resolve_methods(methods: MethodsType) -> Dict[str, MethodBuilder]:

@@ -14,9 +14,20 @@ import torch
 from torch import Tensor
 
 from captum_saco.evaluation.registry import METRICS
-from captum_saco.evaluation.statistics import CI_METHOD, compare_pairs, p_value_method
+from captum_saco.evaluation.statistics import (
+    AGREEMENT_METHOD,
+    CI_METHOD,
+    STABILITY_METHOD,
+    compare_pairs,
+    p_value_method,
+    stability,
+)
 
 SUFFIXES = (".json", ".csv", ".md")
+UNCHANGED_NOTE = (
+    "unchanged: the model's output did not change under any perturbation of the metrics "
+    "(no ranking to judge), so their values are NaN"
+)
 
 
 @dataclass(frozen=True)
@@ -35,10 +46,20 @@ class ResultRow:
     """Images where it is undefined (NaN)."""
     ci95: Optional[Tuple[float, float]] = None
     """95% confidence interval of the mean (see :data:`statistics.CI_METHOD`)."""
+    n_groups: int = 10
+    """``K`` of SaCo's groups and of the deletion steps."""
+    unchanged: int = 0
+    """Of the undefined values, the images where the model's output did not
+    change under any perturbation of the metrics: there is no ranking to judge."""
 
 
 def summarise(
-    method: str, metric: str, values: Tensor, ci95: Optional[Tuple[float, float]]
+    method: str,
+    metric: str,
+    values: Tensor,
+    ci95: Optional[Tuple[float, float]],
+    n_groups: int = 10,
+    unchanged: int = 0,
 ) -> ResultRow:
     """The row of one method and metric from its per-image values and the
     confidence interval of their mean."""
@@ -46,7 +67,8 @@ def summarise(
     n = int(defined.numel())
     mean = float(defined.mean()) if n else None
     std = float(defined.std()) if n > 1 else None
-    return ResultRow(method, metric, mean, std, n, int(values.numel()) - n, ci95)
+    nan = int(values.numel()) - n
+    return ResultRow(method, metric, mean, std, n, nan, ci95, n_groups, unchanged)
 
 
 def _number(value: Optional[float], digits: int = 4) -> str:
@@ -55,7 +77,16 @@ def _number(value: Optional[float], digits: int = 4) -> str:
 
 def _cell(r: ResultRow) -> str:
     ci = "" if r.ci95 is None else f" [{_number(r.ci95[0])}, {_number(r.ci95[1])}]"
-    return f"{_number(r.mean)} ± {_number(r.std)}{ci} ({r.nan})"
+    unchanged = f", {r.unchanged} unchanged" if r.unchanged else ""
+    return f"{_number(r.mean)} ± {_number(r.std)}{ci} ({r.nan}{unchanged})"
+
+
+def _pair_label(pair: Tuple[Any, ...]) -> str:
+    return " vs ".join(str(p) for p in pair)
+
+
+def _tau_text(tau: Optional[float]) -> str:
+    return "n/a" if tau is None else f"{tau:+.2f}"
 
 
 def _vs_cell(comparison: Tuple[Optional[float], Optional[float]]) -> str:
@@ -140,6 +171,23 @@ class EvaluationResult:
     """Every pair of methods under every metric: ``metric``, ``method_a``,
     ``method_b``, ``a_better_fraction`` (the share of the images where A
     scores better) and ``p_value`` (None where it cannot be computed)."""
+    n_groups: int = 10
+    """``K`` of this table."""
+    agreement: Dict[Tuple[str, str], Dict[str, Any]] = field(default_factory=dict, repr=False)
+    """``(metric_a, metric_b)`` -> ``{"tau_b", "per_image_tau_b", "n_images"}``:
+    Kendall's τ-b between the two metrics' rankings of the methods by mean,
+    each best first (lower-is-better metrics negated), and the mean over the
+    images of τ-b between their rankings of the methods on each image (see
+    :func:`~captum_saco.evaluation.statistics.agreement`)."""
+    by_n_groups: Dict[int, "EvaluationResult"] = field(default_factory=dict, repr=False)
+    """With several ``n_groups``: ``K`` -> the result of that ``K`` (this
+    object is the first's); empty otherwise."""
+    stability: Dict[Tuple[str, Any, Any], Dict[str, Any]] = field(
+        default_factory=dict, repr=False
+    )
+    """With several ``n_groups``: ``(metric, K_a, K_b)`` -> ``{"tau_b",
+    "swaps"}``: Kendall's τ-b between the methods' rankings by mean under the
+    two ``K``, and the pairs of methods they order oppositely."""
 
     @property
     def methods(self) -> List[str]:
@@ -156,21 +204,63 @@ class EvaluationResult:
                 return r
         raise KeyError((method, metric))
 
+    @property
+    def results(self) -> List["EvaluationResult"]:
+        """The result of every ``K``: :attr:`by_n_groups`' values, or this one."""
+        return list(self.by_n_groups.values()) or [self]
+
+    @property
+    def unchanged_images(self) -> List[Any]:
+        """The images where the model's output did not change under any
+        perturbation of the metrics (under some ``K``); their values are NaN."""
+        return list(
+            dict.fromkeys(r["image"] for res in self.results for r in res.per_image if r.get("unchanged"))
+        )
+
     def to_dict(self) -> Dict[str, Any]:
-        """``{"model", "n_images", "n_skipped", "results": [{"method",
-        "metric", "mean", "std", "n", "nan", "ci95": [low, high]}, ...],
-        "ci95_method", "comparisons": [...], "p_value_method", "skipped"}``;
-        undefined values are None."""
+        """``{"model", "n_images", "n_skipped", "n_groups", "results": [{"method",
+        "metric", "mean", "std", "n", "nan", "ci95": [low, high], "n_groups",
+        "unchanged"}, ...], "ci95_method", "comparisons": [...], "p_value_method",
+        "agreement": [...], "agreement_method", "stability": [...],
+        "stability_method", "unchanged_images", "notes", "skipped"}``; undefined
+        values are None. With several ``n_groups`` the results, comparisons and
+        agreement of every ``K``, each record with its ``n_groups``."""
+        results = self.results
         return {
             "model": self.model,
             "n_images": self.n_images,
             "n_skipped": len(self.skipped),
+            "n_groups": self.n_groups if len(results) == 1 else [r.n_groups for r in results],
             "results": [
-                {**asdict(r), "ci95": None if r.ci95 is None else list(r.ci95)} for r in self.rows
+                {**asdict(r), "ci95": None if r.ci95 is None else list(r.ci95)}
+                for res in results
+                for r in res.rows
             ],
             "ci95_method": CI_METHOD,
-            "comparisons": self.comparisons,
+            "comparisons": [
+                {**c, "n_groups": res.n_groups} for res in results for c in res.comparisons
+            ],
             "p_value_method": p_value_method(),
+            "agreement": [
+                {"metric_a": a, "metric_b": b, "n_groups": res.n_groups, **values}
+                for res in results
+                for (a, b), values in res.agreement.items()
+            ],
+            "agreement_method": AGREEMENT_METHOD,
+            "stability": [
+                {
+                    "metric": metric,
+                    "setting": "n_groups",
+                    "a": a,
+                    "b": b,
+                    "tau_b": values["tau_b"],
+                    "swaps": [list(pair) for pair in values["swaps"]],
+                }
+                for (metric, a, b), values in self.stability.items()
+            ],
+            "stability_method": STABILITY_METHOD,
+            "unchanged_images": self.unchanged_images,
+            "notes": [UNCHANGED_NOTE] if self.unchanged_images else [],
             "skipped": list(self.skipped),
         }
 
@@ -181,11 +271,22 @@ class EvaluationResult:
         out = io.StringIO()
         writer = csv.DictWriter(
             out,
-            fieldnames=["method", "metric", "mean", "std", "n", "nan", "ci95_low", "ci95_high"],
+            fieldnames=[
+                "method",
+                "metric",
+                "mean",
+                "std",
+                "n",
+                "nan",
+                "ci95_low",
+                "ci95_high",
+                "n_groups",
+                "unchanged",
+            ],
             lineterminator="\n",
         )
         writer.writeheader()
-        for r in self.rows:
+        for r in (r for res in self.results for r in res.rows):
             row = asdict(r)
             row["ci95_low"], row["ci95_high"] = row.pop("ci95") or (None, None)
             writer.writerow(row)
@@ -202,9 +303,11 @@ class EvaluationResult:
             directions.setdefault(METRICS[k], []).append(k)
         parts = [f"{d}: {', '.join(ks)}" for d, ks in directions.items()]
         skipped = f" ({len(self.skipped)} skipped)" if self.skipped else ""
+        unchanged = max((r.unchanged for r in self.rows), default=0)
+        note = f"\n{unchanged} of {self.n_images} images {UNCHANGED_NOTE}" if unchanged else ""
         return (
-            f"{self.model}, {self.n_images} images{skipped}; cells: mean ± std [95% CI] "
-            f"(undefined values); {'; '.join(parts)}\n{CI_METHOD}"
+            f"{self.model}, {self.n_images} images{skipped}, K = {self.n_groups}; cells: "
+            f"mean ± std [95% CI] (undefined values); {'; '.join(parts)}\n{CI_METHOD}{note}"
         )
 
     def _versus(self, reference: str) -> List[List[str]]:
@@ -246,12 +349,65 @@ class EvaluationResult:
         header, body = self._cells()
         return _align(header, body) + "\n" + self._legend()
 
+    def format_agreement(self) -> str:
+        """The metrics' agreement on the methods (see :attr:`agreement`), one
+        line per pair of metrics; empty with one metric or one method."""
+        if not self.agreement or len(self.methods) < 2:
+            return ""
+        header = ["metrics", "tau-b of means", "per-image tau-b (images)"]
+        body = [
+            [
+                _pair_label(pair),
+                _tau_text(v["tau_b"]),
+                f"{_tau_text(v['per_image_tau_b'])} ({v['n_images']})",
+            ]
+            for pair, v in self.agreement.items()
+        ]
+        return "\n".join(["Metric agreement", _align(header, body), AGREEMENT_METHOD])
+
+    def format_stability(self) -> str:
+        """The rank stability of the methods across ``n_groups`` (see
+        :attr:`stability`); empty with one ``K``."""
+        if not self.stability:
+            return ""
+        header = ["metric", "K", "tau-b", "swapped pairs"]
+        body = [
+            [
+                metric,
+                _pair_label((a, b)),
+                _tau_text(v["tau_b"]),
+                "; ".join(_pair_label(p) for p in v["swaps"]) or "none",
+            ]
+            for (metric, a, b), v in self.stability.items()
+        ]
+        return "\n".join(["Rank stability across K", _align(header, body), STABILITY_METHOD])
+
     def __str__(self) -> str:
-        comparison = self.format_comparison()
-        return self.format_table() + ("\n\n" + comparison if comparison else "")
+        parts = []
+        for res in self.results:
+            comparison = res.format_comparison()
+            parts.append(res.format_table() + ("\n\n" + comparison if comparison else ""))
+            agreement = res.format_agreement()
+            if agreement:
+                parts.append(agreement)
+        stability = self.format_stability()
+        return "\n\n".join(parts + ([stability] if stability else []))
 
     def save(self, path: str) -> None:
         """Write the table to ``path`` as JSON, CSV or Markdown by its suffix
         (``.json``, ``.csv``, ``.md``)."""
         writers = {".json": self.to_json, ".csv": self.to_csv, ".md": self.to_markdown}
         write_atomically(path, writers[output_suffix(path)]())
+
+
+def combine(results: List[EvaluationResult]) -> EvaluationResult:
+    """The result of several ``n_groups``: the first ``K``'s, holding every
+    ``K``'s result in :attr:`~EvaluationResult.by_n_groups` and the methods'
+    rank stability across them in :attr:`~EvaluationResult.stability`."""
+    first = results[0]
+    means = {
+        res.n_groups: {(r.method, r.metric): r.mean for r in res.rows} for res in results
+    }
+    first.by_n_groups = {res.n_groups: res for res in results}
+    first.stability = stability(means, first.methods, first.metrics)
+    return first

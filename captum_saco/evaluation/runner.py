@@ -12,12 +12,13 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set,
 
 import torch
 from torch import Tensor, nn
+from captum._utils.common import _format_additional_forward_args
 from torch.utils.data import Dataset, IterableDataset
 
-from captum_saco._utils import warn_if_training
+from captum_saco._utils import BaselineType, warn_if_training
 from captum_saco.evaluation import distributed
 from captum_saco.evaluation.data import Batch, Source
-from captum_saco.evaluation.per_image import PerImageFile, Row, check_suffix
+from captum_saco.evaluation.per_image import PerImageFile, Row, RowKey, check_suffix, row_key
 from captum_saco.evaluation.registry import (
     DEFAULT_METHODS,
     DEFAULT_METRICS,
@@ -29,14 +30,59 @@ from captum_saco.evaluation.registry import (
     resolve_methods,
     resolve_metrics,
 )
-from captum_saco.evaluation.result import EvaluationResult, summarise
-from captum_saco.evaluation.statistics import bootstrap_ci95s, comparisons
+from captum_saco.evaluation.result import EvaluationResult, combine, summarise
+from captum_saco.evaluation.statistics import agreement, bootstrap_ci95s, comparisons
 from captum_saco.metrics import saco, score_attributions
-from captum_saco.metrics._core.perturbation import n_features_of
+from captum_saco.metrics._core.perturbation import n_features_of, target_probability
 from captum_saco.metrics._core.saco import check_n_groups
 
 # method -> metric -> the N values, one per image
 Scores = Dict[str, Dict[str, List[float]]]
+
+
+CHANGE_TOLERANCE = 1e-5
+"""The relative change below which a perturbed input leaves the model's output
+unchanged (see :class:`_OutputChanges`): about a hundred float32 roundings."""
+
+
+class _OutputChanges:
+    """The metrics' ``forward_func`` for one batch, which records whether the
+    model's output changed under any perturbation of each image.
+
+    It is called as ``(inputs, ids, *additional_forward_args)``: ``ids``, the
+    images' positions in the batch, is an additional forward argument with
+    one row per image, which the metrics hand to every perturbed row of that
+    image. For each row it reads the value the metrics read their probability
+    drops from (the target's softmax probability ``p``, or ``1 − p`` where
+    the clean ``p`` exceeds 1/2; see
+    :class:`~captum_saco.metrics._core.perturbation.TargetProbability`): the
+    row *changed* the output when that value differs from the clean one by
+    more than :data:`CHANGE_TOLERANCE` of the clean value, or either is NaN."""
+
+    def __init__(self, forward_func: Callable[..., Tensor], logits: Tensor, target: Tensor) -> None:
+        self.forward_func, self.target = forward_func, target
+        clean, _ = target_probability(logits.detach(), target, apply_softmax=True)
+        self.by_q = clean.p > 0.5
+        self.reference = torch.where(self.by_q, clean.q, clean.p)
+        self.changes = torch.zeros(target.shape[0], dtype=torch.long, device=target.device)
+
+    def __call__(self, inputs: Tensor, ids: Tensor, *args: Any) -> Tensor:
+        output = self.forward_func(inputs, *args)
+        with torch.no_grad():
+            rows = ids.to(self.target.device)
+            probability, _ = target_probability(
+                output.detach(), self.target[rows], apply_softmax=True
+            )
+            value = torch.where(self.by_q[rows], probability.q, probability.p)
+            reference = self.reference[rows]
+            # NaN (a non-finite output) counts as a change: it is not a stable output.
+            changed = ~((value - reference).abs() <= CHANGE_TOLERANCE * reference)
+            self.changes.index_add_(0, rows, changed.long())
+        return output
+
+    def unchanged(self) -> List[bool]:
+        """Per image of the batch: no perturbed input changed the output."""
+        return (self.changes == 0).tolist()
 
 
 def _score_batch(
@@ -47,15 +93,23 @@ def _score_batch(
     target: Tensor,
     metrics: List[str],
     n_groups: int,
-) -> Scores:
+    baselines: BaselineType = None,
+    additional_forward_args: Optional[Tuple[Any, ...]] = None,
+) -> Tuple[Scores, List[bool]]:
     """Score every method's attributions of one batch with every metric, sharing
     the clean pass (``logits``, run to find the targets) and the perturbed
-    forward batches (see :func:`~captum_saco.metrics.score_attributions`)."""
+    forward batches (see :func:`~captum_saco.metrics.score_attributions`).
+    Returns the scores and, per image, whether the model's output stayed
+    unchanged under every perturbation (see :class:`_OutputChanges`)."""
+    recorder = _OutputChanges(forward_func, logits, target)
+    ids = torch.arange(inputs.shape[0], device=inputs.device)
     scores = score_attributions(
-        forward_func,
+        recorder,
         inputs,
         attributions_by_method,
         metrics,
+        baselines=baselines,
+        additional_forward_args=(ids, *(additional_forward_args or ())),
         target=target,
         n_groups=n_groups,
         clean_output=logits,
@@ -67,7 +121,7 @@ def _score_batch(
     values: Scores = {method: {} for method in scores}
     for (method, name), column in zip(keys, table):
         values[method][name] = column
-    return values
+    return values, recorder.unchanged()
 
 
 def _progress_bar(total: int, enabled: bool) -> Any:
@@ -92,6 +146,16 @@ def _naming_images(message: str, keys: Sequence[Any]) -> str:
     return re.sub(r"examples \(indices \[([\d, ]*)\]\)", images, message)
 
 
+def _named_examples(message: str) -> Set[int]:
+    """The batch positions a metric's warning names (``examples (indices [i, j])``)."""
+    return {
+        int(i)
+        for found in re.findall(r"examples \(indices \[([\d, ]*)\]\)", message)
+        for i in found.split(",")
+        if i.strip()
+    }
+
+
 def _kind(message: str) -> str:
     """A warning's text without its numbers and bracketed lists (counts, indices)."""
     return re.sub(r"\d+", "#", re.sub(r"\[[^\]]*\]", "[...]", message))
@@ -105,18 +169,24 @@ class _WarningGroups:
         self.caught: List[warnings.WarningMessage] = []
 
     @contextmanager
-    def recording(self, keys: Sequence[Any]) -> Iterator[None]:
+    def recording(self, keys: Sequence[Any]) -> Iterator[Set[int]]:
         """Record the warnings of one batch, whose examples are the images ``keys``:
         the metrics' warnings name examples by their position in the batch, the
-        recorded ones name the images."""
+        recorded ones name the images. The block may add positions to the set
+        it is given: the warnings about those examples alone are dropped (the
+        images where the model's output did not change, said once instead)."""
+        quiet: Set[int] = set()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                yield
+                yield quiet
             finally:
                 for w in caught:
+                    named = _named_examples(str(w.message))
+                    if named and quiet.issuperset(named):
+                        continue
                     w.message = w.category(_naming_images(str(w.message), keys))
-                self.caught.extend(caught)
+                    self.caught.append(w)
 
     def emit(self) -> None:
         sites: Dict[Tuple[Any, str, int, str], List[warnings.WarningMessage]] = {}
@@ -152,17 +222,22 @@ def _check_inputs(inputs: Any, workers: Any) -> Source:
     return Source(inputs)
 
 
-def _check_targets(targets: Any, source: Source) -> None:
+def _check_targets(targets: Any, source: Source) -> Union[None, str, Tensor]:
+    """The checked targets; a list of ints becomes a tensor."""
     n = len(source)
+    if isinstance(targets, (list, tuple)):
+        if not all(isinstance(t, int) and not isinstance(t, bool) for t in targets):
+            raise ValueError(f"targets: expected a list of int classes, one per image, got {targets!r}")
+        targets = torch.tensor(targets, dtype=torch.long)
     if isinstance(targets, Tensor):
         if targets.shape != (n,) or targets.is_floating_point() or targets.dtype == torch.bool:
             raise ValueError(
-                f"targets: expected an integer tensor of shape ({n},), one class per image, "
-                f"got {_describe(targets)} of dtype {targets.dtype}"
+                f"targets: expected an integer tensor of shape ({n},) or a list of {n} ints, "
+                f"one class per image, got {_describe(targets)} of dtype {targets.dtype}"
             )
-        return
+        return targets
     if targets is None or targets == "predicted":
-        return
+        return targets
     if targets != "label":
         raise ValueError(
             f"targets: expected None, 'predicted', 'label' or a tensor, got {targets!r}"
@@ -172,6 +247,7 @@ def _check_targets(targets: Any, source: Source) -> None:
             "targets: 'label' needs a data set with labels (a folder with one subfolder per "
             "class), got " + ("a tensor" if not source.has_labels else "a flat folder")
         )
+    return targets
 
 
 def _targets_setting(targets: Union[None, str, Tensor]) -> str:
@@ -187,6 +263,32 @@ def _images_setting(source: Source) -> str:
     their number and a digest of their names (paths in an image folder)."""
     keys = json.dumps([str(source.key(i)) for i in range(len(source))])
     return f"{len(source)} (names sha256 {hashlib.sha256(keys.encode()).hexdigest()[:16]})"
+
+
+def _check_n_groups_list(n_groups: Any) -> List[int]:
+    """``n_groups`` as a list of distinct Ks, each an int >= 2."""
+    ks = list(n_groups) if isinstance(n_groups, (list, tuple)) else [n_groups]
+    if not ks:
+        raise ValueError("n_groups: expected an int >= 2 or a list of them, got an empty list")
+    for k in ks:
+        _fractions(k)  # an int >= 2, or a ValueError naming n_groups
+    if len(set(ks)) < len(ks):
+        raise ValueError(f"n_groups: expected distinct values, got {n_groups!r}")
+    return ks
+
+
+def _value_setting(value: Any) -> Optional[str]:
+    """A baseline or further forward argument as the per-image file's settings
+    record it: None when not given, a tensor by its shape and a digest of its
+    values, anything else by its ``repr``."""
+    if value is None:
+        return None
+    if isinstance(value, tuple):
+        return "(" + ", ".join(str(_value_setting(v)) for v in value) + ")"
+    if isinstance(value, Tensor):
+        data = value.detach().cpu().contiguous().numpy().tobytes()
+        return f"tensor {tuple(value.shape)} (sha256 {hashlib.sha256(data).hexdigest()[:16]})"
+    return repr(value)
 
 
 def _check_seed(seed: Any) -> None:
@@ -216,6 +318,17 @@ def _predicted(forward_func: Callable[..., Tensor], x: Tensor) -> Tensor:
         return forward_func(x).argmax(dim=1)
 
 
+def _per_batch(value: Any, n: int, indices: Tensor, device: torch.device) -> Any:
+    """``value`` for one batch: a tensor with one row per image of the data set
+    (``n`` rows, ``n`` > 1) gives the rows of the batch's images; anything else
+    is the same for every batch. Tensors are moved to ``device``."""
+    if not isinstance(value, Tensor):
+        return value
+    if value.dim() > 0 and value.shape[0] == n and n > 1:
+        value = value[indices.to(value.device)]
+    return value.to(device)
+
+
 class _Scorer:
     """Explains and scores one batch at a time."""
 
@@ -224,8 +337,11 @@ class _Scorer:
         model: nn.Module,
         methods: Dict[str, AttributeFn],
         metrics: List[str],
-        n_groups: int,
+        n_groups: List[int],
         targets: Any,
+        baselines: BaselineType = None,
+        additional_forward_args: Optional[Tuple[Any, ...]] = None,
+        n_images: int = 0,
     ) -> None:
         self.forward_func = logits_of(model)
         self.methods, self.metrics, self.n_groups, self.targets = (
@@ -234,12 +350,23 @@ class _Scorer:
             n_groups,
             targets,
         )
+        self.baselines, self.additional_forward_args = baselines, additional_forward_args
+        self.n_images = n_images
 
     def _target(self, batch: Batch, logits: Tensor, keys: List[Any]) -> Tensor:
         if isinstance(self.targets, Tensor):
+            if int(batch.indices.max()) >= self.targets.shape[0]:
+                raise ValueError(
+                    f"targets: {self.targets.shape[0]} classes given, but the inputs hold "
+                    f"more images (image {keys[-1]!r}); expected one class per image"
+                )
             target, what = self.targets[batch.indices], "class"
         elif isinstance(self.targets, str) and self.targets == "label":
-            assert batch.labels is not None
+            if batch.labels is None:
+                raise ValueError(
+                    f"targets: 'label' needs a label per image, and the batch of image "
+                    f"{keys[0]!r} has none"
+                )
             target, what = batch.labels, "label"
         else:
             return logits.argmax(dim=1)
@@ -259,48 +386,72 @@ class _Scorer:
 
     def rows(self, batch: Batch, x: Tensor, keys: List[Any]) -> List[Row]:
         """The per-image rows of one batch: its targets (given or predicted),
-        clean probabilities, every method's attributions and their scores."""
-        check_n_groups(self.n_groups, n_features_of([x]))  # before any method runs
+        clean probabilities, every method's attributions and their scores;
+        where the model's output did not change under any perturbation, the
+        scores are NaN and ``unchanged`` is True."""
+        for k in self.n_groups:  # before any method runs
+            check_n_groups(k, n_features_of([x]))
+        n = self.n_images
+        baselines = _per_batch(self.baselines, n, batch.indices, x.device)
+        extra = self.additional_forward_args
+        if extra is not None:
+            extra = tuple(_per_batch(a, n, batch.indices, x.device) for a in extra)
         with torch.no_grad():
-            logits = self.forward_func(x)
+            logits = self.forward_func(x, *(extra or ()))
         target = self._target(batch, logits, keys)
         probability = logits.double().softmax(dim=1).gather(1, target[:, None])[:, 0].cpu()
         attributions = {
-            name: attribute(x, target, batch.indices) for name, attribute in self.methods.items()
+            name: attribute(x, target, batch.indices, extra)
+            for name, attribute in self.methods.items()
         }
-        scores = _score_batch(
-            self.forward_func, x, logits, attributions, target, self.metrics, self.n_groups
-        )
         labels = [None] * len(keys) if batch.labels is None else batch.labels.tolist()
         targets, probabilities = target.tolist(), probability.tolist()
-        return [
-            {
-                "image": key,
-                "label": None if labels[j] is None or labels[j] < 0 else labels[j],
-                "target": targets[j],
-                "probability": probabilities[j],
-                "method": method,
-                **{k: scores[method][k][j] for k in self.metrics},
-            }
-            for j, key in enumerate(keys)
-            for method in self.methods
-        ]
+        rows: List[Row] = []
+        for n_groups in self.n_groups:
+            scores, unchanged = _score_batch(
+                self.forward_func,
+                x,
+                logits,
+                attributions,
+                target,
+                self.metrics,
+                n_groups,
+                baselines,
+                extra,
+            )
+            rows += [
+                {
+                    "image": key,
+                    "label": None if labels[j] is None or labels[j] < 0 else labels[j],
+                    "target": targets[j],
+                    "probability": probabilities[j],
+                    "n_groups": n_groups,
+                    "unchanged": unchanged[j],
+                    "method": method,
+                    **{k: math.nan if unchanged[j] else scores[method][k][j] for k in self.metrics},
+                }
+                for j, key in enumerate(keys)
+                for method in self.methods
+            ]
+        return rows
 
 
 def _done(
-    stored: Dict[Tuple[str, str], Row],
+    stored: Dict[RowKey, Row],
     source: Source,
     methods: Sequence[str],
     metrics: Sequence[str],
+    n_groups: Sequence[int],
 ) -> Set[int]:
-    """The positions of the images stored for every method and metric."""
+    """The positions of the images stored for every method, metric and K."""
     return {
         i
         for i in range(len(source))
         if all(
-            (row := stored.get((str(source.key(i)), m))) is not None
-            and all(k in row for k in metrics)
+            (row := stored.get((str(source.key(i)), m, k))) is not None
+            and all(name in row for name in metrics)
             for m in methods
+            for k in n_groups
         )
     }
 
@@ -339,8 +490,10 @@ def _run_batches(
                 warnings.warn(f"skipping the image {source.key(index)!r}: {reason}")
             if batch.indices.numel():
                 keys = [source.key(int(i)) for i in batch.indices]
-                with groups.recording(keys):
+                with groups.recording(keys) as quiet:
                     new = scorer.rows(batch, batch.images.to(device), keys)
+                    changed = {str(r["image"]) for r in new if not r["unchanged"]}
+                    quiet.update(j for j, key in enumerate(keys) if str(key) not in changed)
                 if writer is not None:
                     writer.append(new)
                 rows.extend(new)
@@ -354,20 +507,25 @@ def _run_batches(
 
 
 def _collect(
-    stored: Dict[Tuple[str, str], Row],
+    stored: Dict[RowKey, Row],
     new_rows: List[Row],
     source: Source,
     methods: Sequence[str],
+    n_groups: Sequence[int],
 ) -> List[Row]:
-    """Stored and new rows of the images of ``source``, in input order."""
+    """Stored and new rows of the images of ``source``, in input order, then
+    by K and method."""
     by_key = dict(stored)
-    by_key.update({(str(r["image"]), r["method"]): r for r in new_rows})
+    by_key.update({row_key(r): r for r in new_rows})
     ordered = []
     for i in range(len(source)):
         key = str(source.key(i))
         # The image's own key: a CSV file stores an index as text.
         ordered += [
-            {**by_key[(key, m)], "image": source.key(i)} for m in methods if (key, m) in by_key
+            {**by_key[(key, m, k)], "image": source.key(i)}
+            for k in n_groups
+            for m in methods
+            if (key, m, k) in by_key
         ]
     return ordered
 
@@ -378,21 +536,26 @@ def _result(
     metrics: List[str],
     skipped: List[Any],
     model_name: str,
+    n_groups: int,
 ) -> EvaluationResult:
+    """The result of one K from its per-image rows."""
     images = list(dict.fromkeys(str(r["image"]) for r in rows))
     position = {key: i for i, key in enumerate(images)}
     # Filled as lists: a Python float is written in a fraction of a tensor item's time.
     values = {(m, k): [math.nan] * len(images) for m in methods for k in metrics}
+    unchanged: Dict[str, int] = {m: 0 for m in methods}
     for r in rows:
         i = position[str(r["image"])]
+        unchanged[r["method"]] += bool(r.get("unchanged"))
         for k in metrics:
             values[(r["method"], k)][i] = r[k]
     per_example = {key: torch.tensor(v, dtype=torch.float64) for key, v in values.items()}
+    directions = {k: METRICS[k] for k in metrics}
     return EvaluationResult(
         model=model_name,
         n_images=len(images),
         rows=[
-            summarise(m, k, values, ci95)
+            summarise(m, k, values, ci95, n_groups, unchanged[m])
             for ((m, k), values), ci95 in zip(
                 per_example.items(), bootstrap_ci95s(list(per_example.values()))
             )
@@ -400,8 +563,27 @@ def _result(
         per_example=per_example,
         per_image=rows,
         skipped=skipped,
-        comparisons=comparisons(per_example, methods, {k: METRICS[k] for k in metrics}),
+        comparisons=comparisons(per_example, methods, directions),
+        n_groups=n_groups,
+        agreement=agreement(per_example, methods, directions),
     )
+
+
+def _warn_unchanged(rows: List[Row], n_images: int) -> None:
+    """One warning naming the images where the model's output did not change
+    under perturbation (for any K)."""
+    images = list(dict.fromkeys(r["image"] for r in rows if r.get("unchanged")))
+    if images:
+        shown = ", ".join(repr(i) for i in images[:5]) + (", ..." if len(images) > 5 else "")
+        warnings.warn(
+            f"the model's output did not change under any perturbation of the metrics on "
+            f"{len(images)} of {n_images} images ({shown}): no ranking can be judged there, so "
+            "their values are NaN for every method and metric (a model that ignores its input, "
+            "such as a broken checkpoint or a wrong input layout, or images equal to their "
+            "baseline)",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def evaluate(
@@ -410,7 +592,7 @@ def evaluate(
     targets: Union[None, str, Tensor] = None,
     methods: MethodsType = DEFAULT_METHODS,
     metrics: Sequence[str] = DEFAULT_METRICS,
-    n_groups: int = 10,
+    n_groups: Union[int, Sequence[int]] = 10,
     batch_size: int = 16,
     seed: int = 0,
     progress: bool = False,
@@ -418,6 +600,8 @@ def evaluate(
     workers: int = 0,
     per_image_file: Optional[str] = None,
     resume: bool = False,
+    baselines: BaselineType = None,
+    additional_forward_args: Any = None,
 ) -> EvaluationResult:
     r"""
     Explain ``model``'s decisions on ``inputs`` with each method and score
@@ -522,32 +706,38 @@ def evaluate(
     """
     builders, metric_defs = resolve_methods(methods), resolve_metrics(metrics)
     source = _check_inputs(inputs, workers)
-    _check_targets(targets, source)
+    targets = _check_targets(targets, source)
     _check_options(batch_size, seed, per_image_file, resume)
-    _fractions(n_groups)  # validates n_groups before any work
+    ks = _check_n_groups_list(n_groups)
+    extra = _format_additional_forward_args(additional_forward_args)
     warn_if_training(model, "evaluate", stacklevel=2)
     model_name = model_name or type(model).__name__
     built = {name: build(model, seed) for name, build in builders.items()}
-    scorer = _Scorer(model, built, metric_defs, n_groups, targets)
+    scorer = _Scorer(
+        model, built, metric_defs, ks, targets, baselines, extra, len(source)
+    )
     rank, world = distributed.world()
     writer = None
-    stored: Dict[Tuple[str, str], Row] = {}
+    stored: Dict[RowKey, Row] = {}
     if per_image_file is not None:
         settings = {
             "model": model_name,
             "methods": list(built),
             "metrics": list(metric_defs),
             "images": _images_setting(source),
-            "n_groups": n_groups,
+            "n_groups": ks[0] if len(ks) == 1 else ks,
             "batch_size": batch_size,  # an image's values may depend on its batch
             "seed": seed,
             "targets": _targets_setting(targets),
+            # None (not recorded) by default, so that earlier files still resume
+            "baselines": _value_setting(baselines),
+            "additional_forward_args": _value_setting(additional_forward_args),
         }
         writer = PerImageFile(per_image_file, settings, rank, world)
         stored = writer.read() if resume else {}
         distributed.barrier()  # every process has read before any appends
         writer.open(resume)
-    plan = _plan(len(source), batch_size, _done(stored, source, built, metric_defs))
+    plan = _plan(len(source), batch_size, _done(stored, source, built, metric_defs, ks))
     device = _device_of(model, torch.device("cpu"))
     try:
         new_rows, skipped = _run_batches(scorer, source, plan, device, writer, progress)
@@ -555,16 +745,23 @@ def evaluate(
         if writer is not None:
             writer.close()
     parts = distributed.gather((new_rows, skipped))
-    rows = _collect(stored, [r for part, _ in parts for r in part], source, list(built))
+    rows = _collect(stored, [r for part, _ in parts for r in part], source, list(built), ks)
     if writer is not None and rank == 0:
         writer.merge(rows)
-    return _result(
-        rows,
-        list(built),
-        list(metric_defs),
-        [source.key(i) for i in sorted(i for _, part in parts for i in part)],
-        model_name,
-    )
+    _warn_unchanged(rows, len(source))
+    skipped_keys = [source.key(i) for i in sorted(i for _, part in parts for i in part)]
+    results = [
+        _result(
+            [r for r in rows if r["n_groups"] == k],
+            list(built),
+            list(metric_defs),
+            skipped_keys,
+            model_name,
+            k,
+        )
+        for k in ks
+    ]
+    return combine(results) if len(results) > 1 else results[0]
 
 
 def saco_case_study(

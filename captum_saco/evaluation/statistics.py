@@ -178,3 +178,114 @@ def comparisons(
                 }
             )
     return rows
+
+
+def kendall_tau_b(x: Tensor, y: Tensor) -> Tensor:
+    r"""
+    Kendall's τ-b between ``x`` and ``y`` along their last dimension, the
+    items where either is NaN left out: ``(C − D) / sqrt((P − T_x)(P − T_y))``
+    over the ``P`` pairs of items, with ``C`` (``D``) the pairs ordered alike
+    (oppositely) by both and ``T_x`` (``T_y``) the pairs tied in ``x``
+    (``y``). NaN where it is undefined (fewer than two items, or one of them
+    constant). Computed here in float64, the same as SciPy's
+    ``kendalltau(x, y, variant="b")``.
+
+    Examples::
+
+        >>> import torch
+        >>> float(kendall_tau_b(torch.tensor([1., 2., 3., 4.]), torch.tensor([1., 3., 2., 4.])))
+        0.6666666666666666
+    """
+    x, y = torch.broadcast_tensors(x.double(), y.double())
+    keep = ~(torch.isnan(x) | torch.isnan(y))
+    pair = keep.unsqueeze(-1) & keep.unsqueeze(-2)
+    pair = pair & torch.ones_like(pair).triu(diagonal=1)
+    sx = torch.sign(x.unsqueeze(-1) - x.unsqueeze(-2)).nan_to_num()
+    sy = torch.sign(y.unsqueeze(-1) - y.unsqueeze(-2)).nan_to_num()
+    pairs = pair.sum(dim=(-2, -1)).double()
+    score = (sx * sy * pair).sum(dim=(-2, -1))
+    tied_x = ((sx == 0) & pair).sum(dim=(-2, -1))
+    tied_y = ((sy == 0) & pair).sum(dim=(-2, -1))
+    denominator = ((pairs - tied_x) * (pairs - tied_y)).sqrt()
+    return torch.where(denominator > 0, score / denominator, torch.nan)
+
+
+def _tau(a: Sequence[Optional[float]], b: Sequence[Optional[float]]) -> Optional[float]:
+    """:func:`kendall_tau_b` of two lists (None: undefined), or None."""
+    values = [[math.nan if v is None else v for v in side] for side in (a, b)]
+    tau = float(kendall_tau_b(*(torch.tensor(v, dtype=torch.float64) for v in values)))
+    return None if math.isnan(tau) else tau
+
+
+def swaps(
+    methods: Sequence[str], a: Sequence[Optional[float]], b: Sequence[Optional[float]]
+) -> List[Tuple[str, str]]:
+    """The pairs of methods (in ``methods``' order) ordered strictly one way by
+    the means ``a`` and strictly the other way by the means ``b``."""
+    found = []
+    for i in range(len(methods)):
+        for j in range(i + 1, len(methods)):
+            if None in (a[i], a[j], b[i], b[j]):
+                continue
+            if (a[i] - a[j]) * (b[i] - b[j]) < 0:  # type: ignore[operator]
+                found.append((methods[i], methods[j]))
+    return found
+
+
+STABILITY_METHOD = (
+    "rank stability: Kendall's tau-b between the methods' rankings by mean under two "
+    "settings, per metric (1: the same order; swaps: the pairs of methods ordered the other way)"
+)
+AGREEMENT_METHOD = (
+    "metric agreement: Kendall's tau-b between two metrics' rankings of the methods by mean, "
+    "each best first (lower-is-better metrics negated); per image: the mean over the images of "
+    "tau-b between the two metrics' rankings of the methods on that image"
+)
+
+
+def stability(
+    means: Dict[Any, Dict[Tuple[str, str], Optional[float]]],
+    methods: Sequence[str],
+    metrics: Sequence[str],
+) -> Dict[Tuple[str, Any, Any], Dict[str, Any]]:
+    """For each metric and pair of settings (keys of ``means``, which map
+    ``(method, metric)`` to the mean): ``{"tau_b", "swaps"}``."""
+    settings = list(means)
+    out: Dict[Tuple[str, Any, Any], Dict[str, Any]] = {}
+    for metric in metrics:
+        for i, s in enumerate(settings):
+            for t in settings[i + 1 :]:
+                a = [means[s][(m, metric)] for m in methods]
+                b = [means[t][(m, metric)] for m in methods]
+                out[(metric, s, t)] = {"tau_b": _tau(a, b), "swaps": swaps(methods, a, b)}
+    return out
+
+
+def agreement(
+    per_example: Dict[Tuple[str, str], Tensor],
+    methods: Sequence[str],
+    metrics: Dict[str, str],
+) -> Dict[Tuple[str, str], Dict[str, Any]]:
+    """For each pair of metrics (in order): ``{"tau_b"}`` between their
+    rankings of the methods by mean, ``"per_image_tau_b"``, the mean over the
+    images of τ-b between their rankings of the methods on each image (where
+    it is defined), and ``"n_images"``, the images where it is. Each metric's
+    values are negated when lower is better, so that both rank best first."""
+    signed = {
+        k: torch.stack([per_example[(m, k)] for m in methods], dim=-1).double()
+        * (1.0 if direction.startswith("higher") else -1.0)
+        for k, direction in metrics.items()
+    }
+    names = list(metrics)
+    out: Dict[Tuple[str, str], Dict[str, Any]] = {}
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            means = [signed[k].nanmean(dim=0) for k in (a, b)]
+            per_image = kendall_tau_b(signed[a], signed[b])
+            defined = per_image[~torch.isnan(per_image)]
+            out[(a, b)] = {
+                "tau_b": _tau(*(m.tolist() for m in means)),
+                "per_image_tau_b": float(defined.mean()) if defined.numel() else None,
+                "n_images": int(defined.numel()),
+            }
+    return out
