@@ -4,7 +4,7 @@ reported and skipped instead of ending the run."""
 
 import numbers
 from collections import Counter
-from typing import Any, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -33,13 +33,30 @@ class Batch(NamedTuple):
     of another shape than most of the batch."""
 
 
-def _image_and_label(item: Any, index: int) -> Tuple[Tensor, int]:
-    """An item of a data set as ``(image, label)``: ``(image, label, ...)``, or
-    an image alone (``TensorDataset(images)`` gives ``(image,)``), whose label
-    is unknown (-1), as is a label None. Images are tensors or NumPy arrays;
-    labels integers."""
+def _split(item: Any) -> Tuple[Any, Any]:
+    """``(images, labels)`` of an item or a batch: ``(images, labels, ...)``,
+    ``(images,)``, images alone, or a Hugging Face dict with ``pixel_values``
+    and ``labels`` (or ``label``); labels None when absent."""
+    if isinstance(item, Mapping):
+        if "pixel_values" not in item:
+            raise TypeError(
+                "inputs: a dict item needs the key 'pixel_values' (the Hugging Face "
+                f"convention), got the keys {sorted(map(str, item))}"
+            )
+        return item["pixel_values"], item.get("labels", item.get("label"))
     if isinstance(item, (tuple, list)) and item:
-        image, label = item[0], item[1] if len(item) > 1 else None
+        return item[0], item[1] if len(item) > 1 else None
+    return item, None
+
+
+def _image_and_label(item: Any, index: int) -> Tuple[Tensor, int]:
+    """An item of a data set as ``(image, label)``: ``(image, label, ...)``, a
+    dict ``{"pixel_values", "labels"}``, or an image alone
+    (``TensorDataset(images)`` gives ``(image,)``), whose label is unknown
+    (-1), as is a label None. Images are tensors or NumPy arrays; labels
+    integers."""
+    if isinstance(item, Mapping) or (isinstance(item, (tuple, list)) and item):
+        image, label = _split(item)
     else:
         image, label = item, None
     if label is None:
@@ -139,3 +156,46 @@ class Source:
             if batch.indices.numel():
                 return int(batch.indices[0]), batch.images[0]
         raise ValueError("inputs: no item of the data set can be read")
+
+
+class Stream:
+    """The images of an evaluation as an iterable of batches (a ``DataLoader``,
+    a generator, a list): each batch ``(images, labels)``, ``(images,)``,
+    images alone, or a dict with ``pixel_values`` and ``labels`` (the Hugging
+    Face convention). Images are read once, in order; an image's key is its
+    position in the stream. Their number is known once they are read."""
+
+    has_labels = True
+
+    def __init__(self, batches: Iterable[Any]) -> None:
+        self.inputs, self.count = batches, 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def key(self, index: int) -> int:
+        return index
+
+    def batches(self) -> Iterator[Batch]:
+        for number, item in enumerate(self.inputs):
+            images, labels = _split(item)
+            if isinstance(images, np.ndarray):
+                images = torch.from_numpy(images)
+            if not isinstance(images, Tensor) or images.dim() < 2 or images.shape[0] == 0:
+                raise TypeError(
+                    f"inputs: batch {number} of the iterable holds "
+                    f"{type(images).__name__ if not isinstance(images, Tensor) else 'shape ' + str(tuple(images.shape))}"
+                    "; expected (images, labels) with images a tensor of shape (B, ...)"
+                )
+            n = images.shape[0]
+            if labels is not None:
+                labels = torch.as_tensor(labels)
+                if labels.shape != (n,) or labels.is_floating_point() or labels.dtype == torch.bool:
+                    raise TypeError(
+                        f"inputs: batch {number} of the iterable has labels of shape "
+                        f"{tuple(labels.shape)} and dtype {labels.dtype}; expected {n} "
+                        "integer classes, one per image"
+                    )
+            indices = torch.arange(self.count, self.count + n)
+            self.count += n
+            yield Batch(indices, images, labels, [])

@@ -8,7 +8,19 @@ import math
 import re
 import warnings
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+    Union,
+)
 
 import torch
 from torch import Tensor, nn
@@ -17,7 +29,7 @@ from torch.utils.data import Dataset, IterableDataset
 
 from captum_saco._utils import BaselineType, warn_if_training
 from captum_saco.evaluation import distributed
-from captum_saco.evaluation.data import Batch, Source
+from captum_saco.evaluation.data import Batch, Source, Stream
 from captum_saco.evaluation.per_image import PerImageFile, Row, RowKey, check_suffix, row_key
 from captum_saco.evaluation.registry import (
     DEFAULT_METHODS,
@@ -124,7 +136,15 @@ def _score_batch(
     return values, recorder.unchanged()
 
 
-def _progress_bar(total: int, enabled: bool) -> Any:
+def _length(iterable: Any) -> Optional[int]:
+    """``len(iterable)`` where it has one (a DataLoader's batches), else None."""
+    try:
+        return len(iterable)
+    except TypeError:
+        return None
+
+
+def _progress_bar(total: Optional[int], enabled: bool) -> Any:
     if not enabled:
         return None
     try:
@@ -202,35 +222,40 @@ def _describe(value: Any) -> str:
     return f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
 
 
-def _check_inputs(inputs: Any, workers: Any) -> Source:
+def _check_inputs(inputs: Any, workers: Any) -> Union[Source, Stream]:
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ValueError(f"workers: expected a non-negative int, got {workers!r}")
     if isinstance(inputs, Dataset) and not isinstance(inputs, Tensor):
         if isinstance(inputs, IterableDataset) or not hasattr(inputs, "__len__"):
             raise ValueError(
                 f"inputs: expected a map-style data set (with __len__ and __getitem__), got "
-                f"{type(inputs).__name__}: images are read by position, in fixed batches"
+                f"{type(inputs).__name__}: images are read by position, in fixed batches; or "
+                "give a DataLoader over it, whose batches are read in order"
             )
         if len(inputs) == 0:  # type: ignore[arg-type]
             raise ValueError("inputs: expected a data set holding at least one image, got none")
         return Source(inputs, workers)
+    if not isinstance(inputs, (Tensor, str, bytes, Mapping)) and hasattr(inputs, "__iter__"):
+        return Stream(inputs)
     if not isinstance(inputs, Tensor) or inputs.dim() < 2 or inputs.shape[0] == 0:
         raise ValueError(
-            "inputs: expected a tensor of shape (N, ...) or a data set holding at least one "
-            "image, got " + _describe(inputs)
+            "inputs: expected a tensor of shape (N, ...), a data set, or an iterable of "
+            "batches (a DataLoader) holding at least one image, got " + _describe(inputs)
         )
     return Source(inputs)
 
 
-def _check_targets(targets: Any, source: Source) -> Union[None, str, Tensor]:
-    """The checked targets; a list of ints becomes a tensor."""
+def _check_targets(targets: Any, source: Union[Source, Stream]) -> Union[None, str, Tensor]:
+    """The checked targets; a list of ints becomes a tensor. The number of the
+    images of a stream is known only once they are read."""
     n = len(source)
     if isinstance(targets, (list, tuple)):
         if not all(isinstance(t, int) and not isinstance(t, bool) for t in targets):
             raise ValueError(f"targets: expected a list of int classes, one per image, got {targets!r}")
         targets = torch.tensor(targets, dtype=torch.long)
     if isinstance(targets, Tensor):
-        if targets.shape != (n,) or targets.is_floating_point() or targets.dtype == torch.bool:
+        shape_ok = targets.dim() == 1 if isinstance(source, Stream) else targets.shape == (n,)
+        if not shape_ok or targets.is_floating_point() or targets.dtype == torch.bool:
             raise ValueError(
                 f"targets: expected an integer tensor of shape ({n},) or a list of {n} ints, "
                 f"one class per image, got {_describe(targets)} of dtype {targets.dtype}"
@@ -306,6 +331,21 @@ def _check_options(batch_size: Any, seed: Any, per_image_file: Optional[str], re
         check_suffix(per_image_file)
     elif resume:
         raise ValueError("resume: needs per_image_file, the results to resume from")
+
+
+def _check_stream(resume: bool) -> None:
+    """An iterable of batches is read once, in order, in this process."""
+    if resume:
+        raise ValueError(
+            "resume: needs inputs read by position (a tensor or a map-style data set); an "
+            "iterable of batches such as a DataLoader cannot skip the finished images"
+        )
+    if distributed.world()[1] > 1:
+        raise ValueError(
+            "inputs: under torch.distributed, give a tensor or a map-style data set, which "
+            "evaluate shards across the processes; an iterable of batches is read whole by "
+            "every process"
+        )
 
 
 def _device_of(model: nn.Module, fallback: torch.device) -> torch.device:
@@ -471,20 +511,21 @@ def _plan(n: int, batch_size: int, done: Set[int]) -> List[List[int]]:
 
 def _run_batches(
     scorer: _Scorer,
-    source: Source,
-    plan: List[List[int]],
+    source: Union[Source, Stream],
+    plan: Optional[List[List[int]]],
     device: torch.device,
     writer: Optional[PerImageFile],
     progress: bool,
 ) -> Tuple[List[Row], List[int]]:
-    """Score the planned batches; returns the new rows and the positions of the
-    skipped images."""
+    """Score the planned batches (a stream's batches: all, in order); returns
+    the new rows and the positions of the skipped images."""
     rows: List[Row] = []
     skipped: List[int] = []
     groups = _WarningGroups()
-    bar = _progress_bar(len(plan), progress and distributed.world()[0] == 0)
+    total = len(plan) if plan is not None else _length(source.inputs)
+    bar = _progress_bar(total, progress and distributed.world()[0] == 0)
     try:
-        for batch in source.batches(plan):
+        for batch in source.batches() if plan is None else source.batches(plan):
             for index, reason in batch.skipped:
                 skipped.append(index)
                 warnings.warn(f"skipping the image {source.key(index)!r}: {reason}")
@@ -635,28 +676,45 @@ def evaluate(
         model (nn.Module): the classifier, on the device to use, in eval
                     mode; returns ``(N, C)`` logits, or an output with
                     ``.logits`` (Hugging Face models). It is not modified.
-        inputs (Tensor or Dataset): ``(N, ...)`` images as the model
-                    expects them (resized and normalised), or a data set of
-                    ``(image, label)`` items such as
+        inputs (Tensor, Dataset or iterable): ``(N, ...)`` images as the
+                    model expects them (resized and normalised); a map-style
+                    data set of ``(image, label)`` items such as
                     :class:`~captum_saco.datasets.ImageFiles` or torchvision's
                     ``ImageFolder`` (read batch by batch by a ``DataLoader``);
                     items may also be an image alone or ``(image,)`` (label
-                    unknown), images tensors or NumPy arrays, labels integers
-                    or None (unknown).
-                    Moved to the model's device batch by batch.
-        targets (Tensor or str, optional): ``(N,)`` class per image;
+                    unknown) or a dict ``{"pixel_values", "labels"}``, images
+                    tensors or NumPy arrays, labels integers or None
+                    (unknown); or an iterable of batches, such as your own
+                    ``DataLoader``: ``(images, labels)``, ``(images,)``,
+                    images alone, or dicts ``{"pixel_values", "labels"}``
+                    (the Hugging Face convention), read once in order (not
+                    resumable, nor sharded under ``torch.distributed``; an
+                    image's key is its position). Moved to the model's
+                    device batch by batch.
+        targets (Tensor, list of int or str, optional): ``(N,)`` class
+                    per image;
                     ``"label"``, the data set's labels; or None or
                     ``"predicted"``, the model's predicted class.
                     Default: None
-        methods (sequence of str, or mapping of str to Attribution):
-                    names from :data:`METHODS`, or ``{name: attribution}``
-                    with your own Captum attribution instances (called as
-                    ``attribution.attribute(inputs, target=target)``) or
-                    names. Default: all of :data:`METHODS`.
+        methods (sequence of str, or mapping): names from
+                    :data:`METHODS`, or ``{name: method}`` where a method is
+                    a name, your own Captum attribution instance (called as
+                    ``attribution.attribute(inputs, target=target)``; one
+                    whose ``forward_func`` is a Hugging Face model is given
+                    its logits), an attribution class (those of
+                    :mod:`captum_saco.attr` built on the model, others on
+                    its logits), or ``(any of these, {option: value})``
+                    with options of its ``attribute``, e.g.
+                    ``{"TA, start 1": (TransformerAttribution,
+                    {"start_layer": 1})}``. Default: all of :data:`METHODS`.
         metrics (sequence of str): names from :data:`METRICS`.
                     Default: all of them.
-        n_groups (int): ``K``, the number of salience groups of SaCo and
-                    the number of deletion steps of the cumulative metrics.
+        n_groups (int or list of int): ``K``, the number of salience
+                    groups of SaCo and the number of deletion steps of the
+                    cumulative metrics. Several (``[5, 10, 20]``, the
+                    paper's): a result per ``K`` (the methods are run once),
+                    in ``result.by_n_groups``, and the rank stability of the
+                    methods across them in ``result.stability``.
                     Default: 10
         batch_size (int): images explained at once. Default: 16
         seed (int): seed of ``random`` (image ``i`` uses ``seed + i``).
@@ -669,17 +727,39 @@ def evaluate(
                     Default: 0 (read in this process)
         per_image_file (str, optional): a ``.jsonl`` or ``.csv`` file for
                     the per-image rows. Default: None
+        baselines (scalar or Tensor, optional): what removed features are
+                    replaced with, as in :func:`~captum_saco.metrics.saco`: a
+                    number, a tensor broadcastable to a batch, or one per
+                    image (``(N, ...)``, the batch's rows taken). Default:
+                    None, the per-image, per-channel mean.
+        additional_forward_args (Any, optional): further arguments of the
+                    model, after the images, given to the model, every
+                    method and every metric; a tensor with one row per
+                    image (``N`` rows) gives each batch its rows.
+                    Default: None
         resume (bool): continue the run recorded in ``per_image_file``
                     (the same inputs, model name, methods, metrics, targets,
                     n_groups, batch_size and seed, which the file's settings
                     record and a resumed run checks; of the inputs, their
                     number and names). Default: False
 
+    An image where no perturbation of the metrics changes the model's output
+    (the value the metrics read their drops from, the target's probability
+    ``p``, or ``1 − p`` where ``p`` > 1/2, stays within a relative
+    :data:`CHANGE_TOLERANCE` of the clean one on every perturbed input, for
+    every method and metric) cannot tell a good ranking from a bad one:
+    SaCo would be 1 for every method, Random included. Its values are NaN
+    for every method and metric, its per-image rows say ``unchanged``, the
+    rows count it in ``unchanged`` and one warning names such images (a
+    model that ignores its input, or an image equal to its baseline).
+
     Returns:
         EvaluationResult: the rows ``{method, metric, mean, std, n, nan,
-        ci95}`` (methods x metrics, in the given order), the per-image
-        values and rows, the paired comparisons of the methods, and writers
-        for text, JSON, CSV and Markdown.
+        ci95, n_groups, unchanged}`` (methods x metrics, in the given
+        order), the per-image values and rows, the paired comparisons of
+        the methods, the metrics' agreement on the methods, with several
+        ``n_groups`` the result per ``K`` and the methods' rank stability,
+        and writers for text, JSON, CSV and Markdown.
 
     Raises:
         ValueError: unknown method or metric names, ``inputs`` without
@@ -708,6 +788,8 @@ def evaluate(
     source = _check_inputs(inputs, workers)
     targets = _check_targets(targets, source)
     _check_options(batch_size, seed, per_image_file, resume)
+    if isinstance(source, Stream):
+        _check_stream(resume)
     ks = _check_n_groups_list(n_groups)
     extra = _format_additional_forward_args(additional_forward_args)
     warn_if_training(model, "evaluate", stacklevel=2)
@@ -724,7 +806,7 @@ def evaluate(
             "model": model_name,
             "methods": list(built),
             "metrics": list(metric_defs),
-            "images": _images_setting(source),
+            "images": "an iterable, read once" if isinstance(source, Stream) else _images_setting(source),
             "n_groups": ks[0] if len(ks) == 1 else ks,
             "batch_size": batch_size,  # an image's values may depend on its batch
             "seed": seed,
@@ -737,13 +819,22 @@ def evaluate(
         stored = writer.read() if resume else {}
         distributed.barrier()  # every process has read before any appends
         writer.open(resume)
-    plan = _plan(len(source), batch_size, _done(stored, source, built, metric_defs, ks))
+    plan = (
+        None
+        if isinstance(source, Stream)
+        else _plan(len(source), batch_size, _done(stored, source, built, metric_defs, ks))
+    )
     device = _device_of(model, torch.device("cpu"))
     try:
         new_rows, skipped = _run_batches(scorer, source, plan, device, writer, progress)
     finally:
         if writer is not None:
             writer.close()
+    if isinstance(targets, Tensor) and targets.shape[0] != len(source):
+        raise ValueError(
+            f"targets: {targets.shape[0]} classes given for the {len(source)} images of "
+            "inputs; expected one class per image"
+        )
     parts = distributed.gather((new_rows, skipped))
     rows = _collect(stored, [r for part, _ in parts for r in part], source, list(built), ks)
     if writer is not None and rank == 0:
