@@ -782,7 +782,7 @@ def evaluate(
         >>> [(r.method, r.metric, r.n) for r in result.rows]
         [('random', 'saco', 6), ('saliency', 'saco', 6)]
         >>> sorted(result.per_image[0])
-        ['image', 'label', 'method', 'probability', 'saco', 'target']
+        ['image', 'label', 'method', 'n_groups', 'probability', 'saco', 'target', 'unchanged']
     """
     builders, metric_defs = resolve_methods(methods), resolve_metrics(metrics)
     source = _check_inputs(inputs, workers)
