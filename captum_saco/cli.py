@@ -75,6 +75,19 @@ def _int_in(low: int, high: int, what: str) -> Callable[[str], int]:
 _positive_int = _int_in(1, sys.maxsize, "a positive integer")
 
 
+def _int_list(item: Callable[[str], int]) -> Callable[[str], List[int]]:
+    """An argparse type: comma-separated ints, each parsed by ``item``."""
+    return lambda text: [item(part.strip()) for part in text.split(",")]
+
+
+class _FirstAndAll(argparse.Action):
+    """Stores a list option's first value as ``dest`` and all as ``dest_all``."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
+        setattr(namespace, self.dest, values[0])
+        setattr(namespace, f"{self.dest}_all", values)
+
+
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
     """--model, --pretrained, --images, --limit, --target, --workers."""
     parser.add_argument(
@@ -136,10 +149,16 @@ def _add_evaluation_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--n-groups",
-        type=_int_in(2, sys.maxsize, "an integer >= 2"),
+        type=_int_list(_int_in(2, sys.maxsize, "integers >= 2")),
+        action=_FirstAndAll,
         default=10,
-        help="SaCo groups / deletion steps (default 10)",
+        metavar="K[,K...]",
+        help=(
+            "SaCo groups / deletion steps (default 10); several, e.g. 5,10,20: a table per K "
+            "and the methods' rank stability across them"
+        ),
     )
+    parser.set_defaults(n_groups_all=[10])
     parser.add_argument(
         "--batch-size", type=_positive_int, default=16, help="images explained at once (default 16)"
     )
@@ -488,7 +507,7 @@ def run(args: argparse.Namespace) -> int:
                 targets=args.target,
                 methods=methods,
                 metrics=metrics,
-                n_groups=args.n_groups,
+                n_groups=args.n_groups_all,
                 batch_size=args.batch_size,
                 seed=args.seed,
                 progress=not args.no_progress,

@@ -135,7 +135,8 @@ def test_json_output_follows_the_schema(capsys, tmp_path) -> None:
         ("saliency", "aopc"),
     ]
     assert all(
-        set(r) == {"method", "metric", "mean", "std", "n", "nan", "ci95"} for r in data["results"]
+        set(r) == {"method", "metric", "mean", "std", "n", "nan", "ci95", "n_groups", "unchanged"}
+        for r in data["results"]
     )
     assert f"{data['results'][0]['mean']:.4f}" in out
 
