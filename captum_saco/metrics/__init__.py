@@ -7,7 +7,9 @@ from captum_saco.metrics._core.cumulative import (
     auc,
     comprehensiveness,
     deletion_curve,
+    insertion_curve,
     lodds,
+    srg,
 )
 from captum_saco.metrics._core.saco import SacoDetails, saco, saco_coefficient
 from captum_saco.metrics._core.scoring import score_attributions
@@ -19,8 +21,10 @@ __all__ = [
     "auc",
     "comprehensiveness",
     "deletion_curve",
+    "insertion_curve",
     "lodds",
     "saco",
     "saco_coefficient",
     "score_attributions",
+    "srg",
 ]
