@@ -14,7 +14,6 @@ from captum.attr import Attribution, IntegratedGradients, Saliency
 from torch import Tensor, nn
 
 from captum_saco._utils import model_output
-from captum_saco.metrics._core.scoring import DEFAULT_METRIC_NAMES
 from captum_saco.attr import (
     AttCAT,
     AttentionGradCAM,
@@ -28,6 +27,7 @@ from captum_saco.attr import (
     RawAttention,
     TransformerAttribution,
 )
+from captum_saco.metrics._core.scoring import DEFAULT_METRIC_NAMES
 
 # (inputs, target, global indices of the examples) -> attributions
 AttributeFn = Callable[[Tensor, Tensor, Tensor], Tensor]

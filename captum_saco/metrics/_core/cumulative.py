@@ -19,6 +19,7 @@ from captum_saco.metrics._core.perturbation import (
     measure_removals,
     warn_about_examples,
 )
+from captum_saco.metrics._core.perturbations import PerturbationType
 
 Order = Literal["most_salient_first", "least_salient_first"]
 DEFAULT_FRACTIONS: Tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -104,6 +105,7 @@ def deletion_curve(
     *,
     order: Order = "most_salient_first",
     apply_softmax: bool = True,
+    perturbation: PerturbationType = "baseline",
 ) -> DeletionCurve:
     r"""The deletion curve: the target's probability as features are removed cumulatively.
 
@@ -165,6 +167,15 @@ def deletion_curve(
         apply_softmax (bool, optional): Keyword-only. Set to False when
                     ``forward_func`` already returns probabilities.
                     Default: True
+        perturbation (str or Perturbation, optional): Keyword-only. How
+                    features are removed: ``"baseline"`` (replaced by
+                    ``baselines``; the paper's setting), ``"blur"`` (a
+                    Gaussian-blurred copy of the input, :class:`Blur`),
+                    ``"noisy_linear"`` (ROAD's imputation,
+                    :class:`NoisyLinear`), ``"token_drop"`` (the tokens of
+                    removed ViT patches dropped, :class:`TokenDrop`), or a
+                    strategy object with its options (``Blur(sigma=4)``,
+                    ``NoisyLinear(seed=0)``). Default: "baseline"
 
     Returns:
         DeletionCurve: fractions ``(S + 1,)``, removed counts ``(N, S + 1)``,
@@ -204,6 +215,7 @@ def _deletion_curve(
     max_examples_per_batch: Optional[int],
     order: Order,
     apply_softmax: bool,
+    perturbation: PerturbationType,
     insertion: bool = False,
 ) -> DeletionCurve:
     """:func:`deletion_curve` (or :func:`insertion_curve` with ``insertion``),
@@ -222,6 +234,7 @@ def _deletion_curve(
         feature_mask=feature_mask,
         max_examples_per_batch=max_examples_per_batch,
         apply_softmax=apply_softmax,
+        perturbation=perturbation,
     )
     return curve
 
@@ -263,9 +276,7 @@ def _curves(
     for (order, insertion), p, q in zip(kinds, ps, qs):  # a loop: stacklevel counts frames
         probability = TargetProbability(p, q)
         curves.append(
-            curve_of(
-                ranking, clean, probability, steps, order, stacklevel + 1, insertion=insertion
-            )
+            curve_of(ranking, clean, probability, steps, order, stacklevel + 1, insertion=insertion)
         )
     return curves
 
@@ -365,6 +376,7 @@ def aopc(
     *,
     order: Order = "most_salient_first",
     apply_softmax: bool = True,
+    perturbation: PerturbationType = "baseline",
 ) -> Tensor:
     r"""Area over the perturbation curve (AOPC), per example.
 
@@ -404,6 +416,7 @@ def lodds(
     *,
     order: Order = "most_salient_first",
     apply_softmax: bool = True,
+    perturbation: PerturbationType = "baseline",
 ) -> Tensor:
     r"""Log-odds (LOdds) of the target's probability after deletion, per example.
 
@@ -442,6 +455,7 @@ def auc(
     *,
     order: Order = "most_salient_first",
     apply_softmax: bool = True,
+    perturbation: PerturbationType = "baseline",
 ) -> Tensor:
     r"""Area under the deletion curve (AUC), per example.
 
@@ -480,6 +494,7 @@ def comprehensiveness(
     max_examples_per_batch: Optional[int] = None,
     *,
     apply_softmax: bool = True,
+    perturbation: PerturbationType = "baseline",
 ) -> Tensor:
     r"""Comprehensiveness as the SaCo paper reports it: the drop when the least
     salient features are removed, per example.
@@ -525,6 +540,7 @@ def insertion_curve(
     *,
     order: Order = "most_salient_first",
     apply_softmax: bool = True,
+    perturbation: PerturbationType = "baseline",
 ) -> DeletionCurve:
     r"""The insertion curve: the target's probability as features are put back
     into the baseline, most salient first.
@@ -580,6 +596,7 @@ def srg(
     max_examples_per_batch: Optional[int] = None,
     *,
     apply_softmax: bool = True,
+    perturbation: PerturbationType = "baseline",
 ) -> Tensor:
     r"""Symmetric Relevance Gain (SRG), per example.
 

@@ -25,6 +25,7 @@ from captum_saco.metrics._core.perturbation import (
     prepare_inputs,
     rank_matched,
 )
+from captum_saco.metrics._core.perturbations import PerturbationType
 from captum_saco.metrics._core.saco import group_intervals, saco_details
 
 CurveKind = Tuple[Order, bool]  # (order, insertion)
@@ -84,6 +85,8 @@ def score_attributions(
     feature_mask: Union[None, Tensor, Tuple[Tensor, ...]] = None,
     max_examples_per_batch: Optional[int] = None,
     clean_output: Optional[Any] = None,
+    *,
+    perturbation: PerturbationType = "baseline",
 ) -> Dict[str, Dict[str, Tensor]]:
     r"""Score several explanations of the same inputs with several metrics at once.
 
@@ -124,6 +127,10 @@ def score_attributions(
                     ``inputs`` (with ``additional_forward_args``), if you have
                     it already, e.g. from finding the predicted classes: the
                     clean inputs are then not forwarded again. Default: None
+        perturbation (str or Perturbation, optional): Keyword-only. How
+                    features are removed, for every metric: as in
+                    :func:`~captum_saco.metrics.deletion_curve`.
+                    Default: "baseline"
 
     Returns:
         dict: method -> metric -> ``(N,)`` values on the inputs' device, NaN
@@ -154,11 +161,18 @@ def score_attributions(
         baselines=baselines,
         additional_forward_args=additional_forward_args,
         stacklevel=2,
+        perturbation=perturbation,
     )
     steps = torch.arange(1, n_groups, dtype=torch.float64) / n_groups
+    features = {
+        m: prepared.perturbation.features(forward_func, prepared.inputs, a, feature_mask)
+        for m, a in attributions.items()
+    }
+    if features:  # the strategy's features (token_drop: patches) are the same for all maps
+        feature_mask = next(iter(features.values()))[1]
     matched = {
         m: match_attributions(prepared.inputs, a, f"attributions[{m!r}]")
-        for m, a in attributions.items()
+        for m, (a, _) in features.items()
     }
     stacks = [
         _Stack.of(
