@@ -18,6 +18,7 @@ from captum_saco.metrics._core.perturbations import (
     Blur,
     NoisyLinear,
     Perturbation,
+    TokenDrop,
     gaussian_blur,
     noisy_linear_impute,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "DeletionCurve",
     "NoisyLinear",
     "Perturbation",
+    "TokenDrop",
     "SacoDetails",
     "aopc",
     "auc",

@@ -10,11 +10,13 @@ from captum_saco.metrics._core.perturbations.base import Perturbation, Perturbat
 from captum_saco.metrics._core.perturbations.baseline import Baseline
 from captum_saco.metrics._core.perturbations.blur import Blur, gaussian_blur
 from captum_saco.metrics._core.perturbations.noisy_linear import NoisyLinear, noisy_linear_impute
+from captum_saco.metrics._core.perturbations.token_drop import TokenDrop
 
 PERTURBATIONS: Dict[str, Type[Perturbation]] = {
     "baseline": Baseline,
     "blur": Blur,
     "noisy_linear": NoisyLinear,
+    "token_drop": TokenDrop,
 }
 """The named strategies; a name gives the strategy with its default options."""
 
@@ -39,6 +41,7 @@ __all__ = [
     "NoisyLinear",
     "Perturbation",
     "PerturbationType",
+    "TokenDrop",
     "gaussian_blur",
     "noisy_linear_impute",
     "resolve_perturbation",
