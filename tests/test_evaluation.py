@@ -65,7 +65,7 @@ def test_default_methods_are_the_papers_table_plus_attn_lrp_and_saliency() -> No
         "saliency",
     )
     assert DEFAULT_METRICS == ("saco", "aopc", "lodds", "auc", "comprehensiveness")
-    assert set(METHODS) == set(DEFAULT_METHODS) and set(METRICS) == set(DEFAULT_METRICS)
+    assert set(METHODS) == set(DEFAULT_METHODS) and set(DEFAULT_METRICS) < set(METRICS)
 
 
 def test_every_default_method_and_metric_runs_on_a_vit(model, images) -> None:

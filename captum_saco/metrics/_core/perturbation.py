@@ -47,6 +47,12 @@ from captum_saco._utils import (
     resolve_target,
     warn_if_training,
 )
+from captum_saco.metrics._core.perturbations import (
+    Baseline,
+    Perturbation,
+    PerturbationType,
+    resolve_perturbation,
+)
 
 _INTERPOLATION_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
@@ -539,11 +545,14 @@ class CleanPass(NamedTuple):
 
 
 class PreparedInputs(NamedTuple):
-    """The formatted inputs with their baselines and additional arguments."""
+    """The formatted inputs, what their removed elements take (the baselines, or
+    the values the perturbation strategy gives), the additional arguments and
+    the strategy."""
 
     inputs: Tuple[Tensor, ...]
     baselines: Tuple[Tensor, ...]
     additional_forward_args: Optional[Tuple[Any, ...]]
+    perturbation: Perturbation = Baseline()
 
     @property
     def n(self) -> int:
@@ -571,17 +580,23 @@ def prepare_inputs(
     baselines: BaselineType,
     additional_forward_args: Any,
     stacklevel: int,
+    perturbation: PerturbationType = "baseline",
 ) -> PreparedInputs:
-    """Check ``forward_func`` and format the inputs, baselines and further arguments.
+    """Check ``forward_func`` and format the inputs, baselines and further
+    arguments; resolve and check the ``perturbation`` strategy, and the values
+    its removed elements take.
 
     A model in training mode is warned about (``stacklevel`` counts from the caller)."""
     check_forward_func(forward_func)
+    strategy = resolve_perturbation(perturbation)
     warn_if_training(forward_func, "forward_func", stacklevel + 1)
     inputs_t = format_inputs(inputs)
+    strategy.check(forward_func, inputs_t)
     return PreparedInputs(
         inputs_t,
-        resolve_baselines(inputs_t, baselines),
+        strategy.fill_values(inputs_t, resolve_baselines(inputs_t, baselines)),
         _format_additional_forward_args(additional_forward_args),
+        strategy,
     )
 
 
@@ -646,28 +661,29 @@ def _forward_rows(
     return forward_scores(forward_func, inputs, args, len(rows))
 
 
-def _perturbed(
+def _removed(
     prepared: PreparedInputs,
     rankings: Sequence[FeatureRanking],
     jobs: Tensor,
     which: Tensor,
     examples: Tensor,
-) -> List[Tensor]:
-    """The inputs of ``jobs`` (rows ``ranking, row, start, stop``, sorted by ranking),
-    which explain ``examples``; ``which`` is their ranking column on the CPU (so
-    that no step waits for the device)."""
+) -> Tuple[List[Tensor], List[Tensor], List[Tensor]]:
+    """Per input, the clean rows of ``jobs`` (rows ``ranking, row, start, stop``,
+    sorted by ranking), which explain ``examples``, the bool masks of their
+    removed elements and the rows of what removed elements take; ``which`` is
+    the jobs' ranking column on the CPU (so that no step waits for the device)."""
     _, rows, starts, stops = jobs.unbind(1)
     # A clean row (ranking -1, interval [0, 0)) removes nothing under any ranking.
     used, counts = torch.unique_consecutive(which.clamp(min=0), return_counts=True)
     per_ranking = list(zip(used.tolist(), rows.split(counts.tolist())))
-    perturbed = []
+    xs, hits, fills = [], [], []
     for i, (x, b) in enumerate(zip(prepared.inputs, prepared.baselines)):
         ranks = _joined([rankings[m].element_ranks[i][r] for m, r in per_ranking])
         shape = (-1,) + (1,) * (ranks.dim() - 1)
-        hit = (ranks >= starts.view(shape)) & (ranks < stops.view(shape))
-        b_rows = b[examples] if b.shape[0] == prepared.n and prepared.n > 1 else b
-        perturbed.append(torch.where(hit, b_rows, x[examples]))
-    return perturbed
+        hits.append((ranks >= starts.view(shape)) & (ranks < stops.view(shape)))
+        fills.append(b[examples] if b.shape[0] == prepared.n and prepared.n > 1 else b)
+        xs.append(x[examples])
+    return xs, hits, fills
 
 
 CPU_MAX_ROWS = 64
@@ -720,8 +736,15 @@ def _forward_jobs(
     def forward(start: int, stop: int) -> Tuple[Tensor, Tensor]:
         part = jobs[start:stop]
         examples = part[:, 1] % prepared.n
-        inputs = _perturbed(prepared, rankings, part, which[start:stop], examples)
-        return examples, _forward_rows(forward_func, prepared, inputs, examples)
+        xs, hits, fills = _removed(prepared, rankings, part, which[start:stop], examples)
+        scores = prepared.perturbation.forward(
+            lambda inputs, rows: _forward_rows(forward_func, prepared, inputs, rows),
+            xs,
+            hits,
+            fills,
+            examples,
+        )
+        return examples, scores
 
     chunk, done = max_examples_per_batch, 0
     device = prepared.inputs[0].device
@@ -878,6 +901,7 @@ def measure_removals(
     max_examples_per_batch: Optional[int],
     apply_softmax: bool,
     stacklevel: int,
+    perturbation: PerturbationType = "baseline",
 ) -> Tuple[FeatureRanking, CleanPass, TargetProbability]:
     """The one preparation of every metric: format, rank, baselines, removal.
 
@@ -894,6 +918,10 @@ def measure_removals(
         baselines=baselines,
         additional_forward_args=additional_forward_args,
         stacklevel=stacklevel + 1,
+        perturbation=perturbation,
+    )
+    attributions, feature_mask = prepared.perturbation.features(
+        forward_func, prepared.inputs, attributions, feature_mask
     )
     ranking = rank_features(prepared.inputs, attributions, feature_mask)
     starts, stops = intervals(ranking)

@@ -14,6 +14,7 @@ from captum_saco.metrics._core.perturbation import (
     rank_intervals_of_groups,
     warn_about_examples,
 )
+from captum_saco.metrics._core.perturbations import PerturbationType
 
 Ties = Literal["agree", "ignore"]
 
@@ -222,6 +223,7 @@ def saco(
     apply_softmax: bool = True,
     return_details: Literal[False] = False,
     ties: Ties = "agree",
+    perturbation: PerturbationType = "baseline",
 ) -> Tensor: ...
 
 
@@ -240,6 +242,7 @@ def saco(
     apply_softmax: bool = True,
     return_details: Literal[True],
     ties: Ties = "agree",
+    perturbation: PerturbationType = "baseline",
 ) -> SacoDetails: ...
 
 
@@ -257,6 +260,7 @@ def saco(
     apply_softmax: bool = True,
     return_details: bool = False,
     ties: Ties = "agree",
+    perturbation: PerturbationType = "baseline",
 ) -> Union[Tensor, SacoDetails]:
     r"""The Salience-guided Faithfulness Coefficient (SaCo) of attributions.
 
@@ -386,6 +390,12 @@ def saco(
                     exactly equal drops counts: ``"agree"`` (the paper's rule:
                     as agreement, ``w = s(G_i) − s(G_j)``) or ``"ignore"``
                     (left out of both sums). Default: "agree"
+        perturbation (str or Perturbation, optional): Keyword-only. How a
+                    group's features are removed, as in
+                    :func:`~captum_saco.metrics.deletion_curve`: ``"baseline"``
+                    (the paper's setting), ``"blur"``, ``"noisy_linear"``,
+                    ``"token_drop"`` or a strategy object.
+                    Default: "baseline"
 
     Returns:
         Tensor or SacoDetails: the coefficient of each example, shape ``(N,)``,
@@ -437,6 +447,7 @@ def saco(
         max_examples_per_batch=max_examples_per_batch,
         apply_softmax=apply_softmax,
         stacklevel=2,
+        perturbation=perturbation,
     )
     details = saco_details(ranking, clean, removed, n_groups, ties, stacklevel=2)
     return details if return_details else details.coefficient
