@@ -160,6 +160,16 @@ def _add_evaluation_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.set_defaults(n_groups_all=[10])
     parser.add_argument(
+        "--perturbation",
+        type=lambda text: [part.strip() for part in text.split(",")],
+        default=["baseline"],
+        metavar="NAME[,NAME...]",
+        help=(
+            "how the metrics remove features: baseline (default), blur, noisy_linear, "
+            "token_drop; several: a table per perturbation and the methods' rank stability"
+        ),
+    )
+    parser.add_argument(
         "--batch-size", type=_positive_int, default=16, help="images explained at once (default 16)"
     )
     parser.add_argument(
@@ -468,6 +478,7 @@ _OPTIONS = {
     "per_image_file": "--per-image",
     "targets": "--target",
     "n_groups": "--n-groups",
+    "perturbation": "--perturbation",
     "batch_size": "--batch-size",
     "workers": "--workers",
     "seed": "--seed",
@@ -508,6 +519,7 @@ def run(args: argparse.Namespace) -> int:
                 methods=methods,
                 metrics=metrics,
                 n_groups=args.n_groups_all,
+                perturbation=args.perturbation,
                 batch_size=args.batch_size,
                 seed=args.seed,
                 progress=not args.no_progress,

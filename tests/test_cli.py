@@ -135,7 +135,9 @@ def test_json_output_follows_the_schema(capsys, tmp_path) -> None:
         ("saliency", "aopc"),
     ]
     assert all(
-        set(r) == {"method", "metric", "mean", "std", "n", "nan", "ci95", "n_groups", "unchanged"}
+        set(r)
+        == {"method", "metric", "mean", "std", "n", "nan", "ci95", "n_groups", "unchanged"}
+        | {"perturbation"}
         for r in data["results"]
     )
     assert f"{data['results'][0]['mean']:.4f}" in out

@@ -266,6 +266,7 @@ def test_json_has_exactly_the_documented_schema(result) -> None:
         "stability",
         "stability_method",
         "n_groups",
+        "perturbation",
         "unchanged_images",
         "notes",
         "skipped",
@@ -277,6 +278,7 @@ def test_json_has_exactly_the_documented_schema(result) -> None:
         "metric_a",
         "metric_b",
         "n_groups",
+        "perturbation",
         "tau_b",
         "per_image_tau_b",
         "n_images",
@@ -295,6 +297,7 @@ def test_json_has_exactly_the_documented_schema(result) -> None:
             "ci95",
             "n_groups",
             "unchanged",
+            "perturbation",
         }
         low, high = row["ci95"]
         assert low <= row["mean"] <= high
@@ -309,6 +312,7 @@ def test_json_has_exactly_the_documented_schema(result) -> None:
         "a_better_fraction",
         "p_value",
         "n_groups",
+        "perturbation",
     }
 
 
@@ -694,13 +698,13 @@ def test_resume_warns_that_a_file_without_its_settings_cannot_be_checked(
         ("rows.jsonl", '{"image": 0}\n', r"the row .*KeyError"),
         (
             "rows.csv",
-            "image,label,target,probability,n_groups,unchanged,method,saco\n0,,1\n",
-            "a row without the 8",
+            "image,label,target,probability,n_groups,perturbation,unchanged,method,saco\n0,,1\n",
+            "a row without the 9",
         ),
         (
             "rows.csv",
-            "image,label,target,probability,n_groups,unchanged,method,saco\n"
-            "0,,x,0.5,10,false,random,0.1\n",
+            "image,label,target,probability,n_groups,perturbation,unchanged,method,saco\n"
+            "0,,x,0.5,10,baseline,false,random,0.1\n",
             "ValueError",
         ),
     ],

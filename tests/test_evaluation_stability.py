@@ -127,3 +127,43 @@ def test_the_cli_takes_several_n_groups_and_writes_the_stability(capsys, tmp_pat
         ("saliency", 10),
     ]
     assert [(s["metric"], s["a"], s["b"]) for s in data["stability"]] == [("saco", 5, 10)]
+
+
+def test_several_perturbations_give_a_result_each_and_their_rank_stability(model, images) -> None:
+    # token_drop's features are the 4 patches
+    both = ["baseline", "token_drop"]
+    result = evaluate(model, images, methods=METHODS, metrics=["saco"], n_groups=4, perturbation=both)
+    assert sorted(result.by_perturbation) == ["baseline", "token_drop"]
+    assert result.by_n_groups == {} and result.perturbation == "baseline"
+    dropped = evaluate(
+        model, images, methods=METHODS, metrics=["saco"], n_groups=4, perturbation="token_drop"
+    )
+    assert [r.mean for r in result.by_perturbation["token_drop"].rows] == [
+        r.mean for r in dropped.rows
+    ]
+    assert {r.perturbation for r in dropped.rows} == {"token_drop"}
+    assert list(result.stability) == [("saco", "baseline", "token_drop")]
+    data = json.loads(result.to_json())
+    assert data["perturbation"] == ["baseline", "token_drop"]
+    assert data["stability"][0]["setting"] == "perturbation"
+    with pytest.raises(ValueError, match="perturbation: expected distinct names of"):
+        evaluate(model, images, methods=METHODS, perturbation="blurr")
+
+
+def test_the_cli_takes_several_perturbations(capsys, tmp_path) -> None:
+    path = tmp_path / "table.json"
+    rc = main(
+        [
+            "--limit", "3", "--methods", "random", "raw_attention", "--metrics", "saco",
+            "--perturbation", "baseline,token_drop", "--no-progress", "--device", "cpu",
+            "--output", str(path),
+        ]
+    )  # fmt: skip
+    assert rc == 0 and "token_drop" in capsys.readouterr().out
+    data = json.loads(path.read_text())
+    assert [(r["method"], r["perturbation"]) for r in data["results"]] == [
+        ("random", "baseline"),
+        ("raw_attention", "baseline"),
+        ("random", "token_drop"),
+        ("raw_attention", "token_drop"),
+    ]

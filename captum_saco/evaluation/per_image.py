@@ -3,7 +3,8 @@ flushed batch by batch, so that an interrupted run can be resumed.
 
 Columns: ``image`` (the path relative to the image folder, or the index),
 ``label`` (None/empty when unknown), ``target``, ``probability`` (the clean
-probability of the target), ``n_groups`` (the K of the values), ``unchanged``
+probability of the target), ``n_groups`` (the K of the values),
+``perturbation`` (how the metrics removed features), ``unchanged``
 (true where the model's output did not change under any perturbation of the
 metrics, whose values are then undefined), ``method``, then one column per
 metric (None/empty where the metric is undefined). Under ``torch.distributed`` each process
@@ -26,19 +27,28 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from captum_saco.evaluation.result import write_atomically
 
-FIXED_COLUMNS = ("image", "label", "target", "probability", "n_groups", "unchanged", "method")
+FIXED_COLUMNS = (
+    "image",
+    "label",
+    "target",
+    "probability",
+    "n_groups",
+    "perturbation",
+    "unchanged",
+    "method",
+)
 SUFFIXES = (".jsonl", ".csv")
 #: RFC 4180's line end: the csv module quotes the fields that hold a character of
 #: it, so that an image name with a carriage return stays one field
 CSV_LINE_END = "\r\n"
 
 Row = Dict[str, Any]
-# (str(image), method, n_groups): a row's identity
-RowKey = Tuple[str, str, int]
+# (str(image), method, n_groups, perturbation): a row's identity
+RowKey = Tuple[str, str, int, str]
 
 
 def row_key(row: Row) -> RowKey:
-    return (str(row["image"]), row["method"], int(row["n_groups"]))
+    return (str(row["image"]), row["method"], int(row["n_groups"]), row["perturbation"])
 
 
 def _flag(value: Any) -> bool:
@@ -172,7 +182,8 @@ class PerImageFile:
         return [dict(zip(header, row)) for row in rows]
 
     def read(self) -> Dict[RowKey, Row]:
-        """The stored rows by ``(str(image), method, n_groups)``; the last row wins."""
+        """The stored rows by ``(str(image), method, n_groups, perturbation)``;
+        the last row wins."""
         self.check_settings()
         stored: Dict[RowKey, Row] = {}
         for path in self._paths():

@@ -51,6 +51,8 @@ class ResultRow:
     unchanged: int = 0
     """Of the undefined values, the images where the model's output did not
     change under any perturbation of the metrics: there is no ranking to judge."""
+    perturbation: str = "baseline"
+    """How the metrics removed features (see :func:`captum_saco.metrics.deletion_curve`)."""
 
 
 def summarise(
@@ -60,6 +62,7 @@ def summarise(
     ci95: Optional[Tuple[float, float]],
     n_groups: int = 10,
     unchanged: int = 0,
+    perturbation: str = "baseline",
 ) -> ResultRow:
     """The row of one method and metric from its per-image values and the
     confidence interval of their mean."""
@@ -68,7 +71,7 @@ def summarise(
     mean = float(defined.mean()) if n else None
     std = float(defined.std()) if n > 1 else None
     nan = int(values.numel()) - n
-    return ResultRow(method, metric, mean, std, n, nan, ci95, n_groups, unchanged)
+    return ResultRow(method, metric, mean, std, n, nan, ci95, n_groups, unchanged, perturbation)
 
 
 def _number(value: Optional[float], digits: int = 4) -> str:
@@ -173,21 +176,42 @@ class EvaluationResult:
     scores better) and ``p_value`` (None where it cannot be computed)."""
     n_groups: int = 10
     """``K`` of this table."""
+    perturbation: str = "baseline"
+    """How the metrics of this table removed features."""
     agreement: Dict[Tuple[str, str], Dict[str, Any]] = field(default_factory=dict, repr=False)
     """``(metric_a, metric_b)`` -> ``{"tau_b", "per_image_tau_b", "n_images"}``:
     Kendall's τ-b between the two metrics' rankings of the methods by mean,
     each best first (lower-is-better metrics negated), and the mean over the
     images of τ-b between their rankings of the methods on each image (see
     :func:`~captum_saco.evaluation.statistics.agreement`)."""
-    by_n_groups: Dict[int, "EvaluationResult"] = field(default_factory=dict, repr=False)
-    """With several ``n_groups``: ``K`` -> the result of that ``K`` (this
-    object is the first's); empty otherwise."""
+    variants: Dict[Tuple[str, int], "EvaluationResult"] = field(
+        default_factory=dict, repr=False
+    )
+    """With several ``n_groups`` or perturbations: ``(perturbation, K)`` -> the
+    result of that setting (this object is the first's); empty otherwise."""
     stability: Dict[Tuple[str, Any, Any], Dict[str, Any]] = field(
         default_factory=dict, repr=False
     )
     """With several ``n_groups``: ``(metric, K_a, K_b)`` -> ``{"tau_b",
     "swaps"}``: Kendall's τ-b between the methods' rankings by mean under the
-    two ``K``, and the pairs of methods they order oppositely."""
+    two ``K`` (with the first perturbation), and the pairs of methods they
+    order oppositely; with several perturbations, likewise ``(metric,
+    perturbation_a, perturbation_b)`` (with the first ``K``)."""
+
+    @property
+    def by_n_groups(self) -> Dict[int, "EvaluationResult"]:
+        """``K`` -> the result of that ``K`` with the first perturbation (with
+        several ``n_groups``; else empty)."""
+        first = self.perturbation
+        found = {k: r for (p, k), r in self.variants.items() if p == first}
+        return found if len(found) > 1 else {}
+
+    @property
+    def by_perturbation(self) -> Dict[str, "EvaluationResult"]:
+        """Perturbation -> its result with the first ``K`` (with several
+        perturbations; else empty)."""
+        found = {p: r for (p, k), r in self.variants.items() if k == self.n_groups}
+        return found if len(found) > 1 else {}
 
     @property
     def methods(self) -> List[str]:
@@ -206,8 +230,8 @@ class EvaluationResult:
 
     @property
     def results(self) -> List["EvaluationResult"]:
-        """The result of every ``K``: :attr:`by_n_groups`' values, or this one."""
-        return list(self.by_n_groups.values()) or [self]
+        """The result of every setting: :attr:`variants`' values, or this one."""
+        return list(self.variants.values()) or [self]
 
     @property
     def unchanged_images(self) -> List[Any]:
@@ -230,7 +254,12 @@ class EvaluationResult:
             "model": self.model,
             "n_images": self.n_images,
             "n_skipped": len(self.skipped),
-            "n_groups": self.n_groups if len(results) == 1 else [r.n_groups for r in results],
+            "n_groups": self.n_groups
+            if len({r.n_groups for r in results}) == 1
+            else list(dict.fromkeys(r.n_groups for r in results)),
+            "perturbation": self.perturbation
+            if len({r.perturbation for r in results}) == 1
+            else list(dict.fromkeys(r.perturbation for r in results)),
             "results": [
                 {**asdict(r), "ci95": None if r.ci95 is None else list(r.ci95)}
                 for res in results
@@ -238,11 +267,19 @@ class EvaluationResult:
             ],
             "ci95_method": CI_METHOD,
             "comparisons": [
-                {**c, "n_groups": res.n_groups} for res in results for c in res.comparisons
+                {**c, "n_groups": res.n_groups, "perturbation": res.perturbation}
+                for res in results
+                for c in res.comparisons
             ],
             "p_value_method": p_value_method(),
             "agreement": [
-                {"metric_a": a, "metric_b": b, "n_groups": res.n_groups, **values}
+                {
+                    "metric_a": a,
+                    "metric_b": b,
+                    "n_groups": res.n_groups,
+                    "perturbation": res.perturbation,
+                    **values,
+                }
                 for res in results
                 for (a, b), values in res.agreement.items()
             ],
@@ -250,7 +287,7 @@ class EvaluationResult:
             "stability": [
                 {
                     "metric": metric,
-                    "setting": "n_groups",
+                    "setting": "n_groups" if isinstance(a, int) else "perturbation",
                     "a": a,
                     "b": b,
                     "tau_b": values["tau_b"],
@@ -282,6 +319,7 @@ class EvaluationResult:
                 "ci95_high",
                 "n_groups",
                 "unchanged",
+                "perturbation",
             ],
             lineterminator="\n",
         )
@@ -306,7 +344,8 @@ class EvaluationResult:
         unchanged = max((r.unchanged for r in self.rows), default=0)
         note = f"\n{unchanged} of {self.n_images} images {UNCHANGED_NOTE}" if unchanged else ""
         return (
-            f"{self.model}, {self.n_images} images{skipped}, K = {self.n_groups}; cells: "
+            f"{self.model}, {self.n_images} images{skipped}, K = {self.n_groups}"
+            f"{'' if self.perturbation == 'baseline' else ', ' + self.perturbation}; cells: "
             f"mean ± std [95% CI] (undefined values); {'; '.join(parts)}\n{CI_METHOD}{note}"
         )
 
@@ -370,7 +409,7 @@ class EvaluationResult:
         :attr:`stability`); empty with one ``K``."""
         if not self.stability:
             return ""
-        header = ["metric", "K", "tau-b", "swapped pairs"]
+        header = ["metric", "settings", "tau-b", "swapped pairs"]
         body = [
             [
                 metric,
@@ -380,7 +419,8 @@ class EvaluationResult:
             ]
             for (metric, a, b), v in self.stability.items()
         ]
-        return "\n".join(["Rank stability across K", _align(header, body), STABILITY_METHOD])
+        title = "Rank stability across K and perturbations"
+        return "\n".join([title, _align(header, body), STABILITY_METHOD])
 
     def __str__(self) -> str:
         parts = []
@@ -401,13 +441,21 @@ class EvaluationResult:
 
 
 def combine(results: List[EvaluationResult]) -> EvaluationResult:
-    """The result of several ``n_groups``: the first ``K``'s, holding every
-    ``K``'s result in :attr:`~EvaluationResult.by_n_groups` and the methods'
-    rank stability across them in :attr:`~EvaluationResult.stability`."""
+    """The result of several ``n_groups`` or perturbations: the first
+    setting's, holding every setting's result in
+    :attr:`~EvaluationResult.variants` and the methods' rank stability across
+    ``K`` (with the first perturbation) and across perturbations (with the
+    first ``K``) in :attr:`~EvaluationResult.stability`."""
     first = results[0]
+    first.variants = {(res.perturbation, res.n_groups): res for res in results}
     means = {
-        res.n_groups: {(r.method, r.metric): r.mean for r in res.rows} for res in results
+        setting: {(r.method, r.metric): r.mean for r in res.rows}
+        for setting, res in first.variants.items()
     }
-    first.by_n_groups = {res.n_groups: res for res in results}
-    first.stability = stability(means, first.methods, first.metrics)
+    across_k = {k: means[(p, k)] for p, k in means if p == first.perturbation}
+    across_p = {p: means[(p, k)] for p, k in means if k == first.n_groups}
+    first.stability = {}
+    for axis in (across_k, across_p):
+        if len(axis) > 1:
+            first.stability.update(stability(axis, first.methods, first.metrics))
     return first

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from captum._utils.common import _format_additional_forward_args
 from torch.utils.data import Dataset, IterableDataset
 
-from captum_saco._utils import BaselineType, warn_if_training
+from captum_saco._utils import BaselineType, model_output, warn_if_training
 from captum_saco.evaluation import distributed
 from captum_saco.evaluation.data import Batch, Source, Stream
 from captum_saco.evaluation.per_image import PerImageFile, Row, RowKey, check_suffix, row_key
@@ -46,6 +46,7 @@ from captum_saco.evaluation.result import EvaluationResult, combine, summarise
 from captum_saco.evaluation.statistics import agreement, bootstrap_ci95s, comparisons
 from captum_saco.metrics import saco, score_attributions
 from captum_saco.metrics._core.perturbation import n_features_of, target_probability
+from captum_saco.metrics._core.perturbations import PERTURBATIONS as STRATEGIES
 from captum_saco.metrics._core.saco import check_n_groups
 
 # method -> metric -> the N values, one per image
@@ -58,28 +59,50 @@ unchanged (see :class:`_OutputChanges`): about a hundred float32 roundings."""
 
 
 class _OutputChanges:
-    """The metrics' ``forward_func`` for one batch, which records whether the
-    model's output changed under any perturbation of each image.
+    """Records, while the metrics score one batch, whether the model's output
+    changed under any perturbation of each image.
 
-    It is called as ``(inputs, ids, *additional_forward_args)``: ``ids``, the
-    images' positions in the batch, is an additional forward argument with
-    one row per image, which the metrics hand to every perturbed row of that
-    image. For each row it reads the value the metrics read their probability
-    drops from (the target's softmax probability ``p``, or ``1 − p`` where
-    the clean ``p`` exceeds 1/2; see
+    The metrics call the model as ``model(inputs, ids, *additional_forward_args)``:
+    ``ids``, the images' positions in the batch, is an additional forward
+    argument with one row per image, which the metrics hand to every
+    perturbed row of that image. A forward pre-hook on the model takes
+    ``ids`` out of the arguments (the model never sees it) and a forward hook
+    reads the output (both removed when :meth:`watching` ends, also on
+    errors). For each row it reads the value the metrics read their
+    probability drops from (the target's softmax probability ``p``, or
+    ``1 − p`` where the clean ``p`` exceeds 1/2; see
     :class:`~captum_saco.metrics._core.perturbation.TargetProbability`): the
     row *changed* the output when that value differs from the clean one by
-    more than :data:`CHANGE_TOLERANCE` of the clean value, or either is NaN."""
+    more than :data:`CHANGE_TOLERANCE` of the clean value, or either is NaN.
+    Hooks, not a wrapping function: a perturbation such as ``token_drop``
+    needs the model itself."""
 
-    def __init__(self, forward_func: Callable[..., Tensor], logits: Tensor, target: Tensor) -> None:
-        self.forward_func, self.target = forward_func, target
+    def __init__(self, logits: Tensor, target: Tensor) -> None:
+        self.target = target
         clean, _ = target_probability(logits.detach(), target, apply_softmax=True)
         self.by_q = clean.p > 0.5
         self.reference = torch.where(self.by_q, clean.q, clean.p)
         self.changes = torch.zeros(target.shape[0], dtype=torch.long, device=target.device)
 
-    def __call__(self, inputs: Tensor, ids: Tensor, *args: Any) -> Tensor:
-        output = self.forward_func(inputs, *args)
+    @contextmanager
+    def watching(self, model: nn.Module) -> Iterator[None]:
+        pending: List[Tensor] = []
+
+        def take_ids(module: nn.Module, args: Tuple[Any, ...]) -> Tuple[Any, ...]:
+            pending.append(args[1])
+            return (args[0], *args[2:])
+
+        def read(module: nn.Module, args: Tuple[Any, ...], output: Any) -> None:
+            self._record(pending.pop(), model_output(output))
+
+        handles = [model.register_forward_pre_hook(take_ids), model.register_forward_hook(read)]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _record(self, ids: Tensor, output: Tensor) -> None:
         with torch.no_grad():
             rows = ids.to(self.target.device)
             probability, _ = target_probability(
@@ -90,7 +113,6 @@ class _OutputChanges:
             # NaN (a non-finite output) counts as a change: it is not a stable output.
             changed = ~((value - reference).abs() <= CHANGE_TOLERANCE * reference)
             self.changes.index_add_(0, rows, changed.long())
-        return output
 
     def unchanged(self) -> List[bool]:
         """Per image of the batch: no perturbed input changed the output."""
@@ -98,7 +120,7 @@ class _OutputChanges:
 
 
 def _score_batch(
-    forward_func: Callable[..., Tensor],
+    model: nn.Module,
     inputs: Tensor,
     logits: Tensor,
     attributions_by_method: Dict[str, Tensor],
@@ -107,25 +129,30 @@ def _score_batch(
     n_groups: int,
     baselines: BaselineType = None,
     additional_forward_args: Optional[Tuple[Any, ...]] = None,
+    perturbation: str = "baseline",
 ) -> Tuple[Scores, List[bool]]:
     """Score every method's attributions of one batch with every metric, sharing
     the clean pass (``logits``, run to find the targets) and the perturbed
     forward batches (see :func:`~captum_saco.metrics.score_attributions`).
     Returns the scores and, per image, whether the model's output stayed
     unchanged under every perturbation (see :class:`_OutputChanges`)."""
-    recorder = _OutputChanges(forward_func, logits, target)
+    recorder = _OutputChanges(logits, target)
     ids = torch.arange(inputs.shape[0], device=inputs.device)
-    scores = score_attributions(
-        recorder,
-        inputs,
-        attributions_by_method,
-        metrics,
-        baselines=baselines,
-        additional_forward_args=(ids, *(additional_forward_args or ())),
-        target=target,
-        n_groups=n_groups,
-        clean_output=logits,
-    )
+    with recorder.watching(model), warnings.catch_warnings():
+        # evaluate has said so once, naming itself
+        warnings.filterwarnings("ignore", message="forward_func: the model is in training mode")
+        scores = score_attributions(
+            model,
+            inputs,
+            attributions_by_method,
+            metrics,
+            baselines=baselines,
+            additional_forward_args=(ids, *(additional_forward_args or ())),
+            target=target,
+            n_groups=n_groups,
+            clean_output=logits,
+            perturbation=perturbation,
+        )
     # One copy to the host for all the values (each is a device sync on a GPU),
     # and Python floats: the rows read them one by one.
     keys = [(method, name) for method, by_metric in scores.items() for name in by_metric]
@@ -302,6 +329,17 @@ def _check_n_groups_list(n_groups: Any) -> List[int]:
     return ks
 
 
+def _check_perturbations(perturbation: Any) -> List[str]:
+    """``perturbation`` as a list of distinct names of the metrics' strategies."""
+    names = [perturbation] if isinstance(perturbation, str) else list(perturbation)
+    unknown = [p for p in names if p not in STRATEGIES]
+    if not names or unknown or len(set(names)) < len(names):
+        raise ValueError(
+            f"perturbation: expected distinct names of {list(STRATEGIES)}, got {perturbation!r}"
+        )
+    return names
+
+
 def _value_setting(value: Any) -> Optional[str]:
     """A baseline or further forward argument as the per-image file's settings
     record it: None when not given, a tensor by its shape and a digest of its
@@ -382,8 +420,9 @@ class _Scorer:
         baselines: BaselineType = None,
         additional_forward_args: Optional[Tuple[Any, ...]] = None,
         n_images: int = 0,
+        perturbations: Sequence[str] = ("baseline",),
     ) -> None:
-        self.forward_func = logits_of(model)
+        self.model, self.forward_func = model, logits_of(model)
         self.methods, self.metrics, self.n_groups, self.targets = (
             methods,
             metrics,
@@ -392,6 +431,8 @@ class _Scorer:
         )
         self.baselines, self.additional_forward_args = baselines, additional_forward_args
         self.n_images = n_images
+        # every (perturbation, K), the perturbations outermost
+        self.settings = [(p, k) for p in perturbations for k in n_groups]
 
     def _target(self, batch: Batch, logits: Tensor, keys: List[Any]) -> Tensor:
         if isinstance(self.targets, Tensor):
@@ -447,9 +488,9 @@ class _Scorer:
         labels = [None] * len(keys) if batch.labels is None else batch.labels.tolist()
         targets, probabilities = target.tolist(), probability.tolist()
         rows: List[Row] = []
-        for n_groups in self.n_groups:
+        for perturbation, n_groups in self.settings:
             scores, unchanged = _score_batch(
-                self.forward_func,
+                self.model,
                 x,
                 logits,
                 attributions,
@@ -458,6 +499,7 @@ class _Scorer:
                 n_groups,
                 baselines,
                 extra,
+                perturbation,
             )
             rows += [
                 {
@@ -466,6 +508,7 @@ class _Scorer:
                     "target": targets[j],
                     "probability": probabilities[j],
                     "n_groups": n_groups,
+                    "perturbation": perturbation,
                     "unchanged": unchanged[j],
                     "method": method,
                     **{k: math.nan if unchanged[j] else scores[method][k][j] for k in self.metrics},
@@ -481,17 +524,18 @@ def _done(
     source: Source,
     methods: Sequence[str],
     metrics: Sequence[str],
-    n_groups: Sequence[int],
+    settings: Sequence[Tuple[str, int]],
 ) -> Set[int]:
-    """The positions of the images stored for every method, metric and K."""
+    """The positions of the images stored for every method, metric and
+    ``(perturbation, K)``."""
     return {
         i
         for i in range(len(source))
         if all(
-            (row := stored.get((str(source.key(i)), m, k))) is not None
+            (row := stored.get((str(source.key(i)), m, k, p))) is not None
             and all(name in row for name in metrics)
             for m in methods
-            for k in n_groups
+            for p, k in settings
         )
     }
 
@@ -552,10 +596,10 @@ def _collect(
     new_rows: List[Row],
     source: Source,
     methods: Sequence[str],
-    n_groups: Sequence[int],
+    settings: Sequence[Tuple[str, int]],
 ) -> List[Row]:
     """Stored and new rows of the images of ``source``, in input order, then
-    by K and method."""
+    by ``(perturbation, K)`` and method."""
     by_key = dict(stored)
     by_key.update({row_key(r): r for r in new_rows})
     ordered = []
@@ -563,10 +607,10 @@ def _collect(
         key = str(source.key(i))
         # The image's own key: a CSV file stores an index as text.
         ordered += [
-            {**by_key[(key, m, k)], "image": source.key(i)}
-            for k in n_groups
+            {**by_key[(key, m, k, p)], "image": source.key(i)}
+            for p, k in settings
             for m in methods
-            if (key, m, k) in by_key
+            if (key, m, k, p) in by_key
         ]
     return ordered
 
@@ -578,8 +622,9 @@ def _result(
     skipped: List[Any],
     model_name: str,
     n_groups: int,
+    perturbation: str = "baseline",
 ) -> EvaluationResult:
-    """The result of one K from its per-image rows."""
+    """The result of one K and perturbation from its per-image rows."""
     images = list(dict.fromkeys(str(r["image"]) for r in rows))
     position = {key: i for i, key in enumerate(images)}
     # Filled as lists: a Python float is written in a fraction of a tensor item's time.
@@ -596,7 +641,7 @@ def _result(
         model=model_name,
         n_images=len(images),
         rows=[
-            summarise(m, k, values, ci95, n_groups, unchanged[m])
+            summarise(m, k, values, ci95, n_groups, unchanged[m], perturbation)
             for ((m, k), values), ci95 in zip(
                 per_example.items(), bootstrap_ci95s(list(per_example.values()))
             )
@@ -606,6 +651,7 @@ def _result(
         skipped=skipped,
         comparisons=comparisons(per_example, methods, directions),
         n_groups=n_groups,
+        perturbation=perturbation,
         agreement=agreement(per_example, methods, directions),
     )
 
@@ -643,6 +689,7 @@ def evaluate(
     resume: bool = False,
     baselines: BaselineType = None,
     additional_forward_args: Any = None,
+    perturbation: Union[str, Sequence[str]] = "baseline",
 ) -> EvaluationResult:
     r"""
     Explain ``model``'s decisions on ``inputs`` with each method and score
@@ -737,6 +784,13 @@ def evaluate(
                     method and every metric; a tensor with one row per
                     image (``N`` rows) gives each batch its rows.
                     Default: None
+        perturbation (str or list of str): how the metrics remove
+                    features: ``"baseline"`` (the paper's), ``"blur"``,
+                    ``"noisy_linear"`` or ``"token_drop"`` (see
+                    :func:`~captum_saco.metrics.deletion_curve`). Several: a
+                    result per perturbation in ``result.by_perturbation``
+                    and the methods' rank stability across them in
+                    ``result.stability``. Default: "baseline"
         resume (bool): continue the run recorded in ``per_image_file``
                     (the same inputs, model name, methods, metrics, targets,
                     n_groups, batch_size and seed, which the file's settings
@@ -782,7 +836,8 @@ def evaluate(
         >>> [(r.method, r.metric, r.n) for r in result.rows]
         [('random', 'saco', 6), ('saliency', 'saco', 6)]
         >>> sorted(result.per_image[0])
-        ['image', 'label', 'method', 'n_groups', 'probability', 'saco', 'target', 'unchanged']
+        ['image', 'label', 'method', 'n_groups', 'perturbation', 'probability', 'saco', 'target',
+         'unchanged']
     """
     builders, metric_defs = resolve_methods(methods), resolve_metrics(metrics)
     source = _check_inputs(inputs, workers)
@@ -791,12 +846,13 @@ def evaluate(
     if isinstance(source, Stream):
         _check_stream(resume)
     ks = _check_n_groups_list(n_groups)
+    perturbations = _check_perturbations(perturbation)
     extra = _format_additional_forward_args(additional_forward_args)
     warn_if_training(model, "evaluate", stacklevel=2)
     model_name = model_name or type(model).__name__
     built = {name: build(model, seed) for name, build in builders.items()}
     scorer = _Scorer(
-        model, built, metric_defs, ks, targets, baselines, extra, len(source)
+        model, built, metric_defs, ks, targets, baselines, extra, len(source), perturbations
     )
     rank, world = distributed.world()
     writer = None
@@ -808,6 +864,8 @@ def evaluate(
             "metrics": list(metric_defs),
             "images": "an iterable, read once" if isinstance(source, Stream) else _images_setting(source),
             "n_groups": ks[0] if len(ks) == 1 else ks,
+            # None (not recorded) for the default, so that earlier files still resume
+            "perturbation": None if perturbations == ["baseline"] else perturbations,
             "batch_size": batch_size,  # an image's values may depend on its batch
             "seed": seed,
             "targets": _targets_setting(targets),
@@ -822,7 +880,9 @@ def evaluate(
     plan = (
         None
         if isinstance(source, Stream)
-        else _plan(len(source), batch_size, _done(stored, source, built, metric_defs, ks))
+        else _plan(
+            len(source), batch_size, _done(stored, source, built, metric_defs, scorer.settings)
+        )
     )
     device = _device_of(model, torch.device("cpu"))
     try:
@@ -836,21 +896,23 @@ def evaluate(
             "inputs; expected one class per image"
         )
     parts = distributed.gather((new_rows, skipped))
-    rows = _collect(stored, [r for part, _ in parts for r in part], source, list(built), ks)
+    new_rows = [r for part, _ in parts for r in part]
+    rows = _collect(stored, new_rows, source, list(built), scorer.settings)
     if writer is not None and rank == 0:
         writer.merge(rows)
     _warn_unchanged(rows, len(source))
     skipped_keys = [source.key(i) for i in sorted(i for _, part in parts for i in part)]
     results = [
         _result(
-            [r for r in rows if r["n_groups"] == k],
+            [r for r in rows if r["n_groups"] == k and r["perturbation"] == p],
             list(built),
             list(metric_defs),
             skipped_keys,
             model_name,
             k,
+            p,
         )
-        for k in ks
+        for p, k in scorer.settings
     ]
     return combine(results) if len(results) > 1 else results[0]
 
