@@ -18,8 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from captum_saco._utils import TargetType, resolve_target
-from captum_saco.attr._core.adapters import ViTAdapter, _model_lock, this_thread_only
 from captum_saco.attr._core.engine import AttentionAttribution, Needs, check_differentiable
+from captum_saco.attr._core.families import ViTAdapter, _model_lock, this_thread_only
 from captum_saco.attr._core.replay import GradientRules, gamma_rule, model_forward
 
 

@@ -5,7 +5,7 @@ attention gradient by the LRP relevance ``R(A_b)`` of its attention
 probabilities; partial LRP reads ``R(A_b)`` of the last block and full LRP
 continues the pass down to the tokens entering block 0. This module computes
 these relevances for any ViT given in the canonical form of
-:class:`~captum_saco.attr._core.adapters.ViTParts`: a functional forward pass
+:class:`~captum_saco.attr._core.families.ViTParts`: a functional forward pass
 from the tokens entering block 0 to the logits records every activation the
 rules read (:mod:`~captum_saco.attr._core.replay`), one backward pass gives
 the gradients of the target logits, and an explicit reverse pass over the
@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from captum_saco._utils import TargetType, resolve_target
-from captum_saco.attr._core.adapters import (
+from captum_saco.attr._core.families import (
     BlockParts,
     ViTAdapter,
     ViTParts,

@@ -1,7 +1,7 @@
 """The canonical forward pass of a ViT, replayed from the tokens entering block 0.
 
 Methods that need more than the model's own forward pass run each block of the
-model's canonical form (:class:`~captum_saco.attr._core.adapters.ViTParts`)
+model's canonical form (:class:`~captum_saco.attr._core.families.ViTParts`)
 functionally and keep every activation their rules read: the LRP relevance pass
 of :mod:`captum_saco.attr._core.relevance` reads the records, and the
 gradient-times-input methods (conservative LRP, AttnLRP) change how the gradient
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from captum_saco.attr._core.adapters import BlockParts, ViTParts
+from captum_saco.attr._core.families import BlockParts, ViTParts
 
 
 @dataclass(frozen=True)
