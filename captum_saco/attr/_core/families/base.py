@@ -41,7 +41,7 @@ class ViTParts:
     """A whole ViT in canonical form, from the tokens entering block 0 to the logits."""
 
     blocks: List[BlockParts]
-    norm: nn.Module  # final norm applied to the tokens
+    norm: nn.Module  # final norm applied to the tokens (a LayerNorm, or nn.Identity for none)
     # (token index, classifier): logits = mean over heads of head(norm(x)[:, index])
     heads: List[Tuple[int, nn.Linear]]
     num_prefix_tokens: int
