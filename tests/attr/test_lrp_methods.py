@@ -11,7 +11,7 @@ from tiny_models import tiny_hf_deit, tiny_timm, tiny_timm_distilled
 from torch import Tensor, nn
 from transformers import DeiTForImageClassificationWithTeacher
 
-from captum_saco.attr._core.adapters import adapter_for, vit_parts
+from captum_saco.attr._core.families import adapter_for, vit_parts
 from captum_saco.attr._core.full_lrp import FullLRP
 from captum_saco.attr._core.partial_lrp import PartialLRP
 from captum_saco.attr._core.relevance import attention_relevance, embedding_in

@@ -23,7 +23,7 @@ from captum_saco._utils import (
     model_output,
     resolve_target,
 )
-from captum_saco.attr._core.adapters import ViTAdapter, ViTParts, adapter_for
+from captum_saco.attr._core.families import ViTAdapter, ViTParts, adapter_for
 from captum_saco.attr._core.relevance import AttentionRelevance, attention_relevance
 
 

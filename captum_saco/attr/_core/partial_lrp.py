@@ -5,13 +5,13 @@ from typing import Any, Optional, Tuple, Union
 from torch import Tensor
 
 from captum_saco._utils import TargetType
-from captum_saco.attr._core.adapters import ViTParts
 from captum_saco.attr._core.engine import (
     AttentionAttribution,
     AttentionTrace,
     Needs,
     documented_options,
 )
+from captum_saco.attr._core.families import ViTParts
 from captum_saco.attr._core.relevance import (
     AttentionRelevance,
     attention_relevance,
