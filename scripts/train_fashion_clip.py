@@ -93,18 +93,24 @@ def build_model(tokenizer: CLIPTokenizer) -> CLIPModel:
     return CLIPModel(config)
 
 
-def prompt_logits(model: CLIPModel, tokens: Dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+def prompt_logits(
+    model: CLIPModel, tokens: Dict[str, torch.Tensor], x: torch.Tensor
+) -> torch.Tensor:
     image = F.normalize(model.get_image_features(pixel_values=x).pooler_output, dim=-1)
     text = F.normalize(model.get_text_features(**tokens).pooler_output, dim=-1)
     return model.logit_scale.exp() * image @ text.T
 
 
 @torch.no_grad()
-def accuracy(model: CLIPModel, tokens: Dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> float:
+def accuracy(
+    model: CLIPModel, tokens: Dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
+) -> float:
     model.eval()
     correct = 0
     for i in range(0, x.shape[0], 1000):
-        correct += int((prompt_logits(model, tokens, x[i : i + 1000]).argmax(1) == y[i : i + 1000]).sum())
+        correct += int(
+            (prompt_logits(model, tokens, x[i : i + 1000]).argmax(1) == y[i : i + 1000]).sum()
+        )
     return correct / x.shape[0]
 
 
@@ -112,7 +118,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=Path(DEFAULT_DATA_DIR))
     parser.add_argument("--output-dir", type=Path, default=PACKAGE_DATA / "fashion_clip")
-    parser.add_argument("--time-budget", type=float, default=270.0, help="most seconds (default 270)")
+    parser.add_argument(
+        "--time-budget", type=float, default=270.0, help="most seconds (default 270)"
+    )
     parser.add_argument("--max-steps", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
@@ -140,7 +148,10 @@ def main() -> None:
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "position" not in n]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "position" in n]
     optimiser = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        [
+            {"params": decay, "weight_decay": args.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
         lr=args.lr,
     )
     generator = torch.Generator().manual_seed(args.seed)
@@ -159,7 +170,9 @@ def main() -> None:
                 group["lr"] = lr_at(progress, args.lr, args.warmup)
             idx = order[i : i + args.batch_size]
             template = int(torch.randint(len(TEMPLATES), (1,), generator=generator))
-            loss = F.cross_entropy(prompt_logits(model, prompts[template], train_x[idx]), train_y[idx])
+            loss = F.cross_entropy(
+                prompt_logits(model, prompts[template], train_x[idx]), train_y[idx]
+            )
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -167,10 +180,18 @@ def main() -> None:
                 model.logit_scale.clamp_(0, 4.6052)
             steps += 1
             if steps % 100 == 0:
-                print(f"step {steps} loss {loss.item():.3f} t {time.perf_counter() - start:.0f}s", flush=True)
+                print(
+                    f"step {steps} loss {loss.item():.3f} t {time.perf_counter() - start:.0f}s",
+                    flush=True,
+                )
     train_time = time.perf_counter() - start
-    per_template = {t: round(accuracy(model, p, test_x, test_y), 4) for t, p in zip(TEMPLATES, prompts)}
-    print(f"zero-shot test accuracy (10k) per template: {per_template}; {steps} steps, {train_time:.0f}s")
+    per_template = {
+        t: round(accuracy(model, p, test_x, test_y), 4) for t, p in zip(TEMPLATES, prompts)
+    }
+    print(
+        f"zero-shot test accuracy (10k) per template: {per_template}; "
+        f"{steps} steps, {train_time:.0f}s"
+    )
 
     args.output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.output_dir)

@@ -44,7 +44,9 @@ def _image_encoder(model: nn.Module) -> Callable[[Tensor], Tensor]:
     """The function from images to (N, D) image embeddings (projected, not normalised)."""
     if _is_hf_dual_encoder(model):
         return lambda images: model.get_image_features(pixel_values=images).pooler_output
-    if _is_instance(model, "transformers.models.clip.modeling_clip", "CLIPVisionModelWithProjection"):
+    if _is_instance(
+        model, "transformers.models.clip.modeling_clip", "CLIPVisionModelWithProjection"
+    ):
         return lambda images: model(pixel_values=images).image_embeds
     if _is_open_clip(model):
         return lambda images: model.encode_image(images)
@@ -111,9 +113,15 @@ class ZeroShotClassifier(nn.Module):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
         if not isinstance(text_embeddings, Tensor):
-            raise TypeError(f"text_embeddings: expected a Tensor, got {type(text_embeddings).__name__}")
+            raise TypeError(
+                f"text_embeddings: expected a Tensor, got {type(text_embeddings).__name__}"
+            )
         check_dense(text_embeddings, "text_embeddings")
-        if text_embeddings.dim() != 2 or text_embeddings.shape[0] == 0 or not text_embeddings.is_floating_point():
+        if (
+            text_embeddings.dim() != 2
+            or text_embeddings.shape[0] == 0
+            or not text_embeddings.is_floating_point()
+        ):
             raise ValueError(
                 "text_embeddings: expected a floating-point (C, D) tensor with at least one row, "
                 f"got {text_embeddings.dtype} of shape {tuple(text_embeddings.shape)}"
@@ -126,7 +134,8 @@ class ZeroShotClassifier(nn.Module):
         )
         if own_scale and logit_scale is not None:
             raise ValueError(
-                f"logit_scale: {type(model).__name__} has its own logit_scale; leave logit_scale None"
+                f"logit_scale: {type(model).__name__} has its own logit_scale; "
+                "leave logit_scale None"
             )
         if not own_scale:
             if logit_scale is None:
@@ -134,12 +143,18 @@ class ZeroShotClassifier(nn.Module):
                     f"logit_scale: {type(model).__name__} has no logit scale of its own; pass the "
                     "factor its cosine similarities are multiplied by (100 for OpenAI's CLIP)"
                 )
-            if isinstance(logit_scale, bool) or not isinstance(logit_scale, (int, float)) or not logit_scale > 0:
+            if (
+                isinstance(logit_scale, bool)
+                or not isinstance(logit_scale, (int, float))
+                or not logit_scale > 0
+            ):
                 raise ValueError(f"logit_scale: expected a positive number, got {logit_scale!r}")
         self.model = model
         self._encode = _image_encoder(model)
         self._fixed_scale = None if own_scale else float(logit_scale)  # type: ignore[arg-type]
-        self.register_buffer("text_embeddings", F.normalize(text_embeddings.detach().clone(), dim=-1))
+        self.register_buffer(
+            "text_embeddings", F.normalize(text_embeddings.detach().clone(), dim=-1)
+        )
         self.prompts: Optional[List[str]] = None
 
     def logit_scale_and_bias(self) -> "tuple[Tensor, Optional[Tensor]]":
@@ -155,9 +170,14 @@ class ZeroShotClassifier(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         embeddings = self._encode(images)
         if not isinstance(embeddings, Tensor) or embeddings.dim() != 2:
+            got = (
+                tuple(embeddings.shape)
+                if isinstance(embeddings, Tensor)
+                else type(embeddings).__name__
+            )
             raise ValueError(
-                f"model: {type(self.model).__name__} must map images to (N, D) image embeddings, got "
-                f"{tuple(embeddings.shape) if isinstance(embeddings, Tensor) else type(embeddings).__name__}"
+                f"model: {type(self.model).__name__} must map images to (N, D) image "
+                f"embeddings, got {got}"
             )
         if embeddings.shape[1] != self.text_embeddings.shape[1]:
             raise ValueError(
@@ -209,7 +229,9 @@ class ZeroShotClassifier(nn.Module):
         if len(class_names) == 0:
             raise ValueError("class_names: expected at least one class name")
         if not isinstance(template, str) or "{}" not in template:
-            raise ValueError(f"template: expected a string with '{{}}' for the class name, got {template!r}")
+            raise ValueError(
+                f"template: expected a string with '{{}}' for the class name, got {template!r}"
+            )
         prompts = [template.format(name) for name in class_names]
         device = next(model.parameters()).device
         with torch.no_grad():
@@ -224,7 +246,9 @@ class ZeroShotClassifier(nn.Module):
                     truncation=True,
                     return_tensors="pt",
                 )
-                inputs = {k: tokens[k].to(device) for k in ("input_ids", "attention_mask") if k in tokens}
+                inputs = {
+                    k: tokens[k].to(device) for k in ("input_ids", "attention_mask") if k in tokens
+                }
                 if siglip:  # SigLIP was trained on padded prompts without a mask
                     inputs.pop("attention_mask", None)
                 text = model.get_text_features(**inputs).pooler_output
@@ -232,8 +256,9 @@ class ZeroShotClassifier(nn.Module):
                 text = model.encode_text(tokenizer_or_processor(prompts).to(device))
             else:
                 raise ValueError(
-                    f"model: {type(model).__name__} has no text tower that from_prompts knows; encode "
-                    "the prompts yourself and call ZeroShotClassifier(model, text_embeddings, logit_scale)"
+                    f"model: {type(model).__name__} has no text tower that from_prompts knows; "
+                    "encode the prompts yourself and call "
+                    "ZeroShotClassifier(model, text_embeddings, logit_scale)"
                 )
         classifier = cls(model, text)
         classifier.prompts = prompts
