@@ -23,9 +23,15 @@ from captum_saco.attr._core.families.base import (
 from captum_saco.attr._core.families.hf_vit import HuggingFaceViTAdapter
 from captum_saco.attr._core.families.timm_vit import TimmViTAdapter
 from captum_saco.attr._core.families.torchvision_vit import TorchvisionViTAdapter
+from captum_saco.attr._core.families.zero_shot import ZeroShotAdapter
 
 #: every family, in the order :func:`adapter_for` tries them
-FAMILIES: List[Type[ViTAdapter]] = [TimmViTAdapter, HuggingFaceViTAdapter, TorchvisionViTAdapter]
+FAMILIES: List[Type[ViTAdapter]] = [
+    TimmViTAdapter,
+    HuggingFaceViTAdapter,
+    TorchvisionViTAdapter,
+    ZeroShotAdapter,
+]
 
 SUPPORTED_MODELS = ", ".join(family.description for family in FAMILIES)
 
