@@ -260,3 +260,97 @@ def test_metrics_accept_the_classifier_with_the_prompt_index_as_target(fashion):
         metrics=["saco"],
     )
     assert result.methods == ["random", "gradient_weighted_attention"]
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    generator = torch.Generator().manual_seed(0)
+    for i in range(3):
+        pixels = torch.randint(0, 256, (40, 48, 3), generator=generator, dtype=torch.uint8)
+        Image.fromarray(pixels.numpy()).save(folder / f"{i}.png")
+    return folder
+
+
+def _run_cli(*argv):
+    from captum_saco.cli import main
+
+    return main(
+        [
+            *argv,
+            "--methods",
+            "random",
+            "gradient_weighted_attention",
+            "--metrics",
+            "saco",
+            "--n-groups",
+            "4",
+            "--no-progress",
+        ]
+    )
+
+
+def test_cli_zero_shot_with_a_saved_hugging_face_clip(
+    tmp_path, image_folder, char_tokenizer, capsys
+):
+    torch.manual_seed(0)
+    config = transformers.CLIPConfig(
+        text_config=_text_config(char_tokenizer), vision_config=VISION, projection_dim=16
+    )
+    folder = tmp_path / "clip"
+    transformers.CLIPModel(config).save_pretrained(folder)
+    image_processor = transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size=32)
+    transformers.CLIPProcessor(image_processor, char_tokenizer).save_pretrained(folder)
+    classes = tmp_path / "classes.txt"
+    classes.write_text("cat\ndog\n\ncar\n")
+    assert (
+        _run_cli(
+            "--model", f"hf:{folder}", "--images", str(image_folder), "--zero-shot", str(classes)
+        )
+        == 0
+    )
+    assert "gradient_weighted_attention" in capsys.readouterr().out
+
+
+def test_cli_zero_shot_with_an_open_clip_checkpoint(tmp_path, image_folder, capsys):
+    import json
+
+    torch.manual_seed(0)
+    config = {
+        "embed_dim": 16,
+        "vision_cfg": {
+            "image_size": 32,
+            "layers": 1,
+            "width": 32,
+            "head_width": 16,
+            "patch_size": 8,
+        },
+        "text_cfg": {
+            "context_length": 16,
+            "vocab_size": 49408,
+            "width": 16,
+            "heads": 2,
+            "layers": 1,
+        },
+    }
+    (tmp_path / "tiny-clip-test.json").write_text(json.dumps(config))
+    open_clip.add_model_config(tmp_path / "tiny-clip-test.json")
+    checkpoint = tmp_path / "tiny.pt"
+    torch.save(open_clip.create_model("tiny-clip-test").state_dict(), checkpoint)
+    model_name = f"open_clip:tiny-clip-test/{checkpoint}"
+    argv = ("--model", model_name, "--images", str(image_folder), "--zero-shot", "cat, dog,car")
+    assert _run_cli(*argv, "--prompt-template", "a drawing of a {}") == 0
+    assert "saco" in capsys.readouterr().out
+
+
+def test_cli_zero_shot_refuses_bad_options_by_name(image_folder, capsys):
+    assert (
+        _run_cli("--model", "timm:vit_tiny", "--images", str(image_folder), "--zero-shot", "a,b")
+        == 2
+    )
+    assert "--model: expected 'hf:NAME_OR_PATH'" in capsys.readouterr().err
+    assert _run_cli("--images", str(image_folder), "--prompt-template", "a {}") == 2
+    assert "--prompt-template applies only with --zero-shot" in capsys.readouterr().err

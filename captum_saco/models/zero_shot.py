@@ -7,7 +7,7 @@ captum-saco takes it as ``forward_func`` with the prompt index as ``target``.
 """
 
 import sys
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from captum_saco._utils import check_dense
 
-__all__ = ["ZeroShotClassifier"]
+__all__ = ["ZeroShotClassifier", "load_zero_shot_classifier"]
 
 
 def _is_instance(model: nn.Module, module_name: str, class_name: str) -> bool:
@@ -263,3 +263,106 @@ class ZeroShotClassifier(nn.Module):
         classifier = cls(model, text)
         classifier.prompts = prompts
         return classifier
+
+
+_INTERPOLATION = {0: "nearest", 2: "bilinear", 3: "bicubic"}
+
+
+def _hf_data_config(image_processor: Any, channels: int) -> Dict[str, Any]:
+    """timm's data config for a Hugging Face image processor (resize, crop, normalise)."""
+    size, crop = image_processor.size, getattr(image_processor, "crop_size", None)
+    center_crop = bool(getattr(image_processor, "do_center_crop", False)) and crop is not None
+    height, width = (crop.height, crop.width) if center_crop else (size.height, size.width)
+    short = size.shortest_edge
+    return {
+        "input_size": (channels, height, width),
+        "mean": tuple(image_processor.image_mean),
+        "std": tuple(image_processor.image_std),
+        "interpolation": _INTERPOLATION.get(int(image_processor.resample), "bicubic"),
+        "crop_pct": height / short if center_crop and short else 1.0,
+        "crop_mode": "center" if center_crop else "squash",
+    }
+
+
+def _open_clip_data_config(model: nn.Module) -> Dict[str, Any]:
+    """timm's data config for an open_clip model's own preprocessing."""
+    cfg = model.visual.preprocess_cfg
+    height, width = model.visual.image_size
+    return {
+        "input_size": (3, height, width),
+        "mean": tuple(cfg["mean"]),
+        "std": tuple(cfg["std"]),
+        "interpolation": cfg.get("interpolation", "bicubic"),
+        "crop_pct": 1.0,
+        "crop_mode": "squash" if cfg.get("resize_mode") == "squash" else "center",
+    }
+
+
+def load_zero_shot_classifier(
+    model_name: str, class_names: Sequence[str], template: str = "a photo of a {}."
+) -> ZeroShotClassifier:
+    r"""
+    A pretrained CLIP or SigLIP as a :class:`ZeroShotClassifier` over the prompts
+    ``template.format(name)``, loaded by name the way its library loads it, with
+    its image preprocessing as a timm data config in ``pretrained_cfg``
+    (``timm.data.resolve_data_config(model=classifier)`` reads it):
+
+    - ``"hf:NAME_OR_PATH"``: ``transformers.AutoModel.from_pretrained`` and
+      ``AutoProcessor.from_pretrained`` (a hub name such as
+      ``hf:openai/clip-vit-base-patch32`` or ``hf:google/siglip-base-patch16-224``,
+      or a folder written by ``save_pretrained`` holding model and processor);
+    - ``"open_clip:ARCH/PRETRAINED"``: ``open_clip.create_model_and_transforms(ARCH,
+      pretrained=PRETRAINED)`` and ``open_clip.get_tokenizer(ARCH)``, e.g.
+      ``open_clip:ViT-B-32/openai``; PRETRAINED may be a checkpoint file.
+
+    Args:
+        model_name (str): the model, as above.
+        class_names (sequence of str): the class names, in target order.
+        template (str, optional): the prompt, ``{}`` for the class name.
+            Default: ``"a photo of a {}."``
+
+    Returns:
+        ZeroShotClassifier: in eval mode, on the CPU.
+
+    Raises:
+        ValueError: for a name of another form.
+        ImportError: if the library of the name is not installed.
+
+    Examples::
+
+        >>> from captum_saco.models import load_zero_shot_classifier
+        >>> import os, transformers
+        >>> from captum_saco.datasets import load_fashion_mnist_clip
+        >>> model, tokenizer = load_fashion_mnist_clip()
+        >>> folder = os.path.join(getfixture("tmp_path"), "clip")
+        >>> model.save_pretrained(folder)
+        >>> processor = transformers.CLIPProcessor(transformers.CLIPImageProcessor(
+        ...     size={"shortest_edge": 28}, crop_size=28), tokenizer)
+        >>> _ = processor.save_pretrained(folder)
+        >>> classifier = load_zero_shot_classifier(f"hf:{folder}", ["Bag", "Sandal"])
+        >>> classifier.pretrained_cfg["input_size"]
+        (1, 28, 28)
+    """
+    library, _, name = model_name.partition(":")
+    if library == "hf" and name:
+        import transformers
+
+        model = transformers.AutoModel.from_pretrained(name)
+        processor = transformers.AutoProcessor.from_pretrained(name)
+        channels = model.config.vision_config.num_channels
+        data_config = _hf_data_config(processor.image_processor, channels)
+    elif library == "open_clip" and name:
+        import open_clip
+
+        arch, _, pretrained = name.partition("/")
+        model, _, _ = open_clip.create_model_and_transforms(arch, pretrained=pretrained or None)
+        processor = open_clip.get_tokenizer(arch)
+        data_config = _open_clip_data_config(model)
+    else:
+        raise ValueError(
+            "model_name: expected 'hf:NAME_OR_PATH' or 'open_clip:ARCH/PRETRAINED', "
+            f"got {model_name!r}"
+        )
+    classifier = ZeroShotClassifier.from_prompts(model.eval(), processor, class_names, template)
+    classifier.pretrained_cfg = data_config
+    return classifier.eval()
