@@ -1,27 +1,28 @@
 """ZeroShotClassifier: the image-text logits of CLIP and SigLIP models of
 Hugging Face, open_clip and timm, as a classifier over prompts."""
 
-from functools import partial
-from pathlib import Path
-
 import open_clip
 import pytest
 import torch
 import transformers
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
-from timm.models.vision_transformer import VisionTransformer
 
 from captum_saco.datasets import load_fashion_mnist_clip, load_fashion_mnist_samples
 from captum_saco.evaluation import evaluate
 from captum_saco.metrics import aopc, comprehensiveness, saco
 from captum_saco.models import ZeroShotClassifier
-
-REFERENCE = Path(__file__).parent / "data" / "clip_reference.pt"
+from tests.clip_reference_builds import (
+    hugging_face_model,
+    load_reference,
+    logit_scale,
+    open_clip_model,
+    timm_tower,
+)
 
 
 @pytest.fixture(scope="module")
 def reference():
-    return torch.load(REFERENCE, weights_only=True)
+    return load_reference()
 
 
 @pytest.fixture(scope="module")
@@ -115,15 +116,7 @@ def test_open_clip_logits_equal_the_models_own_with_scale_and_bias():
 
 
 def test_open_clip_build_of_the_reference_weights_gives_the_recorded_logits(reference):
-    cfg = reference["config"]
-    model = CLIP(
-        embed_dim=cfg["embed_dim"],
-        vision_cfg=CLIPVisionCfg(layers=3, width=48, head_width=12, patch_size=16, image_size=96),
-        text_cfg=CLIPTextCfg(context_length=12, vocab_size=512, width=32, heads=4, layers=2),
-        quick_gelu=True,
-    )
-    model.load_state_dict(reference["state_dict"])
-    model.eval()
+    model = open_clip_model(reference)
     with torch.no_grad():
         text = model.encode_text(reference["input_ids"])
         logits = ZeroShotClassifier(model, text)(reference["inputs"])
@@ -131,9 +124,7 @@ def test_open_clip_build_of_the_reference_weights_gives_the_recorded_logits(refe
 
 
 def test_hf_builds_of_the_reference_weights_give_the_recorded_logits(reference, tmp_path):
-    model = transformers.CLIPModel(transformers.CLIPConfig(**reference["hf_config"]))
-    model.load_state_dict(reference["state_dict_hf"])
-    model = _saved_and_loaded(model, tmp_path / "clip")
+    model = _saved_and_loaded(hugging_face_model(reference), tmp_path / "clip")
     with torch.no_grad():
         text = model.get_text_features(input_ids=reference["input_ids"]).pooler_output
         logits = ZeroShotClassifier(model, text)(reference["inputs"])
@@ -153,21 +144,10 @@ def test_hf_builds_of_the_reference_weights_give_the_recorded_logits(reference, 
 def test_timm_image_tower_of_the_reference_weights_with_given_scale_gives_the_recorded_logits(
     reference,
 ):
-    tower = VisionTransformer(
-        img_size=96,
-        patch_size=16,
-        embed_dim=48,
-        depth=3,
-        num_heads=4,
-        pre_norm=True,
-        num_classes=32,
-        act_layer="quick_gelu",
-        norm_layer=partial(torch.nn.LayerNorm, eps=1e-5),
-        qkv_bias=True,
+    tower = timm_tower(reference)
+    classifier = ZeroShotClassifier(
+        tower, reference["text_embeds"], logit_scale=logit_scale(reference)
     )
-    tower.load_state_dict(reference["state_dict_timm"])
-    tower.eval()
-    classifier = ZeroShotClassifier(tower, reference["text_embeds"], logit_scale=1 / 0.07)
     with torch.no_grad():
         assert torch.allclose(
             classifier(reference["inputs"]), reference["logits"], atol=2e-5, rtol=0
@@ -177,20 +157,8 @@ def test_timm_image_tower_of_the_reference_weights_with_given_scale_gives_the_re
 
 
 def test_float64_classifier_gives_the_recorded_float64_logits(reference):
-    tower = VisionTransformer(
-        img_size=96,
-        patch_size=16,
-        embed_dim=48,
-        depth=3,
-        num_heads=4,
-        pre_norm=True,
-        num_classes=32,
-        act_layer="quick_gelu",
-        norm_layer=partial(torch.nn.LayerNorm, eps=1e-5),
-        qkv_bias=True,
-    )
-    tower.load_state_dict(reference["state_dict_timm"])
-    scale = float(reference["state_dict"]["logit_scale"].double().exp())
+    tower = timm_tower(reference)
+    scale = logit_scale(reference)
     classifier = ZeroShotClassifier(
         tower.eval(), reference["text_embeds_float64"], logit_scale=scale
     ).double()

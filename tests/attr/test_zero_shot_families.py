@@ -4,14 +4,9 @@ tests/data/clip_reference.pt, for the open_clip, Hugging Face and timm builds of
 the same weights. The text side is the recorded float64 text embeddings of the
 prompts (tests/test_zero_shot.py checks each library's own text encoding)."""
 
-from functools import partial
-from pathlib import Path
-
 import pytest
 import torch
 import transformers
-from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
-from timm.models.vision_transformer import VisionTransformer
 
 from captum_saco.attr import (
     AttentionRollout,
@@ -21,48 +16,31 @@ from captum_saco.attr import (
     TransformerAttribution,
 )
 from captum_saco.models import ZeroShotClassifier
-
-REFERENCE = Path(__file__).parent.parent / "data" / "clip_reference.pt"
+from tests.clip_reference_builds import (
+    hugging_face_model,
+    load_reference,
+    logit_scale,
+    open_clip_model,
+    timm_tower,
+)
 
 
 @pytest.fixture(scope="module")
 def reference():
-    return torch.load(REFERENCE, weights_only=True)
+    return load_reference()
 
 
 def _open_clip(reference):
-    model = CLIP(
-        embed_dim=32,
-        vision_cfg=CLIPVisionCfg(layers=3, width=48, head_width=12, patch_size=16, image_size=96),
-        text_cfg=CLIPTextCfg(context_length=12, vocab_size=512, width=32, heads=4, layers=2),
-        quick_gelu=True,
-    )
-    model.load_state_dict(reference["state_dict"])
-    return ZeroShotClassifier(model.eval(), reference["text_embeds_float64"])
+    return ZeroShotClassifier(open_clip_model(reference), reference["text_embeds_float64"])
 
 
 def _hugging_face(reference):
-    model = transformers.CLIPModel(transformers.CLIPConfig(**reference["hf_config"]))
-    model.load_state_dict(reference["state_dict_hf"])
-    return ZeroShotClassifier(model.eval(), reference["text_embeds_float64"])
+    return ZeroShotClassifier(hugging_face_model(reference), reference["text_embeds_float64"])
 
 
 def _timm(reference):
-    tower = VisionTransformer(
-        img_size=96,
-        patch_size=16,
-        embed_dim=48,
-        depth=3,
-        num_heads=4,
-        pre_norm=True,
-        num_classes=32,
-        act_layer="quick_gelu",
-        norm_layer=partial(torch.nn.LayerNorm, eps=1e-5),
-        qkv_bias=True,
-    )
-    tower.load_state_dict(reference["state_dict_timm"])
-    scale = float(reference["state_dict"]["logit_scale"].double().exp())
-    return ZeroShotClassifier(tower.eval(), reference["text_embeds_float64"], logit_scale=scale)
+    text = reference["text_embeds_float64"]
+    return ZeroShotClassifier(timm_tower(reference), text, logit_scale=logit_scale(reference))
 
 
 BUILDS = {"open_clip": _open_clip, "hugging_face": _hugging_face, "timm": _timm}
@@ -170,3 +148,12 @@ def test_siglip_towers_are_refused_by_name():
     classifier = ZeroShotClassifier(transformers.SiglipModel(config).eval(), torch.randn(3, 16))
     with pytest.raises(ValueError, match="SigLIP towers pool with an attention head"):
         GradientWeightedAttention(classifier)
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_one_image_alone_gets_the_map_it_gets_in_a_batch(reference, build):
+    method = GradientWeightedAttention(BUILDS[build](reference).double())
+    images = reference["inputs"].double()
+    batch = method.attribute(images, target=1, upsample=False)
+    alone = method.attribute(images[2:3], target=1, upsample=False)
+    assert torch.allclose(alone, batch[2:3], atol=1e-12, rtol=0)
