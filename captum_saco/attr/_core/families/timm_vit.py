@@ -102,7 +102,10 @@ class TimmViTAdapter(ViTAdapter):
                 "in between"
             )
         model = self.model
-        return _joined([model.cls_token, getattr(model, "dist_token", None), model.reg_token])
+        tokens = [model.cls_token, getattr(model, "dist_token", None), model.reg_token]
+        if all(token is None for token in tokens):
+            return model.patch_embed.proj.weight.new_zeros(1, 0, model.embed_dim).detach()
+        return _joined(tokens)
 
     def attention_sources(self) -> List[Tuple[nn.Module, Callable[[object], Tensor]]]:
         return [(block.attn.attn_drop, _identity) for block in self.model.blocks]
