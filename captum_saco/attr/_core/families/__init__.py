@@ -20,12 +20,18 @@ from captum_saco.attr._core.families.base import (
     _unsupported,
     this_thread_only,
 )
+from captum_saco.attr._core.families.hf_dinov2 import HuggingFaceDinov2Adapter
 from captum_saco.attr._core.families.hf_vit import HuggingFaceViTAdapter
 from captum_saco.attr._core.families.timm_vit import TimmViTAdapter
 from captum_saco.attr._core.families.torchvision_vit import TorchvisionViTAdapter
 
 #: every family, in the order :func:`adapter_for` tries them
-FAMILIES: List[Type[ViTAdapter]] = [TimmViTAdapter, HuggingFaceViTAdapter, TorchvisionViTAdapter]
+FAMILIES: List[Type[ViTAdapter]] = [
+    TimmViTAdapter,
+    HuggingFaceViTAdapter,
+    HuggingFaceDinov2Adapter,
+    TorchvisionViTAdapter,
+]
 
 SUPPORTED_MODELS = ", ".join(family.description for family in FAMILIES)
 
