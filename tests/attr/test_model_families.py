@@ -222,9 +222,9 @@ def test_a_non_module_is_refused() -> None:
         RawAttention(lambda x: x)
 
 
-@pytest.mark.parametrize("pool", ["avg", "map"])
-def test_timm_pooling_other_than_the_class_token_is_refused(pool: str) -> None:
-    with pytest.raises(ValueError, match=f"global_pool='{pool}'.*class-token"):
+@pytest.mark.parametrize("pool", ["map", "max", "avgmax"])
+def test_timm_pooling_without_a_read_out_vector_is_refused_by_name(pool: str) -> None:
+    with pytest.raises(ValueError, match=f"global_pool='{pool}'.*'token'.*'avg'.*supported"):
         AttentionRollout(tiny_timm(global_pool=pool))
 
 

@@ -245,7 +245,9 @@ def parts_in(parts: ViTParts, dtype: torch.dtype) -> ViTParts:
         replace(block, **{k: cast(v) for k, v in vars(block).items()}) for block in parts.blocks
     ]
     heads = [(index, cast(head)) for index, head in parts.heads]
-    return replace(parts, blocks=blocks, norm=cast(parts.norm), heads=heads)
+    return replace(
+        parts, blocks=blocks, norm=cast(parts.norm), heads=heads, fc_norm=cast(parts.fc_norm)
+    )
 
 
 @contextmanager
@@ -399,6 +401,13 @@ def attention_relevance(
     """
     if input_relevance and first_block != 0:
         raise ValueError("input_relevance: the pass reaches the tokens only with first_block=0")
+    if parts.mean_pooled:
+        raise ValueError(
+            "model: it has a pooled head (global_pool='avg'), for which Chefer's relevance "
+            "rules are not defined here: TransformerAttribution, PartialLRP and FullLRP "
+            "refuse it (RawAttention, AttentionRollout, GradientWeightedAttention, "
+            "AttentionGradCAM, AttCAT, ConservativeLRP and AttnLRP work on it)"
+        )
     parts = parts_in(parts, tokens.dtype)
     with torch.set_grad_enabled(gradients):
         replay = model_forward(parts, tokens.detach())

@@ -389,10 +389,13 @@ def model_forward(
     their dtype, to the logits (the mean of the classifier heads' logits).
 
     After the last block's attention, only the heads' tokens are computed: no
-    other position reaches the logits.
+    other position reaches the logits. A mean-pooled head (``parts.mean_pooled``)
+    reads the mean of the normed tokens after the prefix tokens, through
+    ``parts.fc_norm`` (its rule as the other norms'); the record's ``normed`` is then
+    that pooled vector ``(N, 1, D)``.
     """
     head_tokens = sorted({index for index, _ in parts.heads})
-    last_rows = torch.tensor(head_tokens, device=tokens.device)
+    last_rows = None if parts.mean_pooled else torch.tensor(head_tokens, device=tokens.device)
     records: List[BlockRecord] = []
     hidden = tokens
     for b, block in enumerate(parts.blocks):
@@ -400,6 +403,9 @@ def model_forward(
         records.append(block_forward(block, hidden, rows, rules))
         hidden = records[-1].mid + records[-1].mlp_branch
     normed = layer_norm(parts.norm, hidden, rules.norm)
+    if parts.mean_pooled:  # the pooled vector takes the place of the head's token
+        pooled = normed[:, parts.num_prefix_tokens :].mean(dim=1, keepdim=True)
+        normed = layer_norm(parts.fc_norm, pooled, rules.norm)
     position = {index: p for p, index in enumerate(head_tokens)}
     head_logits = torch.stack(
         [

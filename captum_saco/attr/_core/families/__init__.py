@@ -20,6 +20,7 @@ from captum_saco.attr._core.families.base import (
     _unsupported,
     this_thread_only,
 )
+from captum_saco.attr._core.families.hf_dinov2 import HuggingFaceDinov2Adapter
 from captum_saco.attr._core.families.hf_vit import HuggingFaceViTAdapter
 from captum_saco.attr._core.families.timm_vit import TimmViTAdapter
 from captum_saco.attr._core.families.torchvision_vit import TorchvisionViTAdapter
@@ -29,6 +30,7 @@ from captum_saco.attr._core.families.zero_shot import ZeroShotAdapter
 FAMILIES: List[Type[ViTAdapter]] = [
     TimmViTAdapter,
     HuggingFaceViTAdapter,
+    HuggingFaceDinov2Adapter,
     TorchvisionViTAdapter,
     ZeroShotAdapter,
 ]

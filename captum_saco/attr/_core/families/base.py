@@ -8,7 +8,7 @@ and the relevance rules read only that description (:class:`ViTAdapter`).
 import threading
 import weakref
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
@@ -45,6 +45,10 @@ class ViTParts:
     # (token index, classifier): logits = mean over heads of head(norm(x)[:, index])
     heads: List[Tuple[int, nn.Linear]]
     num_prefix_tokens: int
+    # mean-pooled head: logits = head(fc_norm(mean of norm(x) over the tokens after
+    # the prefix tokens)); ``heads`` is then one classifier at index 0 (the pooled vector)
+    mean_pooled: bool = False
+    fc_norm: nn.Module = field(default_factory=nn.Identity)  # norm after pooling
 
 
 _LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
@@ -136,6 +140,19 @@ class ViTAdapter:
     def patch_embedding(self) -> nn.Module:
         """The module whose output is ``(N, D, h, w)`` on the patch grid."""
         raise NotImplementedError
+
+    def reads_class_token(self) -> bool:
+        """Whether the head reads the class token (else :meth:`readout` says what)."""
+        return True
+
+    def readout(self, num_tokens: int) -> Tensor:
+        """The head's read-out vector ``s`` ``(T,)`` over the tokens leaving the last
+        block, from which the rollout-type methods start instead of the class-token
+        row: for a class-token head the class token (``s = e_0``); for a mean-pooled
+        head the uniform average over exactly the tokens it averages."""
+        s = torch.zeros(num_tokens)
+        s[0] = 1
+        return s
 
     def embedding_path(self) -> Dict[str, str]:
         """The modules, by name, that the input passes on its way to block 0, and the

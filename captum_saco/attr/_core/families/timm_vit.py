@@ -3,6 +3,7 @@
 from contextlib import contextmanager
 from typing import Callable, Dict, Iterator, List, Tuple
 
+import torch
 from torch import Tensor, nn
 
 from captum_saco.attr._core.families.base import (
@@ -15,6 +16,9 @@ from captum_saco.attr._core.families.base import (
     _joined,
     _unsupported,
 )
+
+#: the timm poolings with a read-out vector (see :meth:`TimmViTAdapter.readout`)
+_POOLS = ("token", "avg")
 
 
 class TimmViTAdapter(ViTAdapter):
@@ -42,14 +46,15 @@ class TimmViTAdapter(ViTAdapter):
         from timm.models.vision_transformer import Attention
 
         super().__init__(model)
-        if getattr(model, "attn_pool", None) is not None or model.global_pool != "token":
+        if getattr(model, "attn_pool", None) is not None or model.global_pool not in _POOLS:
             raise _unsupported(
                 model,
-                f"timm VisionTransformer with global_pool={model.global_pool!r} does not "
-                "classify from the class token, so its class-token attention row does not "
-                "explain the prediction; only global_pool='token' is supported",
+                f"timm VisionTransformer with global_pool={model.global_pool!r} reads its "
+                "tokens in a way no read-out vector over the tokens is defined for here; "
+                "global_pool='token' (class token) and 'avg' (mean of the patch tokens) are "
+                "supported",
             )
-        if model.cls_token is None:
+        if model.global_pool == "token" and model.cls_token is None:
             raise _unsupported(model, "timm VisionTransformer without a class token")
         for index, block in enumerate(model.blocks):
             if not isinstance(getattr(block, "attn", None), Attention):
@@ -65,6 +70,19 @@ class TimmViTAdapter(ViTAdapter):
 
     def patch_embedding(self) -> nn.Module:
         return self.model.patch_embed.proj
+
+    def reads_class_token(self) -> bool:
+        return self.model.global_pool == "token"
+
+    def readout(self, num_tokens: int) -> Tensor:
+        """``global_pool='token'``: the class token; ``'avg'``: the uniform average
+        over the tokens after the prefix tokens (class and register tokens), the
+        tokens timm averages."""
+        if self.reads_class_token():
+            return super().readout(num_tokens)
+        s = torch.zeros(num_tokens)
+        s[self.num_prefix_tokens :] = 1 / (num_tokens - self.num_prefix_tokens)
+        return s
 
     def embedding_path(self) -> Dict[str, str]:
         return {
@@ -84,7 +102,10 @@ class TimmViTAdapter(ViTAdapter):
                 "in between"
             )
         model = self.model
-        return _joined([model.cls_token, getattr(model, "dist_token", None), model.reg_token])
+        tokens = [model.cls_token, getattr(model, "dist_token", None), model.reg_token]
+        if all(token is None for token in tokens):
+            return model.patch_embed.proj.weight.new_zeros(1, 0, model.embed_dim).detach()
+        return _joined(tokens)
 
     def attention_sources(self) -> List[Tuple[nn.Module, Callable[[object], Tensor]]]:
         return [(block.attn.attn_drop, _identity) for block in self.model.blocks]
@@ -105,8 +126,10 @@ class TimmViTAdapter(ViTAdapter):
         from timm.layers import LayerScale, Mlp
 
         model = self.model
-        if not isinstance(model.fc_norm, nn.Identity):
+        if self.reads_class_token() and not isinstance(model.fc_norm, nn.Identity):
             raise _inexpressible(model, "a norm after pooling (fc_norm)")
+        if not isinstance(model.fc_norm, (nn.Identity, nn.LayerNorm)):
+            raise _inexpressible(model, f"a {type(model.fc_norm).__name__} after pooling")
         blocks = []
         for block in model.blocks:
             attn = block.attn
@@ -146,4 +169,6 @@ class TimmViTAdapter(ViTAdapter):
             norm=model.norm,
             heads=list(enumerate(classifiers)),
             num_prefix_tokens=self.num_prefix_tokens,
+            mean_pooled=not self.reads_class_token(),
+            fc_norm=model.fc_norm,
         )

@@ -69,6 +69,12 @@ class ZeroShotAdapter(ViTAdapter):
     def patch_embedding(self) -> nn.Module:
         return self.tower.patch_embedding()
 
+    def reads_class_token(self) -> bool:
+        return self.tower.reads_class_token()
+
+    def readout(self, num_tokens: int) -> Tensor:
+        return self.tower.readout(num_tokens)
+
     def embedding_path(self) -> Dict[str, str]:
         return {
             f"{self.tower_path}.{name}": rule for name, rule in self.tower.embedding_path().items()
