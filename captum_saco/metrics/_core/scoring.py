@@ -17,6 +17,7 @@ from captum_saco.metrics._core.perturbation import (
     CleanPass,
     FeatureRanking,
     MatchedMaps,
+    Reduce,
     Removal,
     TargetProbability,
     forward_removals,
@@ -87,6 +88,8 @@ def score_attributions(
     clean_output: Optional[Any] = None,
     *,
     perturbation: PerturbationType = "baseline",
+    reduce: Reduce = "sum",
+    attention_mask: Optional[Tensor] = None,
 ) -> Dict[str, Dict[str, Tensor]]:
     r"""Score several explanations of the same inputs with several metrics at once.
 
@@ -131,6 +134,9 @@ def score_attributions(
                     features are removed, for every metric: as in
                     :func:`~captum_saco.metrics.deletion_curve`.
                     Default: "baseline"
+        reduce, attention_mask (optional): Keyword-only. As in
+                    :func:`~captum_saco.metrics.deletion_curve`.
+                    Defaults: "sum", None
 
     Returns:
         dict: method -> metric -> ``(N,)`` values on the inputs' device, NaN
@@ -171,12 +177,17 @@ def score_attributions(
     if features:  # the strategy's features (token_drop: patches) are the same for all maps
         feature_mask = next(iter(features.values()))[1]
     matched = {
-        m: match_attributions(prepared.inputs, a, f"attributions[{m!r}]")
+        m: match_attributions(prepared.inputs, a, f"attributions[{m!r}]", reduce)
         for m, (a, _) in features.items()
     }
     stacks = [
         _Stack.of(
-            prepared.inputs, {m: matched[m] for m in same}, feature_mask, names, n_groups, steps
+            prepared.inputs,
+            {m: matched[m] for m in same},
+            (feature_mask, attention_mask),
+            names,
+            n_groups,
+            steps,
         )
         for same in _stacks(matched, prepared.n * n_features_of(prepared.inputs))
     ]
@@ -237,12 +248,12 @@ class _Stack(NamedTuple):
         cls,
         inputs: Tuple[Tensor, ...],
         matched: Dict[str, MatchedMaps],
-        feature_mask: Union[None, Tensor, Tuple[Tensor, ...]],
+        masks: Tuple[Union[None, Tensor, Tuple[Tensor, ...]], Optional[Tensor]],
         metrics: List[str],
         n_groups: int,
         steps: Tensor,
     ) -> "_Stack":
-        ranking = rank_matched(inputs, list(matched.values()), feature_mask)
+        ranking = rank_matched(inputs, list(matched.values()), *masks)
         return cls(list(matched), ranking, _removals_of(ranking, metrics, n_groups, steps))
 
     def read(
