@@ -65,6 +65,7 @@ def score_attributions(
     feature_mask: Union[None, Tensor, Tuple[Tensor, ...]] = None,
     max_examples_per_batch: Optional[int] = None,
     clean_output: Optional[Any] = None,
+    return_curves: bool = False,
 ) -> Dict[str, Dict[str, Tensor]]:
     r"""Score several explanations of the same inputs with several metrics at once.
 
@@ -101,6 +102,12 @@ def score_attributions(
                     ``inputs`` (with ``additional_forward_args``), if you have
                     it already, e.g. from finding the predicted classes: the
                     clean inputs are then not forwarded again. Default: None
+        return_curves (bool, optional): Also return, under the key
+                    ``"deletion_curve"``, the ``(N, K)`` probabilities of the
+                    target after removing the fractions ``0, 1/K, ...,
+                    (K − 1)/K`` of the features, most salient first (NaN
+                    where undefined), when a metric reads that curve
+                    (AOPC, LOdds or AUC). Default: False
 
     Returns:
         dict: method -> metric -> ``(N,)`` values on the inputs' device, NaN
@@ -158,7 +165,7 @@ def score_attributions(
     scores: Dict[str, Dict[str, Tensor]] = {}
     for stack in stacks:
         mine = dict(zip(stack.removals, results))
-        scores.update(stack.read(clean, mine, names, n_groups, steps))
+        scores.update(stack.read(clean, mine, names, n_groups, steps, return_curves))
     return {method: scores[method] for method in attributions}
 
 
@@ -215,9 +222,11 @@ class _Stack(NamedTuple):
         names: List[str],
         n_groups: int,
         steps: Tensor,
+        return_curves: bool = False,
     ) -> Dict[str, Dict[str, Tensor]]:
         """Method -> metric -> ``(N,)`` scores, from the clean pass and the
-        ``(M·N, P)`` probabilities of each of :attr:`removals`."""
+        ``(M·N, P)`` probabilities of each of :attr:`removals` (and the
+        ``(N, K)`` ``"deletion_curve"`` if ``return_curves``)."""
         m, n = len(self.methods), clean.target.shape[0]
         # The clean pass, stacked like the examples.
         clean = CleanPass(
@@ -254,6 +263,8 @@ class _Stack(NamedTuple):
             else:
                 order, read = _CURVE_READERS[name]
                 scores[name] = read(curves[order])
+        if return_curves and "most_salient_first" in curves:
+            scores["deletion_curve"] = curves["most_salient_first"].probabilities
         return {
             method: {name: values[i * n : (i + 1) * n] for name, values in scores.items()}
             for i, method in enumerate(self.methods)

@@ -1,0 +1,149 @@
+"""What an evaluation costs: each method's attribution seconds per image, the
+scoring's seconds per image, their ratio to one forward and one
+forward+backward pass of the model measured in the same run, and the peak
+memory of each method where the device reports it (CUDA)."""
+
+import time
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, Optional
+
+import torch
+from torch import Tensor
+
+from captum_saco.evaluation.registry import AttributeFn
+
+Cost = Dict[str, Any]
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class CostMeter:
+    """Accumulates the time of each method's attributions and of the scoring
+    over the images of a run (see :meth:`record` for what it reports)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.started = time.perf_counter()
+        self.attribution: Dict[str, float] = {}
+        self.peak_memory: Dict[str, Optional[int]] = {}
+        self.scoring_seconds = 0.0
+        self.images = 0
+        self.forward: Optional[float] = None
+        self.forward_backward: Optional[float] = None
+
+    def timed(self, methods: Dict[str, AttributeFn]) -> Dict[str, AttributeFn]:
+        """``methods`` whose calls are timed (and their peak memory read on CUDA)."""
+
+        def timing(name: str, attribute: AttributeFn) -> AttributeFn:
+            def call(x: Tensor, target: Tensor, indices: Tensor) -> Tensor:
+                cuda = self.device.type == "cuda"
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats(self.device)
+                _synchronize(self.device)
+                start = time.perf_counter()
+                attributions = attribute(x, target, indices)
+                _synchronize(self.device)
+                seconds = time.perf_counter() - start
+                self.attribution[name] = self.attribution.get(name, 0.0) + seconds
+                if cuda:
+                    peak = torch.cuda.max_memory_allocated(self.device)
+                    self.peak_memory[name] = max(self.peak_memory.get(name) or 0, peak)
+                return attributions
+
+            return call
+
+        self.attribution = {name: 0.0 for name in methods}
+        self.peak_memory = {name: None for name in methods}
+        return {name: timing(name, attribute) for name, attribute in methods.items()}
+
+    def reference(self, forward_func: Any, x: Tensor, target: Tensor) -> None:
+        """Time one forward pass and one forward+backward pass (the gradient of
+        the target logits with respect to the images) of the batch ``x``, once
+        per run: the units in which the methods' costs are also reported."""
+        if self.forward is not None:
+            return
+        n = x.shape[0]
+        _synchronize(self.device)
+        start = time.perf_counter()
+        with torch.no_grad():
+            forward_func(x)
+        _synchronize(self.device)
+        self.forward = (time.perf_counter() - start) / n
+        leaf = x.detach().requires_grad_(True)
+        start = time.perf_counter()
+        with torch.enable_grad():
+            logits = forward_func(leaf)
+            (grad,) = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), leaf)
+        _synchronize(self.device)
+        self.forward_backward = (time.perf_counter() - start) / n
+        del grad
+
+    @contextmanager
+    def scoring(self, n_images: int) -> Iterator[None]:
+        """Time the scoring of a batch of ``n_images``, which also counts them."""
+        _synchronize(self.device)
+        start = time.perf_counter()
+        yield
+        _synchronize(self.device)
+        self.scoring_seconds += time.perf_counter() - start
+        self.images += n_images
+
+    def record(self, recorded: Optional[Cost] = None) -> Cost:
+        """The costs, as JSON-ready numbers (unrounded), combined with those
+        ``recorded`` by the earlier part of a resumed run (weighted by the
+        images each part evaluated).
+
+        ``{"images", "wall_seconds", "device", "forward_seconds_per_image",
+        "forward_backward_seconds_per_image", "methods": {name:
+        {"seconds_per_image", "scoring_seconds_per_image",
+        "ratio_to_forward", "ratio_to_forward_backward",
+        "peak_memory_bytes"}}}``. The scoring of all methods shares its
+        perturbed forward batches; a method's ``scoring_seconds_per_image``
+        is the scoring time split equally between the methods.
+        """
+        wall = time.perf_counter() - self.started
+        n, methods = self.images, list(self.attribution)
+        before = recorded or {}
+        m = int(before.get("images") or 0)
+        if n == 0 and m:
+            return {**before, "wall_seconds": before.get("wall_seconds")}
+
+        def mixed(mine: Optional[float], theirs: Optional[float]) -> Optional[float]:
+            if mine is None or theirs is None or not m:
+                return mine if mine is not None else theirs
+            return (mine * n + theirs * m) / (n + m)
+
+        forward = mixed(self.forward, before.get("forward_seconds_per_image"))
+        backward = mixed(self.forward_backward, before.get("forward_backward_seconds_per_image"))
+        out: Cost = {
+            "images": n + m,
+            "wall_seconds": wall + float(before.get("wall_seconds") or 0.0),
+            "device": str(self.device),
+            "forward_seconds_per_image": forward,
+            "forward_backward_seconds_per_image": backward,
+            "methods": {},
+        }
+        earlier = before.get("methods") or {}
+        for name in methods:
+            old = earlier.get(name) or {}
+            seconds = mixed(
+                self.attribution[name] / n if n else None, old.get("seconds_per_image")
+            )
+            scoring = mixed(
+                self.scoring_seconds / n / len(methods) if n else None,
+                old.get("scoring_seconds_per_image"),
+            )
+            peaks = [p for p in (self.peak_memory.get(name), old.get("peak_memory_bytes")) if p]
+            out["methods"][name] = {
+                "seconds_per_image": seconds,
+                "scoring_seconds_per_image": scoring,
+                "ratio_to_forward": seconds / forward if seconds is not None and forward else None,
+                "ratio_to_forward_backward": (
+                    seconds / backward if seconds is not None and backward else None
+                ),
+                "peak_memory_bytes": max(peaks) if peaks else None,
+            }
+        return out
