@@ -3,6 +3,7 @@ scoring's seconds per image, their ratio to one forward and one
 forward+backward pass of the model measured in the same run, and the peak
 memory of each method where the device reports it (CUDA)."""
 
+import datetime
 import time
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator, Optional
@@ -96,7 +97,8 @@ class CostMeter:
         ``recorded`` by the earlier part of a resumed run (weighted by the
         images each part evaluated).
 
-        ``{"images", "wall_seconds", "device", "forward_seconds_per_image",
+        ``{"images", "wall_seconds", "device", "finished" (the date),
+        "forward_seconds_per_image",
         "forward_backward_seconds_per_image", "methods": {name:
         {"seconds_per_image", "scoring_seconds_per_image",
         "ratio_to_forward", "ratio_to_forward_backward",
@@ -122,6 +124,7 @@ class CostMeter:
             "images": n + m,
             "wall_seconds": wall + float(before.get("wall_seconds") or 0.0),
             "device": str(self.device),
+            "finished": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "forward_seconds_per_image": forward,
             "forward_backward_seconds_per_image": backward,
             "methods": {},
