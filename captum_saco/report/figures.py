@@ -10,39 +10,12 @@ import torch
 from torch import Tensor
 
 from captum_saco.evaluation.result import EvaluationResult
-
-Colour = Tuple[float, float, float, float]
-
-
-def pyplot() -> Any:
-    """matplotlib's pyplot, or an ImportError saying how to install it."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-    except ImportError as e:
-        raise ImportError(
-            "plots need matplotlib; install it with pip install 'captum-saco[plot]'"
-        ) from e
-    return plt
-
-
-def method_colours(n: int) -> List[Colour]:
-    """``n`` distinct colours: tab20's dark shades then its light ones (so that
-    neighbours differ) for up to 20 methods, evenly spaced hues beyond."""
-    plt = pyplot()
-    if n <= 20:
-        tab20 = plt.get_cmap("tab20")
-        order = list(range(0, 20, 2)) + list(range(1, 20, 2))
-        return [tab20(order[i]) for i in range(n)]
-    hsv = plt.get_cmap("hsv")
-    return [hsv(i / n) for i in range(n)]
+from captum_saco.visualization import Colour, _pyplot
 
 
 def data_uri(fig: Any, dpi: int = 110) -> str:
     """The figure as a PNG ``data:`` URI; the figure is closed."""
-    plt = pyplot()
+    plt = _pyplot()
     buffer = io.BytesIO()
     try:
         fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
@@ -58,7 +31,7 @@ def _panel_size(n_methods: int) -> Tuple[float, float]:
 
 def saco_distribution(result: EvaluationResult, colours: Dict[str, Colour]) -> str:
     """Box plots of the per-image SaCo of each method (first method on top)."""
-    plt = pyplot()
+    plt = _pyplot()
     methods = result.methods
     fig, ax = plt.subplots(figsize=_panel_size(len(methods)))
     values = []
@@ -109,8 +82,9 @@ def deletion_curves(result: EvaluationResult, colours: Dict[str, Colour]) -> str
     curves = _curves(result)
     if not curves:
         return ""
-    plt = pyplot()
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=_panel_size(len(result.methods)))
+    band = 0.15 if len(curves) <= 5 else 0.06  # many bands stay readable when faint
     for method in result.methods:
         values = curves.get(method)
         if values is None or not values.shape[0]:
@@ -121,7 +95,7 @@ def deletion_curves(result: EvaluationResult, colours: Dict[str, Colour]) -> str
         se = values.std(dim=0) / math.sqrt(values.shape[0]) if values.shape[0] > 1 else 0 * mean
         ax.plot(fractions, mean, color=colours[method], label=method, linewidth=1.6)
         ax.fill_between(
-            fractions, mean - 1.96 * se, mean + 1.96 * se, color=colours[method], alpha=0.15
+            fractions, mean - 1.96 * se, mean + 1.96 * se, color=colours[method], alpha=band
         )
     ax.set_xlabel("fraction of pixels removed (most salient first)", fontsize=9)
     ax.set_ylabel("probability of the target", fontsize=9)
@@ -146,7 +120,7 @@ def example_strip(
 ) -> str:
     """One row of the example images, with ``heatmaps`` ``(E, H, W)`` overlaid
     if given (each scaled to its own range), a caption under each."""
-    plt = pyplot()
+    plt = _pyplot()
     n = images.shape[0]
     fig, axes = plt.subplots(1, n, figsize=(1.55 * n, 2.0), squeeze=False)
     for j, ax in enumerate(axes[0]):

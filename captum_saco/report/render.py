@@ -11,6 +11,7 @@ from captum_saco.evaluation.result import EvaluationResult, write_atomically
 from captum_saco.evaluation.statistics import CI_METHOD, compare_pairs, p_value_method
 from captum_saco.report import figures
 from captum_saco.report.examples import Examples
+from captum_saco.visualization import method_colours
 
 TEMPLATES = os.path.join(os.path.dirname(__file__), "templates")
 
@@ -217,7 +218,7 @@ def render_report(
     if "saco" not in result.metrics:
         raise ValueError("result: the report needs the saco metric among the evaluated metrics")
     start = time.perf_counter()
-    palette = figures.method_colours(len(result.methods))
+    palette = method_colours(len(result.methods))
     colours = dict(zip(result.methods, palette))
     context = {
         "title": f"Faithfulness of explanations: {result.model}",
