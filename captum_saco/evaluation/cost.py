@@ -145,9 +145,7 @@ class CostMeter:
         earlier = before.get("methods") or {}
         for name in methods:
             old = earlier.get(name) or {}
-            seconds = mixed(
-                self.attribution[name] / n if n else None, old.get("seconds_per_image")
-            )
+            seconds = mixed(self.attribution[name] / n if n else None, old.get("seconds_per_image"))
             scoring = mixed(
                 self.scoring_seconds / n / len(methods) if n else None,
                 old.get("scoring_seconds_per_image"),

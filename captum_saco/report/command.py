@@ -42,7 +42,9 @@ def _family(model: nn.Module) -> str:
     return f"{type(model).__module__.split('.')[0]} {type(model).__name__}"
 
 
-def run_settings(args: argparse.Namespace, model: nn.Module, result: EvaluationResult) -> Dict[str, Any]:
+def run_settings(
+    args: argparse.Namespace, model: nn.Module, result: EvaluationResult
+) -> Dict[str, Any]:
     """What the report says of the run, from the command's options."""
     parameter = next(model.parameters(), None)
     cost = result.cost

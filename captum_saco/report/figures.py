@@ -42,7 +42,7 @@ def saco_distribution(result: EvaluationResult, colours: Dict[str, Colour]) -> s
     boxes = ax.boxplot(
         values,
         positions=positions,
-        vert=False,
+        orientation="horizontal",
         widths=0.6,
         patch_artist=True,
         showmeans=True,

@@ -75,7 +75,9 @@ def _results(result: EvaluationResult) -> Dict[str, Any]:
     others = [m for m in result.methods if m != "random"]
     if "random" in result.methods and others:
         for k in metrics:
-            pairs = [(result.per_example[(m, k)], result.per_example[("random", k)]) for m in others]
+            pairs = [
+                (result.per_example[(m, k)], result.per_example[("random", k)]) for m in others
+            ]
             for m, c in zip(others, compare_pairs(pairs, METRICS[k].startswith("higher"))):
                 versus[(m, k)] = c
     rows = []
@@ -247,4 +249,3 @@ def write_report(
     """Write :func:`render_report`'s page to ``path`` atomically (a failed
     write leaves the previous file whole)."""
     write_atomically(path, render_report(result, settings, examples))
-
