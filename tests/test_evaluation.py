@@ -105,8 +105,9 @@ def test_each_image_is_forwarded_clean_once_for_its_target_and_all_metrics(model
     finally:
         handle.remove()
     # 6 clean rows (the targets), then per image 4 SaCo groups and 3 deletion steps,
-    # the first step being the first group: 6 * 6 perturbed rows.
-    assert sum(rows) == 6 + 6 * 6
+    # the first step being the first group: 6 * 6 perturbed rows; and the one
+    # forward+backward pass of the first batch that is the cost's unit (6 rows).
+    assert sum(rows) == 6 + 6 * 6 + 6
 
 
 def test_seed_changes_only_the_random_method(model, images) -> None:

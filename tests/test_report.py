@@ -3,7 +3,7 @@ its re-rendering from the per-image rows, the cost it records, and the
 ``--plot`` grid.
 
 Run as a script, this file renders the README's screenshot:
-``python tests/test_report.py docs/report.png``.
+``python -m tests.test_report docs/report.png``.
 """
 
 import json
@@ -214,6 +214,29 @@ def test_the_browser_check_sees_a_page_that_asks_the_network(tmp_path: Path) -> 
     assert page_requests(net_log) == ["http://example.invalid/logo.png"]
 
 
+def test_under_torchrun_the_first_process_writes_the_report_of_all_the_images(
+    tmp_path: Path,
+) -> None:
+    from tests.test_cli import _command, _subprocess_env, shipped_images_as_pngs
+
+    images = tmp_path / "pngs"
+    shipped_images_as_pngs(images, 4, class_folders=False)
+    report = tmp_path / "report.html"
+    args = ["--images", str(images), "--batch-size", "2", "--methods", "random,saliency"]
+    proc = subprocess.run(
+        [*_command(True), *args, "--no-progress", "--device", "cpu", "--report", str(report)],
+        capture_output=True,
+        text=True,
+        env=_subprocess_env(),
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    html = report.read_text(encoding="utf-8")
+    assert "4 evaluated, 0 skipped" in html  # both processes' images, gathered
+    assert re.findall(r'data-method="([^"]+)"', html) == ["random", "saliency"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pngs", "report.html"]
+
+
 def _many_methods_result() -> Dict[str, Any]:
     _ = torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3)).eval()
@@ -258,7 +281,7 @@ def _render_readme_screenshot(target: Path) -> None:
         )
         with Image.open(png) as page:
             small = page.convert("RGB").resize((page.width * 2 // 3, page.height * 2 // 3))
-            small.quantize(colors=256).save(target, optimize=True)
+            small.save(target, optimize=True)
 
 
 if __name__ == "__main__":

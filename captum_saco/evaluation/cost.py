@@ -6,7 +6,7 @@ memory of each method where the device reports it (CUDA)."""
 import datetime
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import torch
 from torch import Tensor
@@ -14,8 +14,6 @@ from torch import Tensor
 from captum_saco.evaluation.registry import AttributeFn
 
 Cost = Dict[str, Any]
-#: timings of the reference passes, of which the shortest is kept
-REPEATS = 3
 
 
 def _synchronize(device: torch.device) -> None:
@@ -24,8 +22,9 @@ def _synchronize(device: torch.device) -> None:
 
 
 class CostMeter:
-    """Accumulates the time of each method's attributions and of the scoring
-    over the images of a run (see :meth:`record` for what it reports)."""
+    """Accumulates the time of each method's attributions, of the clean
+    forward passes and of the scoring over the images of a run (see
+    :meth:`record` for what it reports)."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -33,9 +32,20 @@ class CostMeter:
         self.attribution: Dict[str, float] = {}
         self.peak_memory: Dict[str, Optional[int]] = {}
         self.scoring_seconds = 0.0
+        self.forward_seconds = 0.0
         self.images = 0
-        self.forward: Optional[float] = None
         self.forward_backward: Optional[float] = None
+
+    @contextmanager
+    def _timing(self) -> Iterator[List[float]]:
+        """The seconds the block took (the device synchronised), in the list
+        it yields, once the block has ended."""
+        seconds: List[float] = []
+        _synchronize(self.device)
+        start = time.perf_counter()
+        yield seconds
+        _synchronize(self.device)
+        seconds.append(time.perf_counter() - start)
 
     def timed(self, methods: Dict[str, AttributeFn]) -> Dict[str, AttributeFn]:
         """``methods`` whose calls are timed (and their peak memory read on CUDA)."""
@@ -45,15 +55,12 @@ class CostMeter:
                 cuda = self.device.type == "cuda"
                 if cuda:
                     torch.cuda.reset_peak_memory_stats(self.device)
-                _synchronize(self.device)
-                start = time.perf_counter()
-                attributions = attribute(x, target, indices)
-                _synchronize(self.device)
-                seconds = time.perf_counter() - start
-                self.attribution[name] = self.attribution.get(name, 0.0) + seconds
+                with self._timing() as seconds:
+                    attributions = attribute(x, target, indices)
+                self.attribution[name] += seconds[0]
                 if cuda:
                     peak = torch.cuda.max_memory_allocated(self.device)
-                    self.peak_memory[name] = max(self.peak_memory.get(name) or 0, peak)
+                    self.peak_memory[name] = max(self.peak_memory[name] or 0, peak)
                 return attributions
 
             return call
@@ -62,47 +69,32 @@ class CostMeter:
         self.peak_memory = {name: None for name in methods}
         return {name: timing(name, attribute) for name, attribute in methods.items()}
 
-    def reference(self, forward_func: Any, x: Tensor, target: Tensor) -> None:
-        """Time one forward pass and one forward+backward pass (the gradient of
-        the target logits with respect to the images) of the batch ``x``, once
-        per run (the shortest of :data:`REPEATS` timings): the units in which
-        the methods' costs are also reported."""
-        if self.forward is not None:
+    @contextmanager
+    def clean_pass(self) -> Iterator[None]:
+        """Time the clean forward pass of a batch (which the run makes anyway,
+        to find the targets): the unit "one forward pass"."""
+        with self._timing() as seconds:
+            yield
+        self.forward_seconds += seconds[0]
+
+    def forward_backward_pass(self, forward_func: Any, x: Tensor, target: Tensor) -> None:
+        """Time one forward+backward pass (the gradient of the target logits
+        with respect to the images) of the batch ``x``, once per run: the unit
+        "one forward+backward pass"."""
+        if self.forward_backward is not None:
             return
-
-        def forward() -> None:
-            with torch.no_grad():
-                forward_func(x)
-
-        def forward_backward() -> None:
-            leaf = x.detach().requires_grad_(True)
-            with torch.enable_grad():
-                logits = forward_func(leaf)
-                torch.autograd.grad(logits.gather(1, target[:, None]).sum(), leaf)
-
-        self.forward = self._fastest(forward) / x.shape[0]
-        self.forward_backward = self._fastest(forward_backward) / x.shape[0]
-
-    def _fastest(self, step: Callable[[], None]) -> float:
-        """The shortest of :data:`REPEATS` timings of ``step``, in seconds: the
-        least disturbed by other work on the machine."""
-        times = []
-        for _ in range(REPEATS):
-            _synchronize(self.device)
-            start = time.perf_counter()
-            step()
-            _synchronize(self.device)
-            times.append(time.perf_counter() - start)
-        return min(times)
+        leaf = x.detach().requires_grad_(True)
+        with self._timing() as seconds, torch.enable_grad():
+            logits = forward_func(leaf)
+            torch.autograd.grad(logits.gather(1, target[:, None]).sum(), leaf)
+        self.forward_backward = seconds[0] / x.shape[0]
 
     @contextmanager
     def scoring(self, n_images: int) -> Iterator[None]:
         """Time the scoring of a batch of ``n_images``, which also counts them."""
-        _synchronize(self.device)
-        start = time.perf_counter()
-        yield
-        _synchronize(self.device)
-        self.scoring_seconds += time.perf_counter() - start
+        with self._timing() as seconds:
+            yield
+        self.scoring_seconds += seconds[0]
         self.images += n_images
 
     def record(self, recorded: Optional[Cost] = None) -> Cost:
@@ -131,7 +123,9 @@ class CostMeter:
                 return mine if mine is not None else theirs
             return (mine * n + theirs * m) / (n + m)
 
-        forward = mixed(self.forward, before.get("forward_seconds_per_image"))
+        forward = mixed(
+            self.forward_seconds / n if n else None, before.get("forward_seconds_per_image")
+        )
         backward = mixed(self.forward_backward, before.get("forward_backward_seconds_per_image"))
         out: Cost = {
             "images": n + m,

@@ -268,7 +268,7 @@ class _Scorer:
         """The per-image rows of one batch: its targets (given or predicted),
         clean probabilities, every method's attributions and their scores."""
         check_n_groups(self.n_groups, n_features_of([x]))  # before any method runs
-        with torch.no_grad():
+        with torch.no_grad(), self.meter.clean_pass():
             logits = self.forward_func(x)
         target = self._target(batch, logits, keys)
         probability = logits.double().softmax(dim=1).gather(1, target[:, None])[:, 0].cpu()
@@ -279,7 +279,7 @@ class _Scorer:
             scores = _score_batch(
                 self.forward_func, x, logits, attributions, target, self.metrics, self.n_groups
             )
-        self.meter.reference(self.forward_func, x, target)
+        self.meter.forward_backward_pass(self.forward_func, x, target)
         labels = [None] * len(keys) if batch.labels is None else batch.labels.tolist()
         targets, probabilities = target.tolist(), probability.tolist()
         return [

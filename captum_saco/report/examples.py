@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 from captum_saco.evaluation.data import Source
 from captum_saco.evaluation.registry import resolve_methods
 from captum_saco.evaluation.result import EvaluationResult
+from captum_saco.evaluation.runner import _device_of
 from captum_saco.metrics._core.perturbation import match_attributions
 
 
@@ -66,6 +67,10 @@ def choose_examples(
     return method, list(chosen.items())
 
 
+def _value(value: Optional[float]) -> float:
+    return math.nan if value is None else value
+
+
 def explain_examples(
     model: nn.Module,
     data: Union[Tensor, Dataset],
@@ -97,31 +102,24 @@ def explain_examples(
     names = list(methods or result.methods)
     method, chosen = choose_examples(result, n_random, seed)
     source = Source(data)
-    keys = [str(k) for k in dict.fromkeys(str(r["image"]) for r in result.per_image)]
+    keys = list(dict.fromkeys(str(r["image"]) for r in result.per_image))
     position = {str(source.key(i)): i for i in range(len(source))}
     rows = {(str(r["image"]), r["method"]): r for r in result.per_image}
-    picked = [(keys[i], why) for i, why in chosen if keys[i] in position]
-    device = next(model.parameters()).device
-    indices = [position[k] for k, _ in picked]
-    images, found = [], []
-    for batch in source.batches([indices]):
-        images, found = batch.images, [int(i) for i in batch.indices]
-    kept = [(k, why) for k, why in picked if position[k] in found]
-    x = images.to(device) if len(kept) else torch.empty(0)
-    target = torch.tensor([rows[(k, names[0])]["target"] for k, _ in kept], device=device)
-    index = torch.tensor(found)
-    heatmaps = {}
-    for name, build in resolve_methods(names).items():
-        if not len(kept):
-            break
-        attributions = build(model, seed)(x, target, index)
-        heatmaps[name] = match_attributions((x,), attributions, name).maps[0].detach().cpu()
-    saco = {
-        m: [math.nan if rows[(k, m)].get("saco") is None else rows[(k, m)]["saco"] for k, _ in kept]
-        for m in names
-    }
+    wanted = [(position[keys[i]], keys[i], why) for i, why in chosen if keys[i] in position]
+    device = _device_of(model, torch.device("cpu"))
+    kept: List[Tuple[str, str]] = []
+    x, heatmaps = torch.empty(0), {}
+    for batch in source.batches([[p for p, _, _ in wanted]] if wanted else []):
+        named = {p: (key, why) for p, key, why in wanted}
+        kept = [named[p] for p in batch.indices.tolist()]  # in the batch's order
+        x = batch.images.to(device)
+        target = torch.tensor([rows[(key, names[0])]["target"] for key, _ in kept], device=device)
+        for name, build in resolve_methods(names).items():
+            attributions = build(model, seed)(x, target, batch.indices)
+            heatmaps[name] = match_attributions((x,), attributions, name).maps[0].detach().cpu()
+    saco = {m: [_value(rows[(key, m)].get("saco")) for key, _ in kept] for m in names}
     return Examples(
-        keys=[k for k, _ in kept],
+        keys=[key for key, _ in kept],
         why=[why for _, why in kept],
         images=x.detach().cpu(),
         heatmaps=heatmaps,
