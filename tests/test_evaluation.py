@@ -263,8 +263,12 @@ def test_json_has_exactly_the_documented_schema(result) -> None:
         "comparisons",
         "p_value_method",
         "skipped",
+        "cost",
     }
     assert data["n_images"] == 6 and data["model"] == "VisionTransformer"
+    assert data["cost"]["images"] == 6
+    for cost in data["cost"]["methods"].values():
+        assert {"seconds_per_image", "scoring_seconds_per_image"} <= set(cost)
     assert data["n_skipped"] == 0 and data["skipped"] == []
     assert len(data["results"]) == 4
     for row in data["results"]:
@@ -590,7 +594,9 @@ def test_resuming_a_cut_per_image_file_gives_the_uninterrupted_result(
         batch_size=2,
     )
     assert calls == [2, 2]  # the first batch (two images) was not evaluated again
-    assert resumed.to_dict() == full.to_dict()
+    measured = resumed.to_dict().pop("cost"), full.to_dict().pop("cost")  # times differ
+    assert measured[0]["images"] == measured[1]["images"] == 6
+    assert {**resumed.to_dict(), "cost": None} == {**full.to_dict(), "cost": None}
     assert resumed.per_image == full.per_image
     assert cut.read_text() == full_path.read_text()
 

@@ -97,10 +97,11 @@ class CostMeter:
         self.scoring_seconds += seconds[0]
         self.images += n_images
 
-    def record(self, recorded: Optional[Cost] = None) -> Cost:
+    def record(self, recorded: Optional[Cost] = None, earlier_images: int = 0) -> Cost:
         """The costs, as JSON-ready numbers (unrounded), combined with those
-        ``recorded`` by the earlier part of a resumed run (weighted by the
-        images each part evaluated).
+        ``recorded`` by the earlier part of a resumed run, which evaluated the
+        ``earlier_images`` that this part did not (the averages weighted by
+        the images of each part).
 
         ``{"images", "wall_seconds", "device", "finished" (the date),
         "forward_seconds_per_image",
@@ -114,7 +115,7 @@ class CostMeter:
         wall = time.perf_counter() - self.started
         n, methods = self.images, list(self.attribution)
         before = recorded or {}
-        m = int(before.get("images") or 0)
+        m = min(int(before.get("images") or 0), earlier_images)
         if n == 0 and m:
             return {**before, "wall_seconds": before.get("wall_seconds")}
 

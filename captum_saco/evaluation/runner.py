@@ -566,7 +566,8 @@ def evaluate(
         recorded_cost = writer.recorded("cost") if resume else None
         distributed.barrier()  # every process has read before any appends
         writer.open(resume)
-    plan = _plan(len(source), batch_size, _done(stored, source, built, metric_defs))
+    done = _done(stored, source, built, metric_defs)
+    plan = _plan(len(source), batch_size, done)
     device = _device_of(model, torch.device("cpu"))
     try:
         new_rows, skipped = _run_batches(scorer, source, plan, device, writer, progress)
@@ -582,7 +583,7 @@ def evaluate(
         [source.key(i) for i in sorted(i for _, part in parts for i in part)],
         model_name,
     )
-    result.cost = meter.record(recorded_cost)
+    result.cost = meter.record(recorded_cost, len(done))
     if writer is not None and rank == 0:
         writer.merge(rows)
         writer.record("cost", result.cost)
