@@ -117,7 +117,7 @@ class CostMeter:
         before = recorded or {}
         m = min(int(before.get("images") or 0), earlier_images)
         if n == 0 and m:
-            return {**before, "wall_seconds": before.get("wall_seconds")}
+            return dict(before)  # nothing evaluated again: the recorded run's cost
 
         def mixed(mine: Optional[float], theirs: Optional[float]) -> Optional[float]:
             if mine is None or theirs is None or not m:

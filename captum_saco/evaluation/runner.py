@@ -510,7 +510,9 @@ def evaluate(
     Returns:
         EvaluationResult: the rows ``{method, metric, mean, std, n, nan,
         ci95}`` (methods x metrics, in the given order), the per-image
-        values and rows, the paired comparisons of the methods, and writers
+        values and rows, the paired comparisons of the methods, what each
+        method cost (``result.cost``, see
+        :meth:`~captum_saco.evaluation.cost.CostMeter.record`), and writers
         for text, JSON, CSV and Markdown.
 
     Raises:
