@@ -16,9 +16,12 @@ from typing import Any, Dict, List
 
 import pytest
 import torch
+from captum.attr import Attribution
 
 from captum_saco.cli import main
 from captum_saco.evaluation import evaluate, runner, saco_case_study
+from captum_saco.report import render_report
+from captum_saco.report.render import UNDEFINED_REASONS
 from captum_saco.visualization import grid_shape, method_colours, plot_evaluation
 
 METHODS = ["random", "saliency", "raw_attention", "gradient_weighted_attention"]
@@ -212,6 +215,29 @@ def test_the_browser_check_sees_a_page_that_asks_the_network(tmp_path: Path) -> 
     net_log = tmp_path / "net.json"
     screenshot(page, tmp_path / "page.png", tmp_path / "profile", net_log)
     assert page_requests(net_log) == ["http://example.invalid/logo.png"]
+
+
+class ConstantMaps(Attribution):
+    """Maps that rank nothing: SaCo is undefined on every image."""
+
+    def __init__(self) -> None:
+        super().__init__(lambda x: x)
+
+    def attribute(self, inputs: torch.Tensor, target: Any = None) -> torch.Tensor:
+        return torch.zeros_like(inputs)
+
+
+def test_the_report_flags_undefined_values_with_their_count_and_reason() -> None:
+    _ = torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3)).eval()
+    methods = {"random": "random", "constant": ConstantMaps()}
+    with pytest.warns(UserWarning, match="undefined for 4 of 4"):
+        result = evaluate(model, torch.randn(4, 1, 8, 8), methods=methods, metrics=["saco"])
+    html = render_report(result, {"model": "a linear model"})
+    undefined = _section(html, "undefined")
+    assert "<code>constant</code>" in undefined and "4 images" in undefined
+    assert UNDEFINED_REASONS["saco"].replace("'", "&#39;") in undefined
+    assert "undefined on 4 images" in _section(html, "results-table")
 
 
 def test_under_torchrun_the_first_process_writes_the_report_of_all_the_images(

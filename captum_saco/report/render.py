@@ -15,15 +15,14 @@ from captum_saco.visualization import method_colours
 
 TEMPLATES = os.path.join(os.path.dirname(__file__), "templates")
 
-#: why a metric can be undefined on an image
+#: why a metric can be undefined on an image (as the metrics' warnings say)
 UNDEFINED_REASONS = {
     "saco": (
-        "SaCo is undefined where the map ranks nothing (all salience groups equal) or every "
-        "pair of groups ties (Σ|w| = 0), or where the map or the probabilities are not finite"
+        "the map holds NaN or infinite values, is constant, has fewer features than K or "
+        "group saliences that are all equal, or the model's probabilities are not finite"
     ),
-    "lodds": "undefined where a probability is 0 or not finite, or the map is not finite",
 }
-CURVE_REASON = "undefined where the map or the model's probabilities are not finite"
+CURVE_REASON = "the map holds NaN or infinite values, or the model's probabilities are not finite"
 
 
 def _environment() -> Any:
