@@ -567,7 +567,10 @@ def test_per_image_csv_has_one_row_per_image_and_method_with_labels_and_targets(
     args = ["--images", str(tmp_path / "pngs"), *FAST, "--target", "label"]
     assert run_cli(capsys, *args, "--per-image", str(path))[0] == 0
     rows = list(csv.DictReader(io.StringIO(path.read_text())))
-    assert list(rows[0]) == ["image", "label", "target", "probability", "method", "saco", "aopc"]
+    assert list(rows[0]) == [
+        *["image", "label", "target", "probability", "method", "saco", "aopc"],
+        "deletion_curve",  # AOPC's curve, kept for re-rendering the report
+    ]
     assert [(r["image"], r["method"]) for r in rows] == [
         (image, method)
         for image in sorted(
