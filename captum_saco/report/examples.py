@@ -98,6 +98,11 @@ def explain_examples(
 
     Returns:
         Examples: the images, heatmaps and SaCo values to show.
+
+    Examples::
+
+        See :func:`~captum_saco.report.render_report`, whose example renders
+        these.
     """
     names = list(methods or result.methods)
     method, chosen = choose_examples(result, n_random, seed)

@@ -215,6 +215,23 @@ def render_report(
     Raises:
         ValueError: if ``result`` has no ``saco`` values.
         ImportError: if Jinja2 or matplotlib is not installed.
+
+    Examples::
+
+        >>> import torch
+        >>> from captum_saco.evaluation import evaluate
+        >>> from captum_saco.report import explain_examples, render_report
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3)).eval()
+        >>> images = torch.randn(5, 1, 8, 8)
+        >>> result = evaluate(model, images, methods=["random", "saliency"],
+        ...                   metrics=["saco", "auc"], n_groups=4)
+        >>> examples = explain_examples(model, images, result, n_random=1)
+        >>> examples.why, examples.heatmaps["saliency"].shape
+        (['best', 'median', 'worst', 'random'], torch.Size([4, 8, 8]))
+        >>> html = render_report(result, {"model": "a linear model"}, examples)
+        >>> html.startswith("<!DOCTYPE html>"), 'data-method="saliency"' in html
+        (True, True)
     """
     if "saco" not in result.metrics:
         raise ValueError("result: the report needs the saco metric among the evaluated metrics")
