@@ -698,6 +698,7 @@ def test_a_killed_run_resumes_to_exactly_the_table_of_an_uninterrupted_run(
     )
     assert resumed.returncode == 0, resumed.stderr
     expected, got = json.loads(reference.read_text()), json.loads(table.read_text())
+    del expected["cost"], got["cost"]  # measured times, which differ from run to run
     assert got == expected and got["n_images"] == 200 and got["skipped"] == ["c3/corrupt.png"]
     assert per_image.read_text() == (tmp_path / "ref.jsonl").read_text()
     assert not list(tmp_path.glob("rows.jsonl.rank*"))

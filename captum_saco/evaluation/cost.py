@@ -108,7 +108,10 @@ class CostMeter:
         "forward_backward_seconds_per_image", "methods": {name:
         {"seconds_per_image", "scoring_seconds_per_image",
         "ratio_to_forward", "ratio_to_forward_backward",
-        "peak_memory_bytes"}}}``. The scoring of all methods shares its
+        "peak_memory_bytes"}}}``, where ``images`` counts the images whose
+        timings the averages hold (a run stopped before its end records no
+        cost: the run that resumes it times only the images it evaluates,
+        and ``wall_seconds`` is its own). The scoring of all methods shares its
         perturbed forward batches; a method's ``scoring_seconds_per_image``
         is the scoring time split equally between the methods.
         """
