@@ -90,6 +90,7 @@ def score_attributions(
     perturbation: PerturbationType = "baseline",
     reduce: Reduce = "sum",
     attention_mask: Optional[Tensor] = None,
+    return_curves: bool = False,
 ) -> Dict[str, Dict[str, Tensor]]:
     r"""Score several explanations of the same inputs with several metrics at once.
 
@@ -137,6 +138,12 @@ def score_attributions(
         reduce, attention_mask (optional): Keyword-only. As in
                     :func:`~captum_saco.metrics.deletion_curve`.
                     Defaults: "sum", None
+        return_curves (bool, optional): Keyword-only. Also return, under the key
+                    ``"deletion_curve"``, the ``(N, K)`` probabilities of the
+                    target after removing the fractions ``0, 1/K, ...,
+                    (K − 1)/K`` of the features, most salient first (NaN
+                    where undefined), when a metric reads that curve
+                    (AOPC, LOdds or AUC). Default: False
 
     Returns:
         dict: method -> metric -> ``(N,)`` values on the inputs' device, NaN
@@ -206,7 +213,7 @@ def score_attributions(
     scores: Dict[str, Dict[str, Tensor]] = {}
     for stack in stacks:
         mine = dict(zip(stack.removals, results))
-        scores.update(stack.read(clean, mine, names, n_groups, steps))
+        scores.update(stack.read(clean, mine, names, n_groups, steps, return_curves))
     return {method: scores[method] for method in attributions}
 
 
@@ -263,9 +270,11 @@ class _Stack(NamedTuple):
         names: List[str],
         n_groups: int,
         steps: Tensor,
+        return_curves: bool = False,
     ) -> Dict[str, Dict[str, Tensor]]:
         """Method -> metric -> ``(N,)`` scores, from the clean pass and the
-        ``(M·N, P)`` probabilities of each of :attr:`removals`."""
+        ``(M·N, P)`` probabilities of each of :attr:`removals` (and the
+        ``(N, K)`` ``"deletion_curve"`` if ``return_curves``)."""
         m, n = len(self.methods), clean.target.shape[0]
         # The clean pass, stacked like the examples.
         clean = CleanPass(
@@ -304,6 +313,8 @@ class _Stack(NamedTuple):
             else:
                 kinds, read = _CURVE_READERS[name]
                 scores[name] = read(*(curves[kind] for kind in kinds))
+        if return_curves and _MORF in curves:
+            scores["deletion_curve"] = curves[_MORF].probabilities
         return {
             method: {name: values[i * n : (i + 1) * n] for name, values in scores.items()}
             for i, method in enumerate(self.methods)
