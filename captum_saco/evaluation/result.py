@@ -212,6 +212,11 @@ class EvaluationResult:
         perturbations; else empty)."""
         found = {p: r for (p, k), r in self.variants.items() if k == self.n_groups}
         return found if len(found) > 1 else {}
+    cost: Dict[str, Any] = field(default_factory=dict, repr=False)
+    """What the run cost (see :meth:`captum_saco.evaluation.cost.CostMeter.record`):
+    per method under ``"methods"``, ``seconds_per_image`` (attribution) and
+    ``scoring_seconds_per_image``, their ratio to one forward and one
+    forward+backward pass, and the peak memory where the device reports it."""
 
     @property
     def methods(self) -> List[str]:
@@ -242,13 +247,15 @@ class EvaluationResult:
         )
 
     def to_dict(self) -> Dict[str, Any]:
-        """``{"model", "n_images", "n_skipped", "n_groups", "results": [{"method",
-        "metric", "mean", "std", "n", "nan", "ci95": [low, high], "n_groups",
-        "unchanged"}, ...], "ci95_method", "comparisons": [...], "p_value_method",
-        "agreement": [...], "agreement_method", "stability": [...],
-        "stability_method", "unchanged_images", "notes", "skipped"}``; undefined
-        values are None. With several ``n_groups`` the results, comparisons and
-        agreement of every ``K``, each record with its ``n_groups``."""
+        """``{"model", "n_images", "n_skipped", "n_groups", "perturbation",
+        "results": [{"method", "metric", "mean", "std", "n", "nan", "ci95": [low,
+        high], "n_groups", "unchanged", "perturbation"}, ...], "ci95_method",
+        "comparisons": [...], "p_value_method", "agreement": [...],
+        "agreement_method", "stability": [...], "stability_method",
+        "unchanged_images", "notes", "skipped", "cost": {...}}`` (see :attr:`cost`);
+        undefined values are None. With several ``n_groups`` or perturbations the
+        results, comparisons and agreement of every setting, each record with its
+        ``n_groups`` and ``perturbation``."""
         results = self.results
         return {
             "model": self.model,
@@ -299,6 +306,7 @@ class EvaluationResult:
             "unchanged_images": self.unchanged_images,
             "notes": [UNCHANGED_NOTE] if self.unchanged_images else [],
             "skipped": list(self.skipped),
+            "cost": self.cost,
         }
 
     def to_json(self) -> str:

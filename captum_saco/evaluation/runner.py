@@ -29,6 +29,7 @@ from torch.utils.data import Dataset, IterableDataset
 
 from captum_saco._utils import BaselineType, model_output, warn_if_training
 from captum_saco.evaluation import distributed
+from captum_saco.evaluation.cost import CostMeter
 from captum_saco.evaluation.data import Batch, Source, Stream
 from captum_saco.evaluation.per_image import PerImageFile, Row, RowKey, check_suffix, row_key
 from captum_saco.evaluation.registry import (
@@ -134,8 +135,9 @@ def _score_batch(
     """Score every method's attributions of one batch with every metric, sharing
     the clean pass (``logits``, run to find the targets) and the perturbed
     forward batches (see :func:`~captum_saco.metrics.score_attributions`).
-    Returns the scores and, per image, whether the model's output stayed
-    unchanged under every perturbation (see :class:`_OutputChanges`)."""
+    Returns the scores (with each method's ``"deletion_curve"`` where one is
+    measured) and, per image, whether the model's output stayed unchanged
+    under every perturbation (see :class:`_OutputChanges`)."""
     recorder = _OutputChanges(logits, target)
     ids = torch.arange(inputs.shape[0], device=inputs.device)
     with recorder.watching(model), warnings.catch_warnings():
@@ -152,7 +154,9 @@ def _score_batch(
             n_groups=n_groups,
             clean_output=logits,
             perturbation=perturbation,
+            return_curves=True,
         )
+    curves = {m: by_metric.pop("deletion_curve", None) for m, by_metric in scores.items()}
     # One copy to the host for all the values (each is a device sync on a GPU),
     # and Python floats: the rows read them one by one.
     keys = [(method, name) for method, by_metric in scores.items() for name in by_metric]
@@ -160,6 +164,9 @@ def _score_batch(
     values: Scores = {method: {} for method in scores}
     for (method, name), column in zip(keys, table):
         values[method][name] = column
+    for method, curve in curves.items():
+        if curve is not None:  # the per-image deletion curves, kept to re-render reports
+            values[method]["deletion_curve"] = curve.detach().double().cpu().tolist()
     return values, recorder.unchanged()
 
 
@@ -417,12 +424,13 @@ class _Scorer:
         metrics: List[str],
         n_groups: List[int],
         targets: Any,
+        meter: CostMeter,
         baselines: BaselineType = None,
         additional_forward_args: Optional[Tuple[Any, ...]] = None,
         n_images: int = 0,
         perturbations: Sequence[str] = ("baseline",),
     ) -> None:
-        self.model, self.forward_func = model, logits_of(model)
+        self.model, self.forward_func, self.meter = model, logits_of(model), meter
         self.methods, self.metrics, self.n_groups, self.targets = (
             methods,
             metrics,
@@ -477,7 +485,7 @@ class _Scorer:
         extra = self.additional_forward_args
         if extra is not None:
             extra = tuple(_per_batch(a, n, batch.indices, x.device) for a in extra)
-        with torch.no_grad():
+        with torch.no_grad(), self.meter.clean_pass():
             logits = self.forward_func(x, *(extra or ()))
         target = self._target(batch, logits, keys)
         probability = logits.double().softmax(dim=1).gather(1, target[:, None])[:, 0].cpu()
@@ -488,19 +496,27 @@ class _Scorer:
         labels = [None] * len(keys) if batch.labels is None else batch.labels.tolist()
         targets, probabilities = target.tolist(), probability.tolist()
         rows: List[Row] = []
-        for perturbation, n_groups in self.settings:
-            scores, unchanged = _score_batch(
-                self.model,
-                x,
-                logits,
-                attributions,
-                target,
-                self.metrics,
-                n_groups,
-                baselines,
-                extra,
-                perturbation,
-            )
+        with self.meter.scoring(len(keys)):
+            scored = [
+                (perturbation, n_groups)
+                + _score_batch(
+                    self.model,
+                    x,
+                    logits,
+                    attributions,
+                    target,
+                    self.metrics,
+                    n_groups,
+                    baselines,
+                    extra,
+                    perturbation,
+                )
+                for perturbation, n_groups in self.settings
+            ]
+        self.meter.forward_backward_pass(
+            lambda t: self.forward_func(t, *(extra or ())), x, target
+        )
+        for perturbation, n_groups, scores, unchanged in scored:
             rows += [
                 {
                     "image": key,
@@ -512,11 +528,18 @@ class _Scorer:
                     "unchanged": unchanged[j],
                     "method": method,
                     **{k: math.nan if unchanged[j] else scores[method][k][j] for k in self.metrics},
+                    **_curve_of(scores[method], j),
                 }
                 for j, key in enumerate(keys)
                 for method in self.methods
             ]
         return rows
+
+
+def _curve_of(scores: Dict[str, Any], j: int) -> Row:
+    """Image ``j``'s deletion curve, as a per-image row keeps it, if measured."""
+    curve = scores.get("deletion_curve")
+    return {} if curve is None else {"deletion_curve": curve[j]}
 
 
 def _done(
@@ -809,11 +832,14 @@ def evaluate(
 
     Returns:
         EvaluationResult: the rows ``{method, metric, mean, std, n, nan,
-        ci95, n_groups, unchanged}`` (methods x metrics, in the given
-        order), the per-image values and rows, the paired comparisons of
-        the methods, the metrics' agreement on the methods, with several
-        ``n_groups`` the result per ``K`` and the methods' rank stability,
-        and writers for text, JSON, CSV and Markdown.
+        ci95, n_groups, unchanged, perturbation}`` (methods x metrics, in
+        the given order), the per-image values and rows, the paired
+        comparisons of the methods, the metrics' agreement on the methods,
+        with several ``n_groups`` or perturbations the result of each and
+        the methods' rank stability, what each method cost
+        (``result.cost``, see
+        :meth:`~captum_saco.evaluation.cost.CostMeter.record`), and writers
+        for text, JSON, CSV and Markdown.
 
     Raises:
         ValueError: unknown method or metric names, ``inputs`` without
@@ -850,13 +876,24 @@ def evaluate(
     extra = _format_additional_forward_args(additional_forward_args)
     warn_if_training(model, "evaluate", stacklevel=2)
     model_name = model_name or type(model).__name__
-    built = {name: build(model, seed) for name, build in builders.items()}
+    meter = CostMeter(_device_of(model, torch.device("cpu")))
+    built = meter.timed({name: build(model, seed) for name, build in builders.items()})
     scorer = _Scorer(
-        model, built, metric_defs, ks, targets, baselines, extra, len(source), perturbations
+        model,
+        built,
+        metric_defs,
+        ks,
+        targets,
+        meter,
+        baselines,
+        extra,
+        len(source),
+        perturbations,
     )
     rank, world = distributed.world()
     writer = None
     stored: Dict[RowKey, Row] = {}
+    recorded_cost = None
     if per_image_file is not None:
         settings = {
             "model": model_name,
@@ -875,15 +912,15 @@ def evaluate(
         }
         writer = PerImageFile(per_image_file, settings, rank, world)
         stored = writer.read() if resume else {}
+        recorded_cost = writer.recorded("cost") if resume else None
         distributed.barrier()  # every process has read before any appends
         writer.open(resume)
-    plan = (
-        None
+    done = (
+        set()
         if isinstance(source, Stream)
-        else _plan(
-            len(source), batch_size, _done(stored, source, built, metric_defs, scorer.settings)
-        )
+        else _done(stored, source, built, metric_defs, scorer.settings)
     )
+    plan = None if isinstance(source, Stream) else _plan(len(source), batch_size, done)
     device = _device_of(model, torch.device("cpu"))
     try:
         new_rows, skipped = _run_batches(scorer, source, plan, device, writer, progress)
@@ -898,8 +935,6 @@ def evaluate(
     parts = distributed.gather((new_rows, skipped))
     new_rows = [r for part, _ in parts for r in part]
     rows = _collect(stored, new_rows, source, list(built), scorer.settings)
-    if writer is not None and rank == 0:
-        writer.merge(rows)
     _warn_unchanged(rows, len(source))
     skipped_keys = [source.key(i) for i in sorted(i for _, part in parts for i in part)]
     results = [
@@ -914,7 +949,12 @@ def evaluate(
         )
         for p, k in scorer.settings
     ]
-    return combine(results) if len(results) > 1 else results[0]
+    result = combine(results) if len(results) > 1 else results[0]
+    result.cost = meter.record(recorded_cost, len(done))
+    if writer is not None and rank == 0:
+        writer.merge(rows)
+        writer.record("cost", result.cost)
+    return result
 
 
 def saco_case_study(

@@ -13,9 +13,9 @@ from tiny_models import tiny_hf_deit, tiny_timm, tiny_timm_distilled
 from torch import Tensor, nn
 from transformers import DeiTForImageClassificationWithTeacher
 
-from captum_saco.attr._core.adapters import adapter_for
 from captum_saco.attr._core.attn_lrp import AttnLRP
 from captum_saco.attr._core.conservative_lrp import ConservativeLRP
+from captum_saco.attr._core.families import adapter_for
 from captum_saco.attr._core.gradient_x_input import gradient_x_input
 from captum_saco.attr._core.replay import PLAIN_GRADIENT, GradientRules, model_forward
 from tests.numerics import relative_errors

@@ -11,7 +11,7 @@ from tiny_models import tiny_hf_deit, tiny_timm, tiny_timm_distilled
 from torch import Tensor, nn
 from transformers import DeiTForImageClassificationWithTeacher
 
-from captum_saco.attr._core.adapters import adapter_for, vit_parts
+from captum_saco.attr._core.families import adapter_for, vit_parts
 from captum_saco.attr._core.full_lrp import FullLRP
 from captum_saco.attr._core.partial_lrp import PartialLRP
 from captum_saco.attr._core.relevance import attention_relevance, embedding_in
@@ -182,8 +182,8 @@ def test_models_whose_tokens_are_not_embeddings_plus_positions_are_refused_by_na
         FullLRP(tiny_timm(pre_norm=True)).attribute(torch.rand(1, 3, 32, 32))
     with pytest.raises(ValueError, match="qk_norm"):
         PartialLRP(tiny_timm(qk_norm=True)).attribute(torch.rand(1, 3, 32, 32))
-    with pytest.raises(ValueError, match="global_pool"):
-        FullLRP(tiny_timm(global_pool="avg"))
+    with pytest.raises(ValueError, match="pooled head \\(global_pool='avg'\\)"):
+        FullLRP(tiny_timm(global_pool="avg")).attribute(torch.rand(1, 3, 32, 32))
 
 
 # --- conventions ----------------------------------------------------------------------------

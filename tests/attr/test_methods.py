@@ -112,6 +112,7 @@ def test_rollout_never_discards_the_class_token_attention_to_itself() -> None:
         classes=torch.zeros(1, dtype=torch.long),
         num_prefix_tokens=1,
         grid=(1, 2),
+        readout=torch.tensor([1.0, 0.0, 0.0]),
     )
     row = AttentionRollout(tiny_timm())._token_relevance(
         trace, start_layer=0, head_fusion="mean", discard_ratio=0.5

@@ -19,11 +19,16 @@ from captum_saco.attr import (
     AttentionAttribution,
     AttentionGradCAM,
     AttentionRollout,
+    AttnLRP,
+    ConservativeLRP,
+    FullLRP,
     GradientWeightedAttention,
+    PartialLRP,
     RawAttention,
+    TransformerAttribution,
 )
-from captum_saco.attr._core.adapters import ViTParts, vit_parts
 from captum_saco.attr._core.engine import AttentionTrace
+from captum_saco.attr._core.families import ViTParts, vit_parts
 
 # reference key -> (method class, options)
 REFERENCE_CASES = {
@@ -217,9 +222,9 @@ def test_a_non_module_is_refused() -> None:
         RawAttention(lambda x: x)
 
 
-@pytest.mark.parametrize("pool", ["avg", "map"])
-def test_timm_pooling_other_than_the_class_token_is_refused(pool: str) -> None:
-    with pytest.raises(ValueError, match=f"global_pool='{pool}'.*class-token"):
+@pytest.mark.parametrize("pool", ["map", "max", "avgmax"])
+def test_timm_pooling_without_a_read_out_vector_is_refused_by_name(pool: str) -> None:
+    with pytest.raises(ValueError, match=f"global_pool='{pool}'.*'token'.*'avg'.*supported"):
         AttentionRollout(tiny_timm(global_pool=pool))
 
 
@@ -244,3 +249,14 @@ def test_models_whose_parts_cannot_be_expressed_still_have_readable_attention() 
     model = tiny_timm(qk_norm=True)
     grid = RawAttention(model).attribute(torch.rand(1, 3, 32, 32), upsample=False)
     assert grid.shape == (1, 1, 4, 4)
+
+
+@pytest.mark.parametrize(
+    "method", [ConservativeLRP, AttnLRP, TransformerAttribution, PartialLRP, FullLRP]
+)
+def test_a_module_without_a_rule_before_block_0_is_refused_by_name(method: type) -> None:
+    model = tiny_timm()
+    model.pos_drop = nn.Sequential(nn.Tanh())  # no relevance rule is known for tanh
+    with pytest.raises(ValueError, match=r"runs pos_drop\.0 \(Tanh\) between the input and"):
+        method(model).attribute(torch.rand(1, 3, 32, 32), target=0)
+    assert model.pos_drop[0]._forward_hooks == {}

@@ -12,7 +12,7 @@ from tiny_models import tiny_timm, tiny_timm_distilled
 from torch import Tensor, nn
 
 from captum_saco.attr import GradientWeightedAttention
-from captum_saco.attr._core.adapters import adapter_for, vit_parts
+from captum_saco.attr._core.families import adapter_for, vit_parts
 from captum_saco.attr._core.relevance import (
     CHEFER_RULES,
     AttentionRelevance,

@@ -15,7 +15,7 @@ from transformers import DeiTForImageClassificationWithTeacher
 
 import captum_saco
 from captum_saco.attr import TransformerAttribution
-from captum_saco.attr._core.adapters import vit_parts
+from captum_saco.attr._core.families import vit_parts
 from captum_saco.attr._core.relevance import attention_relevance
 from captum_saco.datasets import load_fashion_mnist_samples, load_fashion_mnist_vit
 from tests.numerics import relative_error

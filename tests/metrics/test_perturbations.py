@@ -172,3 +172,12 @@ def test_score_attributions_perturbs_every_metric_with_the_strategy(cnn, images)
         assert torch.allclose(
             scores[method]["srg"], srg(cnn, images, a, fractions=fractions, perturbation="blur")
         )
+
+
+def test_the_readme_example_of_the_strategies_runs():
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme[readme.index("## Insertion, SRG and how features are removed") :]
+    code = section[section.index("```python") + len("```python") : section.index("```\n\n")]
+    exec(compile(code, "README.md", "exec"), {})

@@ -39,7 +39,7 @@ class AttentionGradCAM(AttentionAttribution):
 
     def _token_relevance(self, trace: AttentionTrace) -> Tensor:
         assert trace.gradients is not None
-        row = trace.attentions[-1][:, :, 0]  # (N, heads, T)
-        gradient = trace.gradients[-1][:, :, 0]
+        row = trace.readout @ trace.attentions[-1]  # (N, heads, T)
+        gradient = trace.readout @ trace.gradients[-1]
         weights = gradient[:, :, trace.num_prefix_tokens :].mean(dim=-1, keepdim=True)
         return (weights * row).mean(dim=1).clamp(min=0)

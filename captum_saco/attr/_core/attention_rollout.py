@@ -79,6 +79,12 @@ class AttentionRollout(AttentionAttribution):
             raise TypeError(f"discard_ratio: expected a number, got {discard_ratio!r}")
         if not 0.0 <= discard_ratio < 1.0:
             raise ValueError(f"discard_ratio: expected a value in [0, 1), got {discard_ratio}")
+        if discard_ratio > 0 and not self._adapter.reads_class_token():
+            raise ValueError(
+                "discard_ratio: defined (as in vit-explain, which keeps the class token's "
+                f"entry) only for class-token heads; {type(self._adapter.model).__name__}'s "
+                "head does not read the class token"
+            )
         return self._attribute(
             inputs,
             target,
@@ -93,10 +99,9 @@ class AttentionRollout(AttentionAttribution):
     def _token_relevance(
         self, trace: AttentionTrace, *, start_layer: int, head_fusion: str, discard_ratio: float
     ) -> Tensor:
-        # Row 0 of Â_L ··· Â_s, from the left: r ← r Â_b, b = L, ..., s.
+        # s Â_L ··· Â_s, from the left: r ← r Â_b, b = L, ..., s.
         first = trace.attentions[0]
-        row = first.new_zeros(first.shape[0], 1, first.shape[-1])
-        row[:, 0, 0] = 1
+        row = trace.readout.expand(first.shape[0], 1, -1)
         for attention in reversed(trace.attentions[start_layer:]):
             fused = _fuse_heads(attention, head_fusion)
             if discard_ratio > 0:

@@ -42,6 +42,8 @@ class ConservativeLRP(GradientRuleAttribution):
     Args:
         model (nn.Module): the ViT to explain (timm, Hugging Face or torchvision, see
             :class:`AttentionAttribution`), with plain pre-norm LayerNorm blocks.
+            The norms outside the blocks (timm's ``norm_pre`` and ``embed_norm_layer``,
+            which the model runs itself, and the final norm) get the LayerNorm rule too.
         forward_func (Callable, optional): a function that runs ``model`` on the
             inputs (with ``additional_forward_args``); it runs only up to the model's
             first block. Default: ``model``.

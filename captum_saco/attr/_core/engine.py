@@ -23,7 +23,7 @@ from captum_saco._utils import (
     model_output,
     resolve_target,
 )
-from captum_saco.attr._core.adapters import ViTAdapter, ViTParts, adapter_for
+from captum_saco.attr._core.families import ViTAdapter, ViTParts, adapter_for
 from captum_saco.attr._core.relevance import AttentionRelevance, attention_relevance
 
 
@@ -58,6 +58,11 @@ class AttentionTrace:
         classes (Tensor): the target class of every example, ``(N,)``.
         num_prefix_tokens (int): tokens before the patches (class token first).
         grid (tuple of int): the patch grid ``(h, w)``; ``T = num_prefix_tokens + h * w``.
+        readout (Tensor): ``(T,)`` the head's read-out vector ``s`` over the tokens
+            (the class token ``e_0`` for a class-token head, the uniform average over
+            the patch tokens for a mean-pooled head), in the attention's dtype: the
+            rules take ``s`` times their token-by-token matrix where the class-token
+            row was taken.
         relevances (list of Tensor or None): per block, the LRP relevance of
             ``attentions`` (see :mod:`captum_saco.attr._core.relevance`); ``None``
             for methods that need no relevance (and for blocks a rule does not read).
@@ -79,6 +84,7 @@ class AttentionTrace:
     classes: Tensor
     num_prefix_tokens: int
     grid: Tuple[int, int]
+    readout: Tensor
     relevances: Optional[List[Tensor]] = None
     block_inputs: Optional[List[Tensor]] = None
     block_gradients: Optional[List[Tensor]] = None
@@ -162,7 +168,8 @@ class AttentionAttribution(Attribution):
     target (the predicted class by default), takes the gradient of the target
     logits with respect to the probabilities when the rule needs it (one backward
     pass per chunk), hands everything to the rule as an :class:`AttentionTrace`,
-    takes the class token's row without the prefix-token columns, lays it out on
+    takes the head's read-out row (the class token's row for a class-token head,
+    see :attr:`AttentionTrace.readout`) without the prefix-token columns, lays it out on
     the patch grid and optionally upsamples it to the input's size.
 
     The contract for a rule (a subclass):
@@ -372,6 +379,7 @@ class AttentionAttribution(Attribution):
             classes=classes,
             num_prefix_tokens=self._adapter.num_prefix_tokens,
             grid=record.grid,
+            readout=self._readout(attentions[0]),
             block_inputs=[x.detach() for x in block_inputs],
             block_gradients=block_gradients,
         )
@@ -403,6 +411,7 @@ class AttentionAttribution(Attribution):
             classes=result.classes,
             num_prefix_tokens=self._adapter.num_prefix_tokens,
             grid=record.grid,
+            readout=self._readout(result.attentions[0]),
             relevances=result.relevances,
             input_relevance=result.input_relevance,
         )
@@ -411,6 +420,10 @@ class AttentionAttribution(Attribution):
         """The relevance pass of :attr:`Needs.RELEVANCE`; a rule that reads less (no
         gradients, only the last blocks) or more (``input_relevance``) overrides it."""
         return attention_relevance(parts, tokens, target)
+
+    def _readout(self, attention: Tensor) -> Tensor:
+        """The read-out vector ``s`` ``(T,)`` for attention probabilities ``(N, h, T, T)``."""
+        return self._adapter.readout(attention.shape[-1]).to(attention.device, attention.dtype)
 
     @staticmethod
     def _patch_grid(row: Tensor, trace: AttentionTrace) -> Tensor:

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from captum_saco._utils import TargetType
-from captum_saco.attr._core.adapters import ViTParts, _model_lock, this_thread_only
 from captum_saco.attr._core.engine import AttentionAttribution, Needs
+from captum_saco.attr._core.families import ViTParts, _model_lock, this_thread_only
 from captum_saco.attr._core.relevance import (
     CHEFER_RULES,
     AttentionRelevance,

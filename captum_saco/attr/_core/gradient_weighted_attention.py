@@ -79,10 +79,10 @@ class GradientWeightedAttention(AttentionAttribution):
     def _token_relevance(self, trace: AttentionTrace, *, aggregate_layers: bool) -> Tensor:
         assert trace.gradients is not None
         if not aggregate_layers:
-            return _weighted(trace.attentions[-1], trace.gradients[-1])[:, 0]
+            return trace.readout @ _weighted(trace.attentions[-1], trace.gradients[-1])
         first = trace.attentions[0]
         relevance = torch.eye(first.shape[-1], dtype=first.dtype, device=first.device)
         relevance = relevance.expand(first.shape[0], -1, -1)
         for attention, gradient in zip(trace.attentions, trace.gradients):
             relevance = relevance + _weighted(attention, gradient) @ relevance
-        return relevance[:, 0]
+        return trace.readout @ relevance

@@ -18,9 +18,14 @@ import torch
 from torch import Tensor, nn
 
 from captum_saco._utils import TargetType, resolve_target
-from captum_saco.attr._core.adapters import ViTAdapter, _model_lock, this_thread_only
 from captum_saco.attr._core.engine import AttentionAttribution, Needs, check_differentiable
-from captum_saco.attr._core.replay import GradientRules, gamma_rule, model_forward
+from captum_saco.attr._core.families import ViTAdapter, _model_lock, this_thread_only
+from captum_saco.attr._core.replay import (
+    GradientRules,
+    embedding_norms_as,
+    gamma_rule,
+    model_forward,
+)
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,7 @@ def gradient_x_input(
             _embedding_hook(embedded, rules.embedding_gamma)
         )
         stack.callback(handle.remove)
+        stack.enter_context(embedding_norms_as(adapter, rules.norm))
         with adapter.capture(stop_at_first_block=True) as record:
             forward_func(pixels, *extra)
         if record.tokens is None or not embedded:

@@ -5,13 +5,13 @@ from typing import Any, Optional, Tuple, Union
 from torch import Tensor
 
 from captum_saco._utils import TargetType
-from captum_saco.attr._core.adapters import ViTParts
 from captum_saco.attr._core.engine import (
     AttentionAttribution,
     AttentionTrace,
     Needs,
     documented_options,
 )
+from captum_saco.attr._core.families import ViTParts
 from captum_saco.attr._core.relevance import (
     AttentionRelevance,
     attention_relevance,
@@ -98,4 +98,4 @@ class PartialLRP(RelevancePrecision, AttentionAttribution):
     def _token_relevance(self, trace: AttentionTrace) -> Tensor:
         """The class token's row of ``mean_h clamp(R(A_L), min=0)``, ``(N, T)``."""
         assert trace.relevances is not None and trace.relevances[-1] is not None
-        return trace.relevances[-1].clamp(min=0).mean(dim=1)[:, 0]
+        return trace.readout @ trace.relevances[-1].clamp(min=0).mean(dim=1)

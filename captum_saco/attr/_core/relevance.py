@@ -5,7 +5,7 @@ attention gradient by the LRP relevance ``R(A_b)`` of its attention
 probabilities; partial LRP reads ``R(A_b)`` of the last block and full LRP
 continues the pass down to the tokens entering block 0. This module computes
 these relevances for any ViT given in the canonical form of
-:class:`~captum_saco.attr._core.adapters.ViTParts`: a functional forward pass
+:class:`~captum_saco.attr._core.families.ViTParts`: a functional forward pass
 from the tokens entering block 0 to the logits records every activation the
 rules read (:mod:`~captum_saco.attr._core.replay`), one backward pass gives
 the gradients of the target logits, and an explicit reverse pass over the
@@ -38,14 +38,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from captum_saco._utils import TargetType, resolve_target
-from captum_saco.attr._core.adapters import (
+from captum_saco.attr._core.families import (
     BlockParts,
     ViTAdapter,
     ViTParts,
     _model_lock,
     this_thread_only,
 )
-from captum_saco.attr._core.replay import BlockRecord, ModelRecord, at_rows, model_forward
+from captum_saco.attr._core.replay import (
+    BlockRecord,
+    ModelRecord,
+    at_rows,
+    embedding_norms_as,
+    model_forward,
+)
 
 _EPSILON = 1e-9
 
@@ -239,15 +245,19 @@ def parts_in(parts: ViTParts, dtype: torch.dtype) -> ViTParts:
         replace(block, **{k: cast(v) for k, v in vars(block).items()}) for block in parts.blocks
     ]
     heads = [(index, cast(head)) for index, head in parts.heads]
-    return replace(parts, blocks=blocks, norm=cast(parts.norm), heads=heads)
+    return replace(
+        parts, blocks=blocks, norm=cast(parts.norm), heads=heads, fc_norm=cast(parts.fc_norm)
+    )
 
 
 @contextmanager
 def embedding_in(adapter: ViTAdapter, dtype: torch.dtype) -> Iterator[None]:
     """While active, the patch embedding of the adapter's model computes in
     ``dtype`` (its output replaced by the convolution recomputed in ``dtype``),
-    so that the tokens entering block 0 come out in ``dtype`` as well, the
-    prefix tokens and position embeddings being promoted when added to them.
+    and so do the norms between it and block 0 (timm's ``embed_norm_layer`` and
+    ``norm_pre``), so that the tokens entering block 0 come out in ``dtype`` as
+    well, the prefix tokens and position embeddings being promoted when added to
+    them.
     The hook is removed on exit, also on exceptions.
     """
     conv = adapter.patch_embedding()
@@ -266,7 +276,7 @@ def embedding_in(adapter: ViTAdapter, dtype: torch.dtype) -> Iterator[None]:
 
     # Held with the model's capture lock, so that no other thread's attribution call
     # sees the hook, and acting on this thread's passes only.
-    with _model_lock(adapter.model):
+    with _model_lock(adapter.model), embedding_norms_as(adapter, "gradient", dtype):
         hook = this_thread_only(recompute)
         handle = conv.register_forward_hook(hook) if conv.weight.dtype != dtype else None
         try:
@@ -391,6 +401,13 @@ def attention_relevance(
     """
     if input_relevance and first_block != 0:
         raise ValueError("input_relevance: the pass reaches the tokens only with first_block=0")
+    if parts.mean_pooled:
+        raise ValueError(
+            "model: it has a pooled head (global_pool='avg'), for which Chefer's relevance "
+            "rules are not defined here: TransformerAttribution, PartialLRP and FullLRP "
+            "refuse it (RawAttention, AttentionRollout, GradientWeightedAttention, "
+            "AttentionGradCAM, AttCAT, ConservativeLRP and AttnLRP work on it)"
+        )
     parts = parts_in(parts, tokens.dtype)
     with torch.set_grad_enabled(gradients):
         replay = model_forward(parts, tokens.detach())

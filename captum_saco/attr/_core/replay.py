@@ -1,7 +1,7 @@
 """The canonical forward pass of a ViT, replayed from the tokens entering block 0.
 
 Methods that need more than the model's own forward pass run each block of the
-model's canonical form (:class:`~captum_saco.attr._core.adapters.ViTParts`)
+model's canonical form (:class:`~captum_saco.attr._core.families.ViTParts`)
 functionally and keep every activation their rules read: the LRP relevance pass
 of :mod:`captum_saco.attr._core.relevance` reads the records, and the
 gradient-times-input methods (conservative LRP, AttnLRP) change how the gradient
@@ -14,14 +14,21 @@ float32).
 """
 
 import math
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, fields
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from captum_saco.attr._core.adapters import BlockParts, ViTParts
+from captum_saco.attr._core.families import (
+    BlockParts,
+    ViTAdapter,
+    ViTParts,
+    _model_lock,
+    this_thread_only,
+)
 
 
 @dataclass(frozen=True)
@@ -244,7 +251,10 @@ def _linear(layer: nn.Linear, inputs: Tensor, gamma: float = 0.0) -> Tensor:
 
 def layer_norm(norm: nn.Module, inputs: Tensor, rule: str = "gradient") -> Tensor:
     """``norm(inputs)`` in the dtype of ``inputs``, its gradient as ``rule`` says
-    (see :class:`GradientRules`)."""
+    (see :class:`GradientRules`). An ``nn.Identity`` (a model without that norm,
+    such as timm's ``final_norm=False``) returns ``inputs``."""
+    if isinstance(norm, nn.Identity):
+        return inputs
     if not isinstance(norm, nn.LayerNorm):
         if rule == "gradient":
             return norm(inputs)
@@ -260,6 +270,39 @@ def layer_norm(norm: nn.Module, inputs: Tensor, rule: str = "gradient") -> Tenso
     if weight is not None:
         normed = normed * weight
     return normed if bias is None else normed + bias
+
+
+@contextmanager
+def embedding_norms_as(
+    adapter: ViTAdapter, rule: str, dtype: Optional[torch.dtype] = None
+) -> Iterator[None]:
+    """While active, each norm between the adapter's patch embedding and block 0
+    (:meth:`~captum_saco.attr._core.families.base.ViTAdapter.embedding_norms`:
+    timm's ``embed_norm_layer`` and ``norm_pre``) computes as :func:`layer_norm`
+    with ``rule``, in ``dtype`` (its input's if ``None``): the LayerNorm rule
+    reaches the norms the model runs itself, as it reaches the replayed ones.
+    The hooks act on this thread's passes only, under the model's capture lock,
+    and are removed on exit, also on exceptions."""
+
+    inputs: List[Tensor] = []
+
+    def keep(norm: nn.LayerNorm, args: Tuple) -> Optional[Tuple]:
+        # the norm's own forward runs on its dtype (its output is replaced below)
+        inputs.append(args[0])
+        if norm.weight is not None and args[0].dtype != norm.weight.dtype:
+            return (args[0].to(norm.weight.dtype),) + args[1:]
+        return None
+
+    def recompute(norm: nn.LayerNorm, args: Tuple, output: Tensor) -> Tensor:
+        values = inputs.pop()
+        return layer_norm(norm, values if dtype is None else values.to(dtype), rule)
+
+    with ExitStack() as stack:
+        stack.enter_context(_model_lock(adapter.model))
+        for _, norm in adapter.embedding_norms():
+            stack.callback(norm.register_forward_pre_hook(this_thread_only(keep)).remove)
+            stack.callback(norm.register_forward_hook(this_thread_only(recompute)).remove)
+        yield
 
 
 def _attention(
@@ -346,10 +389,13 @@ def model_forward(
     their dtype, to the logits (the mean of the classifier heads' logits).
 
     After the last block's attention, only the heads' tokens are computed: no
-    other position reaches the logits.
+    other position reaches the logits. A mean-pooled head (``parts.mean_pooled``)
+    reads the mean of the normed tokens after the prefix tokens, through
+    ``parts.fc_norm`` (its rule as the other norms'); the record's ``normed`` is then
+    that pooled vector ``(N, 1, D)``.
     """
     head_tokens = sorted({index for index, _ in parts.heads})
-    last_rows = torch.tensor(head_tokens, device=tokens.device)
+    last_rows = None if parts.mean_pooled else torch.tensor(head_tokens, device=tokens.device)
     records: List[BlockRecord] = []
     hidden = tokens
     for b, block in enumerate(parts.blocks):
@@ -357,6 +403,9 @@ def model_forward(
         records.append(block_forward(block, hidden, rows, rules))
         hidden = records[-1].mid + records[-1].mlp_branch
     normed = layer_norm(parts.norm, hidden, rules.norm)
+    if parts.mean_pooled:  # the pooled vector takes the place of the head's token
+        pooled = normed[:, parts.num_prefix_tokens :].mean(dim=1, keepdim=True)
+        normed = layer_norm(parts.fc_norm, pooled, rules.norm)
     position = {index: p for p, index in enumerate(head_tokens)}
     head_logits = torch.stack(
         [

@@ -136,12 +136,11 @@ class TransformerAttribution(RelevancePrecision, AttentionAttribution):
         )
 
     def _token_relevance(self, trace: AttentionTrace, *, start_layer: int) -> Tensor:
-        """The class token's row of ``J``, ``(N, T)``."""
+        """The head's read-out row of ``J`` (the class token's), ``(N, T)``."""
         assert trace.gradients is not None and trace.relevances is not None
-        # Row 0 of (Ā_L + I) ··· (Ā_s + I), from the left: r ← r Ā_b + r.
+        # s (Ā_L + I) ··· (Ā_s + I), from the left: r ← r Ā_b + r.
         first = trace.relevances[0]
-        row = first.new_zeros(first.shape[0], 1, first.shape[-1])
-        row[:, 0, 0] = 1
+        row = trace.readout.to(first.dtype).expand(first.shape[0], 1, -1)
         for gradient, relevance in zip(
             reversed(trace.gradients[start_layer:]), reversed(trace.relevances[start_layer:])
         ):

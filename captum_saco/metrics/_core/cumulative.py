@@ -15,6 +15,7 @@ from captum_saco._utils import BaselineType, TargetType, TensorOrTupleOfTensors
 from captum_saco.metrics._core.perturbation import (
     CleanPass,
     FeatureRanking,
+    Reduce,
     TargetProbability,
     measure_removals,
     warn_about_examples,
@@ -106,6 +107,8 @@ def deletion_curve(
     order: Order = "most_salient_first",
     apply_softmax: bool = True,
     perturbation: PerturbationType = "baseline",
+    reduce: Reduce = "sum",
+    attention_mask: Optional[Tensor] = None,
 ) -> DeletionCurve:
     r"""The deletion curve: the target's probability as features are removed cumulatively.
 
@@ -176,6 +179,22 @@ def deletion_curve(
                     removed ViT patches dropped, :class:`TokenDrop`), or a
                     strategy object with its options (``Blur(sigma=4)``,
                     ``NoisyLinear(seed=0)``). Default: "baseline"
+        reduce (str, optional): Keyword-only. How the values of one
+                    feature's elements are combined into its salience:
+                    ``"sum"`` (channels of a pixel, the ``D`` values of a
+                    token) or ``"norm"`` (their L2 norm). ``(N, L, D)``
+                    attributions of ``(N, L)`` token ids (what
+                    ``LayerIntegratedGradients`` on an embedding layer
+                    returns) are reduced over ``D`` this way. Default: "sum"
+        attention_mask (Tensor, optional): Keyword-only. For one input of
+                    tokens (``(N, L)`` ids or ``(N, L, D)`` embeddings), the
+                    ``(N, L)`` mask of real tokens (1) and padding (0), the
+                    Hugging Face convention: padding is neither ranked nor
+                    removed, and ``F`` is each example's number of real
+                    tokens. For token ids give the padding id as
+                    ``baselines`` (``baselines=tokenizer.pad_token_id``), and
+                    the mask to the model through
+                    ``additional_forward_args``. Default: None
 
     Returns:
         DeletionCurve: fractions ``(S + 1,)``, removed counts ``(N, S + 1)``,
@@ -216,6 +235,8 @@ def _deletion_curve(
     order: Order,
     apply_softmax: bool,
     perturbation: PerturbationType,
+    reduce: Reduce,
+    attention_mask: Optional[Tensor],
     insertion: bool = False,
 ) -> DeletionCurve:
     """:func:`deletion_curve` (or :func:`insertion_curve` with ``insertion``),
@@ -235,6 +256,8 @@ def _deletion_curve(
         max_examples_per_batch=max_examples_per_batch,
         apply_softmax=apply_softmax,
         perturbation=perturbation,
+        reduce=reduce,
+        attention_mask=attention_mask,
     )
     return curve
 
@@ -377,6 +400,8 @@ def aopc(
     order: Order = "most_salient_first",
     apply_softmax: bool = True,
     perturbation: PerturbationType = "baseline",
+    reduce: Reduce = "sum",
+    attention_mask: Optional[Tensor] = None,
 ) -> Tensor:
     r"""Area over the perturbation curve (AOPC), per example.
 
@@ -417,6 +442,8 @@ def lodds(
     order: Order = "most_salient_first",
     apply_softmax: bool = True,
     perturbation: PerturbationType = "baseline",
+    reduce: Reduce = "sum",
+    attention_mask: Optional[Tensor] = None,
 ) -> Tensor:
     r"""Log-odds (LOdds) of the target's probability after deletion, per example.
 
@@ -456,6 +483,8 @@ def auc(
     order: Order = "most_salient_first",
     apply_softmax: bool = True,
     perturbation: PerturbationType = "baseline",
+    reduce: Reduce = "sum",
+    attention_mask: Optional[Tensor] = None,
 ) -> Tensor:
     r"""Area under the deletion curve (AUC), per example.
 
@@ -495,6 +524,8 @@ def comprehensiveness(
     *,
     apply_softmax: bool = True,
     perturbation: PerturbationType = "baseline",
+    reduce: Reduce = "sum",
+    attention_mask: Optional[Tensor] = None,
 ) -> Tensor:
     r"""Comprehensiveness as the SaCo paper reports it: the drop when the least
     salient features are removed, per example.
@@ -541,6 +572,8 @@ def insertion_curve(
     order: Order = "most_salient_first",
     apply_softmax: bool = True,
     perturbation: PerturbationType = "baseline",
+    reduce: Reduce = "sum",
+    attention_mask: Optional[Tensor] = None,
 ) -> DeletionCurve:
     r"""The insertion curve: the target's probability as features are put back
     into the baseline, most salient first.
@@ -597,6 +630,8 @@ def srg(
     *,
     apply_softmax: bool = True,
     perturbation: PerturbationType = "baseline",
+    reduce: Reduce = "sum",
+    attention_mask: Optional[Tensor] = None,
 ) -> Tensor:
     r"""Symmetric Relevance Gain (SRG), per example.
 

@@ -9,6 +9,7 @@ from captum_saco._utils import BaselineType, TargetType, TensorOrTupleOfTensors,
 from captum_saco.metrics._core.perturbation import (
     CleanPass,
     FeatureRanking,
+    Reduce,
     TargetProbability,
     measure_removals,
     rank_intervals_of_groups,
@@ -224,6 +225,8 @@ def saco(
     return_details: Literal[False] = False,
     ties: Ties = "agree",
     perturbation: PerturbationType = "baseline",
+    reduce: Reduce = "sum",
+    attention_mask: Optional[Tensor] = None,
 ) -> Tensor: ...
 
 
@@ -243,6 +246,8 @@ def saco(
     return_details: Literal[True],
     ties: Ties = "agree",
     perturbation: PerturbationType = "baseline",
+    reduce: Reduce = "sum",
+    attention_mask: Optional[Tensor] = None,
 ) -> SacoDetails: ...
 
 
@@ -261,6 +266,8 @@ def saco(
     return_details: bool = False,
     ties: Ties = "agree",
     perturbation: PerturbationType = "baseline",
+    reduce: Reduce = "sum",
+    attention_mask: Optional[Tensor] = None,
 ) -> Union[Tensor, SacoDetails]:
     r"""The Salience-guided Faithfulness Coefficient (SaCo) of attributions.
 
@@ -396,6 +403,12 @@ def saco(
                     (the paper's setting), ``"blur"``, ``"noisy_linear"``,
                     ``"token_drop"`` or a strategy object.
                     Default: "baseline"
+        reduce, attention_mask (optional): Keyword-only. As in
+                    :func:`~captum_saco.metrics.deletion_curve`: ``"sum"`` or
+                    ``"norm"`` over a feature's elements (and the ``D`` of
+                    ``(N, L, D)`` attributions of token ids); the ``(N, L)``
+                    mask whose 0s mark padding, never ranked nor removed.
+                    Defaults: "sum", None
 
     Returns:
         Tensor or SacoDetails: the coefficient of each example, shape ``(N,)``,
@@ -448,6 +461,8 @@ def saco(
         apply_softmax=apply_softmax,
         stacklevel=2,
         perturbation=perturbation,
+        reduce=reduce,
+        attention_mask=attention_mask,
     )
     details = saco_details(ranking, clean, removed, n_groups, ties, stacklevel=2)
     return details if return_details else details.coefficient

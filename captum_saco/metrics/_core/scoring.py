@@ -17,6 +17,7 @@ from captum_saco.metrics._core.perturbation import (
     CleanPass,
     FeatureRanking,
     MatchedMaps,
+    Reduce,
     Removal,
     TargetProbability,
     forward_removals,
@@ -87,6 +88,9 @@ def score_attributions(
     clean_output: Optional[Any] = None,
     *,
     perturbation: PerturbationType = "baseline",
+    reduce: Reduce = "sum",
+    attention_mask: Optional[Tensor] = None,
+    return_curves: bool = False,
 ) -> Dict[str, Dict[str, Tensor]]:
     r"""Score several explanations of the same inputs with several metrics at once.
 
@@ -131,6 +135,15 @@ def score_attributions(
                     features are removed, for every metric: as in
                     :func:`~captum_saco.metrics.deletion_curve`.
                     Default: "baseline"
+        reduce, attention_mask (optional): Keyword-only. As in
+                    :func:`~captum_saco.metrics.deletion_curve`.
+                    Defaults: "sum", None
+        return_curves (bool, optional): Keyword-only. Also return, under the key
+                    ``"deletion_curve"``, the ``(N, K)`` probabilities of the
+                    target after removing the fractions ``0, 1/K, ...,
+                    (K − 1)/K`` of the features, most salient first (NaN
+                    where undefined), when a metric reads that curve
+                    (AOPC, LOdds or AUC). Default: False
 
     Returns:
         dict: method -> metric -> ``(N,)`` values on the inputs' device, NaN
@@ -171,12 +184,17 @@ def score_attributions(
     if features:  # the strategy's features (token_drop: patches) are the same for all maps
         feature_mask = next(iter(features.values()))[1]
     matched = {
-        m: match_attributions(prepared.inputs, a, f"attributions[{m!r}]")
+        m: match_attributions(prepared.inputs, a, f"attributions[{m!r}]", reduce)
         for m, (a, _) in features.items()
     }
     stacks = [
         _Stack.of(
-            prepared.inputs, {m: matched[m] for m in same}, feature_mask, names, n_groups, steps
+            prepared.inputs,
+            {m: matched[m] for m in same},
+            (feature_mask, attention_mask),
+            names,
+            n_groups,
+            steps,
         )
         for same in _stacks(matched, prepared.n * n_features_of(prepared.inputs))
     ]
@@ -195,7 +213,7 @@ def score_attributions(
     scores: Dict[str, Dict[str, Tensor]] = {}
     for stack in stacks:
         mine = dict(zip(stack.removals, results))
-        scores.update(stack.read(clean, mine, names, n_groups, steps))
+        scores.update(stack.read(clean, mine, names, n_groups, steps, return_curves))
     return {method: scores[method] for method in attributions}
 
 
@@ -237,12 +255,12 @@ class _Stack(NamedTuple):
         cls,
         inputs: Tuple[Tensor, ...],
         matched: Dict[str, MatchedMaps],
-        feature_mask: Union[None, Tensor, Tuple[Tensor, ...]],
+        masks: Tuple[Union[None, Tensor, Tuple[Tensor, ...]], Optional[Tensor]],
         metrics: List[str],
         n_groups: int,
         steps: Tensor,
     ) -> "_Stack":
-        ranking = rank_matched(inputs, list(matched.values()), feature_mask)
+        ranking = rank_matched(inputs, list(matched.values()), *masks)
         return cls(list(matched), ranking, _removals_of(ranking, metrics, n_groups, steps))
 
     def read(
@@ -252,9 +270,11 @@ class _Stack(NamedTuple):
         names: List[str],
         n_groups: int,
         steps: Tensor,
+        return_curves: bool = False,
     ) -> Dict[str, Dict[str, Tensor]]:
         """Method -> metric -> ``(N,)`` scores, from the clean pass and the
-        ``(M·N, P)`` probabilities of each of :attr:`removals`."""
+        ``(M·N, P)`` probabilities of each of :attr:`removals` (and the
+        ``(N, K)`` ``"deletion_curve"`` if ``return_curves``)."""
         m, n = len(self.methods), clean.target.shape[0]
         # The clean pass, stacked like the examples.
         clean = CleanPass(
@@ -293,6 +313,8 @@ class _Stack(NamedTuple):
             else:
                 kinds, read = _CURVE_READERS[name]
                 scores[name] = read(*(curves[kind] for kind in kinds))
+        if return_curves and _MORF in curves:
+            scores["deletion_curve"] = curves[_MORF].probabilities
         return {
             method: {name: values[i * n : (i + 1) * n] for name, values in scores.items()}
             for i, method in enumerate(self.methods)

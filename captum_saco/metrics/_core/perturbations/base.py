@@ -77,3 +77,14 @@ class Perturbation:
 
 
 PerturbationType = Union[str, Perturbation]
+
+
+def check_images(name: str, inputs: Tuple[Tensor, ...]) -> None:
+    """Refuse inputs that are not floating-point images ``(N, C, H, W)``,
+    naming the strategy ``name``."""
+    for i, x in enumerate(inputs):
+        if x.dim() != 4 or not x.is_floating_point():
+            raise ValueError(
+                f"perturbation={name!r}: expected floating-point images (N, C, H, W), "
+                f"got input {i} of shape {tuple(x.shape)} and dtype {x.dtype}"
+            )

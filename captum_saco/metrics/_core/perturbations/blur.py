@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from captum_saco.metrics._core.perturbations.base import Perturbation
+from captum_saco.metrics._core.perturbations.base import Perturbation, check_images
 
 
 def gaussian_blur(images: Tensor, sigma: float) -> Tensor:
@@ -68,12 +68,7 @@ class Blur(Perturbation):
         self.sigma = sigma
 
     def check(self, forward_func: object, inputs: Tuple[Tensor, ...]) -> None:
-        for i, x in enumerate(inputs):
-            if x.dim() != 4 or not x.is_floating_point():
-                raise ValueError(
-                    f"perturbation='blur': expected floating-point images (N, C, H, W), "
-                    f"got input {i} of shape {tuple(x.shape)} and dtype {x.dtype}"
-                )
+        check_images(self.name, inputs)
 
     def fill_values(
         self, inputs: Tuple[Tensor, ...], baselines: Tuple[Tensor, ...]

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from captum_saco.metrics._core.perturbations.base import Perturbation
+from captum_saco.metrics._core.perturbations.base import Perturbation, check_images
 
 NEIGHBOURS: Tuple[Tuple[int, int, float], ...] = (
     (-1, 0, 1 / 6),
@@ -201,12 +201,7 @@ class NoisyLinear(Perturbation):
 
     def check(self, forward_func: object, inputs: Tuple[Tensor, ...]) -> None:
         _spsolve()
-        for i, x in enumerate(inputs):
-            if x.dim() != 4 or not x.is_floating_point():
-                raise ValueError(
-                    f"perturbation='noisy_linear': expected floating-point images (N, C, H, W), "
-                    f"got input {i} of shape {tuple(x.shape)} and dtype {x.dtype}"
-                )
+        check_images(self.name, inputs)
 
     def fill_values(
         self, inputs: Tuple[Tensor, ...], baselines: Tuple[Tensor, ...]

@@ -10,7 +10,7 @@ from captum_saco.metrics._core.perturbations.base import ForwardRows, Perturbati
 
 def _adapter(forward_func: Any) -> Any:
     """The ViT family description of ``forward_func``, refused by name otherwise."""
-    from captum_saco.attr._core.adapters import adapter_for
+    from captum_saco.attr._core.families import adapter_for
 
     if not isinstance(forward_func, nn.Module):
         raise TypeError(

@@ -1,0 +1,177 @@
+"""Cost of every attribution method on every supported model family, measured
+side by side in one run.
+
+Per family (a small random-init model of each, same width, depth and image size),
+each method's median time of ``attribute`` on a batch over the median of its
+baseline on the same model, in interleaved rounds: ``"forward"`` (one forward
+pass without gradient) for the methods that need no gradient (raw attention,
+rollout), ``"forward+backward"`` (a forward pass and the gradient of the summed
+target logits with respect to the input) for the rest. The last column is that
+ratio over the plain timm ViT's ratio for the same method (the issue's goal:
+no family above 1.25). A method a family refuses prints "refused".
+
+    python benchmarks/bench_families.py [--rounds 5] [--device cpu] [--batch 8]
+"""
+
+import argparse
+import statistics
+from functools import partial
+from typing import Callable, Dict, List, Optional
+
+import timm
+import torch
+import torchvision
+from common import add_device_option, interleaved_rounds
+from torch import Tensor, nn
+from transformers import (
+    Dinov2Config,
+    Dinov2ForImageClassification,
+    ViTConfig,
+    ViTForImageClassification,
+)
+
+from captum_saco.attr import (
+    AttCAT,
+    AttentionGradCAM,
+    AttentionRollout,
+    AttnLRP,
+    ConservativeLRP,
+    FullLRP,
+    GradientWeightedAttention,
+    PartialLRP,
+    RawAttention,
+    TransformerAttribution,
+)
+
+SIZE = dict(image=96, patch=16, width=192, depth=6, heads=3, classes=10)
+#: methods compared with a forward pass; the others with forward+backward
+FORWARD_ONLY = (RawAttention, AttentionRollout)
+METHODS = [
+    RawAttention,
+    AttentionRollout,
+    AttentionGradCAM,
+    GradientWeightedAttention,
+    AttCAT,
+    TransformerAttribution,
+    PartialLRP,
+    FullLRP,
+    ConservativeLRP,
+    AttnLRP,
+]
+
+
+def _timm(**kwargs) -> nn.Module:
+    return timm.models.VisionTransformer(
+        img_size=SIZE["image"],
+        patch_size=SIZE["patch"],
+        embed_dim=SIZE["width"],
+        depth=SIZE["depth"],
+        num_heads=SIZE["heads"],
+        num_classes=SIZE["classes"],
+        **kwargs,
+    )
+
+
+_HF = dict(
+    image_size=SIZE["image"],
+    patch_size=SIZE["patch"],
+    hidden_size=SIZE["width"],
+    num_hidden_layers=SIZE["depth"],
+    num_attention_heads=SIZE["heads"],
+    num_labels=SIZE["classes"],
+)
+
+FAMILIES: Dict[str, Callable[[], nn.Module]] = {
+    "timm ViT (class token)": _timm,
+    "timm ViT pre_norm (CLIP layout)": partial(_timm, pre_norm=True),
+    "timm ViT global_pool='avg'": partial(_timm, global_pool="avg"),
+    "HF ViT": lambda: ViTForImageClassification(ViTConfig(intermediate_size=768, **_HF)),
+    "HF DINOv2": lambda: Dinov2ForImageClassification(Dinov2Config(**_HF)),
+    "torchvision ViT": lambda: torchvision.models.VisionTransformer(
+        image_size=SIZE["image"],
+        patch_size=SIZE["patch"],
+        num_layers=SIZE["depth"],
+        num_heads=SIZE["heads"],
+        hidden_dim=SIZE["width"],
+        mlp_dim=4 * SIZE["width"],
+        num_classes=SIZE["classes"],
+    ),
+}
+
+
+def logits(model: nn.Module, images: Tensor) -> Tensor:
+    output = model(images)
+    return output if isinstance(output, Tensor) else output.logits
+
+
+def forward_job(model: nn.Module, images: Tensor) -> Callable[[], object]:
+    def job() -> object:
+        with torch.no_grad():
+            return logits(model, images)
+
+    return job
+
+
+def forward_backward_job(model: nn.Module, images: Tensor) -> Callable[[], object]:
+    def job() -> object:
+        pixels = images.detach().requires_grad_()
+        return torch.autograd.grad(logits(model, pixels)[:, 0].sum(), pixels)
+
+    return job
+
+
+def ratios(
+    model: nn.Module, images: Tensor, rounds: int, device: str
+) -> Dict[str, Optional[float]]:
+    jobs: Dict[str, Callable[[], object]] = {
+        "forward": forward_job(model, images),
+        "forward+backward": forward_backward_job(model, images),
+    }
+    refused: List[str] = []
+    for method in METHODS:
+        explainer = method(model)
+        try:
+            explainer.attribute(images[:1], target=0, upsample=False)
+        except ValueError:
+            refused.append(method.__name__)
+            continue
+        jobs[method.__name__] = partial(explainer.attribute, images, target=0, upsample=False)
+    times = {
+        name: statistics.median(t) for name, t in interleaved_rounds(jobs, rounds, device).items()
+    }
+    result: Dict[str, Optional[float]] = {}
+    for method in METHODS:
+        name = method.__name__
+        if name in refused:
+            result[name] = None
+        else:
+            baseline = "forward" if method in FORWARD_ONLY else "forward+backward"
+            result[name] = times[name] / times[baseline]
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=8)
+    add_device_option(parser)
+    args = parser.parse_args()
+    images = torch.rand(args.batch, 3, SIZE["image"], SIZE["image"], device=args.device)
+    table: Dict[str, Dict[str, Optional[float]]] = {}
+    for family, build in FAMILIES.items():
+        torch.manual_seed(0)
+        model = build().eval().to(args.device)
+        table[family] = ratios(model, images, args.rounds, args.device)
+    plain = table["timm ViT (class token)"]
+    print(f"{'family':34s} {'method':26s} {'ratio':>7s} {'vs plain ViT':>13s}")
+    for family, row in table.items():
+        for name, ratio in row.items():
+            if ratio is None:
+                print(f"{family:34s} {name:26s} {'refused':>7s}")
+                continue
+            relative = ratio / plain[name] if plain[name] else float("nan")
+            print(f"{family:34s} {name:26s} {ratio:7.2f} {relative:13.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,318 @@
+"""What every Vision Transformer family provides, and what is shared by all.
+
+A family (one file in this package) describes where its model keeps the tokens,
+blocks, attention probabilities, norms, pooling and head; the attention methods
+and the relevance rules read only that description (:class:`ViTAdapter`).
+"""
+
+import threading
+import weakref
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class BlockParts:
+    """One pre-norm ViT block:
+    ``x = x + ls1 * proj(attn(norm1(x))); x = x + ls2 * fc2(act(fc1(norm2(x))))``.
+
+    The attention scale is ``head_dim ** -0.5`` with ``head_dim = D // num_heads``.
+    """
+
+    norm1: nn.LayerNorm
+    qkv_weight: Tensor  # (3*D, D), rows ordered q, k, v
+    qkv_bias: Optional[Tensor]  # (3*D,) or None
+    num_heads: int
+    proj: nn.Linear
+    norm2: nn.LayerNorm
+    fc1: nn.Linear
+    act: Callable[[Tensor], Tensor]
+    fc2: nn.Linear
+    ls1: Optional[Tensor] = None  # layer-scale gamma (D,) or None
+    ls2: Optional[Tensor] = None
+
+
+@dataclass(frozen=True)
+class ViTParts:
+    """A whole ViT in canonical form, from the tokens entering block 0 to the logits."""
+
+    blocks: List[BlockParts]
+    norm: nn.Module  # final norm applied to the tokens (a LayerNorm, or nn.Identity for none)
+    # (token index, classifier): logits = mean over heads of head(norm(x)[:, index])
+    heads: List[Tuple[int, nn.Linear]]
+    num_prefix_tokens: int
+    # mean-pooled head: logits = head(fc_norm(mean of norm(x) over the tokens after
+    # the prefix tokens)); ``heads`` is then one classifier at index 0 (the pooled vector)
+    mean_pooled: bool = False
+    fc_norm: nn.Module = field(default_factory=nn.Identity)  # norm after pooling
+
+
+_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def _model_lock(model: nn.Module) -> threading.RLock:
+    """The lock that serialises the captures of ``model`` (one per model object)."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = threading.RLock()
+        return lock
+
+
+def this_thread_only(hook: Callable[..., Any]) -> Callable[..., Any]:
+    """``hook`` acting only on the forward passes of the thread that calls this.
+
+    A module's hooks see the forward passes of every thread, and while one
+    thread explains a model, another may run it as usual: its passes must be
+    neither recorded nor changed."""
+    owner = threading.get_ident()
+
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        return hook(*args, **kwargs) if threading.get_ident() == owner else None
+
+    return guarded
+
+
+class _ReachedFirstBlock(Exception):
+    """Cuts a forward pass short once the tokens entering block 0 are recorded."""
+
+
+class AttentionRecord:
+    """What one forward pass under :meth:`ViTAdapter.capture` leaves behind.
+
+    Attributes:
+        attentions (list of Tensor or None): per block, the post-softmax attention
+            probabilities ``(N, heads, T, T)`` as the forward pass used them (in
+            the autograd graph whenever gradients were enabled).
+        block_inputs (list of Tensor or None): per block, the tokens ``(N, T, D)``
+            entering it (the residual stream), as the forward pass used them.
+        grid (tuple of int or None): the patch grid ``(h, w)`` of the input.
+        passes (int): how many forward passes entered block 0.
+    """
+
+    def __init__(self, num_blocks: int) -> None:
+        self.attentions: List[Optional[Tensor]] = [None] * num_blocks
+        self.block_inputs: List[Optional[Tensor]] = [None] * num_blocks
+        self.grid: Optional[Tuple[int, int]] = None
+        self.passes = 0
+
+    @property
+    def tokens(self) -> Optional[Tensor]:
+        """The tokens ``(N, T, D)`` entering block 0."""
+        return self.block_inputs[0]
+
+    def complete(self) -> bool:
+        """Whether the forward pass ran through the whole captured model."""
+        return (
+            self.grid is not None
+            and all(a is not None for a in self.attentions)
+            and all(x is not None for x in self.block_inputs)
+        )
+
+
+class ViTAdapter:
+    """The knowledge of one model family: where the blocks are, how to read their
+    attention probabilities, the prefix tokens and the canonical parts.
+
+    Subclasses name the modules; :meth:`capture` is shared by all families.
+    """
+
+    #: the model classes the family explains, as (library module, class name)
+    model_classes: Tuple[Tuple[str, str], ...]
+    #: one phrase naming the supported models, for the error messages and the README
+    description: str
+    #: number of tokens (class, distillation, register tokens) before the patches
+    num_prefix_tokens: int
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    # --- what each family provides -------------------------------------------------
+    def blocks(self) -> List[nn.Module]:
+        """The transformer blocks, in the order the forward pass runs them."""
+        raise NotImplementedError
+
+    def patch_embedding(self) -> nn.Module:
+        """The module whose output is ``(N, D, h, w)`` on the patch grid."""
+        raise NotImplementedError
+
+    def reads_class_token(self) -> bool:
+        """Whether the head reads the class token (else :meth:`readout` says what)."""
+        return True
+
+    def readout(self, num_tokens: int) -> Tensor:
+        """The head's read-out vector ``s`` ``(T,)`` over the tokens leaving the last
+        block, from which the rollout-type methods start instead of the class-token
+        row: for a class-token head the class token (``s = e_0``); for a mean-pooled
+        head the uniform average over exactly the tokens it averages."""
+        s = torch.zeros(num_tokens)
+        s[0] = 1
+        return s
+
+    def embedding_path(self) -> Dict[str, str]:
+        """The modules, by name, that the input passes on its way to block 0, and the
+        rule of each: ``"linear"`` (the patch embedding's convolution),
+        ``"layernorm"`` (a norm inside the patch embedding or before block 0: the
+        LayerNorm rule) or ``"identity"`` (dropout). A name whose module is an
+        ``nn.Identity`` is allowed (the model does not have that part). A module
+        that runs before block 0 and is not named here makes the relevance methods
+        refuse the model (see :meth:`capture`)."""
+        raise NotImplementedError
+
+    def embedding_norms(self) -> List[Tuple[str, nn.LayerNorm]]:
+        """The LayerNorms, by name, of :meth:`embedding_path`, in its order."""
+        norms = []
+        for name, rule in self.embedding_path().items():
+            module = self.model.get_submodule(name)
+            if rule != "layernorm" or isinstance(module, nn.Identity):
+                continue
+            if not isinstance(module, nn.LayerNorm):
+                raise _inexpressible(self.model, f"a {type(module).__name__} at {name}")
+            norms.append((name, module))
+        return norms
+
+    def prefix_tokens(self) -> Tensor:
+        """``(1, p, D)`` the prefix tokens (class, distillation, registers) before the
+        position embedding, in the model's order. Raises a ValueError for models
+        whose tokens entering block 0 are not the prefix and patch embeddings plus
+        the position embedding."""
+        raise NotImplementedError
+
+    def attention_sources(self) -> List[Tuple[nn.Module, Callable[[object], Tensor]]]:
+        """Per block, a module and how to read the attention probabilities from its
+        output while :meth:`attention_mode` is active."""
+        raise NotImplementedError
+
+    @contextmanager
+    def attention_mode(self) -> Iterator[None]:
+        """Make the attention probabilities visible for the duration of the block."""
+        yield
+
+    def parts(self) -> ViTParts:
+        """The model in the canonical form of :class:`ViTParts`."""
+        raise NotImplementedError
+
+    # --- shared --------------------------------------------------------------------
+    @contextmanager
+    def capture(self, stop_at_first_block: bool = False) -> Iterator[AttentionRecord]:
+        """Record attention probabilities, the tokens entering every block and the
+        patch grid of every forward pass of the model run inside the block.
+
+        With ``stop_at_first_block``, the forward pass is cut short once the tokens
+        entering block 0 are recorded: the rest of the ``with`` block is skipped and
+        nothing else is recorded (for rules that replay the blocks themselves). Then
+        every module that ran before block 0 must be one of :meth:`embedding_path`
+        (or an ``nn.Identity``): any other raises a ValueError naming it, as no
+        relevance rule is known for it.
+
+        Hooks and attention settings are removed and restored on leaving the block,
+        also when it is left by an exception. Captures of one model are serialised:
+        a lock per model is held from patching to restoring, so concurrent
+        attribution calls from several threads wait for each other, and the hooks
+        record only the forward passes of the thread that holds the capture.
+        """
+        blocks = self.blocks()
+        record = AttentionRecord(len(blocks))
+
+        ran: List[str] = []
+
+        def input_hook(index: int) -> Callable:
+            def hook(module: nn.Module, args: Tuple, kwargs: dict) -> None:
+                if index == 0:
+                    record.passes += 1
+                record.block_inputs[index] = args[0] if args else next(iter(kwargs.values()))
+                if stop_at_first_block:
+                    self._check_embedding_path(ran)
+                    raise _ReachedFirstBlock
+
+            return this_thread_only(hook)
+
+        def store_grid(module: nn.Module, args: Tuple, output: Tensor) -> None:
+            record.grid = (int(output.shape[-2]), int(output.shape[-1]))
+
+        def attention_hook(index: int, read: Callable[[object], Tensor]) -> Callable:
+            def hook(module: nn.Module, args: Tuple, output: object) -> None:
+                record.attentions[index] = read(output)
+
+            return this_thread_only(hook)
+
+        with ExitStack() as stack:
+            stack.enter_context(_model_lock(self.model))
+            stack.enter_context(self.attention_mode())
+            handles = [self.patch_embedding().register_forward_hook(this_thread_only(store_grid))]
+            stack.callback(lambda: [h.remove() for h in handles])
+            for index, (block, (module, read)) in enumerate(zip(blocks, self.attention_sources())):
+                handles.append(block.register_forward_pre_hook(input_hook(index), with_kwargs=True))
+                handles.append(module.register_forward_hook(attention_hook(index, read)))
+            if stop_at_first_block:
+                for name, module in self._leaves_outside(blocks):
+                    hook = this_thread_only(lambda *_, name=name: ran.append(name))
+                    handles.append(module.register_forward_hook(hook))
+            try:
+                yield record
+            except _ReachedFirstBlock:
+                pass
+
+    def _leaves_outside(self, blocks: List[nn.Module]) -> List[Tuple[str, nn.Module]]:
+        """The model's modules without children, outside the blocks, but for
+        ``nn.Identity``."""
+        inside = {id(m) for block in blocks for m in block.modules()}
+        return [
+            (name, module)
+            for name, module in self.model.named_modules()
+            if id(module) not in inside
+            and next(module.children(), None) is None
+            and not isinstance(module, nn.Identity)
+        ]
+
+    def _check_embedding_path(self, ran: List[str]) -> None:
+        """Refuse the model by name if a module without a rule ran before block 0."""
+        path = self.embedding_path()
+        unknown = [name for name in ran if name not in path]
+        if unknown:
+            module = self.model.get_submodule(unknown[0])
+            raise ValueError(
+                f"model: {type(self.model).__name__} runs {unknown[0]} "
+                f"({type(module).__name__}) between the input and block 0, a module the "
+                "relevance methods have no rule for, so they refuse this model"
+            )
+
+
+def _unsupported(model: nn.Module, reason: str) -> ValueError:
+    from captum_saco.attr._core.families import SUPPORTED_MODELS
+
+    return ValueError(
+        f"model: {reason}. Supported models: {SUPPORTED_MODELS}; pass the ViT module "
+        "itself as model (wrap any preprocessing into forward_func)."
+    )
+
+
+def _inexpressible(model: nn.Module, part: str) -> ValueError:
+    return ValueError(
+        f"model: {type(model).__name__} has {part}, which the canonical pre-norm ViT "
+        "block (LayerNorm, plain q/k/v attention with scale head_dim ** -0.5, "
+        "Linear-act-Linear MLP, optional layer scale) cannot express"
+    )
+
+
+def _check_square_attention(model: nn.Module, dim: int, attn_dim: int) -> None:
+    if attn_dim != dim:
+        raise _inexpressible(model, f"an attention width {attn_dim} != embedding width {dim}")
+
+
+def _joined(tokens: List[Optional[Tensor]]) -> Tensor:
+    """The present prefix tokens ``(1, 1, D)`` as one detached ``(1, p, D)`` tensor."""
+    return torch.cat([token.detach() for token in tokens if token is not None], dim=1)
+
+
+def _identity(output: object) -> Tensor:
+    return output  # type: ignore[return-value]
+
+
+def _second(output: object) -> Tensor:
+    return output[1]  # type: ignore[index]

@@ -1,0 +1,119 @@
+"""The family of Hugging Face ViT and DeiT image classifiers."""
+
+from contextlib import contextmanager
+from typing import Callable, Dict, Iterator, List, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from captum_saco.attr._core.families.base import (
+    BlockParts,
+    ViTAdapter,
+    ViTParts,
+    _check_square_attention,
+    _inexpressible,
+    _joined,
+    _second,
+    _unsupported,
+)
+
+
+class HuggingFaceViTAdapter(ViTAdapter):
+    """Hugging Face ``ViTForImageClassification``, ``DeiTForImageClassification`` and
+    ``DeiTForImageClassificationWithTeacher`` (transformers >= 5 layout).
+
+    The configured attention implementation (``sdpa`` by default) is switched to
+    ``eager`` for the call, which returns the probabilities from each attention
+    module; every configuration object's setting is restored afterwards.
+    """
+
+    model_classes = (
+        ("transformers.models.vit.modeling_vit", "ViTForImageClassification"),
+        ("transformers.models.deit.modeling_deit", "DeiTForImageClassification"),
+        ("transformers.models.deit.modeling_deit", "DeiTForImageClassificationWithTeacher"),
+    )
+    description = (
+        "Hugging Face ViTForImageClassification, DeiTForImageClassification and "
+        "DeiTForImageClassificationWithTeacher (transformers >= 5)"
+    )
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        self.backbone = model.deit if hasattr(model, "deit") else model.vit
+        if not hasattr(self.backbone, "layers"):
+            raise _unsupported(
+                model, "this Hugging Face model has the transformers 4 layout (encoder.layer)"
+            )
+        self.num_prefix_tokens = 2 if hasattr(self.backbone.embeddings, "distillation_token") else 1
+
+    def blocks(self) -> List[nn.Module]:
+        return list(self.backbone.layers)
+
+    def patch_embedding(self) -> nn.Module:
+        return self.backbone.embeddings.patch_embeddings.projection
+
+    def embedding_path(self) -> Dict[str, str]:
+        embeddings = "deit" if hasattr(self.model, "deit") else "vit"
+        return {
+            f"{embeddings}.embeddings.patch_embeddings.projection": "linear",
+            f"{embeddings}.embeddings.dropout": "identity",
+        }
+
+    def prefix_tokens(self) -> Tensor:
+        embeddings = self.backbone.embeddings
+        return _joined([embeddings.cls_token, getattr(embeddings, "distillation_token", None)])
+
+    def attention_sources(self) -> List[Tuple[nn.Module, Callable[[object], Tensor]]]:
+        return [(layer.attention, _second) for layer in self.backbone.layers]
+
+    @contextmanager
+    def attention_mode(self) -> Iterator[None]:
+        from transformers import PretrainedConfig
+
+        configs = {
+            id(module.config): module.config
+            for module in self.model.modules()
+            if isinstance(getattr(module, "config", None), PretrainedConfig)
+        }
+        saved = {key: config._attn_implementation_internal for key, config in configs.items()}
+        try:
+            for config in configs.values():
+                config._attn_implementation = "eager"
+            yield
+        finally:
+            for key, config in configs.items():
+                config._attn_implementation_internal = saved[key]
+
+    def parts(self) -> ViTParts:
+        model = self.model
+        blocks = []
+        for layer in self.backbone.layers:
+            attn = layer.attention
+            _check_square_attention(model, attn.q_proj.in_features, attn.q_proj.out_features)
+            projections = (attn.q_proj, attn.k_proj, attn.v_proj)
+            biases = [p.bias for p in projections]
+            blocks.append(
+                BlockParts(
+                    norm1=layer.layernorm_before,
+                    qkv_weight=torch.cat([p.weight for p in projections]),
+                    qkv_bias=None if biases[0] is None else torch.cat(biases),
+                    num_heads=attn.num_attention_heads,
+                    proj=attn.o_proj,
+                    norm2=layer.layernorm_after,
+                    fc1=layer.mlp.fc1,
+                    act=layer.mlp.activation_fn,
+                    fc2=layer.mlp.fc2,
+                )
+            )
+        if hasattr(model, "cls_classifier"):
+            heads = [(0, model.cls_classifier), (1, model.distillation_classifier)]
+        else:
+            heads = [(0, model.classifier)]
+        if not all(isinstance(head, nn.Linear) for _, head in heads):
+            raise _inexpressible(model, "no linear classifier head (num_labels=0?)")
+        return ViTParts(
+            blocks=blocks,
+            norm=self.backbone.layernorm,
+            heads=heads,
+            num_prefix_tokens=self.num_prefix_tokens,
+        )
