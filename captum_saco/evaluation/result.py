@@ -5,7 +5,9 @@ import csv
 import io
 import json
 import os
+import shutil
 import tempfile
+import textwrap
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -121,6 +123,66 @@ def _align(header: List[str], body: List[List[str]]) -> str:
     return "\n".join([line(header), rule] + [line(r) for r in body] + [rule])
 
 
+def _wrap(text: str, width: int) -> str:
+    """``text`` with each line longer than ``width`` wrapped between words
+    (a name is never cut)."""
+    return "\n".join(
+        textwrap.fill(line, width, break_long_words=False, break_on_hyphens=False) or line
+        for line in text.splitlines()
+    )
+
+
+def _fits(text: str, width: int) -> bool:
+    return max(map(len, text.splitlines())) <= width
+
+
+def _fit(header: List[str], body: List[List[str]], width: int) -> str:
+    """The table of :func:`_align` in the first layout that fits ``width``
+    columns: the whole table; else tables of some of the columns (each row's name and
+    as many columns as fit); else a list, each row's name followed by its cells
+    under their column names, wrapped."""
+    table = _align(header, body)
+    if _fits(table, width):
+        return table
+    chunks: List[List[int]] = []  # as many columns per table as fit
+    for j in range(1, len(header)):
+        columns = (chunks[-1] if chunks else []) + [j]
+        sub = _align(
+            [header[i] for i in [0] + columns], [[r[i] for i in [0] + columns] for r in body]
+        )
+        if chunks and _fits(sub, width):
+            chunks[-1].append(j)
+        else:
+            chunks.append([j])
+    blocks = "\n\n".join(
+        _align([header[i] for i in [0] + c], [[r[i] for i in [0] + c] for r in body])
+        for c in chunks
+    )
+    if _fits(blocks, width):
+        return blocks
+    pad = max(map(len, header[1:])) + 2
+    lines: List[str] = []
+    for row in body:
+        lines.append(row[0])
+        for name, cell in zip(header[1:], row[1:]):
+            first = f"  {name}:".ljust(pad + 2)
+            lines.append(
+                textwrap.fill(
+                    cell,
+                    width,
+                    initial_indent=first,
+                    subsequent_indent=" " * 4,
+                    break_long_words=False,
+                )
+            )
+    return "\n".join(lines)
+
+
+def terminal_width() -> int:
+    """The width of the terminal (``COLUMNS`` if set), 100 when there is none."""
+    return shutil.get_terminal_size((100, 24)).columns
+
+
 @dataclass
 class EvaluationResult:
     """The table of :func:`evaluate`, with the per-image values behind it."""
@@ -140,6 +202,9 @@ class EvaluationResult:
     """Every pair of methods under every metric: ``metric``, ``method_a``,
     ``method_b``, ``a_better_fraction`` (the share of the images where A
     scores better) and ``p_value`` (None where it cannot be computed)."""
+    preprocessing: Optional[Dict[str, Any]] = field(default=None, repr=False)
+    """How the images were prepared for the model (``input_size``, ``mean``,
+    ``std``, ...), where the caller said so."""
 
     @property
     def methods(self) -> List[str]:
@@ -159,8 +224,8 @@ class EvaluationResult:
     def to_dict(self) -> Dict[str, Any]:
         """``{"model", "n_images", "n_skipped", "results": [{"method",
         "metric", "mean", "std", "n", "nan", "ci95": [low, high]}, ...],
-        "ci95_method", "comparisons": [...], "p_value_method", "skipped"}``;
-        undefined values are None."""
+        "ci95_method", "comparisons": [...], "p_value_method", "skipped"}``,
+        and ``"preprocessing"`` where it is known; undefined values are None."""
         return {
             "model": self.model,
             "n_images": self.n_images,
@@ -172,6 +237,7 @@ class EvaluationResult:
             "comparisons": self.comparisons,
             "p_value_method": p_value_method(),
             "skipped": list(self.skipped),
+            **({} if self.preprocessing is None else {"preprocessing": self.preprocessing}),
         }
 
     def to_json(self) -> str:
@@ -204,7 +270,7 @@ class EvaluationResult:
         skipped = f" ({len(self.skipped)} skipped)" if self.skipped else ""
         return (
             f"{self.model}, {self.n_images} images{skipped}; cells: mean ± std [95% CI] "
-            f"(undefined values); {'; '.join(parts)}\n{CI_METHOD}"
+            f"(undefined values)\n{'; '.join(parts)}\n{CI_METHOD}"
         )
 
     def _versus(self, reference: str) -> List[List[str]]:
@@ -218,11 +284,12 @@ class EvaluationResult:
         ]
         return [[m] + [_vs_cell(column[i]) for column in columns] for i, m in enumerate(methods)]
 
-    def format_comparison(self, reference: str = "random") -> str:
+    def format_comparison(self, reference: str = "random", width: Optional[int] = None) -> str:
         """For each method and metric, the share of the images where the
         method scores better than ``reference``, with the paired test's
         p-value: the paper's question, whether a metric tells a method from
-        Random Attribution. Empty if ``reference`` was not evaluated."""
+        Random Attribution. Empty if ``reference`` was not evaluated. Laid
+        out to fit ``width`` columns as :meth:`format_table` is."""
         if reference not in self.methods or len(self.methods) < 2:
             return ""
         header = [f"vs {reference}"] + self.metrics
@@ -230,7 +297,9 @@ class EvaluationResult:
             f"Paired comparison with {reference}: share of the images where the method "
             f"scores better (p-value)"
         )
-        return "\n".join([title, _align(header, self._versus(reference)), p_value_method()])
+        width = width or terminal_width()
+        table = _fit(header, self._versus(reference), width)
+        return "\n".join([_wrap(title, width), table, _wrap(p_value_method(), width)])
 
     def to_markdown(self) -> str:
         header, body = self._cells()
@@ -241,14 +310,19 @@ class EvaluationResult:
         lines += ["| " + " | ".join(_markdown_cell(c) for c in row) + " |" for row in body]
         return "\n".join(lines) + "\n\n" + self._legend() + "\n"
 
-    def format_table(self) -> str:
-        """The methods x metrics table as aligned plain text."""
+    def format_table(self, width: Optional[int] = None) -> str:
+        """The methods x metrics table as aligned plain text, in ``width``
+        columns (default: the terminal's, :func:`terminal_width`): the whole
+        table where it fits, else one table per metric, else a list per
+        method; the legend is wrapped. Names are never cut."""
+        width = width or terminal_width()
         header, body = self._cells()
-        return _align(header, body) + "\n" + self._legend()
+        return _fit(header, body, width) + "\n" + _wrap(self._legend(), width)
 
     def __str__(self) -> str:
-        comparison = self.format_comparison()
-        return self.format_table() + ("\n\n" + comparison if comparison else "")
+        width = terminal_width()
+        comparison = self.format_comparison(width=width)
+        return self.format_table(width) + ("\n\n" + comparison if comparison else "")
 
     def save(self, path: str) -> None:
         """Write the table to ``path`` as JSON, CSV or Markdown by its suffix

@@ -418,6 +418,7 @@ def evaluate(
     workers: int = 0,
     per_image_file: Optional[str] = None,
     resume: bool = False,
+    preprocessing: Optional[Dict[str, Any]] = None,
 ) -> EvaluationResult:
     r"""
     Explain ``model``'s decisions on ``inputs`` with each method and score
@@ -490,6 +491,9 @@ def evaluate(
                     n_groups, batch_size and seed, which the file's settings
                     record and a resumed run checks; of the inputs, their
                     number and names). Default: False
+        preprocessing (dict, optional): how the images were prepared for the
+                    model (``input_size``, ``mean``, ``std``, ...), recorded in
+                    the result and in the per-image file's settings. Default: None
 
     Returns:
         EvaluationResult: the rows ``{method, metric, mean, std, n, nan,
@@ -542,6 +546,7 @@ def evaluate(
             "batch_size": batch_size,  # an image's values may depend on its batch
             "seed": seed,
             "targets": _targets_setting(targets),
+            **({} if preprocessing is None else {"preprocessing": preprocessing}),
         }
         writer = PerImageFile(per_image_file, settings, rank, world)
         stored = writer.read() if resume else {}
@@ -558,13 +563,15 @@ def evaluate(
     rows = _collect(stored, [r for part, _ in parts for r in part], source, list(built))
     if writer is not None and rank == 0:
         writer.merge(rows)
-    return _result(
+    result = _result(
         rows,
         list(built),
         list(metric_defs),
         [source.key(i) for i in sorted(i for _, part in parts for i in part)],
         model_name,
     )
+    result.preprocessing = preprocessing
+    return result
 
 
 def saco_case_study(
