@@ -109,7 +109,10 @@ def test_defaults_are_the_embedded_model_all_methods_and_metrics() -> None:
     assert f"first {DEFAULT_LIMIT} shipped images" in build_parser().format_help()
 
 
-def test_all_default_methods_and_metrics_print_one_table(capsys) -> None:
+def test_all_default_methods_and_metrics_print_one_table_on_a_wide_terminal(
+    capsys, monkeypatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "250")
     rc, out, err = run_cli(capsys, "--limit", "2", "--batch-size", "2", "--no-progress")
     assert rc == 0
     lines = out.splitlines()
