@@ -191,3 +191,14 @@ def test_unknown_names_suggest_the_closest(name: str, choices, expected: str) ->
 def test_an_unknown_timm_name_suggests_the_closest() -> None:
     with pytest.raises(ModelLoadError, match="did you mean vit_tiny_patch16_224"):
         load_model("vit_tiny_patch16_22")
+
+
+def test_the_embedded_models_preprocessing_is_its_own_grey_28_by_28_transform() -> None:
+    from captum_saco.datasets import fashion_mnist_transform
+
+    loaded = load_model("fashion_mnist_vit")
+    for image in (photo((40, 30)).convert("L"), photo((28, 28)).convert("L")):
+        torch.testing.assert_close(
+            loaded.preprocessing.transform()(image), fashion_mnist_transform()(image)
+        )
+    assert loaded.preprocessing.mode == "L" and not loaded.random_weights
