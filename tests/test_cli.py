@@ -270,7 +270,9 @@ def test_pretrained_weights_that_cannot_be_downloaded_are_a_clear_error(
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     rc, _, err = run_cli(capsys, "--model", "resnet18", "--pretrained", "--images", ".")
-    assert_one_sentence_error(rc, err, "--model 'resnet18': cannot load it from the hub: offline mode")
+    assert_one_sentence_error(
+        rc, err, "--model 'resnet18': cannot load it from the hub: offline mode"
+    )
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
