@@ -202,3 +202,15 @@ def test_the_embedded_models_preprocessing_is_its_own_grey_28_by_28_transform() 
             loaded.preprocessing.transform()(image), fashion_mnist_transform()(image)
         )
     assert loaded.preprocessing.mode == "L" and not loaded.random_weights
+
+
+def test_class_folders_map_through_torchvision_categories_and_timm_descriptions() -> None:
+    from captum_saco.datasets import class_indices
+
+    torchvision_names = load_model("torchvision:resnet18").class_names
+    assert class_indices(["goldfish", "tench"], torchvision_names) == {"goldfish": 1, "tench": 0}
+    timm_names = load_model("timm:test_vit").class_names  # "tench, Tinca tinca", ...
+    assert class_indices(["Tinca_tinca", "goldfish"], timm_names) == {
+        "Tinca_tinca": 0,
+        "goldfish": 1,
+    }
