@@ -44,6 +44,7 @@ from captum_saco.models.loading import (
     load_model,
 )
 from captum_saco.models.preprocessing import INTERPOLATIONS, Preprocessing
+from captum_saco.report.command import report_path, write_run_report
 from captum_saco.visualization import plot_evaluation
 
 DEFAULT_LIMIT = 200
@@ -233,6 +234,23 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
         help="with --per-image: skip the images already in FILE and finish the run",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument(
+        "--report",
+        type=report_path,
+        metavar="PATH.html",
+        help=(
+            "write one self-contained HTML page of the run: settings, results, cost, "
+            "comparisons, distributions, deletion curves and example explanations (with "
+            "--resume on a finished --per-image run: re-rendered without rerunning the model)"
+        ),
+    )
+    parser.add_argument(
+        "--report-images",
+        type=_int_in(0, 1000, "an integer in [0, 1000]"),
+        default=3,
+        metavar="N",
+        help="random example images in the report, besides the best, median and worst (default 3)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -591,6 +609,8 @@ def run(args: argparse.Namespace) -> int:
         if is_main:
             print(result)
             _write_outputs(args, result, model, first, methods)
+            if args.report is not None:
+                write_run_report(args, result, model, data)
     finally:
         if distributed and dist.is_initialized():
             dist.destroy_process_group()

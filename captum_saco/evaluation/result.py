@@ -205,6 +205,11 @@ class EvaluationResult:
     preprocessing: Optional[Dict[str, Any]] = field(default=None, repr=False)
     """How the images were prepared for the model (``input_size``, ``mean``,
     ``std``, ...), where the caller said so."""
+    cost: Dict[str, Any] = field(default_factory=dict, repr=False)
+    """What the run cost (see :meth:`captum_saco.evaluation.cost.CostMeter.record`):
+    per method under ``"methods"``, ``seconds_per_image`` (attribution) and
+    ``scoring_seconds_per_image``, their ratio to one forward and one
+    forward+backward pass, and the peak memory where the device reports it."""
 
     @property
     def methods(self) -> List[str]:
@@ -224,8 +229,9 @@ class EvaluationResult:
     def to_dict(self) -> Dict[str, Any]:
         """``{"model", "n_images", "n_skipped", "results": [{"method",
         "metric", "mean", "std", "n", "nan", "ci95": [low, high]}, ...],
-        "ci95_method", "comparisons": [...], "p_value_method", "skipped"}``,
-        and ``"preprocessing"`` where it is known; undefined values are None."""
+        "ci95_method", "comparisons": [...], "p_value_method", "skipped",
+        "cost": {...}}`` (see :attr:`cost`), and ``"preprocessing"`` where it is
+        known; undefined values are None."""
         return {
             "model": self.model,
             "n_images": self.n_images,
@@ -237,6 +243,7 @@ class EvaluationResult:
             "comparisons": self.comparisons,
             "p_value_method": p_value_method(),
             "skipped": list(self.skipped),
+            "cost": self.cost,
             **({} if self.preprocessing is None else {"preprocessing": self.preprocessing}),
         }
 
