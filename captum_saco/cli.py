@@ -10,15 +10,15 @@ first process prints and writes the gathered table.
 """
 
 import argparse
-import importlib
 import os
 import signal
 import sys
 import tempfile
 import threading
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -36,10 +36,17 @@ from captum_saco.evaluation import (
 )
 from captum_saco.evaluation.data import Source
 from captum_saco.evaluation.registry import logits_of
+from captum_saco.models.loading import (
+    EMBEDDED_MODEL,
+    LoadedModel,
+    ModelLoadError,
+    did_you_mean,
+    load_model,
+)
+from captum_saco.models.preprocessing import INTERPOLATIONS, Preprocessing, timm_preprocessing
 from captum_saco.report.command import report_path, write_run_report
 from captum_saco.visualization import plot_evaluation
 
-EMBEDDED_MODEL = "fashion_mnist_vit"
 DEFAULT_LIMIT = 200
 
 
@@ -89,19 +96,44 @@ class _FirstAndAll(argparse.Action):
         setattr(namespace, f"{self.dest}_all", values)
 
 
+def _positive_float(text: str) -> float:
+    """An argparse type: a float > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _note(text: str) -> None:
+    """Say something the user should know, once (on the first process)."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"captum-saco: {text}", file=sys.stderr, flush=True)
+
+
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
     """--model, --pretrained, --images, --limit, --target, --workers."""
     parser.add_argument(
         "--model",
         default=EMBEDDED_MODEL,
         help=(
-            "a timm model name (with --pretrained to load its weights), or "
-            "'module:function' returning a model; default: the embedded "
-            f"{EMBEDDED_MODEL}"
+            "timm:NAME (or a bare timm name), hf:HUB_ID_OR_LOCAL_DIR, torchvision:NAME, "
+            "module:callable (the working directory is searched) or path/to/file.py:callable "
+            "returning a torch.nn.Module (preprocessed by timm's data config of it: give it a "
+            "pretrained_cfg attribute); each is preprocessed as it was trained; default: the "
+            f"embedded {EMBEDDED_MODEL}"
         ),
     )
     parser.add_argument(
-        "--pretrained", action="store_true", help="load the timm model's pretrained weights"
+        "--pretrained",
+        action="store_true",
+        help="load a hub model's trained weights (without it, timm:, hf:HUB_ID and "
+        "torchvision: models have random weights)",
+    )
+    parser.add_argument(
+        "--checkpoint", metavar="FILE", help="load these weights (a state dict) into the model"
     )
     parser.add_argument(
         "--images",
@@ -143,10 +175,36 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
         help="the prompt of each --zero-shot class, {} for its name (default: 'a photo of a {}.')",
     )
     parser.add_argument(
+        "--class-map",
+        metavar="FILE",
+        type=Path,
+        help=(
+            "a JSON object of class folder -> the model's class index (default: the folders "
+            "named by the model's class names or ImageNet synsets, else in sorted order)"
+        ),
+    )
+    parser.add_argument(
         "--workers",
         type=_int_in(0, 1024, "a non-negative integer"),
         default=0,
         help="processes reading --images (default 0: read in the main process)",
+    )
+
+
+def _add_preprocessing_options(parser: argparse.ArgumentParser) -> None:
+    """--input-size, --mean, --std, --interpolation, --crop-pct: overrides of
+    the model's own preprocessing."""
+    group = parser.add_argument_group(
+        "preprocessing", "override the model's own preprocessing of --images"
+    )
+    group.add_argument("--input-size", type=_positive_int, metavar="N", help="N x N pixels")
+    group.add_argument("--mean", type=float, nargs="+", help="one value per channel")
+    group.add_argument("--std", type=_positive_float, nargs="+", help="one value per channel")
+    group.add_argument("--interpolation", choices=INTERPOLATIONS, help="the resize filter")
+    group.add_argument(
+        "--crop-pct",
+        type=_positive_float,
+        help="the share of the resized image kept by the centre crop, in (0, 1]",
     )
 
 
@@ -247,7 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog=f"methods: {', '.join(METHODS)}; metrics: {', '.join(METRICS)}",
     )
-    for add_options in (_add_data_options, _add_evaluation_options, _add_output_options):
+    for add_options in (
+        _add_data_options,
+        _add_preprocessing_options,
+        _add_evaluation_options,
+        _add_output_options,
+    ):
         add_options(parser)
     return parser
 
@@ -293,12 +356,13 @@ def _check_output_paths(args: argparse.Namespace) -> None:
 
 
 def _check_names(methods: List[str], metrics: List[str]) -> None:
-    for name in methods:
-        if name not in METHODS:
-            raise CliError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
-    for name in metrics:
-        if name not in METRICS:
-            raise CliError(f"unknown metric {name!r}; choose from {', '.join(METRICS)}")
+    for kind, names, known in (("method", methods, METHODS), ("metric", metrics, METRICS)):
+        for name in names:
+            if name not in known:
+                raise CliError(
+                    f"unknown {kind} {name!r}{did_you_mean(name, list(known))}; "
+                    f"choose from {', '.join(known)}"
+                )
 
 
 def _first_line(error: BaseException) -> str:
@@ -306,58 +370,43 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def _load_model(name: str, pretrained: bool) -> nn.Module:
-    if name == EMBEDDED_MODEL:
-        from captum_saco.datasets import load_fashion_mnist_vit
+def _load_model(args: argparse.Namespace) -> LoadedModel:
+    """The model of --model, --pretrained and --checkpoint; says once when its
+    weights are random."""
+    try:
+        loaded = load_model(args.model, args.pretrained, args.checkpoint)
+    except ModelLoadError as e:
+        raise CliError(str(e))
+    return loaded
 
-        if pretrained:
-            raise CliError(
-                f"--pretrained applies to timm models; {EMBEDDED_MODEL} ships its weights"
-            )
-        try:
-            return load_fashion_mnist_vit()
-        except ImportError as e:  # it is a timm ViT
-            raise CliError(f"--model {EMBEDDED_MODEL}: {_first_line(e)}")
-    if ":" in name:
-        module_name, _, function_name = name.partition(":")
-        try:
-            function = getattr(importlib.import_module(module_name), function_name)
-        except (ImportError, AttributeError) as e:
-            raise CliError(
-                f"--model {name!r}: cannot import {function_name!r} from {module_name!r} ({e})"
-            )
-        try:
-            model = function()
-        except Exception as e:
-            raise CliError(f"--model {name!r} raised {type(e).__name__}: {_first_line(e)}")
-        if not isinstance(model, nn.Module):
-            raise CliError(
-                f"--model {name!r} returned a {type(model).__name__}, not a torch.nn.Module"
-            )
-        return model
+
+def _random_weights_note(args: argparse.Namespace, loaded: LoadedModel) -> List[str]:
+    if loaded.random_weights:
+        return [
+            f"--model {args.model!r} has random weights (add --pretrained or --checkpoint "
+            "FILE for trained ones)"
+        ]
+    return []
+
+
+def _preprocessing(args: argparse.Namespace, loaded: LoadedModel) -> Preprocessing:
+    """The model's own preprocessing with the options' overrides."""
     try:
-        import timm
-    except ImportError:
-        raise CliError("--model with a timm model name needs timm: pip install 'captum-saco[timm]'")
-    if not timm.is_model(name):
-        raise CliError(f"--model {name!r} is neither a timm model name nor 'module:function'")
-    if not pretrained:
-        return timm.create_model(name)
-    try:
-        return timm.create_model(name, pretrained=True)
-    except Exception as e:  # downloads fail in many ways (offline, hub errors, files)
-        raise CliError(
-            f"cannot load the pretrained weights of {name!r} (no network or no cached "
-            f"weights?): {_first_line(e)}"
+        preprocessing = loaded.preprocessing.overridden(
+            args.input_size, args.mean, args.std, args.interpolation, args.crop_pct
         )
+    except ValueError as e:
+        option, _, rest = str(e).partition(": ")
+        raise CliError(f"--{option.replace('_', '-')}: {rest}")
+    return preprocessing
 
 
-def _zero_shot_or_load(args: argparse.Namespace) -> nn.Module:
+def _zero_shot_or_load(args: argparse.Namespace) -> LoadedModel:
     """The zero-shot classifier of --model over the --zero-shot classes, or --model."""
     if args.zero_shot is None:
         if args.prompt_template is not None:
             raise CliError("--prompt-template applies only with --zero-shot")
-        return _load_model(args.model, args.pretrained)
+        return _load_model(args)
     from captum_saco.models import load_zero_shot_classifier
 
     path = Path(args.zero_shot)
@@ -369,7 +418,7 @@ def _zero_shot_or_load(args: argparse.Namespace) -> nn.Module:
         "template": "--prompt-template",
     }
     try:
-        return load_zero_shot_classifier(
+        classifier = load_zero_shot_classifier(
             args.model, names, args.prompt_template or "a photo of a {}."
         )
     except ValueError as e:
@@ -377,32 +426,59 @@ def _zero_shot_or_load(args: argparse.Namespace) -> nn.Module:
         raise CliError(f"{options.get(argument, '--model')}: {rest or _first_line(e)}")
     except (ImportError, OSError) as e:  # library missing, no network, no such folder
         raise CliError(f"--model {args.model!r} cannot be loaded: {_first_line(e)}")
+    # its processor's settings, as a timm data config in pretrained_cfg
+    return LoadedModel(classifier.eval(), timm_preprocessing(classifier), names, None, False)
 
 
-def _transform(model_name: str, model: nn.Module) -> Tuple[Callable[..., Tensor], str]:
-    """The preprocessing of an image file for the model, and the PIL mode."""
-    if model_name == EMBEDDED_MODEL:
-        from captum_saco.datasets import fashion_mnist_transform
 
-        return fashion_mnist_transform(), "L"
-    try:
-        from timm.data import create_transform, resolve_data_config
-    except ImportError:
-        raise CliError(
-            "--images needs timm, torchvision and Pillow: pip install 'captum-saco[timm]'"
+def _class_to_idx(
+    args: argparse.Namespace, loaded: LoadedModel, notes: List[str]
+) -> Optional[Dict[str, int]]:
+    """The label of each class folder of --images: --class-map, else the
+    model's index of the class each folder names, else None (sorted order,
+    in ``notes``)."""
+    from captum_saco.datasets import class_indices, read_class_map
+
+    if args.class_map is not None:
+        try:
+            return read_class_map(args.class_map)
+        except ValueError as e:
+            raise CliError(f"--class-map {str(e).removeprefix('class_map: ')}")
+    folders = sorted(
+        p.name for p in args.images.iterdir() if p.is_dir() and not p.name.startswith(".")
+    )
+    if not folders:
+        return None
+    mapping = class_indices(folders, loaded.class_names, loaded.synsets)
+    if mapping is None:
+        notes.append(
+            f"labels: the class folders of --images are not all classes of --model "
+            f"{args.model!r} by name or synset; they are labelled 0 to {len(folders) - 1} in "
+            "sorted order (--class-map FILE sets them)"
         )
-    config = resolve_data_config(model=model)
-    return create_transform(**config), "L" if config["input_size"][0] == 1 else "RGB"
+    return mapping
 
 
-def _load_images(args: argparse.Namespace, model: nn.Module) -> Dataset:
+def _load_images(
+    args: argparse.Namespace, loaded: LoadedModel, preprocessing: Preprocessing, notes: List[str]
+) -> Dataset:
     from captum_saco.datasets import ImageFiles
 
-    transform, mode = _transform(args.model, model)
+    # (ImageFiles refuses a --images that is not a folder)
+    class_to_idx = _class_to_idx(args, loaded, notes) if args.images.is_dir() else None
     try:
-        return ImageFiles(args.images, transform, mode, limit=args.limit)
+        return ImageFiles(
+            args.images,
+            preprocessing.transform(),
+            preprocessing.mode,
+            limit=args.limit,
+            class_to_idx=class_to_idx,
+        )
     except ValueError as e:
-        raise CliError(f"--images {str(e).removeprefix('root: ')}")
+        message = str(e)
+        if message.startswith("class_to_idx: "):
+            raise CliError(f"--class-map {str(args.class_map)!r}: {message.partition(': ')[2]}")
+        raise CliError(f"--images {message.removeprefix('root: ')}")
 
 
 def _check_model_accepts(name: str, model: nn.Module, x: Tensor) -> int:
@@ -439,9 +515,14 @@ def _check_n_groups(n_groups: int, x: Tensor) -> None:
         )
 
 
-def _load_data(args: argparse.Namespace, model: nn.Module) -> Dataset:
-    if args.images is not None:
-        return _load_images(args, model)
+def _load_data(
+    args: argparse.Namespace,
+    loaded: LoadedModel,
+    preprocessing: Optional[Preprocessing],
+    notes: List[str],
+) -> Dataset:
+    if preprocessing is not None:
+        return _load_images(args, loaded, preprocessing, notes)
     if args.model != EMBEDDED_MODEL:
         raise CliError("--model needs --images: the shipped images fit only the embedded model")
     from captum_saco.datasets import load_fashion_mnist_samples
@@ -520,14 +601,14 @@ def _check_target(args: argparse.Namespace, data: Dataset) -> None:
 
 
 def _check_labels_fit(args: argparse.Namespace, data: Dataset, outputs: int) -> None:
-    """Fail before any work if ``--target label`` names classes the model lacks:
-    the class folders are the labels 0, 1, ... in sorted order."""
-    classes = getattr(data, "classes", None) or []
-    if args.target == "label" and len(classes) > outputs:
+    """Fail before any work if ``--target label`` names classes the model lacks."""
+    samples = getattr(data, "samples", None) or []
+    label = max((label for _, label in samples), default=-1)
+    if args.target == "label" and label >= outputs:
         raise CliError(
-            f"--target label: --images {str(args.images)!r} has {len(classes)} class folders, "
-            f"labelled 0 to {len(classes) - 1}, and --model {args.model!r} has {outputs} "
-            "outputs; the folders must be some of the model's classes in its order"
+            f"--target label: --images {str(args.images)!r} holds class {label} and --model "
+            f"{args.model!r} has {outputs} outputs; name the folders by the model's classes "
+            "or give --class-map FILE"
         )
 
 
@@ -563,8 +644,13 @@ def run(args: argparse.Namespace) -> int:
     device, distributed = _setup_device(args.device)
     try:
         is_main = not distributed or dist.get_rank() == 0
-        model = _zero_shot_or_load(args).eval().to(device)
-        data = _load_data(args, model)
+        loaded = _zero_shot_or_load(args)
+        model = loaded.model.to(device)
+        notes = _random_weights_note(args, loaded)
+        preprocessing = None if args.images is None else _preprocessing(args, loaded)
+        if preprocessing is not None:
+            notes.append(f"preprocessing ({preprocessing.source}): {preprocessing.describe()}")
+        data = _load_data(args, loaded, preprocessing, notes)
         _check_target(args, data)
         first = _first_image(args, data).to(device)
         _check_labels_fit(args, data, _check_model_accepts(args.model, model, first))
@@ -585,12 +671,15 @@ def run(args: argparse.Namespace) -> int:
                 workers=args.workers,
                 per_image_file=args.per_image,
                 resume=args.resume,
+                preprocessing=None if preprocessing is None else preprocessing.to_dict(),
             )
         except ValueError as e:
             refusal = _as_option_error(e)
             if refusal is None:
                 raise
             raise refusal from None
+        for note in notes:  # once, after the run (a refused argument stays one line)
+            _note(note)
         if is_main:
             print(result)
             _write_outputs(args, result, model, first, methods)
@@ -628,6 +717,22 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextmanager
+def _one_line_warnings() -> Iterator[None]:
+    """Format each warning as one line, ``captum-saco: warning: MESSAGE``,
+    without the file, line and source line that Python's format adds."""
+    previous = warnings.formatwarning
+
+    def one_line(message: Any, *args: Any, **kwargs: Any) -> str:
+        return f"captum-saco: warning: {' '.join(str(message).split())}\n"
+
+    warnings.formatwarning = one_line  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        warnings.formatwarning = previous
+
+
 def _interrupted(args: argparse.Namespace, error: KeyboardInterrupt) -> int:
     signum = getattr(error, "signum", signal.SIGINT)
     if args.per_image is None:
@@ -652,7 +757,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     the signal's number when interrupted by SIGINT or SIGTERM)."""
     args = build_parser().parse_args(argv)
     try:
-        with _sigterm_interrupts():
+        with _sigterm_interrupts(), _one_line_warnings():
             return run(args)
     except CliError as e:
         print(f"captum-saco: error: {e}", file=sys.stderr)

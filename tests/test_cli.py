@@ -109,7 +109,10 @@ def test_defaults_are_the_embedded_model_all_methods_and_metrics() -> None:
     assert f"first {DEFAULT_LIMIT} shipped images" in build_parser().format_help()
 
 
-def test_all_default_methods_and_metrics_print_one_table(capsys) -> None:
+def test_all_default_methods_and_metrics_print_one_table_on_a_wide_terminal(
+    capsys, monkeypatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "250")
     rc, out, err = run_cli(capsys, "--limit", "2", "--batch-size", "2", "--no-progress")
     assert rc == 0
     lines = out.splitlines()
@@ -213,11 +216,11 @@ def test_a_module_function_model_runs_on_an_image_folder(capsys, tmp_path) -> No
         (["--output", "/no/such/folder/t.json"], "does not exist"),
         (["--plot", "plot.jpg"], "--plot must end in .png"),
         (["--images", "/no/such/folder"], "is not a folder"),
-        (["--model", "no_such_model_anywhere"], "neither a timm model name nor 'module:function'"),
+        (["--model", "no_such_model_anywhere"], "is not a timm model name"),
         (["--model", "no_such_module:f"], "cannot import 'f' from 'no_such_module'"),
         (["--model", f"{__name__}:not_a_model", "--images", "."], "not a torch.nn.Module"),
         (["--model", f"{__name__}:tiny_cnn"], "--model needs --images"),
-        (["--pretrained"], "--pretrained applies to timm models"),
+        (["--pretrained"], "--pretrained applies to hub models"),
         (["--device", "tpu:x"], "is not a device"),
         (["--device", "meta"], "--device meta holds no data"),
         (["--device", "mps"], "MPS is not available"),
@@ -270,7 +273,9 @@ def test_pretrained_weights_that_cannot_be_downloaded_are_a_clear_error(
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     rc, _, err = run_cli(capsys, "--model", "resnet18", "--pretrained", "--images", ".")
-    assert_one_sentence_error(rc, err, "cannot load the pretrained weights of 'resnet18'")
+    assert_one_sentence_error(
+        rc, err, "--model 'resnet18': cannot load it from the hub: offline mode"
+    )
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
@@ -508,7 +513,9 @@ def test_more_class_folders_than_model_outputs_is_a_clear_error_before_any_work(
         (tmp_path / f"k{k:02d}").mkdir()
         Image.new("L", (28, 28)).save(tmp_path / f"k{k:02d}" / "0.png")
     rc, _, err = run_cli(capsys, "--images", str(tmp_path), "--target", "label", *FAST)
-    assert_one_sentence_error(rc, err, "has 11 class folders, labelled 0 to 10, and --model")
+    assert_one_sentence_error(
+        rc, err, "holds class 10 and --model 'fashion_mnist_vit' has 10 outputs"
+    )
 
 
 def test_the_same_file_for_output_and_per_image_is_refused_before_any_work(

@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 
 from captum_saco.datasets import (
     fashion_mnist,
@@ -206,3 +207,48 @@ def test_sixteen_bit_grey_images_are_scaled_to_eight_bits_not_clipped(tmp_path) 
     torch.testing.assert_close(sixteen, eight, rtol=0, atol=0)
     with Image.open(tmp_path / "16.png") as image:  # the transform alone, too
         torch.testing.assert_close(fashion_mnist_transform()(image), eight, rtol=0, atol=0)
+
+
+def test_image_files_turn_photos_upright_by_their_exif_orientation(tmp_path) -> None:
+    from torchvision.transforms.functional import to_tensor
+
+    from captum_saco.datasets import ImageFiles
+
+    image = Image.new("RGB", (4, 2), "black")
+    image.putpixel((0, 0), (255, 255, 255))  # top left as stored
+    exif = image.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display", as phones write
+    image.save(tmp_path / "photo.jpg", exif=exif, quality=100)
+    x, _ = ImageFiles(tmp_path, to_tensor)[0]
+    assert x.shape == (3, 4, 2)  # shown upright: 2 wide, 4 high
+    assert x[:, 0, 1].min() > 0.8  # the stored top left is now the top right
+
+
+def test_image_files_composite_transparency_on_white(tmp_path) -> None:
+    from torchvision.transforms.functional import to_tensor
+
+    from captum_saco.datasets import BACKGROUND, ImageFiles
+
+    image = Image.new("RGBA", (2, 1), (0, 0, 0, 0))  # transparent black
+    image.putpixel((1, 0), (255, 0, 0, 255))  # opaque red
+    image.save(tmp_path / "logo.png")
+    Image.new("LA", (2, 1), (0, 0)).save(tmp_path / "grey.png")
+    x, _ = ImageFiles(tmp_path, to_tensor)[1]  # logo.png, after grey.png
+    grey, _ = ImageFiles(tmp_path, to_tensor, mode="L")[0]
+    assert BACKGROUND == (255, 255, 255)
+    assert x[:, 0, 0].tolist() == [1.0, 1.0, 1.0] and x[:, 0, 1].tolist() == [1.0, 0.0, 0.0]
+    assert grey.flatten().tolist() == [1.0, 1.0]
+
+
+def test_image_files_label_class_folders_by_a_given_index(tmp_path) -> None:
+    from torchvision.transforms.functional import to_tensor
+
+    from captum_saco.datasets import ImageFiles
+
+    for name in ["cat", "dog"]:
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (2, 2)).save(tmp_path / name / "1.png")
+    data = ImageFiles(tmp_path, to_tensor, class_to_idx={"cat": 281, "dog": 207})
+    assert [label for _, label in data.samples] == [281, 207]
+    with pytest.raises(ValueError, match="class_to_idx: no index for the class folder 'dog'"):
+        ImageFiles(tmp_path, to_tensor, class_to_idx={"cat": 281})

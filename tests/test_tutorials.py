@@ -7,6 +7,7 @@ refreshes the stored outputs the same way.
 """
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -59,6 +60,27 @@ def test_tutorial_is_stored_with_its_outputs(path: Path) -> None:
     ]
     assert pictures, "the stored notebook shows no figure"
     assert path.stat().st_size < 1.5 * 2**20, "keep stored notebooks under 1.5 MB"
+
+
+def test_printed_warnings_are_stored_without_machine_paths() -> None:
+    printed = (
+        "/home/me/site-packages/lib/file.py:53: UserWarning: saco of x: ties\n"
+        "  scores = score_attributions(\n"
+        "a table\n"
+    )
+    assert runner.without_machine_paths(printed) == "UserWarning: saco of x: ties\na table\n"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_tutorial_outputs_show_no_path_of_the_machine(path: Path) -> None:
+    notebook = nbformat.read(path, as_version=4)
+    texts = [
+        str(output.get("text", "")) + str(output.get("data", {}).get("text/plain", ""))
+        for cell in notebook.cells
+        for output in cell.get("outputs", [])
+    ]
+    paths = [m.group() for text in texts for m in re.finditer(r"(/[\w.+-]+){2,}\.py\b", text)]
+    assert not paths, f"stored outputs show machine paths {paths}: run execute_notebooks.py"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])

@@ -15,6 +15,7 @@ notebooks the same way, in memory, so that they cannot rot.
 
 import argparse
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -24,6 +25,15 @@ import nbformat
 from nbclient import NotebookClient
 
 TUTORIALS = Path(__file__).resolve().parent
+#: a warning as Python prints it: ``/abs/path/file.py:12: UserWarning: text``,
+#: then the source line of the call, indented
+_WARNING = re.compile(r"^\S+\.py:\d+: (\w+: .*)\n(?:  .*\n)?", re.M)
+
+
+def without_machine_paths(text: str) -> str:
+    """``text`` with each printed warning reduced to ``Category: message``:
+    no file path of the machine that ran the notebook, no echoed source line."""
+    return _WARNING.sub(lambda m: m.group(1) + "\n", text)
 
 
 def notebooks() -> List[Path]:
@@ -35,7 +45,8 @@ def execute_notebook(path: Path, timeout: int = 600) -> nbformat.NotebookNode:
     """Run every cell of the notebook at ``path`` and return it with its outputs.
 
     Raises ``nbclient.exceptions.CellExecutionError`` on the first failing cell.
-    ``timeout`` is the limit of one cell, in seconds.
+    ``timeout`` is the limit of one cell, in seconds. Printed warnings are
+    stored without machine paths (:func:`without_machine_paths`).
     """
     notebook = nbformat.read(path, as_version=4)
     client = NotebookClient(
@@ -46,6 +57,10 @@ def execute_notebook(path: Path, timeout: int = 600) -> nbformat.NotebookNode:
         resources={"metadata": {"path": str(path.parent)}},
     )
     client.execute()
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream":
+                output["text"] = without_machine_paths(output["text"])
     return notebook
 
 

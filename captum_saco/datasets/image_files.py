@@ -2,13 +2,15 @@
 
 import os
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Mapping, Optional, Tuple
 
 import numpy as np
 from torch import Tensor
 from torch.utils.data import Dataset
 
 UNLABELLED = -1
+#: the colour transparent pixels are composited on
+BACKGROUND = (255, 255, 255)
 
 
 def _visible(path: Path) -> bool:
@@ -43,6 +45,23 @@ def to_eight_bit(image: Any) -> Any:
     return Image.fromarray(np.clip(np.round(values), 0, 255).astype(np.uint8), "L")
 
 
+def upright_opaque(image: Any) -> Any:
+    """A PIL image as it is meant to be seen: turned by its EXIF orientation
+    (phone photos are stored sideways with a tag), and with transparency
+    composited on :data:`BACKGROUND` (white), where ``convert`` would show the
+    colours of transparent pixels (often black)."""
+    from PIL import Image, ImageOps
+
+    image = ImageOps.exif_transpose(to_eight_bit(image))
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
+        image = Image.alpha_composite(background, rgba).convert("RGB")
+    return image
+
+
 class ImageFiles(Dataset):
     r"""
     The files of a folder as labelled images, read one at a time.
@@ -51,10 +70,13 @@ class ImageFiles(Dataset):
     :data:`UNLABELLED`), or torchvision's ``ImageFolder`` layout, one
     subfolder per class read recursively, where the label of a file is the
     position of its class folder's name in sorted order (ImageNet's class
-    index for synset folders). Files are taken in sorted order of their
+    index for synset folders), unless ``class_to_idx`` gives each folder's
+    index. Files are taken in sorted order of their
     paths; hidden files and folders (names starting with ``.``) are left
     out. Every other file is an item: one that is not a readable image fails
-    when read, so that a caller can skip it.
+    when read, so that a caller can skip it. Images are turned upright by
+    their EXIF orientation and transparent pixels are composited on white
+    (:func:`upright_opaque`).
 
     Args:
         root (str or Path): the folder.
@@ -63,6 +85,9 @@ class ImageFiles(Dataset):
         mode (str): the PIL mode images are converted to before
                     ``transform``. Default: ``"RGB"``
         limit (int, optional): keep only the first ``limit`` files.
+        class_to_idx (mapping of str to int, optional): each class folder's
+                    label (e.g. from :func:`class_indices`). Default: the
+                    folders' positions in sorted order.
 
     Attributes:
         classes (list of str): the class folders' names; empty when flat.
@@ -96,6 +121,7 @@ class ImageFiles(Dataset):
         transform: Callable[..., Tensor],
         mode: str = "RGB",
         limit: Optional[int] = None,
+        class_to_idx: Optional[Mapping[str, int]] = None,
     ) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
@@ -108,9 +134,13 @@ class ImageFiles(Dataset):
                 "folder of images or one subfolder per class"
             )
         self.classes: List[str] = [p.name for p in folders]
+        missing = [c for c in self.classes if class_to_idx is not None and c not in class_to_idx]
+        if missing:
+            raise ValueError(f"class_to_idx: no index for the class folder {missing[0]!r}")
+        labels = class_to_idx or {c: i for i, c in enumerate(self.classes)}
         if folders:
             self.samples: List[Tuple[Path, int]] = [
-                (f, label) for label, folder in enumerate(folders) for f in _files_under(folder)
+                (f, labels[folder.name]) for folder in folders for f in _files_under(folder)
             ]
         else:  # regular files: reading a named pipe or a device would wait forever
             self.samples = [(p, UNLABELLED) for p in top if p.is_file()]
@@ -131,4 +161,4 @@ class ImageFiles(Dataset):
 
         path, label = self.samples[index]
         with Image.open(path) as image:
-            return self.transform(to_eight_bit(image).convert(self.mode)), label
+            return self.transform(upright_opaque(image).convert(self.mode)), label

@@ -5,7 +5,9 @@ import csv
 import io
 import json
 import os
+import shutil
 import tempfile
+import textwrap
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -155,6 +157,66 @@ def _align(header: List[str], body: List[List[str]]) -> str:
     return "\n".join([line(header), rule] + [line(r) for r in body] + [rule])
 
 
+def _wrap(text: str, width: int) -> str:
+    """``text`` with each line longer than ``width`` wrapped between words
+    (a name is never cut)."""
+    return "\n".join(
+        textwrap.fill(line, width, break_long_words=False, break_on_hyphens=False) or line
+        for line in text.splitlines()
+    )
+
+
+def _fits(text: str, width: int) -> bool:
+    return max(map(len, text.splitlines())) <= width
+
+
+def _fit(header: List[str], body: List[List[str]], width: int) -> str:
+    """The table of :func:`_align` in the first layout that fits ``width``
+    columns: the whole table; else tables of some of the columns (each row's name and
+    as many columns as fit); else a list, each row's name followed by its cells
+    under their column names, wrapped."""
+    table = _align(header, body)
+    if _fits(table, width):
+        return table
+    chunks: List[List[int]] = []  # as many columns per table as fit
+    for j in range(1, len(header)):
+        columns = (chunks[-1] if chunks else []) + [j]
+        sub = _align(
+            [header[i] for i in [0] + columns], [[r[i] for i in [0] + columns] for r in body]
+        )
+        if chunks and _fits(sub, width):
+            chunks[-1].append(j)
+        else:
+            chunks.append([j])
+    blocks = "\n\n".join(
+        _align([header[i] for i in [0] + c], [[r[i] for i in [0] + c] for r in body])
+        for c in chunks
+    )
+    if _fits(blocks, width):
+        return blocks
+    pad = max(map(len, header[1:])) + 2
+    lines: List[str] = []
+    for row in body:
+        lines.append(row[0])
+        for name, cell in zip(header[1:], row[1:]):
+            first = f"  {name}:".ljust(pad + 2)
+            lines.append(
+                textwrap.fill(
+                    cell,
+                    width,
+                    initial_indent=first,
+                    subsequent_indent=" " * 4,
+                    break_long_words=False,
+                )
+            )
+    return "\n".join(lines)
+
+
+def terminal_width() -> int:
+    """The width of the terminal (``COLUMNS`` if set), 100 when there is none."""
+    return shutil.get_terminal_size((100, 24)).columns
+
+
 @dataclass
 class EvaluationResult:
     """The table of :func:`evaluate`, with the per-image values behind it."""
@@ -212,6 +274,9 @@ class EvaluationResult:
         perturbations; else empty)."""
         found = {p: r for (p, k), r in self.variants.items() if k == self.n_groups}
         return found if len(found) > 1 else {}
+    preprocessing: Optional[Dict[str, Any]] = field(default=None, repr=False)
+    """How the images were prepared for the model (``input_size``, ``mean``,
+    ``std``, ...), where the caller said so."""
     cost: Dict[str, Any] = field(default_factory=dict, repr=False)
     """What the run cost (see :meth:`captum_saco.evaluation.cost.CostMeter.record`):
     per method under ``"methods"``, ``seconds_per_image`` (attribution) and
@@ -255,7 +320,8 @@ class EvaluationResult:
         "unchanged_images", "notes", "skipped", "cost": {...}}`` (see :attr:`cost`);
         undefined values are None. With several ``n_groups`` or perturbations the
         results, comparisons and agreement of every setting, each record with its
-        ``n_groups`` and ``perturbation``."""
+        ``n_groups`` and ``perturbation``; ``"preprocessing"`` where it is
+        known."""
         results = self.results
         return {
             "model": self.model,
@@ -307,6 +373,7 @@ class EvaluationResult:
             "notes": [UNCHANGED_NOTE] if self.unchanged_images else [],
             "skipped": list(self.skipped),
             "cost": self.cost,
+            **({} if self.preprocessing is None else {"preprocessing": self.preprocessing}),
         }
 
     def to_json(self) -> str:
@@ -354,7 +421,7 @@ class EvaluationResult:
         return (
             f"{self.model}, {self.n_images} images{skipped}, K = {self.n_groups}"
             f"{'' if self.perturbation == 'baseline' else ', ' + self.perturbation}; cells: "
-            f"mean ± std [95% CI] (undefined values); {'; '.join(parts)}\n{CI_METHOD}{note}"
+            f"mean ± std [95% CI] (undefined values)\n{'; '.join(parts)}\n{CI_METHOD}{note}"
         )
 
     def _versus(self, reference: str) -> List[List[str]]:
@@ -368,11 +435,12 @@ class EvaluationResult:
         ]
         return [[m] + [_vs_cell(column[i]) for column in columns] for i, m in enumerate(methods)]
 
-    def format_comparison(self, reference: str = "random") -> str:
+    def format_comparison(self, reference: str = "random", width: Optional[int] = None) -> str:
         """For each method and metric, the share of the images where the
         method scores better than ``reference``, with the paired test's
         p-value: the paper's question, whether a metric tells a method from
-        Random Attribution. Empty if ``reference`` was not evaluated."""
+        Random Attribution. Empty if ``reference`` was not evaluated. Laid
+        out to fit ``width`` columns as :meth:`format_table` is."""
         if reference not in self.methods or len(self.methods) < 2:
             return ""
         header = [f"vs {reference}"] + self.metrics
@@ -380,7 +448,9 @@ class EvaluationResult:
             f"Paired comparison with {reference}: share of the images where the method "
             f"scores better (p-value)"
         )
-        return "\n".join([title, _align(header, self._versus(reference)), p_value_method()])
+        width = width or terminal_width()
+        table = _fit(header, self._versus(reference), width)
+        return "\n".join([_wrap(title, width), table, _wrap(p_value_method(), width)])
 
     def to_markdown(self) -> str:
         header, body = self._cells()
@@ -391,10 +461,14 @@ class EvaluationResult:
         lines += ["| " + " | ".join(_markdown_cell(c) for c in row) + " |" for row in body]
         return "\n".join(lines) + "\n\n" + self._legend() + "\n"
 
-    def format_table(self) -> str:
-        """The methods x metrics table as aligned plain text."""
+    def format_table(self, width: Optional[int] = None) -> str:
+        """The methods x metrics table as aligned plain text, in ``width``
+        columns (default: the terminal's, :func:`terminal_width`): the whole
+        table where it fits, else one table per metric, else a list per
+        method; the legend is wrapped. Names are never cut."""
+        width = width or terminal_width()
         header, body = self._cells()
-        return _align(header, body) + "\n" + self._legend()
+        return _fit(header, body, width) + "\n" + _wrap(self._legend(), width)
 
     def format_agreement(self) -> str:
         """The metrics' agreement on the methods (see :attr:`agreement`), one
@@ -431,10 +505,11 @@ class EvaluationResult:
         return "\n".join([title, _align(header, body), STABILITY_METHOD])
 
     def __str__(self) -> str:
+        width = terminal_width()
         parts = []
         for res in self.results:
-            comparison = res.format_comparison()
-            parts.append(res.format_table() + ("\n\n" + comparison if comparison else ""))
+            comparison = res.format_comparison(width=width)
+            parts.append(res.format_table(width) + ("\n\n" + comparison if comparison else ""))
             agreement = res.format_agreement()
             if agreement:
                 parts.append(agreement)

@@ -713,6 +713,7 @@ def evaluate(
     baselines: BaselineType = None,
     additional_forward_args: Any = None,
     perturbation: Union[str, Sequence[str]] = "baseline",
+    preprocessing: Optional[Dict[str, Any]] = None,
 ) -> EvaluationResult:
     r"""
     Explain ``model``'s decisions on ``inputs`` with each method and score
@@ -819,6 +820,9 @@ def evaluate(
                     n_groups, batch_size and seed, which the file's settings
                     record and a resumed run checks; of the inputs, their
                     number and names). Default: False
+        preprocessing (dict, optional): how the images were prepared for the
+                    model (``input_size``, ``mean``, ``std``, ...), recorded in
+                    the result and in the per-image file's settings. Default: None
 
     An image where no perturbation of the metrics changes the model's output
     (the value the metrics read their drops from, the target's probability
@@ -909,6 +913,7 @@ def evaluate(
             # None (not recorded) by default, so that earlier files still resume
             "baselines": _value_setting(baselines),
             "additional_forward_args": _value_setting(additional_forward_args),
+            **({} if preprocessing is None else {"preprocessing": preprocessing}),
         }
         writer = PerImageFile(per_image_file, settings, rank, world)
         stored = writer.read() if resume else {}
@@ -950,6 +955,7 @@ def evaluate(
         for p, k in scorer.settings
     ]
     result = combine(results) if len(results) > 1 else results[0]
+    result.preprocessing = preprocessing
     result.cost = meter.record(recorded_cost, len(done))
     if writer is not None and rank == 0:
         writer.merge(rows)
