@@ -21,9 +21,11 @@ from captum_saco.metrics import (
     auc,
     comprehensiveness,
     deletion_curve,
+    insertion_curve,
     lodds,
     saco,
     score_attributions,
+    srg,
 )
 
 __version__ = "0.1.0"
@@ -47,7 +49,9 @@ __all__ = [
     "comprehensiveness",
     "deletion_curve",
     "evaluate",
+    "insertion_curve",
     "lodds",
     "saco",
     "score_attributions",
+    "srg",
 ]

@@ -36,6 +36,7 @@ from captum_saco.evaluation import (
 )
 from captum_saco.evaluation.data import Source
 from captum_saco.evaluation.registry import logits_of
+from captum_saco.report.command import report_path, write_run_report
 from captum_saco.visualization import plot_evaluation
 
 EMBEDDED_MODEL = "fashion_mnist_vit"
@@ -116,6 +117,19 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
         ),
     )
     parser.add_argument(
+        "--zero-shot",
+        metavar="CLASSES",
+        help=(
+            "explain a CLIP or SigLIP (--model hf:NAME_OR_PATH or open_clip:ARCH/PRETRAINED, "
+            "e.g. open_clip:ViT-B-32/openai) as a zero-shot classifier over these classes: "
+            "comma-separated names, or a file with one name per line"
+        ),
+    )
+    parser.add_argument(
+        "--prompt-template",
+        help="the prompt of each --zero-shot class, {} for its name (default: 'a photo of a {}.')",
+    )
+    parser.add_argument(
         "--workers",
         type=_int_in(0, 1024, "a non-negative integer"),
         default=0,
@@ -175,6 +189,23 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
         help="with --per-image: skip the images already in FILE and finish the run",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument(
+        "--report",
+        type=report_path,
+        metavar="PATH.html",
+        help=(
+            "write one self-contained HTML page of the run: settings, results, cost, "
+            "comparisons, distributions, deletion curves and example explanations (with "
+            "--resume on a finished --per-image run: re-rendered without rerunning the model)"
+        ),
+    )
+    parser.add_argument(
+        "--report-images",
+        type=_int_in(0, 1000, "an integer in [0, 1000]"),
+        default=3,
+        metavar="N",
+        help="random example images in the report, besides the best, median and worst (default 3)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -290,6 +321,33 @@ def _load_model(name: str, pretrained: bool) -> nn.Module:
             f"cannot load the pretrained weights of {name!r} (no network or no cached "
             f"weights?): {_first_line(e)}"
         )
+
+
+def _zero_shot_or_load(args: argparse.Namespace) -> nn.Module:
+    """The zero-shot classifier of --model over the --zero-shot classes, or --model."""
+    if args.zero_shot is None:
+        if args.prompt_template is not None:
+            raise CliError("--prompt-template applies only with --zero-shot")
+        return _load_model(args.model, args.pretrained)
+    from captum_saco.models import load_zero_shot_classifier
+
+    path = Path(args.zero_shot)
+    text = path.read_text(encoding="utf-8") if path.is_file() else args.zero_shot
+    names = [name.strip() for name in text.replace("\n", ",").split(",") if name.strip()]
+    options = {
+        "model_name": "--model",
+        "class_names": "--zero-shot",
+        "template": "--prompt-template",
+    }
+    try:
+        return load_zero_shot_classifier(
+            args.model, names, args.prompt_template or "a photo of a {}."
+        )
+    except ValueError as e:
+        argument, _, rest = _first_line(e).partition(": ")
+        raise CliError(f"{options.get(argument, '--model')}: {rest or _first_line(e)}")
+    except (ImportError, OSError) as e:  # library missing, no network, no such folder
+        raise CliError(f"--model {args.model!r} cannot be loaded: {_first_line(e)}")
 
 
 def _transform(model_name: str, model: nn.Module) -> Tuple[Callable[..., Tensor], str]:
@@ -475,7 +533,7 @@ def run(args: argparse.Namespace) -> int:
     device, distributed = _setup_device(args.device)
     try:
         is_main = not distributed or dist.get_rank() == 0
-        model = _load_model(args.model, args.pretrained).eval().to(device)
+        model = _zero_shot_or_load(args).eval().to(device)
         data = _load_data(args, model)
         _check_target(args, data)
         first = _first_image(args, data).to(device)
@@ -505,6 +563,8 @@ def run(args: argparse.Namespace) -> int:
         if is_main:
             print(result)
             _write_outputs(args, result, model, first, methods)
+            if args.report is not None:
+                write_run_report(args, result, model, data)
     finally:
         if distributed and dist.is_initialized():
             dist.destroy_process_group()

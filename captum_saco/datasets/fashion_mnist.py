@@ -8,7 +8,7 @@ recorded test accuracy is in :func:`fashion_mnist_metadata`.
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -19,6 +19,7 @@ DATA_DIR = Path(__file__).resolve().parent / "data"
 WEIGHTS_FILE = "fashion_vit.pt"
 METADATA_FILE = "fashion_vit.json"
 SAMPLES_FILE = "fashion_mnist_samples.pt"
+CLIP_DIR = "fashion_clip"
 
 
 class FashionMNISTSamples(NamedTuple):
@@ -123,6 +124,51 @@ def load_fashion_mnist_vit(device: Union[None, str, torch.device] = None) -> nn.
         "label_names": list(meta["class_names"]),
     }
     return model.eval().to(device)
+
+
+def load_fashion_mnist_clip(device: Union[None, str, torch.device] = None) -> Tuple[nn.Module, Any]:
+    r"""
+    The embedded CLIP-style model, a stock Hugging Face ``CLIPModel`` trained
+    here on Fashion-MNIST with the class names as prompts
+    (``scripts/train_fashion_clip.py``; image tower: 28x28 grey input, 4x4
+    patches, 4 blocks of width 64; text tower over single characters), and its
+    tokenizer, loaded with ``from_pretrained`` from the package's data folder.
+    It takes the images of :func:`load_fashion_mnist_samples` as they are.
+    Its test accuracy and training record are in
+    ``captum_saco/datasets/data/fashion_clip/training.json``.
+
+    Args:
+        device (str or torch.device, optional): where to put the model.
+                    Default: None (CPU)
+
+    Returns:
+        tuple: ``(model, tokenizer)``, the model in eval mode; pass both to
+        :meth:`captum_saco.models.ZeroShotClassifier.from_prompts`.
+
+    Raises:
+        ImportError: if transformers is not installed.
+        FileNotFoundError: if the shipped files are missing.
+
+    Examples::
+
+        >>> from captum_saco.datasets import load_fashion_mnist_clip, load_fashion_mnist_samples
+        >>> from captum_saco.models import ZeroShotClassifier
+        >>> model, tokenizer = load_fashion_mnist_clip()
+        >>> samples = load_fashion_mnist_samples(limit=8)
+        >>> classifier = ZeroShotClassifier.from_prompts(model, tokenizer, samples.class_names)
+        >>> classifier(samples.images).shape
+        torch.Size([8, 10])
+    """
+    try:
+        from transformers import CLIPModel, CLIPTokenizer
+    except ImportError as e:
+        raise ImportError(
+            "load_fashion_mnist_clip needs transformers; install it with "
+            "pip install 'captum-saco[transformers]'"
+        ) from e
+    folder = _data_file(CLIP_DIR + "/config.json").parent
+    model = CLIPModel.from_pretrained(folder)
+    return model.eval().to(device), CLIPTokenizer.from_pretrained(folder)
 
 
 def fashion_mnist_transform() -> Callable[[Any], Tensor]:

@@ -4,12 +4,17 @@ flushed batch by batch, so that an interrupted run can be resumed.
 Columns: ``image`` (the path relative to the image folder, or the index),
 ``label`` (None/empty when unknown), ``target``, ``probability`` (the clean
 probability of the target), ``method``, then one column per metric (None/empty
-where the metric is undefined). Under ``torch.distributed`` each process
+where the metric is undefined), and, when a metric reads the most-salient-first
+deletion curve (AOPC, LOdds, AUC), ``deletion_curve``: the probabilities of
+the target after removing the fractions ``0, 1/K, ..., (K-1)/K`` of the
+pixels (a JSON list; in CSV the numbers separated by spaces, ``nan`` where
+undefined), from which a report is re-rendered. Under ``torch.distributed`` each process
 appends to its own part, ``FILE.rank<r>``; the first process merges the parts
 into ``FILE`` at the end. Beside it, ``FILE.settings.json`` records what the
 values depend on (model name, the images' number and a digest of their
 names, methods, metrics, ``n_groups``, batch size, seed and targets), so that
-a resumed run continues only the run it was started as.
+a resumed run continues only the run it was started as, and, once the run
+has finished, what it cost (see :mod:`captum_saco.evaluation.cost`).
 """
 
 import csv
@@ -25,6 +30,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from captum_saco.evaluation.result import write_atomically
 
 FIXED_COLUMNS = ("image", "label", "target", "probability", "method")
+CURVE_COLUMN = "deletion_curve"
+#: the metrics that read the most-salient-first deletion curve
+CURVE_METRICS = ("aopc", "lodds", "auc")
 SUFFIXES = (".jsonl", ".csv")
 #: RFC 4180's line end: the csv module quotes the fields that hold a character of
 #: it, so that an image name with a carriage return stays one field
@@ -49,6 +57,13 @@ def _number(value: Any) -> Optional[float]:
 
 def _stored(value: float) -> Optional[float]:
     return None if math.isnan(value) else value
+
+
+def _curve(value: Any) -> List[float]:
+    """A stored deletion curve (a JSON list, or numbers separated by spaces)
+    as floats (NaN where undefined)."""
+    points = value.split() if isinstance(value, str) else value
+    return [_number(v) for v in points]
 
 
 def _complete_text(path: str) -> Tuple[str, int]:
@@ -90,6 +105,8 @@ class PerImageFile:
         self.path, self.settings, self.metrics = path, settings, list(settings["metrics"])
         self.csv = check_suffix(path) == ".csv"
         self.columns = list(FIXED_COLUMNS) + self.metrics
+        if any(k in CURVE_METRICS for k in self.metrics):
+            self.columns.append(CURVE_COLUMN)
         self.rank, self.world = rank, world
         self.part = path if world == 1 else f"{path}.rank{rank}"
         self._file: Optional[io.TextIOBase] = None
@@ -165,12 +182,26 @@ class PerImageFile:
                         if k in row:
                             row[k] = _number(row[k])
                     row["probability"] = _number(row["probability"])
+                    if CURVE_COLUMN in row:
+                        row[CURVE_COLUMN] = _curve(row[CURVE_COLUMN])
                     row["target"] = int(row["target"])
                     row["label"] = None if row["label"] in (None, "") else int(row["label"])
                     stored[(str(row["image"]), row["method"])] = row
                 except (KeyError, TypeError, ValueError) as e:
                     raise _unreadable(path, f"the row {row!r} ({type(e).__name__}: {e})") from None
         return stored
+
+    def recorded(self, key: str) -> Any:
+        """The value of ``key`` in the settings file (None if absent)."""
+        if not os.path.isfile(self.settings_path):
+            return None
+        return _read_settings(self.settings_path).get(key)
+
+    def record(self, key: str, value: Any) -> None:
+        """Add ``key: value`` (JSON-serialisable) to the settings file, beside
+        the settings (which a resumed run checks)."""
+        self.settings = {**self.settings, key: value}
+        write_atomically(self.settings_path, json.dumps(self.settings, indent=1) + "\n")
 
     def open(self, resume: bool) -> None:
         """Open this process's part for appending (emptied unless resuming); the
@@ -201,10 +232,7 @@ class PerImageFile:
             return "".join(json.dumps(_for_json(r, self.metrics)) + "\n" for r in rows)
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=self.columns, lineterminator=CSV_LINE_END)
-        writer.writerows(
-            {c: "" if r.get(c) is None or r[c] != r[c] else r[c] for c in self.columns}
-            for r in rows
-        )
+        writer.writerows({c: _cell(r.get(c)) for c in self.columns} for r in rows)
         return out.getvalue()
 
     def append(self, rows: List[Row]) -> None:
@@ -227,8 +255,17 @@ class PerImageFile:
             os.unlink(part)
 
 
+def _cell(value: Any) -> Any:
+    """A CSV cell: empty where undefined, a curve's numbers separated by spaces."""
+    if isinstance(value, list):
+        return " ".join(repr(float(v)) for v in value)
+    return "" if value is None or value != value else value
+
+
 def _for_json(row: Row, metrics: Sequence[str]) -> Row:
     out = {c: row.get(c) for c in FIXED_COLUMNS}
     out["probability"] = _stored(row["probability"])
     out.update({k: _stored(row[k]) for k in metrics})
+    if CURVE_COLUMN in row:
+        out[CURVE_COLUMN] = [_stored(v) for v in row[CURVE_COLUMN]]
     return out

@@ -27,6 +27,7 @@ from captum_saco.attr import (
     RawAttention,
     TransformerAttribution,
 )
+from captum_saco.metrics._core.scoring import DEFAULT_METRIC_NAMES
 
 # (inputs, target, global indices of the examples) -> attributions
 AttributeFn = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -118,14 +119,20 @@ METRICS: Dict[str, str] = {
     "lodds": "lower is better",
     "auc": "lower is better",
     "comprehensiveness": "lower is better",
+    "insertion": "higher is better",
+    "srg": "higher is better",
 }
 """The named metrics of :mod:`captum_saco.metrics`, each with the direction
 that means a more faithful explanation: ``saco``; ``aopc``, ``lodds`` and
 ``auc`` of the most-salient-first deletion curve at 1/K, ..., (K-1)/K of the
 features removed (computed once for the three); ``comprehensiveness``, the
-AOPC of the least-salient-first curve."""
+AOPC of the least-salient-first curve; ``insertion``, the area of the
+most-salient-first insertion curve at the same fractions
+(:func:`captum_saco.metrics.insertion_curve`); ``srg``, the Symmetric
+Relevance Gain of the two deletion curves (:func:`captum_saco.metrics.srg`).
+By default the first five are computed."""
 
-DEFAULT_METRICS: Tuple[str, ...] = tuple(METRICS)
+DEFAULT_METRICS: Tuple[str, ...] = DEFAULT_METRIC_NAMES
 
 MethodsType = Union[Sequence[str], Mapping[str, Union[str, Attribution]]]
 

@@ -140,6 +140,11 @@ class EvaluationResult:
     """Every pair of methods under every metric: ``metric``, ``method_a``,
     ``method_b``, ``a_better_fraction`` (the share of the images where A
     scores better) and ``p_value`` (None where it cannot be computed)."""
+    cost: Dict[str, Any] = field(default_factory=dict, repr=False)
+    """What the run cost (see :meth:`captum_saco.evaluation.cost.CostMeter.record`):
+    per method under ``"methods"``, ``seconds_per_image`` (attribution) and
+    ``scoring_seconds_per_image``, their ratio to one forward and one
+    forward+backward pass, and the peak memory where the device reports it."""
 
     @property
     def methods(self) -> List[str]:
@@ -159,8 +164,8 @@ class EvaluationResult:
     def to_dict(self) -> Dict[str, Any]:
         """``{"model", "n_images", "n_skipped", "results": [{"method",
         "metric", "mean", "std", "n", "nan", "ci95": [low, high]}, ...],
-        "ci95_method", "comparisons": [...], "p_value_method", "skipped"}``;
-        undefined values are None."""
+        "ci95_method", "comparisons": [...], "p_value_method", "skipped",
+        "cost": {...}}`` (see :attr:`cost`); undefined values are None."""
         return {
             "model": self.model,
             "n_images": self.n_images,
@@ -172,6 +177,7 @@ class EvaluationResult:
             "comparisons": self.comparisons,
             "p_value_method": p_value_method(),
             "skipped": list(self.skipped),
+            "cost": self.cost,
         }
 
     def to_json(self) -> str:

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset, IterableDataset
 
 from captum_saco._utils import warn_if_training
 from captum_saco.evaluation import distributed
+from captum_saco.evaluation.cost import CostMeter
 from captum_saco.evaluation.data import Batch, Source
 from captum_saco.evaluation.per_image import PerImageFile, Row, check_suffix
 from captum_saco.evaluation.registry import (
@@ -59,7 +60,9 @@ def _score_batch(
         target=target,
         n_groups=n_groups,
         clean_output=logits,
+        return_curves=True,
     )
+    curves = {m: by_metric.pop("deletion_curve", None) for m, by_metric in scores.items()}
     # One copy to the host for all the values (each is a device sync on a GPU),
     # and Python floats: the rows read them one by one.
     keys = [(method, name) for method, by_metric in scores.items() for name in by_metric]
@@ -67,6 +70,9 @@ def _score_batch(
     values: Scores = {method: {} for method in scores}
     for (method, name), column in zip(keys, table):
         values[method][name] = column
+    for method, curve in curves.items():
+        if curve is not None:  # the per-image deletion curves, kept to re-render reports
+            values[method]["deletion_curve"] = curve.detach().double().cpu().tolist()
     return values
 
 
@@ -226,8 +232,9 @@ class _Scorer:
         metrics: List[str],
         n_groups: int,
         targets: Any,
+        meter: CostMeter,
     ) -> None:
-        self.forward_func = logits_of(model)
+        self.forward_func, self.meter = logits_of(model), meter
         self.methods, self.metrics, self.n_groups, self.targets = (
             methods,
             metrics,
@@ -261,16 +268,18 @@ class _Scorer:
         """The per-image rows of one batch: its targets (given or predicted),
         clean probabilities, every method's attributions and their scores."""
         check_n_groups(self.n_groups, n_features_of([x]))  # before any method runs
-        with torch.no_grad():
+        with torch.no_grad(), self.meter.clean_pass():
             logits = self.forward_func(x)
         target = self._target(batch, logits, keys)
         probability = logits.double().softmax(dim=1).gather(1, target[:, None])[:, 0].cpu()
         attributions = {
             name: attribute(x, target, batch.indices) for name, attribute in self.methods.items()
         }
-        scores = _score_batch(
-            self.forward_func, x, logits, attributions, target, self.metrics, self.n_groups
-        )
+        with self.meter.scoring(len(keys)):
+            scores = _score_batch(
+                self.forward_func, x, logits, attributions, target, self.metrics, self.n_groups
+            )
+        self.meter.forward_backward_pass(self.forward_func, x, target)
         labels = [None] * len(keys) if batch.labels is None else batch.labels.tolist()
         targets, probabilities = target.tolist(), probability.tolist()
         return [
@@ -281,10 +290,17 @@ class _Scorer:
                 "probability": probabilities[j],
                 "method": method,
                 **{k: scores[method][k][j] for k in self.metrics},
+                **_curve_of(scores[method], j),
             }
             for j, key in enumerate(keys)
             for method in self.methods
         ]
+
+
+def _curve_of(scores: Dict[str, Any], j: int) -> Row:
+    """Image ``j``'s deletion curve, as a per-image row keeps it, if measured."""
+    curve = scores.get("deletion_curve")
+    return {} if curve is None else {"deletion_curve": curve[j]}
 
 
 def _done(
@@ -494,7 +510,9 @@ def evaluate(
     Returns:
         EvaluationResult: the rows ``{method, metric, mean, std, n, nan,
         ci95}`` (methods x metrics, in the given order), the per-image
-        values and rows, the paired comparisons of the methods, and writers
+        values and rows, the paired comparisons of the methods, what each
+        method cost (``result.cost``, see
+        :meth:`~captum_saco.evaluation.cost.CostMeter.record`), and writers
         for text, JSON, CSV and Markdown.
 
     Raises:
@@ -527,11 +545,13 @@ def evaluate(
     _fractions(n_groups)  # validates n_groups before any work
     warn_if_training(model, "evaluate", stacklevel=2)
     model_name = model_name or type(model).__name__
-    built = {name: build(model, seed) for name, build in builders.items()}
-    scorer = _Scorer(model, built, metric_defs, n_groups, targets)
+    meter = CostMeter(_device_of(model, torch.device("cpu")))
+    built = meter.timed({name: build(model, seed) for name, build in builders.items()})
+    scorer = _Scorer(model, built, metric_defs, n_groups, targets, meter)
     rank, world = distributed.world()
     writer = None
     stored: Dict[Tuple[str, str], Row] = {}
+    recorded_cost = None
     if per_image_file is not None:
         settings = {
             "model": model_name,
@@ -545,9 +565,11 @@ def evaluate(
         }
         writer = PerImageFile(per_image_file, settings, rank, world)
         stored = writer.read() if resume else {}
+        recorded_cost = writer.recorded("cost") if resume else None
         distributed.barrier()  # every process has read before any appends
         writer.open(resume)
-    plan = _plan(len(source), batch_size, _done(stored, source, built, metric_defs))
+    done = _done(stored, source, built, metric_defs)
+    plan = _plan(len(source), batch_size, done)
     device = _device_of(model, torch.device("cpu"))
     try:
         new_rows, skipped = _run_batches(scorer, source, plan, device, writer, progress)
@@ -556,15 +578,18 @@ def evaluate(
             writer.close()
     parts = distributed.gather((new_rows, skipped))
     rows = _collect(stored, [r for part, _ in parts for r in part], source, list(built))
-    if writer is not None and rank == 0:
-        writer.merge(rows)
-    return _result(
+    result = _result(
         rows,
         list(built),
         list(metric_defs),
         [source.key(i) for i in sorted(i for _, part in parts for i in part)],
         model_name,
     )
+    result.cost = meter.record(recorded_cost, len(done))
+    if writer is not None and rank == 0:
+        writer.merge(rows)
+        writer.record("cost", result.cost)
+    return result
 
 
 def saco_case_study(

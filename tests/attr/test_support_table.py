@@ -8,6 +8,7 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, Dict, List
 
+import open_clip
 import pytest
 import timm
 import torch
@@ -15,11 +16,15 @@ import torchvision
 from tiny_models import tiny_hf_deit, tiny_hf_vit, tiny_timm, tiny_timm_distilled, tiny_torchvision
 from torch import nn
 from transformers import (
+    CLIPConfig,
+    CLIPModel,
     DeiTForImageClassificationWithTeacher,
     Dinov2Config,
     Dinov2ForImageClassification,
     Dinov2WithRegistersConfig,
     Dinov2WithRegistersForImageClassification,
+    SiglipConfig,
+    SiglipModel,
 )
 
 from captum_saco.attr import (
@@ -34,6 +39,7 @@ from captum_saco.attr import (
     RawAttention,
     TransformerAttribution,
 )
+from captum_saco.models import ZeroShotClassifier
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 START, END = "<!-- support-table:start -->", "<!-- support-table:end -->"
@@ -58,6 +64,35 @@ def _seeded(build: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
         return build().eval()
 
     return seeded
+
+
+def _zero_shot(model_class: type, config_class: type) -> nn.Module:
+    """A zero-shot classifier over 5 random prompts of a tiny HF dual encoder."""
+    config = config_class(
+        text_config=dict(
+            vocab_size=64,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=8,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+        ),
+        vision_config=dict(
+            image_size=32,
+            patch_size=8,
+            hidden_size=24,
+            intermediate_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+        ),
+        projection_dim=16,
+    )
+    model = model_class(config).eval()
+    dim = getattr(config, "projection_dim", 24) if model_class is CLIPModel else 24
+    return ZeroShotClassifier(model, torch.randn(5, dim))
 
 
 #: architecture (as the README names it) -> builder of a tiny model on 32x32 images
@@ -102,6 +137,22 @@ ARCHITECTURES: Dict[str, Callable[[], nn.Module]] = {
             )
         )
     ),
+    "zero-shot CLIP, HF `CLIPModel`": _seeded(lambda: _zero_shot(CLIPModel, CLIPConfig)),
+    "zero-shot CLIP, open_clip": _seeded(
+        lambda: ZeroShotClassifier(
+            open_clip.model.CLIP(
+                embed_dim=16,
+                vision_cfg=open_clip.model.CLIPVisionCfg(
+                    layers=2, width=24, head_width=12, patch_size=8, image_size=32
+                ),
+                text_cfg=open_clip.model.CLIPTextCfg(
+                    context_length=8, vocab_size=64, width=16, heads=2, layers=1
+                ),
+            ).eval(),
+            torch.randn(5, 16),
+        )
+    ),
+    "zero-shot SigLIP, HF `SiglipModel`": _seeded(lambda: _zero_shot(SiglipModel, SiglipConfig)),
     "timm Eva (EVA-02)": _seeded(
         lambda: timm.models.eva.Eva(
             img_size=32, patch_size=8, embed_dim=24, depth=2, num_heads=2, num_classes=5

@@ -45,3 +45,15 @@ def linear_logit() -> Callable[[Tensor], Tensor]:
         return forward
 
     return make
+
+
+@pytest.fixture
+def tiny_vit() -> nn.Module:
+    """A random 2-block timm ViT on 1x8x8 images: 4x4 patches (a 2x2 grid),
+    width 8, 3 classes."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    return VisionTransformer(
+        img_size=8, patch_size=4, in_chans=1, num_classes=3, embed_dim=8, depth=2, num_heads=2
+    ).eval()

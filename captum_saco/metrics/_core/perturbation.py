@@ -26,7 +26,18 @@ clean pass and the forward batches among several metrics and methods.
 import functools
 import math
 import warnings
-from typing import Any, Callable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import (
+    Any,
+    Callable,
+    Iterator,
+    List,
+    Literal,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +57,12 @@ from captum_saco._utils import (
     model_output,
     resolve_target,
     warn_if_training,
+)
+from captum_saco.metrics._core.perturbations import (
+    Baseline,
+    Perturbation,
+    PerturbationType,
+    resolve_perturbation,
 )
 
 _INTERPOLATION_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
@@ -149,7 +166,17 @@ def _per_example(values: Tensor) -> Tensor:
     return values.reshape(values.shape[0], math.prod(values.shape[1:]))
 
 
-def _feature_map(attribution: Tensor, x: Tensor, where: str) -> Tuple[Tensor, Tensor]:
+Reduce = Literal["sum", "norm"]
+
+
+def _reduced(a: Tensor, dims: Tuple[int, ...], reduce: Reduce) -> Tensor:
+    """``a`` summed (``"sum"``) or its L2 norm (``"norm"``) over ``dims``."""
+    return a.sum(dim=dims) if reduce == "sum" else torch.linalg.vector_norm(a, dim=dims)
+
+
+def _feature_map(
+    attribution: Tensor, x: Tensor, where: str, reduce: Reduce = "sum"
+) -> Tuple[Tensor, Tensor]:
     """Match one attribution to its input (``where`` names it in errors).
 
     Returns its ``(N, *feature_shape)`` map and the ``(N, -1)`` map as given
@@ -194,9 +221,12 @@ def _feature_map(attribution: Tensor, x: Tensor, where: str) -> Tuple[Tensor, Te
                 "(e.g. attribution.movedim(-1, 1))"
             )
         if (same_grid and reduced_ok) or (not same_grid and smaller_grid):
-            a = a.sum(dim=reduced_dims)
+            a = _reduced(a, reduced_dims, reduce)
         else:
             raise mismatch()
+    elif a.dim() == 3 and x.dim() == 2 and tuple(a.shape[:2]) == tuple(x.shape):
+        # (N, L, D) attributions of (N, L) token ids: an embedding layer's, reduced over D
+        a = _reduced(a, (2,), reduce)
     elif a.dim() == len(feature_shape) + 1 and len(feature_dims) > 1:
         if not all(0 < g <= s for g, s in zip(a.shape[1:], feature_shape)):
             raise mismatch()
@@ -259,6 +289,8 @@ def rank_features(
     attributions: TensorOrTupleOfTensors,
     feature_mask: Union[None, Tensor, Tuple[Tensor, ...]] = None,
     name: str = "attributions",
+    reduce: Reduce = "sum",
+    attention_mask: Optional[Tensor] = None,
 ) -> FeatureRanking:
     """Sum the attributions per feature and rank the features, most salient first.
 
@@ -279,12 +311,18 @@ def rank_features(
             ids, one tensor per input, broadcastable to it.
         name (str, optional): what errors call the attributions.
             Default: "attributions"
+        reduce (str, optional): how the values of a feature's elements are
+            combined: ``"sum"`` or ``"norm"`` (L2). Default: "sum"
+        attention_mask (Tensor, optional): ``(N, L)``, for one input of
+            ``L`` tokens: 0 marks padding, which is ranked after every real
+            token and never removed. Default: None
 
     Returns:
         FeatureRanking: the per-feature salience, the ranking and the rank of
         every input element.
     """
-    return rank_matched(inputs, [match_attributions(inputs, attributions, name)], feature_mask)
+    matched = match_attributions(inputs, attributions, name, reduce)
+    return rank_matched(inputs, [matched], feature_mask, attention_mask)
 
 
 class MatchedMaps(NamedTuple):
@@ -309,10 +347,15 @@ class MatchedMaps(NamedTuple):
 
 
 def match_attributions(
-    inputs: Tuple[Tensor, ...], attributions: TensorOrTupleOfTensors, name: str
+    inputs: Tuple[Tensor, ...],
+    attributions: TensorOrTupleOfTensors,
+    name: str,
+    reduce: Reduce = "sum",
 ) -> MatchedMaps:
     """Check the attributions against the inputs (``name`` names them in
     errors) and match them to the inputs' features (see :func:`rank_features`)."""
+    if reduce not in ("sum", "norm"):
+        raise ValueError(f"reduce: expected 'sum' or 'norm', got {reduce!r}")
     with torch.autocast(inputs[0].device.type, enabled=False):
         attributions_t = format_inputs(attributions, name=name)
         if len(attributions_t) != len(inputs):
@@ -322,7 +365,7 @@ def match_attributions(
             )
         maps, given = zip(
             *(
-                _feature_map(a, x, f"{name}[{i}]" if len(inputs) > 1 else name)
+                _feature_map(a, x, f"{name}[{i}]" if len(inputs) > 1 else name, reduce)
                 for i, (a, x) in enumerate(zip(attributions_t, inputs))
             )
         )
@@ -347,6 +390,7 @@ def rank_matched(
     inputs: Tuple[Tensor, ...],
     matched: Sequence[MatchedMaps],
     feature_mask: Union[None, Tensor, Tuple[Tensor, ...]],
+    attention_mask: Optional[Tensor] = None,
 ) -> FeatureRanking:
     """Rank the features of ``M`` explanations of the same ``N`` inputs together.
 
@@ -364,7 +408,10 @@ def rank_matched(
         n = maps[0].shape[0]
         sizes = [math.prod(m.shape[1:]) for m in maps]
         flat_maps = _joined([_per_example(m) for m in maps], dim=1)
-        if feature_mask is None:  # each element is a feature, all present
+        if attention_mask is not None:  # each token is a feature, padding absent
+            present = _real_tokens(inputs, attention_mask, feature_mask, n)
+            salience, ids = flat_maps.masked_fill(~present, 0), None
+        elif feature_mask is None:  # each element is a feature, all present
             salience, present, ids = flat_maps, None, None
         else:
             salience, present, ids = _mask_salience(inputs, sizes, flat_maps, feature_mask)
@@ -397,6 +444,33 @@ def rank_matched(
             _joined([m.constant for m in matched]),
             _joined([m.finite for m in matched]),
         )
+
+
+def _real_tokens(
+    inputs: Tuple[Tensor, ...],
+    attention_mask: Tensor,
+    feature_mask: Union[None, Tensor, Tuple[Tensor, ...]],
+    rows: int,
+) -> Tensor:
+    """``attention_mask`` as the ``(rows, L)`` bool presence of each token (the
+    rows may stack several explanations of the inputs: the mask repeats)."""
+    if feature_mask is not None:
+        raise ValueError("attention_mask, feature_mask: give at most one of them")
+    if len(inputs) != 1 or inputs[0].dim() not in (2, 3):
+        raise ValueError(
+            "attention_mask: expected one input of tokens, (N, L) ids or (N, L, D) "
+            f"embeddings, got {[tuple(x.shape) for x in inputs]}"
+        )
+    if not isinstance(attention_mask, Tensor):
+        raise TypeError(f"attention_mask: expected a tensor, got {type(attention_mask).__name__}")
+    x = inputs[0]
+    if tuple(attention_mask.shape) != tuple(x.shape[:2]):
+        raise ValueError(
+            f"attention_mask: expected shape {tuple(x.shape[:2])} (1 for real tokens, 0 for "
+            f"padding), got {tuple(attention_mask.shape)}"
+        )
+    present = attention_mask.to(device=x.device) != 0
+    return present.repeat(rows // x.shape[0], 1)
 
 
 def _mask_salience(
@@ -539,11 +613,14 @@ class CleanPass(NamedTuple):
 
 
 class PreparedInputs(NamedTuple):
-    """The formatted inputs with their baselines and additional arguments."""
+    """The formatted inputs, what their removed elements take (the baselines, or
+    the values the perturbation strategy gives), the additional arguments and
+    the strategy."""
 
     inputs: Tuple[Tensor, ...]
     baselines: Tuple[Tensor, ...]
     additional_forward_args: Optional[Tuple[Any, ...]]
+    perturbation: Perturbation = Baseline()
 
     @property
     def n(self) -> int:
@@ -571,17 +648,23 @@ def prepare_inputs(
     baselines: BaselineType,
     additional_forward_args: Any,
     stacklevel: int,
+    perturbation: PerturbationType = "baseline",
 ) -> PreparedInputs:
-    """Check ``forward_func`` and format the inputs, baselines and further arguments.
+    """Check ``forward_func`` and format the inputs, baselines and further
+    arguments; resolve and check the ``perturbation`` strategy, and the values
+    its removed elements take.
 
     A model in training mode is warned about (``stacklevel`` counts from the caller)."""
     check_forward_func(forward_func)
+    strategy = resolve_perturbation(perturbation)
     warn_if_training(forward_func, "forward_func", stacklevel + 1)
     inputs_t = format_inputs(inputs)
+    strategy.check(forward_func, inputs_t)
     return PreparedInputs(
         inputs_t,
-        resolve_baselines(inputs_t, baselines),
+        strategy.fill_values(inputs_t, resolve_baselines(inputs_t, baselines)),
         _format_additional_forward_args(additional_forward_args),
+        strategy,
     )
 
 
@@ -646,28 +729,29 @@ def _forward_rows(
     return forward_scores(forward_func, inputs, args, len(rows))
 
 
-def _perturbed(
+def _removed(
     prepared: PreparedInputs,
     rankings: Sequence[FeatureRanking],
     jobs: Tensor,
     which: Tensor,
     examples: Tensor,
-) -> List[Tensor]:
-    """The inputs of ``jobs`` (rows ``ranking, row, start, stop``, sorted by ranking),
-    which explain ``examples``; ``which`` is their ranking column on the CPU (so
-    that no step waits for the device)."""
+) -> Tuple[List[Tensor], List[Tensor], List[Tensor]]:
+    """Per input, the clean rows of ``jobs`` (rows ``ranking, row, start, stop``,
+    sorted by ranking), which explain ``examples``, the bool masks of their
+    removed elements and the rows of what removed elements take; ``which`` is
+    the jobs' ranking column on the CPU (so that no step waits for the device)."""
     _, rows, starts, stops = jobs.unbind(1)
     # A clean row (ranking -1, interval [0, 0)) removes nothing under any ranking.
     used, counts = torch.unique_consecutive(which.clamp(min=0), return_counts=True)
     per_ranking = list(zip(used.tolist(), rows.split(counts.tolist())))
-    perturbed = []
+    xs, hits, fills = [], [], []
     for i, (x, b) in enumerate(zip(prepared.inputs, prepared.baselines)):
         ranks = _joined([rankings[m].element_ranks[i][r] for m, r in per_ranking])
         shape = (-1,) + (1,) * (ranks.dim() - 1)
-        hit = (ranks >= starts.view(shape)) & (ranks < stops.view(shape))
-        b_rows = b[examples] if b.shape[0] == prepared.n and prepared.n > 1 else b
-        perturbed.append(torch.where(hit, b_rows, x[examples]))
-    return perturbed
+        hits.append((ranks >= starts.view(shape)) & (ranks < stops.view(shape)))
+        fills.append(b[examples] if b.shape[0] == prepared.n and prepared.n > 1 else b)
+        xs.append(x[examples])
+    return xs, hits, fills
 
 
 CPU_MAX_ROWS = 64
@@ -720,8 +804,15 @@ def _forward_jobs(
     def forward(start: int, stop: int) -> Tuple[Tensor, Tensor]:
         part = jobs[start:stop]
         examples = part[:, 1] % prepared.n
-        inputs = _perturbed(prepared, rankings, part, which[start:stop], examples)
-        return examples, _forward_rows(forward_func, prepared, inputs, examples)
+        xs, hits, fills = _removed(prepared, rankings, part, which[start:stop], examples)
+        scores = prepared.perturbation.forward(
+            lambda inputs, rows: _forward_rows(forward_func, prepared, inputs, rows),
+            xs,
+            hits,
+            fills,
+            examples,
+        )
+        return examples, scores
 
     chunk, done = max_examples_per_batch, 0
     device = prepared.inputs[0].device
@@ -878,6 +969,9 @@ def measure_removals(
     max_examples_per_batch: Optional[int],
     apply_softmax: bool,
     stacklevel: int,
+    perturbation: PerturbationType = "baseline",
+    reduce: Reduce = "sum",
+    attention_mask: Optional[Tensor] = None,
 ) -> Tuple[FeatureRanking, CleanPass, TargetProbability]:
     """The one preparation of every metric: format, rank, baselines, removal.
 
@@ -894,8 +988,14 @@ def measure_removals(
         baselines=baselines,
         additional_forward_args=additional_forward_args,
         stacklevel=stacklevel + 1,
+        perturbation=perturbation,
     )
-    ranking = rank_features(prepared.inputs, attributions, feature_mask)
+    attributions, feature_mask = prepared.perturbation.features(
+        forward_func, prepared.inputs, attributions, feature_mask
+    )
+    ranking = rank_features(
+        prepared.inputs, attributions, feature_mask, reduce=reduce, attention_mask=attention_mask
+    )
     starts, stops = intervals(ranking)
     with torch.no_grad():
         clean, (removed,) = forward_removals(

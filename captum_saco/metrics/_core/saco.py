@@ -9,11 +9,13 @@ from captum_saco._utils import BaselineType, TargetType, TensorOrTupleOfTensors,
 from captum_saco.metrics._core.perturbation import (
     CleanPass,
     FeatureRanking,
+    Reduce,
     TargetProbability,
     measure_removals,
     rank_intervals_of_groups,
     warn_about_examples,
 )
+from captum_saco.metrics._core.perturbations import PerturbationType
 
 Ties = Literal["agree", "ignore"]
 
@@ -222,6 +224,9 @@ def saco(
     apply_softmax: bool = True,
     return_details: Literal[False] = False,
     ties: Ties = "agree",
+    perturbation: PerturbationType = "baseline",
+    reduce: Reduce = "sum",
+    attention_mask: Optional[Tensor] = None,
 ) -> Tensor: ...
 
 
@@ -240,6 +245,9 @@ def saco(
     apply_softmax: bool = True,
     return_details: Literal[True],
     ties: Ties = "agree",
+    perturbation: PerturbationType = "baseline",
+    reduce: Reduce = "sum",
+    attention_mask: Optional[Tensor] = None,
 ) -> SacoDetails: ...
 
 
@@ -257,6 +265,9 @@ def saco(
     apply_softmax: bool = True,
     return_details: bool = False,
     ties: Ties = "agree",
+    perturbation: PerturbationType = "baseline",
+    reduce: Reduce = "sum",
+    attention_mask: Optional[Tensor] = None,
 ) -> Union[Tensor, SacoDetails]:
     r"""The Salience-guided Faithfulness Coefficient (SaCo) of attributions.
 
@@ -386,6 +397,18 @@ def saco(
                     exactly equal drops counts: ``"agree"`` (the paper's rule:
                     as agreement, ``w = s(G_i) − s(G_j)``) or ``"ignore"``
                     (left out of both sums). Default: "agree"
+        perturbation (str or Perturbation, optional): Keyword-only. How a
+                    group's features are removed, as in
+                    :func:`~captum_saco.metrics.deletion_curve`: ``"baseline"``
+                    (the paper's setting), ``"blur"``, ``"noisy_linear"``,
+                    ``"token_drop"`` or a strategy object.
+                    Default: "baseline"
+        reduce, attention_mask (optional): Keyword-only. As in
+                    :func:`~captum_saco.metrics.deletion_curve`: ``"sum"`` or
+                    ``"norm"`` over a feature's elements (and the ``D`` of
+                    ``(N, L, D)`` attributions of token ids); the ``(N, L)``
+                    mask whose 0s mark padding, never ranked nor removed.
+                    Defaults: "sum", None
 
     Returns:
         Tensor or SacoDetails: the coefficient of each example, shape ``(N,)``,
@@ -437,6 +460,9 @@ def saco(
         max_examples_per_batch=max_examples_per_batch,
         apply_softmax=apply_softmax,
         stacklevel=2,
+        perturbation=perturbation,
+        reduce=reduce,
+        attention_mask=attention_mask,
     )
     details = saco_details(ranking, clean, removed, n_groups, ties, stacklevel=2)
     return details if return_details else details.coefficient

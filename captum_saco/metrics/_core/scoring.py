@@ -6,11 +6,18 @@ import torch
 from torch import Tensor
 
 from captum_saco._utils import BaselineType, TargetType, TensorOrTupleOfTensors
-from captum_saco.metrics._core.cumulative import DeletionCurve, curve_of, deletion_intervals
+from captum_saco.metrics._core.cumulative import (
+    DeletionCurve,
+    Order,
+    curve_intervals,
+    curve_of,
+    symmetric_relevance_gain,
+)
 from captum_saco.metrics._core.perturbation import (
     CleanPass,
     FeatureRanking,
     MatchedMaps,
+    Reduce,
     Removal,
     TargetProbability,
     forward_removals,
@@ -19,16 +26,28 @@ from captum_saco.metrics._core.perturbation import (
     prepare_inputs,
     rank_matched,
 )
+from captum_saco.metrics._core.perturbations import PerturbationType
 from captum_saco.metrics._core.saco import group_intervals, saco_details
 
-# metric -> the removal it reads and how it reads the resulting curve
-_CURVE_READERS: Dict[str, Tuple[str, Callable[[DeletionCurve], Tensor]]] = {
-    "aopc": ("most_salient_first", DeletionCurve.aopc),
-    "lodds": ("most_salient_first", DeletionCurve.lodds),
-    "auc": ("most_salient_first", DeletionCurve.auc),
-    "comprehensiveness": ("least_salient_first", DeletionCurve.aopc),
+CurveKind = Tuple[Order, bool]  # (order, insertion)
+_MORF: CurveKind = ("most_salient_first", False)
+_LERF: CurveKind = ("least_salient_first", False)
+_INSERTION: CurveKind = ("most_salient_first", True)
+
+# metric -> the curves it reads and how it reads them
+_CURVE_READERS: Dict[str, Tuple[Tuple[CurveKind, ...], Callable[..., Tensor]]] = {
+    "aopc": ((_MORF,), DeletionCurve.aopc),
+    "lodds": ((_MORF,), DeletionCurve.lodds),
+    "auc": ((_MORF,), DeletionCurve.auc),
+    "comprehensiveness": ((_LERF,), DeletionCurve.aopc),
+    "insertion": ((_INSERTION,), DeletionCurve.auc),
+    "srg": ((_MORF, _LERF), symmetric_relevance_gain),
 }
 METRIC_NAMES: Tuple[str, ...] = ("saco",) + tuple(_CURVE_READERS)
+DEFAULT_METRIC_NAMES: Tuple[str, ...] = ("saco", "aopc", "lodds", "auc", "comprehensiveness")
+"""The metrics :func:`score_attributions` computes by default: the paper's five
+(``insertion`` costs ``K`` more passes per example, ``srg`` none once both
+deletion curves are measured)."""
 
 
 def _check_metrics(metrics: Sequence[str]) -> List[str]:
@@ -43,13 +62,15 @@ def _check_metrics(metrics: Sequence[str]) -> List[str]:
 
 def _removals_of(
     ranking: FeatureRanking, metrics: List[str], n_groups: int, steps: Tensor
-) -> Dict[str, Removal]:
-    """The removals one ranking needs for ``metrics``: groups and the two curves."""
-    removals = {}
+) -> Dict[Union[str, CurveKind], Removal]:
+    """The removals one ranking needs for ``metrics``: groups and the curves."""
+    removals: Dict[Union[str, CurveKind], Removal] = {}
     if "saco" in metrics:
         removals["saco"] = Removal(ranking, *group_intervals(ranking, n_groups))
-    for order in dict.fromkeys(_CURVE_READERS[m][0] for m in metrics if m != "saco"):
-        removals[order] = Removal(ranking, *deletion_intervals(ranking, steps, order))
+    kinds = [kind for m in metrics if m != "saco" for kind in _CURVE_READERS[m][0]]
+    for order, insertion in dict.fromkeys(kinds):
+        intervals = curve_intervals(ranking, steps, order, insertion)
+        removals[(order, insertion)] = Removal(ranking, *intervals)
     return removals
 
 
@@ -57,7 +78,7 @@ def score_attributions(
     forward_func: Callable[..., Any],
     inputs: TensorOrTupleOfTensors,
     attributions: Mapping[str, TensorOrTupleOfTensors],
-    metrics: Sequence[str] = METRIC_NAMES,
+    metrics: Sequence[str] = DEFAULT_METRIC_NAMES,
     baselines: BaselineType = None,
     additional_forward_args: Any = None,
     target: TargetType = None,
@@ -65,6 +86,11 @@ def score_attributions(
     feature_mask: Union[None, Tensor, Tuple[Tensor, ...]] = None,
     max_examples_per_batch: Optional[int] = None,
     clean_output: Optional[Any] = None,
+    *,
+    perturbation: PerturbationType = "baseline",
+    reduce: Reduce = "sum",
+    attention_mask: Optional[Tensor] = None,
+    return_curves: bool = False,
 ) -> Dict[str, Dict[str, Tensor]]:
     r"""Score several explanations of the same inputs with several metrics at once.
 
@@ -74,7 +100,11 @@ def score_attributions(
     :func:`~captum_saco.metrics.comprehensiveness` with the deletion fractions
     ``k / K`` for ``k = 1, ..., K − 1`` (``K = n_groups``; AOPC, LOdds and
     AUC read one most-salient-first curve, comprehensiveness is the AOPC of
-    the least-salient-first curve). But the clean forward pass, the target
+    the least-salient-first curve), ``"insertion"``, the area
+    (:meth:`~captum_saco.metrics.DeletionCurve.auc`) of the most-salient-first
+    :func:`~captum_saco.metrics.insertion_curve` at the same fractions, and
+    ``"srg"``, :func:`~captum_saco.metrics.srg` of the two deletion curves.
+    But the clean forward pass, the target
     (``None``: the predicted class) and the baselines are computed once for
     all methods and metrics, the perturbed inputs of all of them share
     forward batches, and a perturbed input that two metrics ask for (the
@@ -93,14 +123,27 @@ def score_attributions(
                     -> its attributions of ``inputs``, in any shape
                     :func:`~captum_saco.metrics.saco` accepts.
         metrics (sequence of str, optional): Any of ``"saco"``, ``"aopc"``,
-                    ``"lodds"``, ``"auc"``, ``"comprehensiveness"``.
-                    Default: all five
+                    ``"lodds"``, ``"auc"``, ``"comprehensiveness"``,
+                    ``"insertion"``, ``"srg"``. Default: the first five
         n_groups (int, optional): ``K``: SaCo's groups and the deletion
                     steps. Default: 10
         clean_output (Tensor, optional): ``forward_func``'s output on
                     ``inputs`` (with ``additional_forward_args``), if you have
                     it already, e.g. from finding the predicted classes: the
                     clean inputs are then not forwarded again. Default: None
+        perturbation (str or Perturbation, optional): Keyword-only. How
+                    features are removed, for every metric: as in
+                    :func:`~captum_saco.metrics.deletion_curve`.
+                    Default: "baseline"
+        reduce, attention_mask (optional): Keyword-only. As in
+                    :func:`~captum_saco.metrics.deletion_curve`.
+                    Defaults: "sum", None
+        return_curves (bool, optional): Keyword-only. Also return, under the key
+                    ``"deletion_curve"``, the ``(N, K)`` probabilities of the
+                    target after removing the fractions ``0, 1/K, ...,
+                    (K − 1)/K`` of the features, most salient first (NaN
+                    where undefined), when a metric reads that curve
+                    (AOPC, LOdds or AUC). Default: False
 
     Returns:
         dict: method -> metric -> ``(N,)`` values on the inputs' device, NaN
@@ -131,15 +174,27 @@ def score_attributions(
         baselines=baselines,
         additional_forward_args=additional_forward_args,
         stacklevel=2,
+        perturbation=perturbation,
     )
     steps = torch.arange(1, n_groups, dtype=torch.float64) / n_groups
-    matched = {
-        m: match_attributions(prepared.inputs, a, f"attributions[{m!r}]")
+    features = {
+        m: prepared.perturbation.features(forward_func, prepared.inputs, a, feature_mask)
         for m, a in attributions.items()
+    }
+    if features:  # the strategy's features (token_drop: patches) are the same for all maps
+        feature_mask = next(iter(features.values()))[1]
+    matched = {
+        m: match_attributions(prepared.inputs, a, f"attributions[{m!r}]", reduce)
+        for m, (a, _) in features.items()
     }
     stacks = [
         _Stack.of(
-            prepared.inputs, {m: matched[m] for m in same}, feature_mask, names, n_groups, steps
+            prepared.inputs,
+            {m: matched[m] for m in same},
+            (feature_mask, attention_mask),
+            names,
+            n_groups,
+            steps,
         )
         for same in _stacks(matched, prepared.n * n_features_of(prepared.inputs))
     ]
@@ -158,7 +213,7 @@ def score_attributions(
     scores: Dict[str, Dict[str, Tensor]] = {}
     for stack in stacks:
         mine = dict(zip(stack.removals, results))
-        scores.update(stack.read(clean, mine, names, n_groups, steps))
+        scores.update(stack.read(clean, mine, names, n_groups, steps, return_curves))
     return {method: scores[method] for method in attributions}
 
 
@@ -193,31 +248,33 @@ class _Stack(NamedTuple):
 
     methods: List[str]
     ranking: FeatureRanking
-    removals: Dict[str, Removal]
+    removals: Dict[Union[str, CurveKind], Removal]
 
     @classmethod
     def of(
         cls,
         inputs: Tuple[Tensor, ...],
         matched: Dict[str, MatchedMaps],
-        feature_mask: Union[None, Tensor, Tuple[Tensor, ...]],
+        masks: Tuple[Union[None, Tensor, Tuple[Tensor, ...]], Optional[Tensor]],
         metrics: List[str],
         n_groups: int,
         steps: Tensor,
     ) -> "_Stack":
-        ranking = rank_matched(inputs, list(matched.values()), feature_mask)
+        ranking = rank_matched(inputs, list(matched.values()), *masks)
         return cls(list(matched), ranking, _removals_of(ranking, metrics, n_groups, steps))
 
     def read(
         self,
         clean: CleanPass,
-        measured: Dict[str, TargetProbability],
+        measured: Dict[Union[str, CurveKind], TargetProbability],
         names: List[str],
         n_groups: int,
         steps: Tensor,
+        return_curves: bool = False,
     ) -> Dict[str, Dict[str, Tensor]]:
         """Method -> metric -> ``(N,)`` scores, from the clean pass and the
-        ``(M·N, P)`` probabilities of each of :attr:`removals`."""
+        ``(M·N, P)`` probabilities of each of :attr:`removals` (and the
+        ``(N, K)`` ``"deletion_curve"`` if ``return_curves``)."""
         m, n = len(self.methods), clean.target.shape[0]
         # The clean pass, stacked like the examples.
         clean = CleanPass(
@@ -229,14 +286,16 @@ class _Stack(NamedTuple):
         curves = {}
         for kind, probability in measured.items():
             if kind != "saco":
+                order, insertion = kind
                 curves[kind] = curve_of(
                     self.ranking,
                     clean,
                     probability,
                     steps,
-                    kind,
+                    order,
                     stacklevel=3,
                     methods=self.methods,
+                    insertion=insertion,
                 )
         scores = {}
         for name in names:
@@ -252,8 +311,10 @@ class _Stack(NamedTuple):
                 )
                 scores[name] = details.coefficient
             else:
-                order, read = _CURVE_READERS[name]
-                scores[name] = read(curves[order])
+                kinds, read = _CURVE_READERS[name]
+                scores[name] = read(*(curves[kind] for kind in kinds))
+        if return_curves and _MORF in curves:
+            scores["deletion_curve"] = curves[_MORF].probabilities
         return {
             method: {name: values[i * n : (i + 1) * n] for name, values in scores.items()}
             for i, method in enumerate(self.methods)

@@ -24,6 +24,7 @@ from captum_saco.attr._core.families.hf_dinov2 import HuggingFaceDinov2Adapter
 from captum_saco.attr._core.families.hf_vit import HuggingFaceViTAdapter
 from captum_saco.attr._core.families.timm_vit import TimmViTAdapter
 from captum_saco.attr._core.families.torchvision_vit import TorchvisionViTAdapter
+from captum_saco.attr._core.families.zero_shot import ZeroShotAdapter
 
 #: every family, in the order :func:`adapter_for` tries them
 FAMILIES: List[Type[ViTAdapter]] = [
@@ -31,6 +32,7 @@ FAMILIES: List[Type[ViTAdapter]] = [
     HuggingFaceViTAdapter,
     HuggingFaceDinov2Adapter,
     TorchvisionViTAdapter,
+    ZeroShotAdapter,
 ]
 
 SUPPORTED_MODELS = ", ".join(family.description for family in FAMILIES)
