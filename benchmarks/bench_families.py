@@ -8,7 +8,8 @@ pass without gradient) for the methods that need no gradient (raw attention,
 rollout), ``"forward+backward"`` (a forward pass and the gradient of the summed
 target logits with respect to the input) for the rest. The last column is that
 ratio over the plain timm ViT's ratio for the same method (the issue's goal:
-no family above 1.25). A method a family refuses prints "refused".
+no family above 1.25). A method a family refuses prints "refused". The rounds
+interleave every family's jobs.
 
     python benchmarks/bench_families.py [--rounds 5] [--device cpu] [--batch 8]
 """
@@ -16,7 +17,7 @@ no family above 1.25). A method a family refuses prints "refused".
 import argparse
 import statistics
 from functools import partial
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Optional
 
 import timm
 import torch
@@ -120,34 +121,20 @@ def forward_backward_job(model: nn.Module, images: Tensor) -> Callable[[], objec
     return job
 
 
-def ratios(
-    model: nn.Module, images: Tensor, rounds: int, device: str
-) -> Dict[str, Optional[float]]:
+def jobs_of(model: nn.Module, images: Tensor) -> Dict[str, Callable[[], object]]:
+    """The baselines and every method the model's family does not refuse."""
     jobs: Dict[str, Callable[[], object]] = {
         "forward": forward_job(model, images),
         "forward+backward": forward_backward_job(model, images),
     }
-    refused: List[str] = []
     for method in METHODS:
         explainer = method(model)
         try:
             explainer.attribute(images[:1], target=0, upsample=False)
         except ValueError:
-            refused.append(method.__name__)
-            continue
+            continue  # refused by name
         jobs[method.__name__] = partial(explainer.attribute, images, target=0, upsample=False)
-    times = {
-        name: statistics.median(t) for name, t in interleaved_rounds(jobs, rounds, device).items()
-    }
-    result: Dict[str, Optional[float]] = {}
-    for method in METHODS:
-        name = method.__name__
-        if name in refused:
-            result[name] = None
-        else:
-            baseline = "forward" if method in FORWARD_ONLY else "forward+backward"
-            result[name] = times[name] / times[baseline]
-    return result
+    return jobs
 
 
 def main() -> None:
@@ -157,11 +144,27 @@ def main() -> None:
     add_device_option(parser)
     args = parser.parse_args()
     images = torch.rand(args.batch, 3, SIZE["image"], SIZE["image"], device=args.device)
-    table: Dict[str, Dict[str, Optional[float]]] = {}
+    # every family's jobs in one set of interleaved rounds, so that a slow spell of
+    # the machine hits all families alike
+    jobs: Dict[str, Callable[[], object]] = {}
     for family, build in FAMILIES.items():
         torch.manual_seed(0)
         model = build().eval().to(args.device)
-        table[family] = ratios(model, images, args.rounds, args.device)
+        for name, job in jobs_of(model, images).items():
+            jobs[f"{family}|{name}"] = job
+    times = {
+        key: statistics.median(t)
+        for key, t in interleaved_rounds(jobs, args.rounds, args.device).items()
+    }
+    table: Dict[str, Dict[str, Optional[float]]] = {}
+    for family in FAMILIES:
+        table[family] = {}
+        for method in METHODS:
+            key = f"{family}|{method.__name__}"
+            baseline = "forward" if method in FORWARD_ONLY else "forward+backward"
+            table[family][method.__name__] = (
+                times[key] / times[f"{family}|{baseline}"] if key in times else None
+            )
     plain = table["timm ViT (class token)"]
     print(f"{'family':34s} {'method':26s} {'ratio':>7s} {'vs plain ViT':>13s}")
     for family, row in table.items():

@@ -1,4 +1,5 @@
-"""Hugging Face ``Dinov2ForImageClassification``: its head reads the class token
+"""Hugging Face ``Dinov2ForImageClassification`` and
+``Dinov2WithRegistersForImageClassification``: its head reads the class token
 and the mean of the patch tokens, so the attention-map methods start from
 ``s = ½ e_0 + ½ mean of the patch tokens`` and equal a recomputation from
 attention probabilities this test captures itself; the LRP methods refuse the
@@ -11,7 +12,12 @@ from typing import List, Tuple
 import pytest
 import torch
 from torch import Tensor, nn
-from transformers import Dinov2Config, Dinov2ForImageClassification
+from transformers import (
+    Dinov2Config,
+    Dinov2ForImageClassification,
+    Dinov2WithRegistersConfig,
+    Dinov2WithRegistersForImageClassification,
+)
 
 from captum_saco.attr import (
     AttCAT,
@@ -30,20 +36,24 @@ WORKING = [RawAttention, AttentionRollout, GradientWeightedAttention, AttentionG
 REFUSING = [TransformerAttribution, PartialLRP, FullLRP, ConservativeLRP, AttnLRP]
 
 
-@pytest.fixture(scope="module")
-def dinov2(tmp_path_factory: pytest.TempPathFactory) -> nn.Module:
+SIZE = dict(image_size=32, patch_size=8, hidden_size=24, num_hidden_layers=2, num_attention_heads=2)
+
+
+@pytest.fixture(scope="module", params=["dinov2", "dinov2_with_registers"])
+def dinov2(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> nn.Module:
     torch.manual_seed(0)
-    config = Dinov2Config(
-        image_size=32,
-        patch_size=8,
-        hidden_size=24,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_labels=5,
-    )
-    folder: Path = tmp_path_factory.mktemp("dinov2")
-    Dinov2ForImageClassification(config).save_pretrained(folder)
-    return Dinov2ForImageClassification.from_pretrained(folder).eval()
+    if request.param == "dinov2":
+        cls, config = Dinov2ForImageClassification, Dinov2Config(num_labels=5, **SIZE)
+    else:
+        cls = Dinov2WithRegistersForImageClassification
+        config = Dinov2WithRegistersConfig(num_labels=5, num_register_tokens=2, **SIZE)
+    folder: Path = tmp_path_factory.mktemp(request.param)
+    cls(config).save_pretrained(folder)
+    return cls.from_pretrained(folder).eval()
+
+
+def num_prefix_tokens(model: nn.Module) -> int:
+    return 1 + getattr(model.config, "num_register_tokens", 0)
 
 
 def images(n: int = 3) -> Tensor:
@@ -61,7 +71,8 @@ def captured(model: nn.Module, x: Tensor, target: Tensor) -> Tuple[List[Tensor],
         output[1].retain_grad()
         attentions.append(output[1])
 
-    for layer in model.dinov2.encoder.layer:
+    backbone = getattr(model, "dinov2_with_registers", None) or model.dinov2
+    for layer in backbone.encoder.layer:
         layer.attention.register_forward_hook(keep)
     model(x).logits.gather(1, target[:, None]).sum().backward()
     return [a.detach() for a in attentions], [a.grad for a in attentions]
@@ -72,8 +83,9 @@ def test_attention_map_methods_equal_a_recomputation_from_half_class_half_patch_
 ) -> None:
     x, target = images(), torch.tensor([0, 1, 4])
     attentions, gradients = captured(dinov2, x, target)
-    t = attentions[0].shape[-1]
-    s = torch.cat([torch.tensor([0.5]), torch.full((t - 1,), 0.5 / (t - 1))])
+    t, p = attentions[0].shape[-1], num_prefix_tokens(dinov2)
+    s = torch.zeros(t)
+    s[0], s[p:] = 0.5, 0.5 / (t - p)
     eye = torch.eye(t)
     rollout = s.expand(3, 1, -1)
     for attention in reversed(attentions):
@@ -84,7 +96,7 @@ def test_attention_map_methods_equal_a_recomputation_from_half_class_half_patch_
     for w in weighted:
         chained = chained + w @ chained
     row, gradient = s @ attentions[-1], s @ gradients[-1]
-    gradcam = (gradient[:, :, 1:].mean(dim=-1, keepdim=True) * row).mean(dim=1).clamp(min=0)
+    gradcam = (gradient[:, :, p:].mean(dim=-1, keepdim=True) * row).mean(dim=1).clamp(min=0)
     expected = {
         "raw": s @ attentions[-1].mean(dim=1),
         "rollout": rollout[:, 0],
@@ -99,7 +111,7 @@ def test_attention_map_methods_equal_a_recomputation_from_half_class_half_patch_
     }
     for name in expected:
         torch.testing.assert_close(
-            actual[name], expected[name][:, 1:].reshape(3, 1, 4, 4), rtol=1e-5, atol=1e-7, msg=name
+            actual[name], expected[name][:, p:].reshape(3, 1, 4, 4), rtol=1e-5, atol=1e-7, msg=name
         )
 
 
@@ -108,7 +120,7 @@ def test_lrp_methods_refuse_the_class_plus_mean_head_by_name(
     dinov2: nn.Module, method: type, state_of, same_state
 ) -> None:
     before = state_of(dinov2)
-    with pytest.raises(ValueError, match="Dinov2ForImageClassification has a head reading"):
+    with pytest.raises(ValueError, match="Dinov2.*ForImageClassification has a head reading"):
         method(dinov2).attribute(images(1), target=0)
     same_state(before, state_of(dinov2))
 

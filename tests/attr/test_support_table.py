@@ -21,6 +21,8 @@ from transformers import (
     DeiTForImageClassificationWithTeacher,
     Dinov2Config,
     Dinov2ForImageClassification,
+    Dinov2WithRegistersConfig,
+    Dinov2WithRegistersForImageClassification,
     SiglipConfig,
     SiglipModel,
 )
@@ -118,6 +120,19 @@ ARCHITECTURES: Dict[str, Callable[[], nn.Module]] = {
                 hidden_size=24,
                 num_hidden_layers=2,
                 num_attention_heads=2,
+                num_labels=5,
+            )
+        )
+    ),
+    "HF DINOv2 with registers": _seeded(
+        lambda: Dinov2WithRegistersForImageClassification(
+            Dinov2WithRegistersConfig(
+                image_size=32,
+                patch_size=8,
+                hidden_size=24,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                num_register_tokens=2,
                 num_labels=5,
             )
         )

@@ -1,4 +1,4 @@
-"""The family of Hugging Face ``Dinov2ForImageClassification``."""
+"""The family of Hugging Face DINOv2 image classifiers (with or without registers)."""
 
 from typing import Callable, Dict, List, Tuple
 
@@ -16,24 +16,34 @@ from captum_saco.attr._core.families.hf_vit import HuggingFaceViTAdapter
 
 
 class HuggingFaceDinov2Adapter(HuggingFaceViTAdapter):
-    """Hugging Face ``Dinov2ForImageClassification`` (transformers >= 5 layout).
+    """Hugging Face ``Dinov2ForImageClassification`` and
+    ``Dinov2WithRegistersForImageClassification`` (transformers >= 5 layout).
 
     Its head reads the class token *and* the mean of the patch tokens (their
-    concatenation goes into one linear layer), so its read-out vector is
-    ``s = ½ e_0 + ½ mean of the patch tokens``. Attention is switched to
+    concatenation goes into one linear layer; register tokens are in neither),
+    so its read-out vector is ``s = ½ e_0 + ½ mean of the patch tokens``. Attention is switched to
     ``eager`` for the call, as for Hugging Face ViTs. The LRP methods have no rule
     for the concatenating head yet and refuse the model (see :meth:`parts`).
     """
 
     model_classes = (
         ("transformers.models.dinov2.modeling_dinov2", "Dinov2ForImageClassification"),
+        (
+            "transformers.models.dinov2_with_registers.modeling_dinov2_with_registers",
+            "Dinov2WithRegistersForImageClassification",
+        ),
     )
-    description = "Hugging Face Dinov2ForImageClassification (attention-map methods)"
+    description = (
+        "Hugging Face Dinov2ForImageClassification and "
+        "Dinov2WithRegistersForImageClassification (attention-map methods)"
+    )
 
     def __init__(self, model: nn.Module) -> None:
         ViTAdapter.__init__(self, model)  # not the ViT/DeiT layout checks
-        self.backbone = model.dinov2
-        self.num_prefix_tokens = 1
+        registers = hasattr(model, "dinov2_with_registers")
+        self.backbone_name = "dinov2_with_registers" if registers else "dinov2"
+        self.backbone = getattr(model, self.backbone_name)
+        self.num_prefix_tokens = 1 + (model.config.num_register_tokens if registers else 0)
 
     def blocks(self) -> List[nn.Module]:
         return list(self.backbone.encoder.layer)
@@ -42,12 +52,13 @@ class HuggingFaceDinov2Adapter(HuggingFaceViTAdapter):
         return self.backbone.embeddings.patch_embeddings.projection
 
     def prefix_tokens(self) -> Tensor:
-        return _joined([self.backbone.embeddings.cls_token])
+        embeddings = self.backbone.embeddings
+        return _joined([embeddings.cls_token, getattr(embeddings, "register_tokens", None)])
 
     def embedding_path(self) -> Dict[str, str]:
         return {
-            "dinov2.embeddings.patch_embeddings.projection": "linear",
-            "dinov2.embeddings.dropout": "identity",
+            f"{self.backbone_name}.embeddings.patch_embeddings.projection": "linear",
+            f"{self.backbone_name}.embeddings.dropout": "identity",
         }
 
     def attention_sources(self) -> List[Tuple[nn.Module, Callable[[object], Tensor]]]:
@@ -57,10 +68,12 @@ class HuggingFaceDinov2Adapter(HuggingFaceViTAdapter):
         return False
 
     def readout(self, num_tokens: int) -> Tensor:
-        """``½ e_0 + ½`` the uniform average over the patch tokens (all tokens after
-        the class token), as the head reads ``[class token, mean of patch tokens]``."""
-        s = torch.full((num_tokens,), 0.5 / (num_tokens - 1))
+        """``½ e_0 + ½`` the uniform average over the patch tokens (the tokens after
+        the class and register tokens), as the head reads ``[class token, mean of
+        patch tokens]``."""
+        s = torch.zeros(num_tokens)
         s[0] = 0.5
+        s[self.num_prefix_tokens :] = 0.5 / (num_tokens - self.num_prefix_tokens)
         return s
 
     def parts(self) -> ViTParts:
