@@ -134,8 +134,10 @@ def test_the_printed_table_fits_the_terminal_with_every_name_whole(
 ) -> None:
     monkeypatch.setenv("COLUMNS", str(columns))
     argv = ["--limit", "2", "--methods", *METHODS, "--metrics", *DEFAULT_METRICS]
-    assert main(argv + ["--no-progress", "--device", "cpu"]) == 0
+    # two K: the metric agreement and the rank stability are printed too
+    assert main(argv + ["--n-groups", "5,10", "--no-progress", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
+    assert "Metric agreement" in out and "Rank stability" in out
     assert max(len(line) for line in out.splitlines()) <= columns
     words = set(out.replace(",", " ").replace(":", " ").replace(";", " ").split())
     assert set(METHODS) | set(DEFAULT_METRICS) <= words

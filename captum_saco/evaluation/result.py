@@ -470,9 +470,10 @@ class EvaluationResult:
         header, body = self._cells()
         return _fit(header, body, width) + "\n" + _wrap(self._legend(), width)
 
-    def format_agreement(self) -> str:
+    def format_agreement(self, width: Optional[int] = None) -> str:
         """The metrics' agreement on the methods (see :attr:`agreement`), one
-        line per pair of metrics; empty with one metric or one method."""
+        line per pair of metrics, laid out to fit ``width`` columns as
+        :meth:`format_table` is; empty with one metric or one method."""
         if not self.agreement or len(self.methods) < 2:
             return ""
         header = ["metrics", "tau-b of means", "per-image tau-b (images)"]
@@ -484,11 +485,15 @@ class EvaluationResult:
             ]
             for pair, v in self.agreement.items()
         ]
-        return "\n".join(["Metric agreement", _align(header, body), AGREEMENT_METHOD])
+        width = width or terminal_width()
+        return "\n".join(
+            ["Metric agreement", _fit(header, body, width), _wrap(AGREEMENT_METHOD, width)]
+        )
 
-    def format_stability(self) -> str:
-        """The rank stability of the methods across ``n_groups`` (see
-        :attr:`stability`); empty with one ``K``."""
+    def format_stability(self, width: Optional[int] = None) -> str:
+        """The rank stability of the methods across ``n_groups`` and
+        perturbations (see :attr:`stability`), laid out to fit ``width``
+        columns as :meth:`format_table` is; empty with one setting."""
         if not self.stability:
             return ""
         header = ["metric", "settings", "tau-b", "swapped pairs"]
@@ -502,7 +507,8 @@ class EvaluationResult:
             for (metric, a, b), v in self.stability.items()
         ]
         title = "Rank stability across K and perturbations"
-        return "\n".join([title, _align(header, body), STABILITY_METHOD])
+        width = width or terminal_width()
+        return "\n".join([title, _fit(header, body, width), _wrap(STABILITY_METHOD, width)])
 
     def __str__(self) -> str:
         width = terminal_width()
@@ -510,10 +516,10 @@ class EvaluationResult:
         for res in self.results:
             comparison = res.format_comparison(width=width)
             parts.append(res.format_table(width) + ("\n\n" + comparison if comparison else ""))
-            agreement = res.format_agreement()
+            agreement = res.format_agreement(width)
             if agreement:
                 parts.append(agreement)
-        stability = self.format_stability()
+        stability = self.format_stability(width)
         return "\n\n".join(parts + ([stability] if stability else []))
 
     def save(self, path: str) -> None:
