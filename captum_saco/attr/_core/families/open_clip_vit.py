@@ -1,13 +1,12 @@
 """The family of open_clip image towers (``model.visual`` of
 ``open_clip.create_model_and_transforms``), the OpenAI CLIP layout."""
 
-from contextlib import contextmanager
-from typing import Callable, Dict, Iterator, List, Tuple
+from typing import Callable, ContextManager, Dict, List, Tuple
 
 from torch import Tensor, nn
 
 from captum_saco.attr._core.families.base import ViTAdapter, _joined, _second, _unsupported
-from captum_saco.attr._core.families.torchvision_vit import _explicit_attention
+from captum_saco.attr._core.families.torchvision_vit import explicit_attention
 
 
 class OpenClipVisionAdapter(ViTAdapter):
@@ -70,17 +69,5 @@ class OpenClipVisionAdapter(ViTAdapter):
     def attention_sources(self) -> List[Tuple[nn.Module, Callable[[object], Tensor]]]:
         return [(block.attn, _second) for block in self.blocks()]
 
-    @contextmanager
-    def attention_mode(self) -> Iterator[None]:
-        modules = [block.attn for block in self.blocks()]
-        saved = [module.__dict__.get("forward") for module in modules]
-        try:
-            for module in modules:
-                module.forward = _explicit_attention(module)
-            yield
-        finally:
-            for module, forward in zip(modules, saved):
-                if forward is None:
-                    module.__dict__.pop("forward", None)
-                else:
-                    module.forward = forward
+    def attention_mode(self) -> ContextManager[None]:
+        return explicit_attention([block.attn for block in self.blocks()])

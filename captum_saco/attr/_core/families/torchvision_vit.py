@@ -1,7 +1,7 @@
 """The family of torchvision ``VisionTransformer``."""
 
 from contextlib import contextmanager
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, ContextManager, Dict, Iterator, List, Optional, Tuple
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -64,20 +64,8 @@ class TorchvisionViTAdapter(ViTAdapter):
     def attention_sources(self) -> List[Tuple[nn.Module, Callable[[object], Tensor]]]:
         return [(block.self_attention, _second) for block in self.model.encoder.layers]
 
-    @contextmanager
-    def attention_mode(self) -> Iterator[None]:
-        modules = [block.self_attention for block in self.model.encoder.layers]
-        saved = [module.__dict__.get("forward") for module in modules]
-        try:
-            for module in modules:
-                module.forward = _explicit_attention(module)
-            yield
-        finally:
-            for module, forward in zip(modules, saved):
-                if forward is None:
-                    module.__dict__.pop("forward", None)
-                else:
-                    module.forward = forward
+    def attention_mode(self) -> ContextManager[None]:
+        return explicit_attention([block.self_attention for block in self.model.encoder.layers])
 
     def parts(self) -> ViTParts:
         model = self.model
@@ -106,6 +94,24 @@ class TorchvisionViTAdapter(ViTAdapter):
             heads=[(0, model.heads.head)],
             num_prefix_tokens=self.num_prefix_tokens,
         )
+
+
+@contextmanager
+def explicit_attention(modules: List[nn.MultiheadAttention]) -> Iterator[None]:
+    """Each ``nn.MultiheadAttention`` of ``modules`` computing its self-attention
+    step by step (:func:`_explicit_attention`) for the duration of the block;
+    the instances' own ``forward`` restored afterwards, also on exceptions."""
+    saved = [module.__dict__.get("forward") for module in modules]
+    try:
+        for module in modules:
+            module.forward = _explicit_attention(module)
+        yield
+    finally:
+        for module, forward in zip(modules, saved):
+            if forward is None:
+                module.__dict__.pop("forward", None)
+            else:
+                module.forward = forward
 
 
 def _explicit_attention(mha: nn.MultiheadAttention) -> Callable[..., Tuple[Tensor, Tensor]]:
