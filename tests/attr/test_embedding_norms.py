@@ -26,6 +26,8 @@ from captum_saco.attr import (
     RawAttention,
     TransformerAttribution,
 )
+from captum_saco.attr._core.families import vit_parts
+from captum_saco.attr._core.relevance import attention_relevance, z_rule_rescaled
 from tests.numerics import relative_errors
 
 CONFIGS: Dict[str, Dict] = {
@@ -80,11 +82,35 @@ def test_conservative_lrp_pixel_relevance_sums_to_the_target_logit_without_biase
     torch.testing.assert_close(relevance.sum(dim=(1, 2, 3)), logits, rtol=1e-3, atol=0)
 
 
-@pytest.mark.parametrize("config", ["pre_norm", "embed_norm_layer"])
-def test_full_lrp_refuses_a_norm_between_the_embeddings_and_block_0_by_name(config: str) -> None:
-    name = "norm_pre" if config == "pre_norm" else "patch_embed.norm"
-    with pytest.raises(ValueError, match=f"applies {name} in between"):
-        FullLRP(model_of(config)).attribute(images(1))
+@pytest.mark.parametrize("config", ["pre_norm", "embed_norm_layer", "clip_layout_with_embed_norm"])
+def test_full_lrp_passes_the_relevance_through_the_norms_before_block_0_unchanged(
+    config: str,
+) -> None:
+    # Chefer's LayerNorm rule is the identity: the relevance of the tokens entering
+    # block 0 is that of norm_pre's input, which the residual rule splits between the
+    # token embeddings and the position embedding; the patch norm hands its share
+    # on to the convolution's output. Recomputed here from the test's own hooks.
+    model = model_of(config).double()
+    x, target = images().double(), [1, 2, 0]
+    seen: Dict[str, Tensor] = {}
+    hooks = [
+        model.patch_embed.register_forward_hook(lambda m, a, out: seen.setdefault("patches", out)),
+        model.blocks[0].register_forward_pre_hook(lambda m, a: seen.setdefault("tokens", a[0])),
+        model.norm_pre.register_forward_pre_hook(lambda m, a: seen.setdefault("sum", a[0])),
+    ]
+    with torch.no_grad():
+        model(x)
+    for hook in hooks:
+        hook.remove()
+    relevance = attention_relevance(
+        vit_parts(model), seen["tokens"], target, gradients=False, input_relevance=True
+    ).input_relevance
+    embedded = torch.cat([model.cls_token.expand(len(x), -1, -1), seen["patches"]], dim=1)
+    summed = seen.get("sum", seen["tokens"])
+    with torch.no_grad():
+        expected, _ = z_rule_rescaled(embedded, summed - embedded, relevance)
+    actual = FullLRP(model).attribute(x, target=target, upsample=False)
+    assert relative_errors(actual.flatten(1), expected[:, 1:].sum(dim=-1)).max() < 1e-10
 
 
 # --- the rules patched into a copy of the model ------------------------------------------
@@ -127,13 +153,7 @@ def test_float64_relevance_of_a_float32_model_equals_that_of_its_float64_copy(
 # --- every method runs, batch independent, model left as found ----------------------------
 @pytest.mark.parametrize(
     "config, method",
-    [
-        (config, method)
-        for config in sorted(CONFIGS)
-        for method in ALL_METHODS
-        # FullLRP refuses norms between the embeddings and block 0 (tested above)
-        if method is not FullLRP or config == "final_norm_false"
-    ],
+    [(config, method) for config in sorted(CONFIGS) for method in ALL_METHODS],
     ids=str,
 )
 def test_an_image_alone_gets_its_map_in_a_batch_and_the_model_is_left_as_found(

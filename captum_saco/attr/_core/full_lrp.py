@@ -1,5 +1,6 @@
 """LRP of a whole Vision Transformer down to the pixels (Chefer et al.'s ``method="full"``)."""
 
+from contextlib import ExitStack
 from typing import Any, List, Optional, Tuple, Union
 
 import torch
@@ -17,6 +18,7 @@ from captum_saco.attr._core.relevance import (
     computing_in,
     z_box,
 )
+from captum_saco.attr._core.replay import layer_norm
 from captum_saco.attr._core.transformer_attribution import map_dtype
 
 
@@ -36,8 +38,13 @@ class FullLRP(AttentionAttribution):
     (:func:`~captum_saco.attr._core.relevance.z_box`) with each image's minimum and
     maximum (over channels and pixels) as bounds. The original applies z^B only to
     3-channel images (alpha1-beta0 otherwise); here it applies to any number of
-    channels. The relevance is that of the classifier head's logits; the model runs
-    only up to its first block and its blocks are replayed in canonical form.
+    channels. A norm between the patch embedding and block 0 (timm's
+    ``embed_norm_layer`` on the patch tokens, ``norm_pre`` or CLIP's
+    ``ln_pre`` on the whole sequence) passes the relevance unchanged, as Chefer's
+    rules do for every LayerNorm; the residual rule then splits the relevance of
+    the sequence norm's *input*. The relevance is that of the classifier head's
+    logits; the model runs only up to its first block and its blocks are replayed
+    in canonical form.
 
     Precision: by default (``precision="float64"``) the patch embedding, the
     replayed blocks and the relevance pass compute in float64 whatever the
@@ -129,20 +136,26 @@ class FullLRP(AttentionAttribution):
     ) -> Tensor:
         conv = self._adapter.patch_embedding()
         prefix = self._adapter.prefix_tokens()
+        path = self._adapter.embedding_path()
+        norms = self._adapter.embedding_norms()
+        patch_norms = [norm for name, norm in norms if path[name] == "patch_layernorm"]
+        sequence_norms = [norm for name, norm in norms if path[name] == "layernorm"]
         seen: List[Tensor] = []
+        summed: List[Tensor] = []  # the input of the first norm on the whole sequence
         # Under the model's capture lock, so that no other thread's attribution call
-        # reaches the hook, and acting on this thread's passes only.
-        with _model_lock(self._adapter.model):
-            handle = conv.register_forward_pre_hook(
-                this_thread_only(lambda module, args: seen.append(args[0]))
-            )
-            try:
-                with computing_in(self._adapter, precision):
-                    trace = self._trace(images, target, extra)
-            finally:
-                handle.remove()
+        # reaches the hooks, and acting on this thread's passes only. Registered
+        # before computing_in's own hooks, so that they see the inputs as computed.
+        with _model_lock(self._adapter.model), ExitStack() as stack:
+            keep = this_thread_only(lambda module, args: seen.append(args[0]))
+            stack.callback(conv.register_forward_pre_hook(keep).remove)
+            if sequence_norms:
+                keep_sum = this_thread_only(lambda module, args: summed.append(args[0]))
+                stack.callback(sequence_norms[0].register_forward_pre_hook(keep_sum).remove)
+            stack.enter_context(computing_in(self._adapter, precision))
+            trace = self._trace(images, target, extra)
         assert trace.input_relevance is not None
-        pixels = seen[0].detach().to(trace.tokens.dtype)
+        dtype = trace.tokens.dtype
+        pixels = seen[0].detach().to(dtype)
         if pixels.shape != images.shape:
             raise ValueError(
                 f"forward_func: FullLRP needs the images handed to the patch embedding with "
@@ -150,7 +163,12 @@ class FullLRP(AttentionAttribution):
             )
         with torch.no_grad():
             relevance = self._patch_relevance(
-                conv, prefix, pixels, trace.tokens, trace.input_relevance
+                conv,
+                patch_norms,
+                prefix,
+                pixels,
+                summed[0].detach().to(dtype) if summed else trace.tokens,
+                trace.input_relevance,
             )
             if upsample:
                 bounds = [
@@ -164,16 +182,24 @@ class FullLRP(AttentionAttribution):
 
     @staticmethod
     def _patch_relevance(
-        conv: nn.Conv2d, prefix: Tensor, pixels: Tensor, tokens: Tensor, relevance: Tensor
+        conv: nn.Conv2d,
+        patch_norms: List[nn.LayerNorm],
+        prefix: Tensor,
+        pixels: Tensor,
+        summed: Tensor,
+        relevance: Tensor,
     ) -> Tensor:
         """``(N, D, h, w)`` the relevance of the patch embeddings (the convolution's
-        output), from that of the tokens entering block 0."""
+        output), from that of the tokens entering block 0 (``relevance``), which is
+        that of ``summed``, the prefix and patch embeddings plus the position
+        embedding (the norms in between pass it unchanged)."""
         bias = None if conv.bias is None else conv.bias.to(pixels.dtype)
         layout = (conv.stride, conv.padding, conv.dilation, conv.groups)
         patches = F.conv2d(pixels, conv.weight.to(pixels.dtype), bias, *layout)
         n, dim, h, w = patches.shape
-        embedded = torch.cat(
-            [prefix.to(pixels.dtype).expand(n, -1, -1), patches.flatten(2).transpose(1, 2)], dim=1
-        )
-        embedded_relevance, _ = CHEFER_RULES.residual(embedded, tokens - embedded, relevance)
+        tokens = patches.flatten(2).transpose(1, 2)
+        for norm in patch_norms:
+            tokens = layer_norm(norm, tokens)
+        embedded = torch.cat([prefix.to(pixels.dtype).expand(n, -1, -1), tokens], dim=1)
+        embedded_relevance, _ = CHEFER_RULES.residual(embedded, summed - embedded, relevance)
         return embedded_relevance[:, prefix.shape[1] :].transpose(1, 2).reshape(n, dim, h, w)

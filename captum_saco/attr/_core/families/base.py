@@ -15,6 +15,10 @@ import torch
 from torch import Tensor, nn
 
 
+#: the :meth:`ViTAdapter.embedding_path` rules of norms (the LayerNorm rule)
+NORM_RULES = ("patch_layernorm", "layernorm")
+
+
 @dataclass(frozen=True)
 class BlockParts:
     """One pre-norm ViT block:
@@ -157,8 +161,10 @@ class ViTAdapter:
     def embedding_path(self) -> Dict[str, str]:
         """The modules, by name, that the input passes on its way to block 0, and the
         rule of each: ``"linear"`` (the patch embedding's convolution),
-        ``"layernorm"`` (a norm inside the patch embedding or before block 0: the
-        LayerNorm rule) or ``"identity"`` (dropout). A name whose module is an
+        ``"patch_layernorm"`` (a norm inside the patch embedding, on the patch
+        tokens alone), ``"layernorm"`` (a norm on the whole sequence before block
+        0, after the prefix tokens and the position embedding are added) — both
+        take the LayerNorm rule — or ``"identity"`` (dropout). A name whose module is an
         ``nn.Identity`` is allowed (the model does not have that part). A module
         that runs before block 0 and is not named here makes the relevance methods
         refuse the model (see :meth:`capture`)."""
@@ -169,7 +175,7 @@ class ViTAdapter:
         norms = []
         for name, rule in self.embedding_path().items():
             module = self.model.get_submodule(name)
-            if rule != "layernorm" or isinstance(module, nn.Identity):
+            if rule not in NORM_RULES or isinstance(module, nn.Identity):
                 continue
             if not isinstance(module, nn.LayerNorm):
                 raise _inexpressible(self.model, f"a {type(module).__name__} at {name}")
@@ -180,7 +186,7 @@ class ViTAdapter:
         """``(1, p, D)`` the prefix tokens (class, distillation, registers) before the
         position embedding, in the model's order. Raises a ValueError for models
         whose tokens entering block 0 are not the prefix and patch embeddings plus
-        the position embedding."""
+        the position embedding (up to the norms of :meth:`embedding_path`)."""
         raise NotImplementedError
 
     def attention_sources(self) -> List[Tuple[nn.Module, Callable[[object], Tensor]]]:
