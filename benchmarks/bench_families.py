@@ -19,6 +19,7 @@ import statistics
 from functools import partial
 from typing import Callable, Dict, Optional
 
+import open_clip
 import timm
 import torch
 import torchvision
@@ -43,6 +44,7 @@ from captum_saco.attr import (
     RawAttention,
     TransformerAttribution,
 )
+from captum_saco.models import ZeroShotClassifier
 
 SIZE = dict(image=96, patch=16, width=192, depth=6, heads=3, classes=10)
 #: methods compared with a forward pass; the others with forward+backward
@@ -82,10 +84,64 @@ _HF = dict(
     num_labels=SIZE["classes"],
 )
 
+def _timm_family(cls: type, **kwargs) -> nn.Module:
+    """A timm model of class ``cls`` (Eva, Beit) of the plain ViT's size."""
+    return cls(
+        img_size=SIZE["image"],
+        patch_size=SIZE["patch"],
+        embed_dim=SIZE["width"],
+        depth=SIZE["depth"],
+        num_heads=SIZE["heads"],
+        num_classes=SIZE["classes"],
+        **kwargs,
+    )
+
+
+def _zero_shot_clip() -> nn.Module:
+    """open_clip's CLIP of the plain ViT's image size and width, over 10 prompts."""
+    clip = open_clip.model.CLIP(
+        embed_dim=64,
+        vision_cfg=open_clip.model.CLIPVisionCfg(
+            layers=SIZE["depth"],
+            width=SIZE["width"],
+            head_width=SIZE["width"] // SIZE["heads"],
+            patch_size=SIZE["patch"],
+            image_size=SIZE["image"],
+        ),
+        text_cfg=open_clip.model.CLIPTextCfg(
+            context_length=8, vocab_size=64, width=32, heads=2, layers=1
+        ),
+    )
+    return ZeroShotClassifier(clip, torch.randn(SIZE["classes"], 64))
+
+
 FAMILIES: Dict[str, Callable[[], nn.Module]] = {
     "timm ViT (class token)": _timm,
     "timm ViT pre_norm (CLIP layout)": partial(_timm, pre_norm=True),
     "timm ViT global_pool='avg'": partial(_timm, global_pool="avg"),
+    "timm ViT global_pool='map'": partial(_timm, global_pool="map"),
+    "timm ViT qk_norm": partial(_timm, qk_norm=True),
+    "timm Eva (EVA-02 layout)": partial(
+        _timm_family,
+        timm.models.eva.Eva,
+        mlp_ratio=4 * 2 / 3,
+        swiglu_mlp=True,
+        use_rot_pos_emb=True,
+        ref_feat_shape=(SIZE["image"] // SIZE["patch"],) * 2,
+    ),
+    "timm BEiT": partial(
+        _timm_family, timm.models.beit.Beit, use_rel_pos_bias=True, init_values=0.1
+    ),
+    "zero-shot CLIP (open_clip)": _zero_shot_clip,
+    "timm Swin": lambda: timm.models.swin_transformer.SwinTransformer(
+        img_size=SIZE["image"],
+        patch_size=4,
+        window_size=6,
+        embed_dim=SIZE["width"] // 4,
+        depths=(2, SIZE["depth"] - 2),
+        num_heads=(SIZE["heads"], 2 * SIZE["heads"]),
+        num_classes=SIZE["classes"],
+    ),
     "HF ViT": lambda: ViTForImageClassification(ViTConfig(intermediate_size=768, **_HF)),
     "HF DINOv2": lambda: Dinov2ForImageClassification(Dinov2Config(**_HF)),
     "torchvision ViT": lambda: torchvision.models.VisionTransformer(
@@ -128,8 +184,8 @@ def jobs_of(model: nn.Module, images: Tensor) -> Dict[str, Callable[[], object]]
         "forward+backward": forward_backward_job(model, images),
     }
     for method in METHODS:
-        explainer = method(model)
         try:
+            explainer = method(model)
             explainer.attribute(images[:1], target=0, upsample=False)
         except ValueError:
             continue  # refused by name
