@@ -232,7 +232,7 @@ class AttentionAttribution(Attribution):
     needs: Needs = Needs.ATTENTION
 
     def __init__(self, model: nn.Module, forward_func: Optional[Callable] = None) -> None:
-        self._adapter: ViTAdapter = adapter_for(model)
+        self._adapter: ViTAdapter = self._adapter_for(model)
         if any(p.is_meta for p in model.parameters()):
             raise ValueError(
                 "model: its parameters are on the meta device and hold no values; "
@@ -241,6 +241,11 @@ class AttentionAttribution(Attribution):
         if forward_func is not None and not callable(forward_func):
             raise TypeError(f"forward_func: expected a callable, got {type(forward_func).__name__}")
         super().__init__(model if forward_func is None else forward_func)
+
+    def _adapter_for(self, model: nn.Module) -> ViTAdapter:
+        """The description of ``model`` that the method reads (a method that explains
+        more families overrides this)."""
+        return adapter_for(model)
 
     @property
     def num_blocks(self) -> int:
