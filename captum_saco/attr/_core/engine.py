@@ -204,8 +204,10 @@ class AttentionAttribution(Attribution):
     distilled, register tokens, dynamic image sizes), Hugging Face
     ``ViTForImageClassification``, ``DeiTForImageClassification``,
     ``DeiTForImageClassificationWithTeacher``, and torchvision
-    ``VisionTransformer``. The model is left exactly as found: hooks are removed and
-    attention settings restored after every call, also when the call fails.
+    ``VisionTransformer``; Swin Transformers only for ``ConservativeLRP`` and
+    ``AttnLRP`` (the others refuse them by name). The model is left exactly as
+    found: hooks are removed and attention settings restored after every call,
+    also when the call fails.
 
     Args:
         model (nn.Module): the ViT whose attention is read.

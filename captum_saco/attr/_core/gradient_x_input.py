@@ -202,9 +202,13 @@ def _recording_embedding(
     return embedded
 
 
-def _times(values: Tuple[Tensor, ...], gradients: Tuple[Tensor, ...], dtype: torch.dtype) -> List[Tensor]:
+def _times(
+    values: Tuple[Tensor, ...], gradients: Tuple[Tensor, ...], dtype: torch.dtype
+) -> List[Tensor]:
     """``value * gradient`` of each pair, detached, in ``dtype``."""
-    return [value.detach().to(dtype) * gradient.to(dtype) for value, gradient in zip(values, gradients)]
+    return [
+        value.detach().to(dtype) * gradient.to(dtype) for value, gradient in zip(values, gradients)
+    ]
 
 
 #: The ``attribute`` docstring of the gradient-rule methods, for
@@ -270,6 +274,16 @@ class GradientRuleAttribution(AttentionAttribution):
     keep the gradient, as in LXT (zennit's hooks never fire on torch's
     ``MultiheadAttention``). LXT's ViT example sweeps (convolution, linear) gammas
     and recommends none.
+
+    Swin Transformers (timm ``SwinTransformer``, Hugging Face
+    ``SwinForImageClassification``, torchvision ``swin_t`` / ``swin_v2_t``), which
+    the canonical replay cannot express, run their own forward pass through
+    ``forward_func`` with the rules put into their modules for the call
+    (:func:`~captum_saco.attr._core.swin_rules.rules_in_place`: windowed and
+    shifted-window attention, patch merging, every LayerNorm, the MLP activation;
+    the gamma rule on every linear layer outside the attention: MLPs, patch
+    merging, head), and the relevance is that of ``forward_func``'s logits; the map
+    is on the input patch grid.
     """
 
     needs = Needs.GRADIENTS  # it differentiates the model (floating-point images only)

@@ -29,7 +29,11 @@ from captum_saco.attr._core.replay import (
 def _uniform(q: Tensor, k: Tensor, v: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     """AttnLRP's uniform rule on ``Q K^T`` and ``A V``: the gradient of q and k
     divided by 4, that of v by 2."""
-    return _ScaledGradient.apply(q, 0.25), _ScaledGradient.apply(k, 0.25), _ScaledGradient.apply(v, 0.5)
+    return (
+        _ScaledGradient.apply(q, 0.25),
+        _ScaledGradient.apply(k, 0.25),
+        _ScaledGradient.apply(v, 0.5),
+    )
 
 
 def _unit_with_constant_norm(values: Tensor) -> Tensor:

@@ -149,9 +149,7 @@ class SwinAdapter:
 
     def attention_modules(self) -> List[nn.Module]:
         """The windowed attention layers, one per block."""
-        return [
-            m for m in self.model.modules() if _any_of(m, self.library, self.attention_classes)
-        ]
+        return [m for m in self.model.modules() if _any_of(m, self.library, self.attention_classes)]
 
     def patch_embedding(self) -> nn.Conv2d:
         """The convolution whose output ``(N, D, h, w)`` is on the input patch grid."""
@@ -205,7 +203,14 @@ class TimmSwinAdapter(SwinAdapter):
         from timm.layers import DropPath
         from timm.layers.adaptive_avgmax_pool import FastAdaptiveAvgPool
 
-        return (nn.Dropout, nn.Identity, DropPath, FastAdaptiveAvgPool, nn.AdaptiveAvgPool2d)
+        return (
+            nn.Dropout,
+            nn.Identity,
+            DropPath,
+            FastAdaptiveAvgPool,
+            nn.AdaptiveAvgPool2d,
+            nn.Flatten,
+        )
 
     def patch_embedding(self) -> nn.Conv2d:
         return self.model.patch_embed.proj
@@ -320,7 +325,11 @@ class TorchvisionSwinAdapter(SwinAdapter):
                 logit_scale = module.logit_scale.clamp(max=math.log(100.0)).exp().to(x.dtype)
                 if qkv_bias is not None:  # v2 has no key bias
                     qkv_bias = torch.cat(
-                        [qkv_bias[:channels], torch.zeros_like(qkv_bias[:channels]), qkv_bias[2 * channels :]]
+                        [
+                            qkv_bias[:channels],
+                            torch.zeros_like(qkv_bias[:channels]),
+                            qkv_bias[2 * channels :],
+                        ]
                     )
             q, k, v = _heads(_projected(windows, module.qkv, qkv_bias), 3, module.num_heads)
             _, context = windowed_attention(
