@@ -378,10 +378,25 @@ def test_the_other_methods_refuse_swin_naming_the_methods_that_work(
         method(model)
 
 
+class _Squashed(nn.Module):
+    """A module of the user's, unknown to the rules."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.tanh(self.inner(x))
+
+
 def test_a_module_without_a_rule_is_refused_by_name() -> None:
     model = tiny_timm_swin(global_pool="max").eval()
     with pytest.raises(ValueError, match=r"^model: .*head\.global_pool.*FastAdaptiveMaxPool"):
         AttnLRP(model)
+    model = build("torchvision_v1")
+    model.features[1][0].mlp = _Squashed(model.features[1][0].mlp)
+    with pytest.raises(ValueError, match=r"^model: .*features\.1\.0\.mlp \(_Squashed\)"):
+        ConservativeLRP(model)
 
 
 def test_half_precision_models_give_float32_maps_close_to_float32() -> None:
@@ -390,3 +405,21 @@ def test_half_precision_models_give_float32_maps_close_to_float32() -> None:
     actual = AttnLRP(copy.deepcopy(model).bfloat16()).attribute(x.bfloat16(), target=1)
     assert actual.dtype == torch.float32
     assert relative_errors(actual, expected).max() < 0.1
+
+
+@pytest.mark.parametrize("family", sorted(BUILDERS))
+def test_works_under_no_grad_and_inference_mode_with_the_same_result(family: str) -> None:
+    model, x = build(family), images()
+    expected = AttnLRP(model).attribute(x, target=1)
+    with torch.no_grad():
+        assert torch.equal(AttnLRP(model).attribute(x, target=1), expected)
+    with torch.inference_mode():
+        assert torch.equal(AttnLRP(model).attribute(x, target=1), expected)
+
+
+def test_forward_func_that_does_not_run_the_model_once_is_refused() -> None:
+    model, x = build("timm"), images()
+    with pytest.raises(ValueError, match="^forward_func: .* 0 times"):
+        AttnLRP(model, lambda inputs: torch.zeros(len(inputs), 5)).attribute(x)
+    with pytest.raises(ValueError, match="^forward_func: .* 2 times"):
+        AttnLRP(model, lambda inputs: model(inputs) + model(inputs.flip(-1))).attribute(x)

@@ -123,17 +123,15 @@ class SwinAdapter:
     """Where one library's Swin Transformer keeps its parts, and its windowed
     attention written with :class:`AttentionRules`.
 
-    Every module the input passes is one of: a ``LayerNorm``, a ``Linear``, the
-    patch embedding's ``Conv2d``, a block's MLP activation, an attention layer
-    (:meth:`attention_forward`) or a module of :meth:`linear_maps` (pooling,
-    reshaping, dropout, drop path); :meth:`check_rules` refuses any other by name.
+    Every module of the model is one of: an ``nn.LayerNorm``, an ``nn.Linear``,
+    the patch embedding's ``Conv2d``, a block's MLP activation, an attention layer
+    (:meth:`attention_forward`, with everything inside it) or a module of
+    :meth:`passed_through`; :meth:`check_rules` refuses any other by name.
     """
 
     #: the model classes, as (library module, class name)
     model_classes: Tuple[Tuple[str, str], ...]
-    #: one phrase naming the models, for the error messages and the README
-    description: str
-    #: the library module of the attention layers
+    #: the library module of the blocks and attention layers
     library: str
     #: the class names of the blocks there
     block_classes: Tuple[str, ...]
@@ -156,12 +154,16 @@ class SwinAdapter:
         raise NotImplementedError
 
     def activations(self) -> List[nn.Module]:
-        """The element-wise activation of every block's MLP."""
+        """The element-wise activation of every block's MLP (of the library's own
+        MLP class: :meth:`check_rules` refuses any other by name)."""
         raise NotImplementedError
 
-    def linear_maps(self) -> Tuple[Type[nn.Module], ...]:
-        """The module types whose forward pass is linear in the input or the
-        identity (pooling, reshaping, dropout, drop path): they keep the gradient."""
+    def passed_through(self) -> Tuple[Type[nn.Module], ...]:
+        """The module types (exact) that the rules reach through unchanged: the
+        library's containers (model, embedding, stages, blocks, MLPs, patch
+        merging, head), whose own code composes their children with reshapes,
+        shifts, padding, residual sums and means, and the leaves that are linear
+        or the identity in evaluation (pooling, reshaping, dropout, drop path)."""
         raise NotImplementedError
 
     def attention_forward(self, module: nn.Module, rules: AttentionRules) -> Callable:
@@ -174,15 +176,20 @@ class SwinAdapter:
         rule (see the class docstring)."""
         inside = {id(m) for a in self.attention_modules() for m in a.modules()}
         known = {id(self.patch_embedding())} | {id(m) for m in self.activations()}
+        types = (nn.LayerNorm, nn.Linear) + self.passed_through()
         for name, module in self.model.named_modules():
-            if id(module) in inside or id(module) in known or next(module.children(), None):
+            if id(module) in inside or id(module) in known:
                 continue
-            if not isinstance(module, (nn.LayerNorm, nn.Linear) + self.linear_maps()):
+            if type(module) not in types:
                 raise ValueError(
                     f"model: {type(self.model).__name__} runs {name} ({type(module).__name__}), "
                     f"a module the relevance rules have no rule for, so {WORKING_METHODS} "
                     "refuse this model"
                 )
+
+
+def _classes(library: str, *names: str) -> Tuple[Type[nn.Module], ...]:
+    return tuple(getattr(sys.modules[library], name) for name in names)
 
 
 def _any_of(module: nn.Module, library: str, class_names: Sequence[str]) -> bool:
@@ -194,29 +201,26 @@ def _any_of(module: nn.Module, library: str, class_names: Sequence[str]) -> bool
 
 class TimmSwinAdapter(SwinAdapter):
     model_classes = (("timm.models.swin_transformer", "SwinTransformer"),)
-    description = "timm SwinTransformer"
     library = "timm.models.swin_transformer"
     block_classes = ("SwinTransformerBlock",)
     attention_classes = ("WindowAttention",)
 
-    def linear_maps(self) -> Tuple[Type[nn.Module], ...]:
-        from timm.layers import DropPath
+    def passed_through(self) -> Tuple[Type[nn.Module], ...]:
+        from timm.layers import ClassifierHead, DropPath, Mlp, PatchEmbed, SelectAdaptivePool2d
         from timm.layers.adaptive_avgmax_pool import FastAdaptiveAvgPool
 
-        return (
-            nn.Dropout,
-            nn.Identity,
-            DropPath,
-            FastAdaptiveAvgPool,
-            nn.AdaptiveAvgPool2d,
-            nn.Flatten,
-        )
+        containers = _classes(self.library, "SwinTransformer", "SwinTransformerStage")
+        containers += _classes(self.library, "SwinTransformerBlock", "PatchMerging")
+        containers += (PatchEmbed, Mlp, ClassifierHead, SelectAdaptivePool2d, nn.Sequential)
+        return containers + (nn.Dropout, nn.Identity, DropPath, FastAdaptiveAvgPool, nn.Flatten)
 
     def patch_embedding(self) -> nn.Conv2d:
         return self.model.patch_embed.proj
 
     def activations(self) -> List[nn.Module]:
-        return [block.mlp.act for block in self.blocks()]
+        from timm.layers import Mlp
+
+        return [block.mlp.act for block in self.blocks() if type(block.mlp) is Mlp]
 
     def attention_forward(self, module: nn.Module, rules: AttentionRules) -> Callable:
         # timm's WindowAttention.forward on windows (B * windows, n, C)
@@ -239,20 +243,34 @@ class TimmSwinAdapter(SwinAdapter):
 
 class HuggingFaceSwinAdapter(SwinAdapter):
     model_classes = (("transformers.models.swin.modeling_swin", "SwinForImageClassification"),)
-    description = "Hugging Face SwinForImageClassification"
     library = "transformers.models.swin.modeling_swin"
     block_classes = ("SwinLayer",)
     attention_classes = ("SwinAttention",)
 
-    def linear_maps(self) -> Tuple[Type[nn.Module], ...]:
-        drop_path = getattr(sys.modules[self.library], "SwinDropPath")
-        return (nn.Dropout, nn.Identity, drop_path, nn.AdaptiveAvgPool1d)
+    def passed_through(self) -> Tuple[Type[nn.Module], ...]:
+        containers = _classes(
+            self.library,
+            "SwinForImageClassification",
+            "SwinModel",
+            "SwinEmbeddings",
+            "SwinPatchEmbeddings",
+            "SwinEncoder",
+            "SwinStage",
+            "SwinLayer",
+            "SwinMLP",
+            "SwinPatchMerging",
+        )
+        leaves = _classes(self.library, "SwinDropPath")
+        return (
+            containers + (nn.ModuleList,) + leaves + (nn.Dropout, nn.Identity, nn.AdaptiveAvgPool1d)
+        )
 
     def patch_embedding(self) -> nn.Conv2d:
         return self.model.swin.embeddings.patch_embeddings.projection
 
     def activations(self) -> List[nn.Module]:
-        return [layer.mlp.activation_fn for layer in self.blocks()]
+        (mlp,) = _classes(self.library, "SwinMLP")
+        return [layer.mlp.activation_fn for layer in self.blocks() if type(layer.mlp) is mlp]
 
     def attention_forward(self, module: nn.Module, rules: AttentionRules) -> Callable:
         if not all(hasattr(module, name) for name in ("q_proj", "k_proj", "v_proj", "o_proj")):
@@ -288,22 +306,28 @@ class HuggingFaceSwinAdapter(SwinAdapter):
 
 class TorchvisionSwinAdapter(SwinAdapter):
     model_classes = (("torchvision.models.swin_transformer", "SwinTransformer"),)
-    description = "torchvision SwinTransformer (swin_t, swin_v2_t, ...)"
     library = "torchvision.models.swin_transformer"
     block_classes = ("SwinTransformerBlock",)  # SwinTransformerBlockV2 is a subclass
     attention_classes = ("ShiftedWindowAttention",)  # ShiftedWindowAttentionV2 too
 
-    def linear_maps(self) -> Tuple[Type[nn.Module], ...]:
-        from torchvision.ops.misc import Permute
+    def passed_through(self) -> Tuple[Type[nn.Module], ...]:
+        from torchvision.ops.misc import MLP, Permute
         from torchvision.ops.stochastic_depth import StochasticDepth
 
-        return (nn.Dropout, nn.Identity, StochasticDepth, Permute, nn.AdaptiveAvgPool2d, nn.Flatten)
+        containers = _classes(self.library, "SwinTransformer", "SwinTransformerBlock")
+        containers += _classes(
+            self.library, "SwinTransformerBlockV2", "PatchMerging", "PatchMergingV2"
+        )
+        leaves = (nn.Dropout, nn.Identity, StochasticDepth, Permute, nn.AdaptiveAvgPool2d)
+        return containers + (MLP, nn.Sequential) + leaves + (nn.Flatten,)
 
     def patch_embedding(self) -> nn.Conv2d:
         return self.model.features[0][0]
 
     def activations(self) -> List[nn.Module]:
-        return [block.mlp[1] for block in self.blocks()]
+        from torchvision.ops.misc import MLP
+
+        return [block.mlp[1] for block in self.blocks() if type(block.mlp) is MLP]
 
     def attention_forward(self, module: nn.Module, rules: AttentionRules) -> Callable:
         cosine = _any_of(module, self.library, ("ShiftedWindowAttentionV2",))
