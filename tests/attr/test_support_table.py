@@ -25,6 +25,8 @@ from transformers import (
     Dinov2WithRegistersForImageClassification,
     SiglipConfig,
     SiglipModel,
+    SwinConfig,
+    SwinForImageClassification,
 )
 
 from captum_saco.attr import (
@@ -182,6 +184,31 @@ ARCHITECTURES: Dict[str, Callable[[], nn.Module]] = {
             num_heads=[2, 2],
             window_size=[4, 4],
             num_classes=5,
+        )
+    ),
+    "torchvision Swin v2": _seeded(
+        lambda: torchvision.models.SwinTransformer(
+            patch_size=[4, 4],
+            embed_dim=24,
+            depths=[1, 1],
+            num_heads=[2, 2],
+            window_size=[4, 4],
+            num_classes=5,
+            block=torchvision.models.swin_transformer.SwinTransformerBlockV2,
+            downsample_layer=torchvision.models.swin_transformer.PatchMergingV2,
+        )
+    ),
+    "HF Swin": _seeded(
+        lambda: SwinForImageClassification(
+            SwinConfig(
+                image_size=32,
+                patch_size=4,
+                window_size=4,
+                embed_dim=24,
+                depths=[1, 1],
+                num_heads=[2, 2],
+                num_labels=5,
+            )
         )
     ),
 }

@@ -44,9 +44,12 @@ class ConservativeLRP(GradientRuleAttribution):
             :class:`AttentionAttribution`), with plain pre-norm LayerNorm blocks.
             The norms outside the blocks (timm's ``norm_pre`` and ``embed_norm_layer``,
             which the model runs itself, and the final norm) get the LayerNorm rule too.
+            Or a Swin Transformer (timm, Hugging Face, torchvision v1 and v2), whose
+            own modules get the rules (see :class:`GradientRuleAttribution`).
         forward_func (Callable, optional): a function that runs ``model`` on the
             inputs (with ``additional_forward_args``); it runs only up to the model's
-            first block. Default: ``model``.
+            first block (a Swin Transformer runs whole, and the logits it returns
+            are explained). Default: ``model``.
 
     Examples::
 

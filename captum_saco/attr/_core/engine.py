@@ -204,8 +204,10 @@ class AttentionAttribution(Attribution):
     distilled, register tokens, dynamic image sizes), Hugging Face
     ``ViTForImageClassification``, ``DeiTForImageClassification``,
     ``DeiTForImageClassificationWithTeacher``, and torchvision
-    ``VisionTransformer``. The model is left exactly as found: hooks are removed and
-    attention settings restored after every call, also when the call fails.
+    ``VisionTransformer``; Swin Transformers only for ``ConservativeLRP`` and
+    ``AttnLRP`` (the others refuse them by name). The model is left exactly as
+    found: hooks are removed and attention settings restored after every call,
+    also when the call fails.
 
     Args:
         model (nn.Module): the ViT whose attention is read.
@@ -232,7 +234,7 @@ class AttentionAttribution(Attribution):
     needs: Needs = Needs.ATTENTION
 
     def __init__(self, model: nn.Module, forward_func: Optional[Callable] = None) -> None:
-        self._adapter: ViTAdapter = adapter_for(model)
+        self._adapter: ViTAdapter = self._adapter_for(model)
         if any(p.is_meta for p in model.parameters()):
             raise ValueError(
                 "model: its parameters are on the meta device and hold no values; "
@@ -241,6 +243,11 @@ class AttentionAttribution(Attribution):
         if forward_func is not None and not callable(forward_func):
             raise TypeError(f"forward_func: expected a callable, got {type(forward_func).__name__}")
         super().__init__(model if forward_func is None else forward_func)
+
+    def _adapter_for(self, model: nn.Module) -> ViTAdapter:
+        """The description of ``model`` that the method reads (a method that explains
+        more families overrides this)."""
+        return adapter_for(model)
 
     @property
     def num_blocks(self) -> int:

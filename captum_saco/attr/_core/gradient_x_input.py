@@ -8,24 +8,28 @@ the tokens entering block 0: the model runs its own patch embedding (and
 position embedding) up to block 0, the blocks, final norm and classifier heads
 are replayed from there in canonical form with the rules, and the gradient of
 the target logit flows back through the replay and the model's own embedding.
+Swin Transformers, which the replay cannot express, run their own forward pass
+with the rules put into their modules (:mod:`captum_saco.attr._core.swin_rules`).
 """
 
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
-from captum_saco._utils import TargetType, resolve_target
+from captum_saco._utils import TargetType, model_output, resolve_target
 from captum_saco.attr._core.engine import AttentionAttribution, Needs, check_differentiable
 from captum_saco.attr._core.families import ViTAdapter, _model_lock, this_thread_only
+from captum_saco.attr._core.families.swin import SwinAdapter, swin_adapter_for
 from captum_saco.attr._core.replay import (
     GradientRules,
     embedding_norms_as,
     gamma_rule,
     model_forward,
 )
+from captum_saco.attr._core.swin_rules import rules_in_place
 
 
 @dataclass(frozen=True)
@@ -36,15 +40,17 @@ class GradientXInput:
         pixels (Tensor): ``(N, C, H, W)`` at the input images.
         patches (Tensor): ``(N, h, w)`` at the patch embedding's output, summed
             over the embedding channels.
-        tokens (Tensor): ``(N, T)`` at the tokens entering block 0 (prefix tokens
-            first), summed over the embedding dimension.
-        logits (Tensor): ``(N, C)`` the logits of the replay.
+        tokens (Tensor or None): ``(N, T)`` at the tokens entering block 0 (prefix
+            tokens first), summed over the embedding dimension; ``None`` for Swin
+            models, whose stages have token grids of different sizes.
+        logits (Tensor): ``(N, C)`` the logits of the replay (of the model's own
+            forward pass for Swin models).
         classes (Tensor): ``(N,)`` the target class of each example.
     """
 
     pixels: Tensor
     patches: Tensor
-    tokens: Tensor
+    tokens: Optional[Tensor]
     logits: Tensor
     classes: Tensor
 
@@ -87,23 +93,13 @@ def gradient_x_input(
     an example's relevance does not depend on the rest of the batch.
     """
     with ExitStack() as stack:
-        stack.enter_context(torch.inference_mode(False))
-        stack.enter_context(torch.enable_grad())
+        pixels = _differentiable_pixels(stack, images)
         # Built here, not in the caller's inference_mode(), where the parts that
         # families assemble (Hugging Face's joined q/k/v weight) would be inference
         # tensors, which the replay's autograd graph cannot save.
         parts = adapter.parts()
-        # the model's weights set the precision, not the caller's autocast
-        stack.enter_context(torch.autocast(images.device.type, enabled=False))
-        pixels = images.clone() if images.is_inference() else images.detach()
-        pixels.requires_grad_()
         # the capture's lock (re-entrant), held while the embedding hook is there too
-        stack.enter_context(_model_lock(adapter.model))
-        embedded: List[Tensor] = []
-        handle = adapter.patch_embedding().register_forward_hook(
-            _embedding_hook(embedded, rules.embedding_gamma)
-        )
-        stack.callback(handle.remove)
+        embedded = _recording_embedding(stack, adapter, rules)
         stack.enter_context(embedding_norms_as(adapter, rules.norm))
         with adapter.capture(stop_at_first_block=True) as record:
             forward_func(pixels, *extra)
@@ -119,9 +115,8 @@ def gradient_x_input(
         _, classes = resolve_target(logits.detach(), target)
         objective = logits.gather(1, classes[:, None]).sum()
         gradients = torch.autograd.grad(objective, (pixels, embedded[-1], tokens))
-    pixel_relevance, patch_relevance, token_relevance = (
-        value.detach().to(dtype) * gradient.to(dtype)
-        for value, gradient in zip((pixels, embedded[-1], tokens), gradients)
+    pixel_relevance, patch_relevance, token_relevance = _times(
+        (pixels, embedded[-1], tokens), gradients, dtype
     )
     return GradientXInput(
         pixels=pixel_relevance,
@@ -130,6 +125,90 @@ def gradient_x_input(
         logits=logits.detach(),
         classes=classes,
     )
+
+
+def swin_gradient_x_input(
+    adapter: SwinAdapter,
+    forward_func: Callable,
+    images: Tensor,
+    target: TargetType,
+    extra: Tuple,
+    rules: GradientRules,
+) -> GradientXInput:
+    """Gradient times input under ``rules`` of a Swin Transformer, in one backward
+    pass: the gradient of the target logits of ``forward_func(images, *extra)``
+    (its output, or the ``logits`` of a Hugging Face output object), which runs the
+    model once with the rules in its modules
+    (:func:`~captum_saco.attr._core.swin_rules.rules_in_place`; the patch
+    embedding's convolution as in :func:`gradient_x_input`). The model computes in
+    the dtype of its weights up to the patch embedding and from there in float32 at
+    least; the products are taken in the logits' dtype (float32 at least). A
+    caller's autocast is switched off for the call. ``tokens`` is ``None``.
+    """
+    with ExitStack() as stack:
+        pixels = _differentiable_pixels(stack, images)
+        embedded = _recording_embedding(stack, adapter, rules)
+        stack.enter_context(rules_in_place(adapter, rules))
+        logits = model_output(forward_func(pixels, *extra))
+        if len(embedded) != 1:
+            raise ValueError(
+                f"forward_func: it ran the model given at construction {len(embedded)} times "
+                "in one call; forward_func must run that model once on the inputs"
+            )
+        if logits.dim() != 2 or logits.shape[0] != images.shape[0]:
+            raise ValueError(
+                "forward_func: expected logits (N, C) with one row per example, got shape "
+                f"{tuple(logits.shape)} for {images.shape[0]} examples"
+            )
+        check_differentiable(logits, embedded[0])
+        _, classes = resolve_target(logits.detach(), target)
+        objective = logits.gather(1, classes[:, None]).sum()
+        gradients = torch.autograd.grad(objective, (pixels, embedded[0]))
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    pixel_relevance, patch_relevance = _times((pixels, embedded[0]), gradients, dtype)
+    return GradientXInput(
+        pixels=pixel_relevance,
+        patches=patch_relevance.sum(dim=1),
+        tokens=None,
+        logits=logits.detach(),
+        classes=classes,
+    )
+
+
+def _differentiable_pixels(stack: ExitStack, images: Tensor) -> Tensor:
+    """For the duration of ``stack``, gradients on (also inside the caller's
+    ``no_grad()`` or ``inference_mode()``) and autocast off (the model's weights
+    set the precision); a fresh leaf copy of ``images`` that requires grad (the
+    user's tensor is not touched)."""
+    stack.enter_context(torch.inference_mode(False))
+    stack.enter_context(torch.enable_grad())
+    stack.enter_context(torch.autocast(images.device.type, enabled=False))
+    pixels = images.clone() if images.is_inference() else images.detach()
+    return pixels.requires_grad_()
+
+
+def _recording_embedding(
+    stack: ExitStack, adapter: Union[ViTAdapter, SwinAdapter], rules: GradientRules
+) -> List[Tensor]:
+    """The list that the patch embedding's outputs are recorded in for the duration
+    of ``stack`` (gamma rule as ``rules.embedding_gamma`` says), under the model's
+    capture lock."""
+    stack.enter_context(_model_lock(adapter.model))
+    embedded: List[Tensor] = []
+    handle = adapter.patch_embedding().register_forward_hook(
+        _embedding_hook(embedded, rules.embedding_gamma)
+    )
+    stack.callback(handle.remove)
+    return embedded
+
+
+def _times(
+    values: Tuple[Tensor, ...], gradients: Tuple[Tensor, ...], dtype: torch.dtype
+) -> List[Tensor]:
+    """``value * gradient`` of each pair, detached, in ``dtype``."""
+    return [
+        value.detach().to(dtype) * gradient.to(dtype) for value, gradient in zip(values, gradients)
+    ]
 
 
 #: The ``attribute`` docstring of the gradient-rule methods, for
@@ -195,6 +274,16 @@ class GradientRuleAttribution(AttentionAttribution):
     keep the gradient, as in LXT (zennit's hooks never fire on torch's
     ``MultiheadAttention``). LXT's ViT example sweeps (convolution, linear) gammas
     and recommends none.
+
+    Swin Transformers (timm ``SwinTransformer``, Hugging Face
+    ``SwinForImageClassification``, torchvision ``swin_t`` / ``swin_v2_t``), which
+    the canonical replay cannot express, run their own forward pass through
+    ``forward_func`` with the rules put into their modules for the call
+    (:func:`~captum_saco.attr._core.swin_rules.rules_in_place`: windowed and
+    shifted-window attention, patch merging, every LayerNorm, the MLP activation;
+    the gamma rule on every linear layer outside the attention: MLPs, patch
+    merging, head), and the relevance is that of ``forward_func``'s logits; the map
+    is on the input patch grid.
     """
 
     needs = Needs.GRADIENTS  # it differentiates the model (floating-point images only)
@@ -210,5 +299,16 @@ class GradientRuleAttribution(AttentionAttribution):
     ) -> Tensor:
         """The pixel relevance ``(N, C, H, W)``, or with ``upsample=False`` the patch
         embedding's relevance ``(N, 1, h, w)``."""
-        result = gradient_x_input(self._adapter, self.forward_func, images, target, extra, rules)
+        explain = (
+            swin_gradient_x_input if isinstance(self._adapter, SwinAdapter) else gradient_x_input
+        )
+        result = explain(self._adapter, self.forward_func, images, target, extra, rules)
         return result.pixels if upsample else result.patches[:, None]
+
+    def _adapter_for(self, model: nn.Module) -> Union[ViTAdapter, SwinAdapter]:
+        """Swin models too (see :func:`swin_gradient_x_input`)."""
+        swin = swin_adapter_for(model)
+        if swin is None:
+            return super()._adapter_for(model)
+        swin.check_rules()
+        return swin

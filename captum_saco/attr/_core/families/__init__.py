@@ -22,6 +22,7 @@ from captum_saco.attr._core.families.base import (
 )
 from captum_saco.attr._core.families.hf_dinov2 import HuggingFaceDinov2Adapter
 from captum_saco.attr._core.families.hf_vit import HuggingFaceViTAdapter
+from captum_saco.attr._core.families.swin import swin_adapter_for, swin_refusal
 from captum_saco.attr._core.families.timm_vit import TimmViTAdapter
 from captum_saco.attr._core.families.torchvision_vit import TorchvisionViTAdapter
 from captum_saco.attr._core.families.zero_shot import ZeroShotAdapter
@@ -55,14 +56,17 @@ def adapter_for(model: nn.Module) -> ViTAdapter:
 
     Raises:
         TypeError: if ``model`` is not an ``nn.Module``.
-        ValueError: if the model is not one of the supported ViTs, or classifies
-            from something other than the class token.
+        ValueError: if the model is not one of the supported ViTs (Swin
+            Transformers are refused naming the methods that explain them), or
+            classifies from something other than the class token.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
     for family in FAMILIES:
         if _is_member(model, family):
             return family(model)
+    if swin_adapter_for(model) is not None:
+        raise swin_refusal(model)
     raise _unsupported(model, f"{type(model).__name__} is not a supported Vision Transformer")
 
 
