@@ -423,3 +423,21 @@ def test_forward_func_that_does_not_run_the_model_once_is_refused() -> None:
         AttnLRP(model, lambda inputs: torch.zeros(len(inputs), 5)).attribute(x)
     with pytest.raises(ValueError, match="^forward_func: .* 2 times"):
         AttnLRP(model, lambda inputs: model(inputs) + model(inputs.flip(-1))).attribute(x)
+
+
+def test_concurrent_calls_on_one_model_each_get_their_own_maps() -> None:
+    model, x = build("huggingface"), images()
+    expected = {m: m(model).attribute(x, target=2) for m in METHODS}
+    results: Dict[type, Tensor] = {}
+
+    def run(method: type) -> None:
+        for _ in range(3):
+            results[method] = method(model).attribute(x, target=2)
+
+    threads = [threading.Thread(target=run, args=(m,)) for m in METHODS]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for method in METHODS:
+        assert torch.equal(results[method], expected[method])
