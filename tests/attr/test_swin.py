@@ -441,3 +441,29 @@ def test_concurrent_calls_on_one_model_each_get_their_own_maps() -> None:
         thread.join()
     for method in METHODS:
         assert torch.equal(results[method], expected[method])
+
+
+@pytest.mark.parametrize("family", ["torchvision_v1", "torchvision_v2"])
+def test_torchvision_windows_padded_at_the_border_keep_the_logits_and_the_rules(
+    family: str,
+) -> None:
+    # a 10x11 patch grid: the attention pads it to 12x12 windows (torchvision pads
+    # inside the attention, which the rules re-implement)
+    model = build(family, torch.float64)
+    x = torch.rand(2, 3, 40, 44, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    target = torch.tensor([0, 3])
+    result = swin_gradient_x_input(
+        swin_adapter_for(model), model, x, target, (), GradientRules("uniform", "std_detached")
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(result.logits, logits_of(model, x), rtol=1e-12, atol=1e-12)
+    expected = independent_relevance(model, x, target, "uniform", True)
+    assert relative_errors(AttnLRP(model).attribute(x, target=target), expected).max() < 1e-6
+
+
+def test_the_gamma_options_change_the_maps() -> None:
+    model, x = build("timm"), images()
+    plain = ConservativeLRP(model).attribute(x, target=1)
+    for option in ("linear_gamma", "embedding_gamma"):
+        gamma = ConservativeLRP(model).attribute(x, target=1, **{option: 0.5})
+        assert relative_errors(gamma, plain).min() > 1e-3
