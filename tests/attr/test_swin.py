@@ -269,6 +269,10 @@ def _attention_cut(model: nn.Module) -> nn.Module:
 def test_attn_lrp_relevance_sums_to_the_target_logit_with_the_attention_paths_cut(
     family: str,
 ) -> None:
+    # AttnLRP's softmax rule does not conserve by design, and its uniform rule gives
+    # the value half of the relevance of A V even where the probabilities are
+    # constants; with the attention branches cut, what remains (the LayerNorm rule
+    # on every norm, the identity rule, patch merging, linear layers) conserves.
     model = _attention_cut(without_biases(build(family, torch.float64)))
     x, target = images(dtype=torch.float64), torch.tensor([2, 4, 0])
     pixels = AttnLRP(model).attribute(x, target=target)
