@@ -269,6 +269,10 @@ def _attention_cut(model: nn.Module) -> nn.Module:
 def test_attn_lrp_relevance_sums_to_the_target_logit_with_the_attention_paths_cut(
     family: str,
 ) -> None:
+    # AttnLRP's softmax rule does not conserve by design, and its uniform rule gives
+    # the value half of the relevance of A V even where the probabilities are
+    # constants; with the attention branches cut, what remains (the LayerNorm rule
+    # on every norm, the identity rule, patch merging, linear layers) conserves.
     model = _attention_cut(without_biases(build(family, torch.float64)))
     x, target = images(dtype=torch.float64), torch.tensor([2, 4, 0])
     pixels = AttnLRP(model).attribute(x, target=target)
@@ -423,3 +427,47 @@ def test_forward_func_that_does_not_run_the_model_once_is_refused() -> None:
         AttnLRP(model, lambda inputs: torch.zeros(len(inputs), 5)).attribute(x)
     with pytest.raises(ValueError, match="^forward_func: .* 2 times"):
         AttnLRP(model, lambda inputs: model(inputs) + model(inputs.flip(-1))).attribute(x)
+
+
+def test_concurrent_calls_on_one_model_each_get_their_own_maps() -> None:
+    model, x = build("huggingface"), images()
+    expected = {m: m(model).attribute(x, target=2) for m in METHODS}
+    results: Dict[type, Tensor] = {}
+
+    def run(method: type) -> None:
+        for _ in range(3):
+            results[method] = method(model).attribute(x, target=2)
+
+    threads = [threading.Thread(target=run, args=(m,)) for m in METHODS]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for method in METHODS:
+        assert torch.equal(results[method], expected[method])
+
+
+@pytest.mark.parametrize("family", ["torchvision_v1", "torchvision_v2"])
+def test_torchvision_windows_padded_at_the_border_keep_the_logits_and_the_rules(
+    family: str,
+) -> None:
+    # a 10x11 patch grid: the attention pads it to 12x12 windows (torchvision pads
+    # inside the attention, which the rules re-implement)
+    model = build(family, torch.float64)
+    x = torch.rand(2, 3, 40, 44, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    target = torch.tensor([0, 3])
+    result = swin_gradient_x_input(
+        swin_adapter_for(model), model, x, target, (), GradientRules("uniform", "std_detached")
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(result.logits, logits_of(model, x), rtol=1e-12, atol=1e-12)
+    expected = independent_relevance(model, x, target, "uniform", True)
+    assert relative_errors(AttnLRP(model).attribute(x, target=target), expected).max() < 1e-6
+
+
+def test_the_gamma_options_change_the_maps() -> None:
+    model, x = build("timm"), images()
+    plain = ConservativeLRP(model).attribute(x, target=1)
+    for option in ("linear_gamma", "embedding_gamma"):
+        gamma = ConservativeLRP(model).attribute(x, target=1, **{option: 0.5})
+        assert relative_errors(gamma, plain).min() > 1e-3

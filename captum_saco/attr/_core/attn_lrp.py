@@ -56,6 +56,12 @@ class AttnLRP(GradientRuleAttribution):
         torch.Size([2, 3, 32, 32])
         >>> AttnLRP(vit).attribute(images, upsample=False).shape
         torch.Size([2, 1, 4, 4])
+        >>> import torchvision
+        >>> swin = torchvision.models.SwinTransformer(  # swin_t's layout, tiny
+        ...     patch_size=[4, 4], embed_dim=24, depths=[2, 2], num_heads=[2, 2],
+        ...     window_size=[4, 4], num_classes=5).eval()
+        >>> AttnLRP(swin).attribute(images, target=1, upsample=False).shape
+        torch.Size([2, 1, 8, 8])
     """
 
     @documented_options("", GRADIENT_RULE_ATTRIBUTE_DOC)

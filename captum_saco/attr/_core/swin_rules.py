@@ -103,21 +103,22 @@ def rules_in_place(adapter: SwinAdapter, rules: GradientRules) -> Iterator[None]
     adapter.check_rules()
     attention = attention_rules(rules)
     inside = {id(m) for a in adapter.attention_modules() for m in a.modules()}
-    forwards: Dict[nn.Module, Callable] = {}
-    for module in adapter.model.modules():
-        if id(module) in inside:
-            continue
-        if isinstance(module, nn.LayerNorm):
-            forwards[module] = _widened(partial(layer_norm, module, rule=rules.norm))
-        elif isinstance(module, nn.Linear):
-            forwards[module] = _widened(partial(_linear, module, gamma=rules.linear_gamma))
-    if rules.activation == "identity":
-        for act in adapter.activations():
-            forwards[act] = _widened(partial(_IdentityRule.apply, act=act.forward))
-    for module in adapter.attention_modules():
-        forwards[module] = _widened(adapter.attention_forward(module, attention))
     with ExitStack() as stack:
+        # held before the forwards are read: another thread's call has restored them
         stack.enter_context(_model_lock(adapter.model))
+        forwards: Dict[nn.Module, Callable] = {}
+        for module in adapter.model.modules():
+            if id(module) in inside:
+                continue
+            if isinstance(module, nn.LayerNorm):
+                forwards[module] = _widened(partial(layer_norm, module, rule=rules.norm))
+            elif isinstance(module, nn.Linear):
+                forwards[module] = _widened(partial(_linear, module, gamma=rules.linear_gamma))
+        if rules.activation == "identity":
+            for act in adapter.activations():
+                forwards[act] = _widened(partial(_IdentityRule.apply, act=act.forward))
+        for module in adapter.attention_modules():
+            forwards[module] = _widened(adapter.attention_forward(module, attention))
         for module, forward in forwards.items():
             stack.enter_context(_forward_replaced(module, forward))
         yield

@@ -416,9 +416,9 @@ def swin_adapter_for(model: nn.Module) -> Optional[SwinAdapter]:
 
 
 def swin_refusal(model: nn.Module) -> ValueError:
-    """The refusal of the methods that do not explain Swin models."""
+    """The refusal of everything but the methods that explain Swin models."""
     return ValueError(
-        f"model: {type(model).__name__} is a Swin Transformer, whose windowed attention "
-        f"gives no token-by-token attention map or canonical ViT blocks for this method; "
-        f"{WORKING_METHODS} explain it"
+        f"model: {type(model).__name__} is a Swin Transformer (windowed attention, patch "
+        "merging), which has no token-by-token attention map and no canonical ViT blocks: "
+        f"of the attribution methods only {WORKING_METHODS} explain it"
     )
