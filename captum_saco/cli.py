@@ -35,7 +35,7 @@ from captum_saco.evaluation import (
     saco_case_study,
 )
 from captum_saco.evaluation.data import Source
-from captum_saco.evaluation.registry import logits_of
+from captum_saco.evaluation.registry import METHODS, logits_of
 from captum_saco.models.loading import (
     EMBEDDED_MODEL,
     LoadedModel,
@@ -636,6 +636,35 @@ def _as_option_error(error: ValueError) -> Optional[CliError]:
     return CliError(f"{_OPTIONS[argument]}: {rest}") if argument in _OPTIONS and rest else None
 
 
+def _defined_defaults(
+    args: argparse.Namespace, model: nn.Module, first: Tensor, methods: List[str], notes: List[str]
+) -> List[str]:
+    """Without ``--methods``, the default methods that the model's family defines:
+    each is tried on the first image, and those that refuse the model by name
+    (an explanation method with no definition for it, such as the attention maps
+    of a Swin Transformer) are left out, said in a note. Methods named with
+    ``--methods`` run as given (a refused one is an error)."""
+    if args.methods is not None:
+        return methods
+    kept, refused, reason = [], [], ""
+    for name in methods:
+        try:
+            METHODS[name](model, args.seed)(first, torch.zeros(1, dtype=torch.long), torch.zeros(1))
+        except ValueError as e:
+            if not str(e).startswith("model: "):
+                raise
+            refused.append(name)
+            reason = reason or _first_line(e)[len("model: ") :]
+            continue
+        kept.append(name)
+    if refused:
+        notes.append(
+            f"--methods: the default methods {', '.join(refused)} are not defined for this model "
+            f"and are left out ({reason})"
+        )
+    return kept
+
+
 def run(args: argparse.Namespace) -> int:
     methods = _names("--methods", args.methods, DEFAULT_METHODS)
     metrics = _names("--metrics", args.metrics, DEFAULT_METRICS)
@@ -655,6 +684,7 @@ def run(args: argparse.Namespace) -> int:
         first = _first_image(args, data).to(device)
         _check_labels_fit(args, data, _check_model_accepts(args.model, model, first))
         _check_n_groups(args.n_groups, first)
+        methods = _defined_defaults(args, model, first, methods, notes)
         try:
             result = evaluate(
                 model,

@@ -160,3 +160,37 @@ def test_warnings_are_one_line_without_source_location(tmp_path: Path) -> None:
     assert any("skipping the image 'b.png'" in line for line in warning_lines)
     assert all(line.startswith("captum-saco: warning: ") for line in warning_lines)
     assert ".py:" not in proc.stderr and "warnings.warn" not in proc.stderr
+
+
+TINY_SWIN = """
+import timm
+
+def build():
+    return timm.models.swin_transformer.SwinTransformer(
+        img_size=32, patch_size=4, window_size=4, embed_dim=24, depths=(1, 1),
+        num_heads=(2, 2), num_classes=3,
+    ).eval()
+"""
+
+
+def test_default_methods_a_model_does_not_define_are_left_out_with_a_note(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # A Swin has no token-by-token attention: the attention-map methods refuse it,
+    # so a first run with the defaults explains it with the methods that work
+    # instead of stopping at the first refusal, and says which ones it left out.
+    (tmp_path / "swin.py").write_text(TINY_SWIN)
+    images = image_folder(tmp_path / "images", ["a"])
+    table = tmp_path / "table.json"
+    model = ["--model", f"{tmp_path}/swin.py:build", "--images", str(images)]
+    quick = ["--metrics", "saco", "--n-groups", "4", "--input-size", "32", *QUICK[-3:]]
+    assert main(model + quick + ["--output", str(table)]) == 0
+    err = capsys.readouterr().err
+    assert "the default methods raw_attention, attention_rollout" in err
+    assert "only ConservativeLRP and AttnLRP explain it" in err
+    run = {row["method"] for row in json.loads(table.read_text())["results"]}
+    assert {"conservative_lrp", "attn_lrp", "random", "saliency"} <= run
+    assert "raw_attention" not in run
+    # named with --methods, a method the model does not define is an error
+    assert main(model + quick + ["--methods", "raw_attention"]) == 2
+    assert "--model: SwinTransformer is a Swin Transformer" in capsys.readouterr().err
