@@ -13,7 +13,15 @@ import pytest
 import timm
 import torch
 import torchvision
-from tiny_models import tiny_hf_deit, tiny_hf_vit, tiny_timm, tiny_timm_distilled, tiny_torchvision
+from tiny_models import (
+    tiny_beit,
+    tiny_eva,
+    tiny_hf_deit,
+    tiny_hf_vit,
+    tiny_timm,
+    tiny_timm_distilled,
+    tiny_torchvision,
+)
 from torch import nn
 from transformers import (
     CLIPConfig,
@@ -153,16 +161,8 @@ ARCHITECTURES: Dict[str, Callable[[], nn.Module]] = {
         )
     ),
     "zero-shot SigLIP, HF `SiglipModel`": _seeded(lambda: _zero_shot(SiglipModel, SiglipConfig)),
-    "timm Eva (EVA-02)": _seeded(
-        lambda: timm.models.eva.Eva(
-            img_size=32, patch_size=8, embed_dim=24, depth=2, num_heads=2, num_classes=5
-        )
-    ),
-    "timm BEiT": _seeded(
-        lambda: timm.models.beit.Beit(
-            img_size=32, patch_size=8, embed_dim=24, depth=2, num_heads=2, num_classes=5
-        )
-    ),
+    "timm Eva (EVA-02)": tiny_eva,
+    "timm BEiT": tiny_beit,
     "timm Swin": _seeded(
         lambda: timm.models.swin_transformer.SwinTransformer(
             img_size=32,

@@ -21,6 +21,18 @@ of rules (:class:`LRPRules`). The rules of the authors' implementation
 - GELU, softmax, LayerNorm, dropout, layer scale, the attention scale, the
   class-token selection and the final norm: :func:`pass_through`.
 
+The optional parts of :class:`~captum_saco.attr._core.families.BlockParts` take
+the rule of their kind: the query/key norms and the sub-LayerNorms before
+``proj`` and ``fc2`` are LayerNorms (:func:`pass_through`); the attention bias
+(BEiT's relative position bias) is added before the softmax, which passes the
+relevance of the probabilities to the scores ``Q K^T`` unchanged, so the bias
+takes nothing; the product ``act(gate) * value`` of a gated MLP gives each factor
+half of the relevance (the z-rule of an element-wise product, as
+:func:`z_rule_half_each` does for the attention products). The rotary position
+embedding has no rule here: a pass that must cross it (the relevance of any
+block but the last, as Transformer Attribution and full LRP need) refuses the
+model; partial LRP, which stops at the last block's attention, works.
+
 Everything is batched; an example's relevance never depends on the other
 examples of the batch. The pass computes in the dtype of the tokens it is
 given (the model's parts are cast to it): Chefer's residual rule divides by
@@ -313,6 +325,14 @@ def _block_relevance(
 ) -> Tuple[Optional[Tensor], Tensor]:
     """Relevance of the block's input tokens (``None`` unless ``to_input``) and of
     its attention probabilities."""
+    if to_input and block.rope is not None:
+        raise ValueError(
+            "model: its blocks apply a rotary position embedding to the queries and keys, "
+            "which the LRP relevance pass has no rule for: TransformerAttribution and "
+            "FullLRP refuse it (PartialLRP, RawAttention, AttentionRollout, "
+            "GradientWeightedAttention, AttentionGradCAM, AttCAT, ConservativeLRP and "
+            "AttnLRP work on it)"
+        )
     mid_relevance, mlp_relevance = rules.residual(record.mid, record.mlp_branch, relevance)
     hidden_relevance = rules.elementwise(
         rules.linear(
@@ -322,6 +342,16 @@ def _block_relevance(
             rules.elementwise(mlp_relevance),
         )
     )
+    if block.fc_value is not None:  # act(gate) * value: half of the relevance each
+        hidden_relevance = hidden_relevance / 2
+        mid_relevance = mid_relevance + rules.elementwise(
+            rules.linear(
+                record.mlp_in,
+                block.fc_value.weight,
+                _without_bias(record.value, block.fc_value.bias),
+                hidden_relevance,
+            )
+        )
     mid_relevance = mid_relevance + rules.elementwise(
         rules.linear(
             record.mlp_in,

@@ -22,6 +22,8 @@ from captum_saco.attr._core.families.base import (
 )
 from captum_saco.attr._core.families.hf_dinov2 import HuggingFaceDinov2Adapter
 from captum_saco.attr._core.families.hf_vit import HuggingFaceViTAdapter
+from captum_saco.attr._core.families.timm_beit import TimmBeitAdapter
+from captum_saco.attr._core.families.timm_eva import TimmEvaAdapter
 from captum_saco.attr._core.families.timm_vit import TimmViTAdapter
 from captum_saco.attr._core.families.torchvision_vit import TorchvisionViTAdapter
 from captum_saco.attr._core.families.zero_shot import ZeroShotAdapter
@@ -29,6 +31,8 @@ from captum_saco.attr._core.families.zero_shot import ZeroShotAdapter
 #: every family, in the order :func:`adapter_for` tries them
 FAMILIES: List[Type[ViTAdapter]] = [
     TimmViTAdapter,
+    TimmEvaAdapter,
+    TimmBeitAdapter,
     HuggingFaceViTAdapter,
     HuggingFaceDinov2Adapter,
     TorchvisionViTAdapter,

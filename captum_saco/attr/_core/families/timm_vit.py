@@ -1,7 +1,7 @@
 """The family of timm ``VisionTransformer``."""
 
 from contextlib import contextmanager
-from typing import Callable, Dict, Iterator, List, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -14,6 +14,8 @@ from captum_saco.attr._core.families.base import (
     _identity,
     _inexpressible,
     _joined,
+    _patch_mean,
+    _unfused,
     _unsupported,
 )
 
@@ -80,9 +82,7 @@ class TimmViTAdapter(ViTAdapter):
         tokens timm averages."""
         if self.reads_class_token():
             return super().readout(num_tokens)
-        s = torch.zeros(num_tokens)
-        s[self.num_prefix_tokens :] = 1 / (num_tokens - self.num_prefix_tokens)
-        return s
+        return _patch_mean(num_tokens, self.num_prefix_tokens)
 
     def embedding_path(self) -> Dict[str, str]:
         return {
@@ -112,18 +112,12 @@ class TimmViTAdapter(ViTAdapter):
 
     @contextmanager
     def attention_mode(self) -> Iterator[None]:
-        attentions = [block.attn for block in self.model.blocks]
-        saved = [attn.fused_attn for attn in attentions]
-        try:
-            for attn in attentions:
-                attn.fused_attn = False
+        with _unfused([block.attn for block in self.model.blocks]):
             yield
-        finally:
-            for attn, fused in zip(attentions, saved):
-                attn.fused_attn = fused
 
     def parts(self) -> ViTParts:
-        from timm.layers import LayerScale, Mlp
+        from timm.layers import LayerScale
+        from timm.models.vision_transformer import Block
 
         model = self.model
         if self.reads_class_token() and not isinstance(model.fc_norm, nn.Identity):
@@ -133,32 +127,28 @@ class TimmViTAdapter(ViTAdapter):
         blocks = []
         for block in model.blocks:
             attn = block.attn
-            if not (isinstance(attn.q_norm, nn.Identity) and isinstance(attn.k_norm, nn.Identity)):
-                raise _inexpressible(model, "query/key normalisation (qk_norm)")
-            # ``norm`` (scale_norm) and ``gate`` exist only in recent timm releases
-            if not isinstance(getattr(attn, "norm", nn.Identity()), nn.Identity) or (
-                getattr(attn, "gate", None) is not None
-            ):
-                raise _inexpressible(model, "a normalised or gated attention output")
+            if type(block) is not Block:
+                raise _inexpressible(model, f"a block of type {type(block).__name__}")
+            # ``gate`` exists only in recent timm releases
+            if getattr(attn, "gate", None) is not None:
+                raise _inexpressible(model, "a gated attention output")
             _check_square_attention(model, attn.qkv.in_features, attn.num_heads * attn.head_dim)
-            if not isinstance(block.mlp, Mlp) or not isinstance(block.mlp.norm, nn.Identity):
-                raise _inexpressible(model, f"an MLP of type {type(block.mlp).__name__}")
-            for norm in (block.norm1, block.norm2):
-                if not isinstance(norm, nn.LayerNorm):
-                    raise _inexpressible(model, f"a {type(norm).__name__} block norm")
             blocks.append(
                 BlockParts(
-                    norm1=block.norm1,
+                    norm1=block_norm(model, block.norm1, "norm1"),
                     qkv_weight=attn.qkv.weight,
                     qkv_bias=attn.qkv.bias,
                     num_heads=attn.num_heads,
                     proj=attn.proj,
-                    norm2=block.norm2,
-                    fc1=block.mlp.fc1,
-                    act=block.mlp.act,
-                    fc2=block.mlp.fc2,
+                    norm2=block_norm(model, block.norm2, "norm2"),
                     ls1=block.ls1.gamma if isinstance(block.ls1, LayerScale) else None,
                     ls2=block.ls2.gamma if isinstance(block.ls2, LayerScale) else None,
+                    q_norm=optional_norm(model, attn.q_norm, "the query norm (qk_norm)"),
+                    k_norm=optional_norm(model, attn.k_norm, "the key norm (qk_norm)"),
+                    attn_norm=optional_norm(
+                        model, getattr(attn, "norm", nn.Identity()), "the attention output norm"
+                    ),
+                    **mlp_parts(model, block.mlp),
                 )
             )
         classifiers = [model.head] + ([model.head_dist] if hasattr(model, "head_dist") else [])
@@ -172,3 +162,58 @@ class TimmViTAdapter(ViTAdapter):
             mean_pooled=not self.reads_class_token(),
             fc_norm=model.fc_norm,
         )
+
+
+# --- the parts shared by the timm families (ViT, Eva, BEiT) --------------------------------
+def optional_norm(model: nn.Module, norm: nn.Module, where: str) -> Optional[nn.LayerNorm]:
+    """``None`` for an ``nn.Identity`` (the model does not have that norm), the norm
+    if it is a LayerNorm; any other module refuses the model by name."""
+    if isinstance(norm, nn.Identity):
+        return None
+    return block_norm(model, norm, where)
+
+
+def block_norm(model: nn.Module, norm: nn.Module, where: str) -> nn.LayerNorm:
+    """``norm`` if it is a LayerNorm; any other module refuses the model by name."""
+    if not isinstance(norm, nn.LayerNorm):
+        raise _inexpressible(model, f"a {type(norm).__name__} as {where}")
+    return norm
+
+
+def _half_of(linear: nn.Linear, second: bool) -> nn.Linear:
+    """A linear layer computing the first or second half of ``linear``'s outputs,
+    sharing its weights (views, not copies)."""
+    rows = slice(linear.out_features // 2, None) if second else slice(0, linear.out_features // 2)
+    half = nn.Linear(linear.in_features, linear.out_features // 2, linear.bias is not None, "meta")
+    half.weight = nn.Parameter(linear.weight[rows], linear.weight.requires_grad)
+    if linear.bias is not None:
+        half.bias = nn.Parameter(linear.bias[rows], linear.bias.requires_grad)
+    return half
+
+
+def mlp_parts(model: nn.Module, mlp: nn.Module) -> Dict[str, Any]:
+    """The MLP fields of :class:`BlockParts` (``fc1``, ``act``, ``fc2``,
+    ``fc_value``, ``mlp_norm``) of a timm ``Mlp`` (``act(fc1(x))``), ``SwiGLU``
+    (gate ``fc1_g``, value ``fc1_x``) or ``GluMlp`` (one ``fc1`` whose output halves
+    are the gate and the value, the gate second if ``gate_last``), each with its
+    optional norm before ``fc2`` (``scale_mlp``). Any other MLP refuses the model."""
+    from timm.layers import GluMlp, Mlp, SwiGLU
+
+    kind = type(mlp)
+    if kind is Mlp:
+        fc1, fc_value = mlp.fc1, None
+    elif kind is SwiGLU:
+        fc1, fc_value = mlp.fc1_g, mlp.fc1_x
+    elif kind is GluMlp and isinstance(mlp.fc1, nn.Linear) and mlp.chunk_dim == -1:
+        fc1, fc_value = _half_of(mlp.fc1, mlp.gate_last), _half_of(mlp.fc1, not mlp.gate_last)
+    else:
+        raise _inexpressible(model, f"an MLP of type {kind.__name__}")
+    if not all(isinstance(fc, (nn.Linear, type(None))) for fc in (fc1, fc_value, mlp.fc2)):
+        raise _inexpressible(model, f"a {kind.__name__} with convolutions")
+    return dict(
+        fc1=fc1,
+        act=mlp.act,
+        fc2=mlp.fc2,
+        fc_value=fc_value,
+        mlp_norm=optional_norm(model, mlp.norm, "the MLP's norm (scale_mlp)"),
+    )
