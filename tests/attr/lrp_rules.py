@@ -5,27 +5,27 @@ efficient mode computes it). Written without the library's engine."""
 
 import copy
 import types
-from typing import Callable
+from typing import Callable, Tuple
 
 import timm
 import torch
 import torch.nn.functional as F
 from timm.layers import GluMlp, SwiGLU, apply_rot_embed_cat
 from torch import Tensor, nn
+from transformers.models.beit.modeling_beit import BeitAttention, BeitMLP
 
 
 def without_biases(model: nn.Module) -> nn.Module:
     """A copy of ``model`` with every bias-like term zero: the biases of the linear
     layers, norms and patch embedding (q/v biases included), the relative position
-    bias tables, the class and register tokens and the position embedding. Its
+    bias tables, the class and register tokens and the position embedding (timm and
+    Hugging Face names). Its
     logits are then a homogeneous function of the pixels."""
     copied = copy.deepcopy(model)
     with torch.no_grad():
         for name, parameter in copied.named_parameters():
-            if name.endswith(("bias", "bias_table")) or name in (
-                "cls_token",
-                "reg_token",
-                "pos_embed",
+            if name.endswith(
+                ("bias", "bias_table", "cls_token", "reg_token", "pos_embed", "position_embeddings")
             ):
                 parameter.zero_()
     return copied
@@ -55,16 +55,22 @@ def _with_rule(rule: str, q: Tensor, k: Tensor, v: Tensor):
     return q, k, v
 
 
-def _attend(attn: nn.Module, rule: str, q: Tensor, k: Tensor, v: Tensor, bias=None) -> Tensor:
-    """Softmax attention of the heads ``(N, heads, T, d)`` under ``rule``, the
-    output's norm (if any) and projection, as timm's unfused path computes it."""
+def _attend(
+    rule: str, q: Tensor, k: Tensor, v: Tensor, scale: float, bias=None
+) -> Tensor:
+    """Softmax attention of the heads ``(N, heads, T, d)`` under ``rule``, heads
+    merged ``(N, T, heads * d)``, as the models' unfused paths compute it."""
     n, _, t, _ = q.shape
     q, k, v = _with_rule(rule, q, k, v)
-    scores = q * attn.scale @ k.transpose(-2, -1)
+    scores = q * scale @ k.transpose(-2, -1)
     probabilities = (scores if bias is None else scores + bias).softmax(dim=-1)
     if rule == "detached":  # the AH rule
         probabilities = probabilities.detach()
-    merged = (probabilities @ v).transpose(1, 2).reshape(n, t, -1)
+    return (probabilities @ v).transpose(1, 2).reshape(n, t, -1)
+
+
+def _project(attn: nn.Module, merged: Tensor) -> Tensor:
+    """A timm attention's output norm (if any) and projection."""
     return attn.proj(getattr(attn, "norm", nn.Identity())(merged))
 
 
@@ -79,7 +85,7 @@ def _attention_rule_forward(rule: str) -> Callable:
     def forward(attn: nn.Module, x: Tensor, attn_mask=None, **_) -> Tensor:
         n, t, d = x.shape
         q, k, v = attn.qkv(x).reshape(n, t, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
-        return _attend(attn, rule, attn.q_norm(q), attn.k_norm(k), v)
+        return _project(attn, _attend(rule, attn.q_norm(q), attn.k_norm(k), v, attn.scale))
 
     return forward
 
@@ -101,7 +107,7 @@ def _eva_attention_rule_forward(rule: str) -> Callable:
                 torch.cat([y[:, :, :p], apply_rot_embed_cat(y[:, :, p:], rope, half)], dim=2)
                 for y in (q, k)
             )
-        return _attend(attn, rule, q, k, v)
+        return _project(attn, _attend(rule, q, k, v, attn.scale))
 
     return forward
 
@@ -115,7 +121,21 @@ def _beit_attention_rule_forward(rule: str) -> Callable:
         position_bias = None
         if attn.relative_position_bias_table is not None:
             position_bias = attn._get_rel_pos_bias()
-        return _attend(attn, rule, q, k, v, position_bias)
+        return _project(attn, _attend(rule, q, k, v, attn.scale, position_bias))
+
+    return forward
+
+
+def _hf_beit_attention_rule_forward(rule: str) -> Callable:
+    """Hugging Face ``BeitAttention`` (the relative position bias arrives as the
+    attention mask)."""
+
+    def forward(attn: nn.Module, x: Tensor, attention_mask=None, **_) -> Tuple[Tensor, None]:
+        q, k, v = (
+            _heads(projection(x), attn.num_attention_heads)
+            for projection in (attn.q_proj, attn.k_proj, attn.v_proj)
+        )
+        return attn.o_proj(_attend(rule, q, k, v, attn.scaling, attention_mask)), None
 
     return forward
 
@@ -161,6 +181,7 @@ def rules_patched_copy(model: nn.Module, attention_rule: str) -> nn.Module:
         timm.models.vision_transformer.Attention: _attention_rule_forward,
         timm.models.eva.EvaAttention: _eva_attention_rule_forward,
         timm.models.beit.Attention: _beit_attention_rule_forward,
+        BeitAttention: _hf_beit_attention_rule_forward,
         SwiGLU: _gated_rule_forward,
         GluMlp: _gated_rule_forward,
     }
@@ -172,6 +193,8 @@ def rules_patched_copy(model: nn.Module, attention_rule: str) -> nn.Module:
             module.forward = types.MethodType(forwards[type(module)](attention_rule), module)
         if isinstance(module, timm.layers.Mlp):
             module.act.forward = _identity_rule(copy.deepcopy(module.act))
+        if isinstance(module, BeitMLP):
+            module.activation_fn.forward = _identity_rule(copy.deepcopy(module.activation_fn))
     return copied
 
 

@@ -16,6 +16,7 @@ import torchvision
 from tiny_models import (
     tiny_beit,
     tiny_eva,
+    tiny_hf_beit,
     tiny_hf_deit,
     tiny_hf_vit,
     tiny_timm,
@@ -119,6 +120,7 @@ ARCHITECTURES: Dict[str, Callable[[], nn.Module]] = {
     "timm ViT, `global_pool='map'` (SigLIP)": partial(tiny_timm, global_pool="map"),
     "HF ViT": tiny_hf_vit,
     "HF DeiT with teacher": partial(tiny_hf_deit, DeiTForImageClassificationWithTeacher),
+    "HF BEiT": tiny_hf_beit,
     "torchvision ViT": tiny_torchvision,
     "HF DINOv2": _seeded(
         lambda: Dinov2ForImageClassification(

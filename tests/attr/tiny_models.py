@@ -7,7 +7,13 @@ import timm
 import torch
 import torchvision
 from torch import nn
-from transformers import DeiTConfig, ViTConfig, ViTForImageClassification
+from transformers import (
+    BeitConfig,
+    BeitForImageClassification,
+    DeiTConfig,
+    ViTConfig,
+    ViTForImageClassification,
+)
 
 
 def tiny_timm(**kwargs) -> nn.Module:
@@ -103,6 +109,17 @@ def tiny_beit(**kwargs) -> nn.Module:
     config.update(use_abs_pos_emb=False, use_rel_pos_bias=True, init_values=0.1)
     config.update(kwargs)
     return perturbed(timm.models.beit.Beit(**config))
+
+
+def tiny_hf_beit(**kwargs) -> nn.Module:
+    """A Hugging Face ``BeitForImageClassification`` of the size of :func:`tiny_timm`
+    with a relative position bias in every layer and layer scale, mean-pooled (as
+    ``microsoft/beit-base-patch16-224``), its parameters perturbed; ``kwargs``
+    override the config."""
+    torch.manual_seed(0)
+    config = dict(_HF_SIZE, use_relative_position_bias=True, layer_scale_init_value=0.1)
+    config.update(kwargs)
+    return perturbed(BeitForImageClassification(BeitConfig(**config)))
 
 
 #: family name -> builder of its tiny model (32x32 images, 4x4 patches, 5 classes)

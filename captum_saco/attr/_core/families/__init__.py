@@ -20,6 +20,7 @@ from captum_saco.attr._core.families.base import (
     _unsupported,
     this_thread_only,
 )
+from captum_saco.attr._core.families.hf_beit import HuggingFaceBeitAdapter
 from captum_saco.attr._core.families.hf_dinov2 import HuggingFaceDinov2Adapter
 from captum_saco.attr._core.families.hf_vit import HuggingFaceViTAdapter
 from captum_saco.attr._core.families.timm_beit import TimmBeitAdapter
@@ -35,6 +36,7 @@ FAMILIES: List[Type[ViTAdapter]] = [
     TimmBeitAdapter,
     HuggingFaceViTAdapter,
     HuggingFaceDinov2Adapter,
+    HuggingFaceBeitAdapter,
     TorchvisionViTAdapter,
     ZeroShotAdapter,
 ]
