@@ -10,7 +10,7 @@ from typing import Callable, Tuple
 import timm
 import torch
 import torch.nn.functional as F
-from timm.layers import GluMlp, SwiGLU, apply_rot_embed_cat
+from timm.layers import GluMlp, RmsNorm, SwiGLU, apply_rot_embed_cat
 from torch import Tensor, nn
 from transformers.models.beit.modeling_beit import BeitAttention, BeitMLP
 
@@ -36,6 +36,12 @@ def _ln_rule_forward(norm: nn.LayerNorm, x: Tensor) -> Tensor:
     centred = x - x.mean(dim=-1, keepdim=True)
     std = (centred.square().mean(dim=-1, keepdim=True) + norm.eps).sqrt()
     return centred / std.detach() * norm.weight + norm.bias
+
+
+def _rms_rule_forward(norm: nn.Module, x: Tensor) -> Tensor:
+    """timm's RmsNorm with its root mean square a constant (LXT's ``rms_norm_forward``)."""
+    normed = x * (x.square().mean(dim=-1, keepdim=True) + norm.eps).rsqrt().detach()
+    return normed if norm.weight is None else normed * norm.weight
 
 
 def _scaled_gradient(x: Tensor, factor: float) -> Tensor:
@@ -171,8 +177,8 @@ def _identity_rule(act: nn.Module) -> Callable:
 
 def rules_patched_copy(model: nn.Module, attention_rule: str) -> nn.Module:
     """A copy of ``model`` whose plain autograd gradient is that of the LRP rules:
-    every LayerNorm (block norms, final norm, ``norm_pre``, the embedding's norm,
-    query/key norms, sub-LayerNorms) with the LN rule, the attention (timm ViT,
+    every LayerNorm and RmsNorm (block norms, final norm, ``norm_pre``, the
+    embedding's norm, query/key norms, sub-LayerNorms) with the LN rule, the attention (timm ViT,
     Eva, BEiT) with ``attention_rule``, the MLP activation with the identity rule
     and a gated MLP's product with the rule that goes with ``attention_rule``
     (``"uniform"``: AttnLRP's uniform rule; ``"detached"``: CP-LRP's constant
@@ -189,6 +195,8 @@ def rules_patched_copy(model: nn.Module, attention_rule: str) -> nn.Module:
     for module in copied.modules():
         if isinstance(module, nn.LayerNorm):
             module.forward = types.MethodType(_ln_rule_forward, module)
+        if isinstance(module, RmsNorm):
+            module.forward = types.MethodType(_rms_rule_forward, module)
         if type(module) in forwards:
             module.forward = types.MethodType(forwards[type(module)](attention_rule), module)
         if isinstance(module, timm.layers.Mlp):

@@ -1,6 +1,6 @@
 """timm ``Eva`` (EVA-02: RoPE, SwiGLU, sub-LayerNorms), timm ``Beit`` (relative
 position bias, layer scale, q/v biases) and timm ViTs with ``qk_norm`` (with
-SwiGLU and sub-LayerNorms): the canonical replay is the model, ConservativeLRP
+SwiGLU and sub-LayerNorms), LayerNorm or RmsNorm: the canonical replay is the model, ConservativeLRP
 conserves the logit on bias-free copies, ConservativeLRP and AttnLRP equal their
 rules patched into copies of timm's own modules, the attention-map methods equal
 a recomputation from attention probabilities this test captures itself, Chefer's
@@ -14,7 +14,7 @@ from typing import Callable, Dict, List, Tuple
 import pytest
 import torch
 from lrp_rules import gradient_x_input, rules_patched_copy, without_biases
-from timm.layers import SwiGLU
+from timm.layers import RmsNorm, SwiGLU
 from tiny_models import perturbed, tiny_beit, tiny_eva, tiny_timm
 from torch import Tensor, nn
 
@@ -56,7 +56,9 @@ MODELS: Dict[str, Callable[[], nn.Module]] = {
     "beit_token_swiglu_sub_ln": partial(
         tiny_beit, global_pool="token", swiglu_mlp=True, scale_mlp=True
     ),
+    "eva02_rms_norm": partial(tiny_eva, norm_layer=RmsNorm, qk_norm=True),
     "vit_qk_norm": lambda: perturbed(tiny_timm(qk_norm=True)),
+    "vit_rms_norm_qk_norm": lambda: perturbed(tiny_timm(norm_layer=RmsNorm, qk_norm=True)),
     "vit_qk_norm_swiglu_sub_ln_layer_scale": lambda: perturbed(
         tiny_timm(
             qk_norm=True,
@@ -69,8 +71,13 @@ MODELS: Dict[str, Callable[[], nn.Module]] = {
 }
 MAP_METHODS = [RawAttention, AttentionRollout, AttentionGradCAM, GradientWeightedAttention, AttCAT]
 CHEFER_METHODS = [TransformerAttribution, PartialLRP, FullLRP]
-ROPE = ("eva02_base", "eva02_small", "eva_token_qk_norm_sub_ln_layer_scale_registers")
-MEAN_POOLED = ("eva02_base", "eva02_small", "beit")
+ROPE = (
+    "eva02_base",
+    "eva02_small",
+    "eva02_rms_norm",
+    "eva_token_qk_norm_sub_ln_layer_scale_registers",
+)
+MEAN_POOLED = ("eva02_base", "eva02_small", "eva02_rms_norm", "beit")
 
 
 def refusal(name: str, method: type) -> str:
@@ -239,6 +246,7 @@ def test_attention_map_methods_equal_a_recomputation_from_captured_attention(nam
         "eva_token_without_rope",
         "beit_token_swiglu_sub_ln",
         "vit_qk_norm",
+        "vit_rms_norm_qk_norm",
         "vit_qk_norm_swiglu_sub_ln_layer_scale",
     ],
 )

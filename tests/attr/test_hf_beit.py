@@ -217,3 +217,10 @@ def test_a_relative_position_bias_shared_by_all_layers_is_refused_by_the_lrp_met
     with pytest.raises(ValueError, match="shared by all layers.*RawAttention"):
         AttnLRP(model).attribute(images_of())
     assert torch.isfinite(RawAttention(model).attribute(images_of())).all()
+
+
+def test_images_of_another_size_are_refused_by_the_lrp_methods_by_name() -> None:
+    model = build("mean")
+    images = torch.rand(1, 3, 40, 40)
+    with pytest.raises(ValueError, match="defined for 17 tokens, the images give 26"):
+        AttnLRP(model).attribute(images, additional_forward_args=(None, True))

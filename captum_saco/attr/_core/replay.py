@@ -261,9 +261,13 @@ def _linear(layer: nn.Linear, inputs: Tensor, gamma: float = 0.0) -> Tensor:
 def layer_norm(norm: nn.Module, inputs: Tensor, rule: str = "gradient") -> Tensor:
     """``norm(inputs)`` in the dtype of ``inputs``, its gradient as ``rule`` says
     (see :class:`GradientRules`). An ``nn.Identity`` (a model without that norm,
-    such as timm's ``final_norm=False``) returns ``inputs``."""
+    such as timm's ``final_norm=False``) returns ``inputs``. An ``nn.RMSNorm``
+    takes the same rule: with ``"std_detached"`` its root mean square
+    ``sqrt(mean(x^2) + eps)`` is a constant (LXT's ``rms_norm_forward``)."""
     if isinstance(norm, nn.Identity):
         return inputs
+    if isinstance(norm, nn.RMSNorm):
+        return _rms_norm(norm, inputs, rule)
     if not isinstance(norm, nn.LayerNorm):
         if rule == "gradient":
             return norm(inputs)
@@ -279,6 +283,16 @@ def layer_norm(norm: nn.Module, inputs: Tensor, rule: str = "gradient") -> Tenso
     if weight is not None:
         normed = normed * weight
     return normed if bias is None else normed + bias
+
+
+def _rms_norm(norm: nn.RMSNorm, inputs: Tensor, rule: str) -> Tensor:
+    """:func:`layer_norm` of an ``nn.RMSNorm``."""
+    weight = _cast(norm.weight, inputs.dtype)
+    eps = torch.finfo(inputs.dtype).eps if norm.eps is None else norm.eps
+    if rule == "gradient":
+        return F.rms_norm(inputs, norm.normalized_shape, weight, eps)
+    normed = inputs * (inputs.square().mean(dim=-1, keepdim=True) + eps).rsqrt().detach()
+    return normed if weight is None else normed * weight
 
 
 @contextmanager
@@ -403,6 +417,12 @@ def block_forward(
     if block.rope is not None:
         q, k = _rotated(q, block), _rotated(k, block)
     bias = _cast(block.attention_bias, tokens.dtype)
+    if bias is not None and bias.shape[-1] != t:
+        raise ValueError(
+            f"model: its attention bias (relative position bias) is defined for "
+            f"{bias.shape[-1]} tokens, the images give {t}: the relevance methods explain "
+            "it at the image size it was built for"
+        )
     q, k, v, scores, attention = _attention(q, k, v, rules.attention, bias)
     if not attention.requires_grad:
         # Frozen weights and detached tokens, or detached attention: the gradient

@@ -17,7 +17,7 @@ from captum_saco.attr._core.families.base import (
     _unfused,
     _unsupported,
 )
-from captum_saco.attr._core.families.timm_vit import block_norm, mlp_parts, optional_norm
+from captum_saco.attr._core.families.timm_vit import block_norm, head_norm, mlp_parts
 
 
 class TimmBeitAdapter(ViTAdapter):
@@ -142,10 +142,9 @@ class TimmBeitAdapter(ViTAdapter):
             raise _inexpressible(model, "no linear classifier head (num_classes=0?)")
         return ViTParts(
             blocks=blocks,
-            norm=optional_norm(model, model.norm, "the final norm") or nn.Identity(),
+            norm=head_norm(model, model.norm, "the final norm"),
             heads=[(0, model.head)],
             num_prefix_tokens=self.num_prefix_tokens,
             mean_pooled=not self.reads_class_token(),
-            fc_norm=optional_norm(model, model.fc_norm, "the norm after pooling")
-            or nn.Identity(),
+            fc_norm=head_norm(model, model.fc_norm, "the norm after pooling"),
         )

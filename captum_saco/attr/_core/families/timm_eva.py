@@ -18,7 +18,12 @@ from captum_saco.attr._core.families.base import (
     _unfused,
     _unsupported,
 )
-from captum_saco.attr._core.families.timm_vit import block_norm, mlp_parts, optional_norm
+from captum_saco.attr._core.families.timm_vit import (
+    block_norm,
+    head_norm,
+    mlp_parts,
+    optional_norm,
+)
 
 
 class TimmEvaAdapter(ViTAdapter):
@@ -41,7 +46,8 @@ class TimmEvaAdapter(ViTAdapter):
     parts it cannot express: post-norm blocks (``use_post_norm``), the
     ``AttentionRope`` attention (``attn_type="rope"``), gated attention, the
     per-depth (``rope_type="mixed"``) and other non-``"cat"`` rotary embeddings,
-    RoPE with ``dynamic_img_size``, and RMSNorm layers.
+    and RoPE with ``dynamic_img_size``. RmsNorm layers (``norm_layer=RmsNorm``)
+    take the LayerNorm rule as LayerNorms do (their root mean square a constant).
     """
 
     model_classes = (("timm.models.eva", "Eva"),)
@@ -171,12 +177,11 @@ class TimmEvaAdapter(ViTAdapter):
             raise _inexpressible(model, "no linear classifier head (num_classes=0?)")
         return ViTParts(
             blocks=blocks,
-            norm=optional_norm(model, model.norm, "the final norm") or nn.Identity(),
+            norm=head_norm(model, model.norm, "the final norm"),
             heads=[(0, model.head)],
             num_prefix_tokens=self.num_prefix_tokens,
             mean_pooled=not self.reads_class_token(),
-            fc_norm=optional_norm(model, model.fc_norm, "the norm after pooling")
-            or nn.Identity(),
+            fc_norm=head_norm(model, model.fc_norm, "the norm after pooling"),
         )
 
 

@@ -3,7 +3,6 @@
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
-import torch
 from torch import Tensor, nn
 
 from captum_saco.attr._core.families.base import (
@@ -122,8 +121,6 @@ class TimmViTAdapter(ViTAdapter):
         model = self.model
         if self.reads_class_token() and not isinstance(model.fc_norm, nn.Identity):
             raise _inexpressible(model, "a norm after pooling (fc_norm)")
-        if not isinstance(model.fc_norm, (nn.Identity, nn.LayerNorm)):
-            raise _inexpressible(model, f"a {type(model.fc_norm).__name__} after pooling")
         blocks = []
         for block in model.blocks:
             attn = block.attn
@@ -156,28 +153,42 @@ class TimmViTAdapter(ViTAdapter):
             raise _inexpressible(model, "no linear classifier head (num_classes=0?)")
         return ViTParts(
             blocks=blocks,
-            norm=model.norm,
+            norm=head_norm(model, model.norm, "the final norm"),
             heads=list(enumerate(classifiers)),
             num_prefix_tokens=self.num_prefix_tokens,
             mean_pooled=not self.reads_class_token(),
-            fc_norm=model.fc_norm,
+            fc_norm=head_norm(model, model.fc_norm, "the norm after pooling"),
         )
 
 
 # --- the parts shared by the timm families (ViT, Eva, BEiT) --------------------------------
-def optional_norm(model: nn.Module, norm: nn.Module, where: str) -> Optional[nn.LayerNorm]:
-    """``None`` for an ``nn.Identity`` (the model does not have that norm), the norm
-    if it is a LayerNorm; any other module refuses the model by name."""
+def optional_norm(model: nn.Module, norm: nn.Module, where: str) -> Optional[nn.Module]:
+    """``None`` for an ``nn.Identity`` (the model does not have that norm), else
+    :func:`block_norm`."""
     if isinstance(norm, nn.Identity):
         return None
     return block_norm(model, norm, where)
 
 
-def block_norm(model: nn.Module, norm: nn.Module, where: str) -> nn.LayerNorm:
-    """``norm`` if it is a LayerNorm; any other module refuses the model by name."""
-    if not isinstance(norm, nn.LayerNorm):
-        raise _inexpressible(model, f"a {type(norm).__name__} as {where}")
-    return norm
+def head_norm(model: nn.Module, norm: nn.Module, where: str) -> nn.Module:
+    """:func:`optional_norm` with ``nn.Identity`` for none (the final norm and the
+    norm after pooling of :class:`ViTParts`)."""
+    return optional_norm(model, norm, where) or nn.Identity()
+
+
+def block_norm(model: nn.Module, norm: nn.Module, where: str) -> nn.Module:
+    """``norm`` if it is a LayerNorm or an ``nn.RMSNorm``, timm's ``RmsNorm`` as an
+    ``nn.RMSNorm`` sharing its weight; any other module refuses the model by name."""
+    from timm.layers import RmsNorm
+
+    if isinstance(norm, (nn.LayerNorm, nn.RMSNorm)):
+        return norm
+    if type(norm) is RmsNorm and len(norm.normalized_shape) == 1:
+        rms = nn.RMSNorm(norm.normalized_shape, norm.eps, norm.elementwise_affine, device="meta")
+        if norm.weight is not None:
+            rms.weight = norm.weight
+        return rms
+    raise _inexpressible(model, f"a {type(norm).__name__} as {where}")
 
 
 def _half_of(linear: nn.Linear, second: bool) -> nn.Linear:
