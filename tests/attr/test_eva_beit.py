@@ -14,7 +14,7 @@ from typing import Callable, Dict, List, Tuple
 import pytest
 import torch
 from lrp_rules import gradient_x_input, rules_patched_copy, without_biases
-from timm.layers import RmsNorm, SwiGLU
+from timm.layers import RmsNorm, SwiGLU, apply_rot_embed_cat
 from tiny_models import perturbed, tiny_beit, tiny_eva, tiny_timm
 from torch import Tensor, nn
 
@@ -31,7 +31,7 @@ from captum_saco.attr import (
     TransformerAttribution,
 )
 from captum_saco.attr._core.families import vit_parts
-from captum_saco.attr._core.relevance import attention_relevance
+from captum_saco.attr._core.relevance import attention_relevance, rotary_relevance
 from captum_saco.attr._core.replay import model_forward
 from tests.numerics import relative_error, relative_errors
 
@@ -71,12 +71,6 @@ MODELS: Dict[str, Callable[[], nn.Module]] = {
 }
 MAP_METHODS = [RawAttention, AttentionRollout, AttentionGradCAM, GradientWeightedAttention, AttCAT]
 CHEFER_METHODS = [TransformerAttribution, PartialLRP, FullLRP]
-ROPE = (
-    "eva02_base",
-    "eva02_small",
-    "eva02_rms_norm",
-    "eva_token_qk_norm_sub_ln_layer_scale_registers",
-)
 MEAN_POOLED = ("eva02_base", "eva02_small", "eva02_rms_norm", "beit")
 
 
@@ -84,8 +78,6 @@ def refusal(name: str, method: type) -> str:
     """The start of the refusal of ``method`` on model ``name``, "" where it works."""
     if method in CHEFER_METHODS and name in MEAN_POOLED:
         return "model: it has a pooled head"
-    if method in (TransformerAttribution, FullLRP) and name in ROPE:
-        return "model: its blocks apply a rotary position embedding"
     return ""
 
 
@@ -243,6 +235,7 @@ def test_attention_map_methods_equal_a_recomputation_from_captured_attention(nam
 @pytest.mark.parametrize(
     "name",
     [
+        "eva_token_qk_norm_sub_ln_layer_scale_registers",
         "eva_token_without_rope",
         "beit_token_swiglu_sub_ln",
         "vit_qk_norm",
@@ -253,7 +246,8 @@ def test_attention_map_methods_equal_a_recomputation_from_captured_attention(nam
 def test_chefer_relevance_conserves_the_unit_seed_through_the_new_parts(name: str) -> None:
     """qk norms and sub-LayerNorms pass relevance on (LayerNorms), the relative
     position bias takes none, the gated product halves it between its factors
-    (were each factor given all of it, the totals would exceed 1)."""
+    (were each factor given all of it, the totals would exceed 1), the rotary
+    embedding takes the z-rule."""
     model = MODELS[name]()
     images = images_of()
     result = attention_relevance(
@@ -302,3 +296,21 @@ def test_parts_no_rule_is_known_for_are_refused_by_name() -> None:
         RawAttention(tiny_eva(global_pool="map"))
     shared = RawAttention(tiny_beit(use_shared_rel_pos_bias=True)).attribute(images_of())
     assert torch.isfinite(shared).all()
+
+
+@pytest.mark.parametrize("half", [False, True], ids=["interleaved", "rotate_half"])
+def test_the_rotary_embedding_takes_the_z_rule_as_the_linear_map_it_is(half: bool) -> None:
+    model = tiny_eva(global_pool="token", rope_rotate_half=half).double()
+    block = vit_parts(model).blocks[0]
+    generator = torch.Generator().manual_seed(0)
+    queries = torch.randn(2, 2, 17, 12, generator=generator, dtype=torch.float64)
+    relevance = torch.randn(2, 2, 17, 12, generator=generator, dtype=torch.float64)
+    expected = relevance.clone()  # the class token is not rotated
+    rope, basis = model.rope.get_embed(), torch.eye(12, dtype=torch.float64)
+    for position in range(16):  # timm's rotation of each patch token, as a matrix
+        matrix = apply_rot_embed_cat(basis, rope[position], half=half).T
+        x = queries[:, :, 1 + position]
+        scale = relevance[:, :, 1 + position] / (x @ matrix.T + 1e-9)
+        expected[:, :, 1 + position] = x * (scale @ matrix)
+    actual = rotary_relevance(block, queries, relevance)
+    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12)

@@ -128,6 +128,8 @@ class BlockRecord:
     mlp_out: Tensor  # fc2(hidden) with its bias, before ls2
     mlp_branch: Tensor  # ls2 * mlp_out, the second residual's branch
     value: Optional[Tensor] = None  # fc_value(mlp_in) with its bias, for a gated MLP
+    q_unrotated: Optional[Tensor] = None  # q before the rotary embedding, if any
+    k_unrotated: Optional[Tensor] = None
 
 
 @dataclass(frozen=True)
@@ -346,20 +348,35 @@ def _attention(
     return q, k, v, scores, attention
 
 
-def _rotated(values: Tensor, block: BlockParts) -> Tensor:
-    """The block's rotary position embedding applied to queries or keys ``values``
-    ``(N, heads, T, d)`` after the first ``block.rope_skip`` tokens (as timm's
-    ``apply_rot_embed_cat``): ``x * cos + rotate(x) * sin``, a linear map of ``x``."""
+def rotation_partner(values: Tensor, half: bool) -> Tensor:
+    """``values`` ``(..., d)`` with each feature moved to the place of the feature it
+    is rotated with: pairs ``(2i, 2i + 1)``, or with ``half`` ``(i, i + d / 2)``."""
+    if half:
+        return values.roll(values.shape[-1] // 2, dims=-1)
+    return values.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+
+
+def rotary_terms(values: Tensor, block: BlockParts) -> Tuple[Tensor, Tensor]:
+    """The two terms ``x * cos`` and ``rotate(x) * sin`` of the block's rotary
+    position embedding of ``values`` ``(N, heads, T - rope_skip, d)``, the queries
+    or keys of the rotated tokens (as timm's ``apply_rot_embed_cat``): feature ``i``
+    of the second term comes from feature ``rotation_partner(i)``."""
     assert block.rope is not None
-    skip = block.rope_skip
     sin, cos = block.rope.to(values.dtype).chunk(2, dim=-1)
-    rest = values[:, :, skip:]
     if block.rope_half:  # [x0 .. x5] -> [-x3 -x4 -x5 x0 x1 x2]
-        first, second = rest.chunk(2, dim=-1)
+        first, second = values.chunk(2, dim=-1)
         turned = torch.cat([-second, first], dim=-1)
     else:  # [x0 .. x5] -> [-x1 x0 -x3 x2 -x5 x4]
-        turned = torch.stack([-rest[..., 1::2], rest[..., ::2]], dim=-1).reshape(rest.shape)
-    return torch.cat([values[:, :, :skip], rest * cos + turned * sin], dim=2)
+        turned = torch.stack([-values[..., 1::2], values[..., ::2]], dim=-1).reshape(values.shape)
+    return values * cos, turned * sin
+
+
+def _rotated(values: Tensor, block: BlockParts) -> Tensor:
+    """The block's rotary position embedding applied to queries or keys ``values``
+    ``(N, heads, T, d)`` after the first ``block.rope_skip`` tokens: a linear map."""
+    skip = block.rope_skip
+    direct, turned = rotary_terms(values[:, :, skip:], block)
+    return torch.cat([values[:, :, :skip], direct + turned], dim=2)
 
 
 def _norm(norm: Optional[nn.Module], inputs: Tensor, rule: str) -> Tensor:
@@ -414,7 +431,9 @@ def block_forward(
     )
     q, k, v = qkv.reshape(n, t, 3, heads, dim // heads).permute(2, 0, 3, 1, 4).unbind(0)
     q, k = _norm(block.q_norm, q, rules.norm), _norm(block.k_norm, k, rules.norm)
+    q_unrotated = k_unrotated = None
     if block.rope is not None:
+        q_unrotated, k_unrotated = q, k
         q, k = _rotated(q, block), _rotated(k, block)
     bias = _cast(block.attention_bias, tokens.dtype)
     if bias is not None and bias.shape[-1] != t:
@@ -466,6 +485,8 @@ def block_forward(
         mlp_out,
         mlp_branch,
         value,
+        q_unrotated,
+        k_unrotated,
     )
 
 
