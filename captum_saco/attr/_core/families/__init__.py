@@ -85,7 +85,7 @@ def vit_parts(model: nn.Module) -> ViTParts:
 
     Raises:
         ValueError: for unsupported models and for parts the canonical form cannot
-            express (timm ``qk_norm``, torchvision ``representation_size``, ...).
+            express (timm post-norm blocks, torchvision ``representation_size``, ...).
 
     Examples::
 

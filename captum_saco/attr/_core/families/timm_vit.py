@@ -34,13 +34,19 @@ class TimmViTAdapter(ViTAdapter):
     and a norm before the first block (``pre_norm=True``, the CLIP layout,
     ``norm_pre``): both are :meth:`embedding_norms`. Without a final norm
     (``final_norm=False``) ``norm`` is an ``nn.Identity``.
+
+    The canonical form (:meth:`parts`) takes the query/key norms (``qk_norm``),
+    the attention output's norm (``scale_attn_norm``), SwiGLU and GluMlp MLPs and
+    the MLP's norm (``scale_mlp_norm``), LayerNorm or RmsNorm; blocks other than
+    timm's pre-norm ``Block`` (``ResPostBlock``, parallel blocks) are refused by
+    name.
     """
 
     model_classes = (("timm.models.vision_transformer", "VisionTransformer"),)
     description = (
-        "timm VisionTransformer with class-token pooling (global_pool='token'; DeiT "
-        "distilled models, register tokens, pre_norm, embed_norm_layer and "
-        "final_norm=False included)"
+        "timm VisionTransformer with class-token or mean pooling (global_pool='token' "
+        "or 'avg'; DeiT distilled models, register tokens, pre_norm, embed_norm_layer, "
+        "final_norm=False, qk_norm, SwiGLU and sub-LayerNorms included)"
     )
 
     def __init__(self, model: nn.Module) -> None:
