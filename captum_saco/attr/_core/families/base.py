@@ -21,6 +21,7 @@ class BlockParts:
     ``x = x + ls1 * proj(attn(norm1(x))); x = x + ls2 * fc2(act(fc1(norm2(x))))``.
 
     The attention scale is ``head_dim ** -0.5`` with ``head_dim = D // num_heads``.
+    Every norm is an ``nn.LayerNorm`` or an ``nn.RMSNorm``.
 
     The optional parts (``None``: the block does not have them), in the order the
     block applies them:
@@ -42,26 +43,26 @@ class BlockParts:
       ``scale_mlp``).
     """
 
-    norm1: nn.LayerNorm
+    norm1: nn.Module
     qkv_weight: Tensor  # (3*D, D), rows ordered q, k, v
     qkv_bias: Optional[Tensor]  # (3*D,) or None
     num_heads: int
     proj: nn.Linear
-    norm2: nn.LayerNorm
+    norm2: nn.Module
     fc1: nn.Linear
     act: Callable[[Tensor], Tensor]
     fc2: nn.Linear
     ls1: Optional[Tensor] = None  # layer-scale gamma (D,) or None
     ls2: Optional[Tensor] = None
-    q_norm: Optional[nn.LayerNorm] = None
-    k_norm: Optional[nn.LayerNorm] = None
+    q_norm: Optional[nn.Module] = None
+    k_norm: Optional[nn.Module] = None
     rope: Optional[Tensor] = None
     rope_skip: int = 0
     rope_half: bool = False
     attention_bias: Optional[Tensor] = None
-    attn_norm: Optional[nn.LayerNorm] = None
+    attn_norm: Optional[nn.Module] = None
     fc_value: Optional[nn.Linear] = None
-    mlp_norm: Optional[nn.LayerNorm] = None
+    mlp_norm: Optional[nn.Module] = None
 
 
 @dataclass(frozen=True)
@@ -323,9 +324,9 @@ def _unsupported(model: nn.Module, reason: str) -> ValueError:
 def _inexpressible(model: nn.Module, part: str) -> ValueError:
     return ValueError(
         f"model: {type(model).__name__} has {part}, which the canonical pre-norm ViT "
-        "block (LayerNorm, q/k/v attention with scale head_dim ** -0.5, optional "
-        "LayerNorm of q and k, rotary embedding and attention bias, Linear-act-Linear "
-        "or gated MLP, optional sub-LayerNorms and layer scale) cannot express"
+        "block (LayerNorm or RMSNorm, q/k/v attention with scale head_dim ** -0.5, "
+        "optional q/k norms, rotary embedding and attention bias, Linear-act-Linear "
+        "or gated MLP, optional sub-norms and layer scale) cannot express"
     )
 
 
