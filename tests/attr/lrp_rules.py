@@ -5,21 +5,28 @@ efficient mode computes it). Written without the library's engine."""
 
 import copy
 import types
-from typing import Callable
+from typing import Callable, Tuple
 
 import timm
 import torch
+import torch.nn.functional as F
+from timm.layers import GluMlp, RmsNorm, SwiGLU, apply_rot_embed_cat
 from torch import Tensor, nn
+from transformers.models.beit.modeling_beit import BeitAttention, BeitMLP
 
 
 def without_biases(model: nn.Module) -> nn.Module:
     """A copy of ``model`` with every bias-like term zero: the biases of the linear
-    layers, norms and patch embedding, the class and register tokens and the
-    position embedding. Its logits are then a homogeneous function of the pixels."""
+    layers, norms and patch embedding (q/v biases included), the relative position
+    bias tables, the class and register tokens and the position embedding (timm and
+    Hugging Face names). Its
+    logits are then a homogeneous function of the pixels."""
     copied = copy.deepcopy(model)
     with torch.no_grad():
         for name, parameter in copied.named_parameters():
-            if name.endswith("bias") or name in ("cls_token", "reg_token", "pos_embed"):
+            if name.endswith(
+                ("bias", "bias_table", "cls_token", "reg_token", "pos_embed", "position_embeddings")
+            ):
                 parameter.zero_()
     return copied
 
@@ -31,21 +38,131 @@ def _ln_rule_forward(norm: nn.LayerNorm, x: Tensor) -> Tensor:
     return centred / std.detach() * norm.weight + norm.bias
 
 
+def _rms_rule_forward(norm: nn.Module, x: Tensor) -> Tensor:
+    """timm's RmsNorm with its root mean square a constant (LXT's ``rms_norm_forward``)."""
+    normed = x * (x.square().mean(dim=-1, keepdim=True) + norm.eps).rsqrt().detach()
+    return normed if norm.weight is None else normed * norm.weight
+
+
 def _scaled_gradient(x: Tensor, factor: float) -> Tensor:
     """``x``, with its gradient multiplied by ``factor``."""
     return x * factor + (x * (1 - factor)).detach()
 
 
+def _qkv_bias(attn: nn.Module):
+    """The q/k/v bias of a timm Eva or BEiT attention (its key bias is zero)."""
+    return None if attn.q_bias is None else torch.cat((attn.q_bias, attn.k_bias, attn.v_bias))
+
+
+def _with_rule(rule: str, q: Tensor, k: Tensor, v: Tensor):
+    """The operands of the attention products with the rule's gradients."""
+    if rule == "uniform":  # AttnLRP: uniform rule on Q K^T and A V
+        return _scaled_gradient(q, 0.25), _scaled_gradient(k, 0.25), _scaled_gradient(v, 0.5)
+    return q, k, v
+
+
+def _attend(
+    rule: str, q: Tensor, k: Tensor, v: Tensor, scale: float, bias=None
+) -> Tensor:
+    """Softmax attention of the heads ``(N, heads, T, d)`` under ``rule``, heads
+    merged ``(N, T, heads * d)``, as the models' unfused paths compute it."""
+    n, _, t, _ = q.shape
+    q, k, v = _with_rule(rule, q, k, v)
+    scores = q * scale @ k.transpose(-2, -1)
+    probabilities = (scores if bias is None else scores + bias).softmax(dim=-1)
+    if rule == "detached":  # the AH rule
+        probabilities = probabilities.detach()
+    return (probabilities @ v).transpose(1, 2).reshape(n, t, -1)
+
+
+def _project(attn: nn.Module, merged: Tensor) -> Tensor:
+    """A timm attention's output norm (if any) and projection."""
+    return attn.proj(getattr(attn, "norm", nn.Identity())(merged))
+
+
+def _heads(values: Tensor, num_heads: int) -> Tensor:
+    n, t, _ = values.shape
+    return values.reshape(n, t, num_heads, -1).transpose(1, 2)
+
+
 def _attention_rule_forward(rule: str) -> Callable:
+    """timm ``VisionTransformer`` attention (with its query/key norms)."""
+
     def forward(attn: nn.Module, x: Tensor, attn_mask=None, **_) -> Tensor:
         n, t, d = x.shape
         q, k, v = attn.qkv(x).reshape(n, t, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
-        if rule == "uniform":  # AttnLRP: uniform rule on Q K^T and A V
-            q, k, v = _scaled_gradient(q, 0.25), _scaled_gradient(k, 0.25), _scaled_gradient(v, 0.5)
-        probabilities = (q * attn.scale @ k.transpose(-2, -1)).softmax(dim=-1)
-        if rule == "detached":  # the AH rule
-            probabilities = probabilities.detach()
-        return attn.proj((probabilities @ v).transpose(1, 2).reshape(n, t, d))
+        return _project(attn, _attend(rule, attn.q_norm(q), attn.k_norm(k), v, attn.scale))
+
+    return forward
+
+
+def _eva_attention_rule_forward(rule: str) -> Callable:
+    """timm ``EvaAttention``: fused or separate q/k/v, query/key norms, RoPE on the
+    tokens after the prefix tokens."""
+
+    def forward(attn: nn.Module, x: Tensor, rope=None, **_) -> Tensor:
+        if attn.qkv is not None:
+            q, k, v = F.linear(x, attn.qkv.weight, _qkv_bias(attn)).chunk(3, dim=-1)
+        else:
+            q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+        q, k, v = (_heads(y, attn.num_heads) for y in (q, k, v))
+        q, k = attn.q_norm(q), attn.k_norm(k)
+        if rope is not None:
+            p, half = attn.num_prefix_tokens, attn.rotate_half
+            q, k = (
+                torch.cat([y[:, :, :p], apply_rot_embed_cat(y[:, :, p:], rope, half)], dim=2)
+                for y in (q, k)
+            )
+        return _project(attn, _attend(rule, q, k, v, attn.scale))
+
+    return forward
+
+
+def _beit_attention_rule_forward(rule: str) -> Callable:
+    """timm BEiT ``Attention``: q/v biases, relative position bias on the scores."""
+
+    def forward(attn: nn.Module, x: Tensor, shared_rel_pos_bias=None) -> Tensor:
+        qkv = F.linear(x, attn.qkv.weight, _qkv_bias(attn)).chunk(3, dim=-1)
+        q, k, v = (_heads(y, attn.num_heads) for y in qkv)
+        position_bias = None
+        if attn.relative_position_bias_table is not None:
+            position_bias = attn._get_rel_pos_bias()
+        return _project(attn, _attend(rule, q, k, v, attn.scale, position_bias))
+
+    return forward
+
+
+def _hf_beit_attention_rule_forward(rule: str) -> Callable:
+    """Hugging Face ``BeitAttention`` (the relative position bias arrives as the
+    attention mask)."""
+
+    def forward(attn: nn.Module, x: Tensor, attention_mask=None, **_) -> Tuple[Tensor, None]:
+        q, k, v = (
+            _heads(projection(x), attn.num_attention_heads)
+            for projection in (attn.q_proj, attn.k_proj, attn.v_proj)
+        )
+        return attn.o_proj(_attend(rule, q, k, v, attn.scaling, attention_mask)), None
+
+    return forward
+
+
+def _gated_rule_forward(rule: str) -> Callable:
+    """timm ``SwiGLU`` and ``GluMlp``: ``fc2(norm(act(gate) * value))`` with
+    AttnLRP's rules (identity rule on the activation, the uniform rule on the
+    product: its gradient halved, LXT's ``gated_mlp_forward``) or CP-LRP's (the
+    gate a constant, LXT's ``cp_gated_mlp_forward``)."""
+
+    def forward(mlp: nn.Module, x: Tensor) -> Tensor:
+        if isinstance(mlp, SwiGLU):
+            gate, value = mlp.fc1_g(x), mlp.fc1_x(x)
+        else:
+            first, second = mlp.fc1(x).chunk(2, dim=-1)
+            gate, value = (second, first) if mlp.gate_last else (first, second)
+        if rule == "uniform":
+            hidden = _scaled_gradient(_identity_rule(mlp.act)(gate) * value, 0.5)
+        else:
+            hidden = mlp.act(gate.detach()) * value
+        return mlp.fc2(mlp.norm(hidden))
 
     return forward
 
@@ -60,17 +177,32 @@ def _identity_rule(act: nn.Module) -> Callable:
 
 def rules_patched_copy(model: nn.Module, attention_rule: str) -> nn.Module:
     """A copy of ``model`` whose plain autograd gradient is that of the LRP rules:
-    every LayerNorm (block norms, final norm, ``norm_pre``, the embedding's norm)
-    with the LN rule, the attention with ``attention_rule`` and the MLP activation
-    with the identity rule (as LXT's efficient mode patches a model)."""
+    every LayerNorm and RmsNorm (block norms, final norm, ``norm_pre``, the
+    embedding's norm, query/key norms, sub-LayerNorms) with the LN rule, the attention (timm ViT,
+    Eva, BEiT) with ``attention_rule``, the MLP activation with the identity rule
+    and a gated MLP's product with the rule that goes with ``attention_rule``
+    (``"uniform"``: AttnLRP's uniform rule; ``"detached"``: CP-LRP's constant
+    gate), as LXT's efficient mode patches a model."""
+    forwards = {
+        timm.models.vision_transformer.Attention: _attention_rule_forward,
+        timm.models.eva.EvaAttention: _eva_attention_rule_forward,
+        timm.models.beit.Attention: _beit_attention_rule_forward,
+        BeitAttention: _hf_beit_attention_rule_forward,
+        SwiGLU: _gated_rule_forward,
+        GluMlp: _gated_rule_forward,
+    }
     copied = copy.deepcopy(model)
     for module in copied.modules():
         if isinstance(module, nn.LayerNorm):
             module.forward = types.MethodType(_ln_rule_forward, module)
-        if isinstance(module, timm.models.vision_transformer.Attention):
-            module.forward = types.MethodType(_attention_rule_forward(attention_rule), module)
+        if isinstance(module, RmsNorm):
+            module.forward = types.MethodType(_rms_rule_forward, module)
+        if type(module) in forwards:
+            module.forward = types.MethodType(forwards[type(module)](attention_rule), module)
         if isinstance(module, timm.layers.Mlp):
             module.act.forward = _identity_rule(copy.deepcopy(module.act))
+        if isinstance(module, BeitMLP):
+            module.activation_fn.forward = _identity_rule(copy.deepcopy(module.activation_fn))
     return copied
 
 

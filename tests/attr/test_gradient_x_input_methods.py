@@ -9,6 +9,7 @@ from typing import Dict
 import pytest
 import torch
 from captum.attr import InputXGradient
+from timm.models.vision_transformer import ResPostBlock
 from tiny_models import tiny_hf_deit, tiny_timm, tiny_timm_distilled
 from torch import Tensor, nn
 from transformers import DeiTForImageClassificationWithTeacher
@@ -309,8 +310,8 @@ def test_model_is_left_as_found_after_a_call_and_after_a_failing_one(
 def test_unsupported_models_are_refused_clearly(cls: type, images: Tensor) -> None:
     with pytest.raises(ValueError, match="not a supported Vision Transformer"):
         cls(nn.Sequential(nn.Flatten(), nn.Linear(3 * 96 * 96, 10)))
-    with pytest.raises(ValueError, match="qk_norm"):
-        cls(tiny_timm(qk_norm=True)).attribute(torch.rand(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="ResPostBlock"):
+        cls(tiny_timm(block_fn=ResPostBlock)).attribute(torch.rand(1, 3, 32, 32))
 
 
 def test_forward_func_that_does_not_run_the_model_is_refused(

@@ -7,6 +7,7 @@ from typing import Callable, Dict
 
 import pytest
 import torch
+from timm.models.vision_transformer import ResPostBlock
 from tiny_models import tiny_hf_deit, tiny_timm, tiny_timm_distilled
 from torch import Tensor, nn
 from transformers import DeiTForImageClassificationWithTeacher
@@ -178,8 +179,8 @@ def test_prefix_tokens_are_the_tokens_entering_block0_less_their_position_embedd
 
 
 def test_models_whose_tokens_are_not_embeddings_plus_positions_are_refused_by_name() -> None:
-    with pytest.raises(ValueError, match="qk_norm"):
-        PartialLRP(tiny_timm(qk_norm=True)).attribute(torch.rand(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="ResPostBlock"):
+        PartialLRP(tiny_timm(block_fn=ResPostBlock)).attribute(torch.rand(1, 3, 32, 32))
     with pytest.raises(ValueError, match="pooled head \\(global_pool='avg'\\)"):
         FullLRP(tiny_timm(global_pool="avg")).attribute(torch.rand(1, 3, 32, 32))
 

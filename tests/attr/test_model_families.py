@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from timm.models.vision_transformer import ResPostBlock
 from tiny_models import tiny_hf_deit, tiny_hf_vit, tiny_timm, tiny_timm_distilled
 from torch import Tensor, nn
 from transformers import (
@@ -229,8 +230,8 @@ def test_timm_pooling_without_a_read_out_vector_is_refused_by_name(pool: str) ->
 
 
 def test_parts_the_canonical_block_cannot_express_are_refused() -> None:
-    with pytest.raises(ValueError, match="qk_norm"):
-        vit_parts(tiny_timm(qk_norm=True))
+    with pytest.raises(ValueError, match="a block of type ResPostBlock"):
+        vit_parts(tiny_timm(block_fn=ResPostBlock))  # post-norm: would be silently wrong
     torchvision_with_pre_logits = torchvision.models.VisionTransformer(
         image_size=32,
         patch_size=8,
@@ -246,7 +247,7 @@ def test_parts_the_canonical_block_cannot_express_are_refused() -> None:
 
 
 def test_models_whose_parts_cannot_be_expressed_still_have_readable_attention() -> None:
-    model = tiny_timm(qk_norm=True)
+    model = tiny_timm(block_fn=ResPostBlock)
     grid = RawAttention(model).attribute(torch.rand(1, 3, 32, 32), upsample=False)
     assert grid.shape == (1, 1, 4, 4)
 

@@ -13,7 +13,16 @@ import pytest
 import timm
 import torch
 import torchvision
-from tiny_models import tiny_hf_deit, tiny_hf_vit, tiny_timm, tiny_timm_distilled, tiny_torchvision
+from tiny_models import (
+    tiny_beit,
+    tiny_eva,
+    tiny_hf_beit,
+    tiny_hf_deit,
+    tiny_hf_vit,
+    tiny_timm,
+    tiny_timm_distilled,
+    tiny_torchvision,
+)
 from torch import nn
 from transformers import (
     CLIPConfig,
@@ -113,6 +122,7 @@ ARCHITECTURES: Dict[str, Callable[[], nn.Module]] = {
     "timm ViT, `global_pool='map'` (SigLIP)": partial(tiny_timm, global_pool="map"),
     "HF ViT": tiny_hf_vit,
     "HF DeiT with teacher": partial(tiny_hf_deit, DeiTForImageClassificationWithTeacher),
+    "HF BEiT": tiny_hf_beit,
     "torchvision ViT": tiny_torchvision,
     "HF DINOv2": _seeded(
         lambda: Dinov2ForImageClassification(
@@ -155,16 +165,8 @@ ARCHITECTURES: Dict[str, Callable[[], nn.Module]] = {
         )
     ),
     "zero-shot SigLIP, HF `SiglipModel`": _seeded(lambda: _zero_shot(SiglipModel, SiglipConfig)),
-    "timm Eva (EVA-02)": _seeded(
-        lambda: timm.models.eva.Eva(
-            img_size=32, patch_size=8, embed_dim=24, depth=2, num_heads=2, num_classes=5
-        )
-    ),
-    "timm BEiT": _seeded(
-        lambda: timm.models.beit.Beit(
-            img_size=32, patch_size=8, embed_dim=24, depth=2, num_heads=2, num_classes=5
-        )
-    ),
+    "timm Eva (EVA-02)": tiny_eva,
+    "timm BEiT": tiny_beit,
     "timm Swin": _seeded(
         lambda: timm.models.swin_transformer.SwinTransformer(
             img_size=32,

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from captum.attr import Attribution
+from timm.models.vision_transformer import ResPostBlock
 from tiny_models import tiny_hf_deit, tiny_timm, tiny_timm_distilled
 from torch import Tensor, nn
 from transformers import DeiTForImageClassificationWithTeacher
@@ -323,5 +324,7 @@ def test_models_with_several_prefix_tokens_give_patch_grid_maps(
 
 
 def test_blocks_the_relevance_pass_cannot_replay_are_refused_by_name() -> None:
-    with pytest.raises(ValueError, match="qk_norm"):
-        TransformerAttribution(tiny_timm(qk_norm=True)).attribute(torch.rand(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="ResPostBlock"):
+        TransformerAttribution(tiny_timm(block_fn=ResPostBlock)).attribute(
+            torch.rand(1, 3, 32, 32)
+        )

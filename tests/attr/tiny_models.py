@@ -7,7 +7,13 @@ import timm
 import torch
 import torchvision
 from torch import nn
-from transformers import DeiTConfig, ViTConfig, ViTForImageClassification
+from transformers import (
+    BeitConfig,
+    BeitForImageClassification,
+    DeiTConfig,
+    ViTConfig,
+    ViTForImageClassification,
+)
 
 
 def tiny_timm(**kwargs) -> nn.Module:
@@ -61,6 +67,59 @@ def tiny_torchvision() -> nn.Module:
         mlp_dim=48,
         num_classes=5,
     ).eval()
+
+
+def perturbed(model: nn.Module) -> nn.Module:
+    """``model`` with every parameter moved by noise (std 0.3): biases, q/v biases,
+    relative position tables and layer scales that timm initialises to zero or a
+    constant become generic, so that no rule is tested on a degenerate value."""
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.3 * torch.randn_like(parameter))
+    return model.eval()
+
+
+#: EVA-02 options (timm ``eva02_base_patch14_224``: separate q/k/v, SwiGLU with a
+#: norm before fc2, RoPE), at the size of :func:`tiny_timm`
+EVA02 = dict(
+    mlp_ratio=4 * 2 / 3,
+    qkv_fused=False,
+    swiglu_mlp=True,
+    scale_mlp=True,
+    use_rot_pos_emb=True,
+    ref_feat_shape=(4, 4),
+)
+
+
+def tiny_eva(**kwargs) -> nn.Module:
+    """A 2-block timm ``Eva`` with the EVA-02 options (:data:`EVA02`) on 32x32
+    images with 8x8 patches, its parameters perturbed; ``kwargs`` override."""
+    torch.manual_seed(0)
+    config = dict(img_size=32, patch_size=8, embed_dim=24, depth=2, num_heads=2, num_classes=5)
+    config.update(EVA02, **kwargs)
+    return perturbed(timm.models.eva.Eva(**config))
+
+
+def tiny_beit(**kwargs) -> nn.Module:
+    """A 2-block timm ``Beit`` as timm's ``beit_base_patch16_224`` (relative
+    position bias in every block, layer scale, no absolute position embedding) on
+    32x32 images with 8x8 patches, its parameters perturbed; ``kwargs`` override."""
+    torch.manual_seed(0)
+    config = dict(img_size=32, patch_size=8, embed_dim=24, depth=2, num_heads=2, num_classes=5)
+    config.update(use_abs_pos_emb=False, use_rel_pos_bias=True, init_values=0.1)
+    config.update(kwargs)
+    return perturbed(timm.models.beit.Beit(**config))
+
+
+def tiny_hf_beit(**kwargs) -> nn.Module:
+    """A Hugging Face ``BeitForImageClassification`` of the size of :func:`tiny_timm`
+    with a relative position bias in every layer and layer scale, mean-pooled (as
+    ``microsoft/beit-base-patch16-224``), its parameters perturbed; ``kwargs``
+    override the config."""
+    torch.manual_seed(0)
+    config = dict(_HF_SIZE, use_relative_position_bias=True, layer_scale_init_value=0.1)
+    config.update(kwargs)
+    return perturbed(BeitForImageClassification(BeitConfig(**config)))
 
 
 #: family name -> builder of its tiny model (32x32 images, 4x4 patches, 5 classes)

@@ -26,6 +26,11 @@ class AttnLRP(GradientRuleAttribution):
     moves the results by less than 1e-7 of their maximum on the reference ViT).
     Linear layers and the patch embedding get the plain gradient (LRP-0), or
     optionally zennit's gamma rule (``linear_gamma``, ``embedding_gamma``).
+    The product ``act(gate) * value`` of a gated MLP (SwiGLU, EVA-02) gets the
+    uniform rule, each factor half of the relevance (LXT's ``gated_mlp_forward``);
+    rotary position embeddings are linear maps of the queries and keys and
+    relative position biases are biases (see
+    :func:`~captum_saco.attr._core.replay.block_forward`).
 
     Computed as :class:`GradientRuleAttribution` describes (one backward pass for
     the batch, float32 at least).
@@ -86,6 +91,7 @@ class AttnLRP(GradientRuleAttribution):
                 attention="uniform",
                 norm="std_detached",
                 activation="identity",
+                gate="uniform",
                 linear_gamma=linear_gamma,
                 embedding_gamma=embedding_gamma,
             ),

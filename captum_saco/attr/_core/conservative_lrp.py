@@ -34,7 +34,11 @@ class ConservativeLRP(GradientRuleAttribution):
     the activation passes relevance unchanged, which is LXT's CP-LRP
     (``lxt.efficient`` on torchvision ViTs), optionally with zennit's gamma rule on
     the MLP's linear layers, the classifier head and the patch embedding
-    (``linear_gamma``, ``embedding_gamma``).
+    (``linear_gamma``, ``embedding_gamma``). The gate of a gated MLP (SwiGLU:
+    ``act(gate) * value``) is treated as a constant like the attention
+    probabilities, so all the relevance goes to the value (LXT's CP-LRP,
+    ``cp_gated_mlp_forward``); the other parts of EVA-02 and BEiT blocks take the
+    rules of their kind (see :func:`~captum_saco.attr._core.replay.block_forward`).
 
     Computed as :class:`GradientRuleAttribution` describes (one backward pass for
     the batch, float32 at least).
@@ -85,6 +89,7 @@ class ConservativeLRP(GradientRuleAttribution):
             attention="detached",
             norm="std_detached",
             activation=activation_rule,
+            gate="detached",
             linear_gamma=linear_gamma,
             embedding_gamma=embedding_gamma,
         )

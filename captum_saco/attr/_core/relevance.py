@@ -21,6 +21,17 @@ of rules (:class:`LRPRules`). The rules of the authors' implementation
 - GELU, softmax, LayerNorm, dropout, layer scale, the attention scale, the
   class-token selection and the final norm: :func:`pass_through`.
 
+The optional parts of :class:`~captum_saco.attr._core.families.BlockParts` take
+the rule of their kind: the query/key norms and the sub-LayerNorms before
+``proj`` and ``fc2`` are LayerNorms (:func:`pass_through`); the attention bias
+(BEiT's relative position bias) is added before the softmax, which passes the
+relevance of the probabilities to the scores ``Q K^T`` unchanged, so the bias
+takes nothing; the product ``act(gate) * value`` of a gated MLP gives each factor
+half of the relevance (the z-rule of an element-wise product, as
+:func:`z_rule_half_each` does for the attention products); the rotary position
+embedding, a fixed linear map of the queries and keys, takes the z-rule
+(:func:`rotary_relevance`).
+
 Everything is batched; an example's relevance never depends on the other
 examples of the batch. The pass computes in the dtype of the tokens it is
 given (the model's parts are cast to it): Chefer's residual rule divides by
@@ -51,6 +62,8 @@ from captum_saco.attr._core.replay import (
     at_rows,
     embedding_norms_as,
     model_forward,
+    rotary_terms,
+    rotation_partner,
 )
 
 _EPSILON = 1e-9
@@ -153,6 +166,26 @@ def z_rule_rescaled(skip: Tensor, branch: Tensor, relevance: Tensor) -> Tuple[Te
         skip_relevance.mul_(_stabilised_divide(skip_target, skip_total)),
         branch_relevance.mul_(_stabilised_divide(branch_target, branch_total)),
     )
+
+
+def rotary_relevance(block: BlockParts, inputs: Tensor, relevance: Tensor) -> Tensor:
+    """The z-rule through the block's rotary position embedding, the fixed linear
+    map ``y_i = x_i cos_i + s_i x_p(i) sin_i`` (``p(i)`` the feature rotated with
+    ``i``, ``s_i = ±1``) of the queries or keys ``inputs`` ``(N, heads, T, d)``: each
+    output's relevance goes to its two terms in proportion to their share of
+    ``y_i`` (stabilised as :func:`z_rule_half_each`). The prefix tokens the
+    embedding leaves unrotated pass their relevance on unchanged.
+
+    The rotation has no learned weights: like the attention products and the
+    residual sums, it takes the z-rule, which conserves the relevance.
+    alpha1-beta0, the rule of the learned linear layers, would drop every output
+    whose two terms are both negative (a fifth of the relevance on a tiny
+    EVA-02)."""
+    skip = block.rope_skip
+    direct, turned = rotary_terms(inputs[:, :, skip:], block)
+    scale = _stabilised_divide(relevance[:, :, skip:], direct + turned)
+    rotated = direct * scale + rotation_partner(turned * scale, block.rope_half)
+    return torch.cat([relevance[:, :, :skip], rotated], dim=2)
 
 
 def z_box(conv: nn.Conv2d, inputs: Tensor, relevance: Tensor, low: Tensor, high: Tensor) -> Tensor:
@@ -322,6 +355,16 @@ def _block_relevance(
             rules.elementwise(mlp_relevance),
         )
     )
+    if block.fc_value is not None:  # act(gate) * value: half of the relevance each
+        hidden_relevance = hidden_relevance / 2
+        mid_relevance = mid_relevance + rules.elementwise(
+            rules.linear(
+                record.mlp_in,
+                block.fc_value.weight,
+                _without_bias(record.value, block.fc_value.bias),
+                hidden_relevance,
+            )
+        )
     mid_relevance = mid_relevance + rules.elementwise(
         rules.linear(
             record.mlp_in,
@@ -350,9 +393,13 @@ def _block_relevance(
     q_relevance, k_relevance = rules.product(
         record.q, record.k.transpose(-2, -1), record.scores, rules.elementwise(attention_relevance)
     )
+    k_relevance = k_relevance.transpose(-2, -1)
+    if block.rope is not None:
+        q_relevance = rotary_relevance(block, record.q_unrotated, q_relevance)
+        k_relevance = rotary_relevance(block, record.k_unrotated, k_relevance)
     # (N, T, 3, heads, d), the layout of the qkv output, in one copy
     qkv_relevance = torch.stack(
-        [r.transpose(1, 2) for r in (q_relevance, k_relevance.transpose(-2, -1), v_relevance)],
+        [r.transpose(1, 2) for r in (q_relevance, k_relevance, v_relevance)],
         dim=2,
     ).reshape(n, t, 3 * heads * d)
     qkv_product = _without_bias(record.qkv, block.qkv_bias)

@@ -48,6 +48,12 @@ class GradientRules:
     - ``norm``: ``"std_detached"`` treats each LayerNorm's standard deviation
       ``sqrt(var + eps)`` (biased variance) as a constant and keeps the gradient
       of the mean (the LN rule of Ali et al.; LXT's ``layer_norm_forward``).
+    - ``gate``: the product ``act(gate) * value`` of a gated MLP (SwiGLU):
+      ``"uniform"`` halves the gradient of the product, so that each factor gets
+      half of its relevance (AttnLRP's uniform rule; LXT's ``gated_mlp_forward``);
+      ``"detached"`` treats the gate ``act(gate)`` as a constant, so that all the
+      relevance goes to the value (LXT's ``cp_gated_mlp_forward`` of CP-LRP, the
+      gate being treated like the attention probabilities of the AH rule).
     - ``activation``: ``"identity"`` gives the element-wise activation the
       gradient ``act(x) / x`` (0 where ``x == 0``), so that gradient times input
       passes the output's relevance to the input unchanged (AttnLRP's identity
@@ -62,6 +68,7 @@ class GradientRules:
     attention: str = "gradient"
     norm: str = "gradient"
     activation: str = "gradient"
+    gate: str = "gradient"
     linear_gamma: float = 0.0
     embedding_gamma: float = 0.0
 
@@ -70,6 +77,7 @@ class GradientRules:
             "attention": ("gradient", "detached", "uniform"),
             "norm": ("gradient", "std_detached"),
             "activation": ("gradient", "identity"),
+            "gate": ("gradient", "uniform", "detached"),
         }
         for name in ("linear_gamma", "embedding_gamma"):
             value = getattr(self, name)
@@ -110,15 +118,18 @@ class BlockRecord:
     scores: Tensor  # q @ k^T before the scale (N, heads, T, T)
     attention: Tensor  # softmax(scale * scores)
     context: Tensor  # attention @ v (N, heads, T, d)
-    merged: Tensor  # context with heads merged at the kept positions, the proj input
+    merged: Tensor  # context, heads merged, at the kept positions (after attn_norm): proj input
     projected: Tensor  # proj(merged) with its bias, before ls1
     attention_branch: Tensor  # ls1 * projected, the first residual's branch
     mid: Tensor  # skip + attention_branch, the skip of the second residual
     mlp_in: Tensor  # norm2 output, the fc1 input
     before_act: Tensor  # fc1(mlp_in) with its bias, the activation's input
-    hidden: Tensor  # act(before_act), the fc2 input
+    hidden: Tensor  # act(before_act) (times value, then mlp_norm, if any), the fc2 input
     mlp_out: Tensor  # fc2(hidden) with its bias, before ls2
     mlp_branch: Tensor  # ls2 * mlp_out, the second residual's branch
+    value: Optional[Tensor] = None  # fc_value(mlp_in) with its bias, for a gated MLP
+    q_unrotated: Optional[Tensor] = None  # q before the rotary embedding, if any
+    k_unrotated: Optional[Tensor] = None
 
 
 @dataclass(frozen=True)
@@ -252,9 +263,13 @@ def _linear(layer: nn.Linear, inputs: Tensor, gamma: float = 0.0) -> Tensor:
 def layer_norm(norm: nn.Module, inputs: Tensor, rule: str = "gradient") -> Tensor:
     """``norm(inputs)`` in the dtype of ``inputs``, its gradient as ``rule`` says
     (see :class:`GradientRules`). An ``nn.Identity`` (a model without that norm,
-    such as timm's ``final_norm=False``) returns ``inputs``."""
+    such as timm's ``final_norm=False``) returns ``inputs``. An ``nn.RMSNorm``
+    takes the same rule: with ``"std_detached"`` its root mean square
+    ``sqrt(mean(x^2) + eps)`` is a constant (LXT's ``rms_norm_forward``)."""
     if isinstance(norm, nn.Identity):
         return inputs
+    if isinstance(norm, nn.RMSNorm):
+        return _rms_norm(norm, inputs, rule)
     if not isinstance(norm, nn.LayerNorm):
         if rule == "gradient":
             return norm(inputs)
@@ -270,6 +285,16 @@ def layer_norm(norm: nn.Module, inputs: Tensor, rule: str = "gradient") -> Tenso
     if weight is not None:
         normed = normed * weight
     return normed if bias is None else normed + bias
+
+
+def _rms_norm(norm: nn.RMSNorm, inputs: Tensor, rule: str) -> Tensor:
+    """:func:`layer_norm` of an ``nn.RMSNorm``."""
+    weight = _cast(norm.weight, inputs.dtype)
+    eps = torch.finfo(inputs.dtype).eps if norm.eps is None else norm.eps
+    if rule == "gradient":
+        return F.rms_norm(inputs, norm.normalized_shape, weight, eps)
+    normed = inputs * (inputs.square().mean(dim=-1, keepdim=True) + eps).rsqrt().detach()
+    return normed if weight is None else normed * weight
 
 
 @contextmanager
@@ -306,17 +331,79 @@ def embedding_norms_as(
 
 
 def _attention(
-    q: Tensor, k: Tensor, v: Tensor, rule: str
+    q: Tensor, k: Tensor, v: Tensor, rule: str, bias: Optional[Tensor] = None
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """``(q, k, v, scores, attention)`` with the attention rule applied."""
+    """``(q, k, v, scores, attention)`` with the attention rule applied; ``bias`` is
+    added to the scaled scores before the softmax."""
     if rule == "uniform":
         q, k = _ScaledGradient.apply(q, 0.25), _ScaledGradient.apply(k, 0.25)
         v = _ScaledGradient.apply(v, 0.5)
     if rule == "detached":
         q, k = q.detach(), k.detach()
     scores = q @ k.transpose(-2, -1)
-    attention = (scores * q.shape[-1] ** -0.5).softmax(dim=-1)
+    logits = scores * q.shape[-1] ** -0.5
+    if bias is not None:
+        logits = logits + bias
+    attention = logits.softmax(dim=-1)
     return q, k, v, scores, attention
+
+
+def rotation_partner(values: Tensor, half: bool) -> Tensor:
+    """``values`` ``(..., d)`` with each feature moved to the place of the feature it
+    is rotated with: pairs ``(2i, 2i + 1)``, or with ``half`` ``(i, i + d / 2)``."""
+    if half:
+        return values.roll(values.shape[-1] // 2, dims=-1)
+    return values.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+
+
+def rotary_terms(values: Tensor, block: BlockParts) -> Tuple[Tensor, Tensor]:
+    """The two terms ``x * cos`` and ``rotate(x) * sin`` of the block's rotary
+    position embedding of ``values`` ``(N, heads, T - rope_skip, d)``, the queries
+    or keys of the rotated tokens (as timm's ``apply_rot_embed_cat``): feature ``i``
+    of the second term comes from feature ``rotation_partner(i)``."""
+    assert block.rope is not None
+    sin, cos = block.rope.to(values.dtype).chunk(2, dim=-1)
+    if block.rope_half:  # [x0 .. x5] -> [-x3 -x4 -x5 x0 x1 x2]
+        first, second = values.chunk(2, dim=-1)
+        turned = torch.cat([-second, first], dim=-1)
+    else:  # [x0 .. x5] -> [-x1 x0 -x3 x2 -x5 x4]
+        turned = torch.stack([-values[..., 1::2], values[..., ::2]], dim=-1).reshape(values.shape)
+    return values * cos, turned * sin
+
+
+def _rotated(values: Tensor, block: BlockParts) -> Tensor:
+    """The block's rotary position embedding applied to queries or keys ``values``
+    ``(N, heads, T, d)`` after the first ``block.rope_skip`` tokens: a linear map."""
+    skip = block.rope_skip
+    direct, turned = rotary_terms(values[:, :, skip:], block)
+    return torch.cat([values[:, :, :skip], direct + turned], dim=2)
+
+
+def _norm(norm: Optional[nn.Module], inputs: Tensor, rule: str) -> Tensor:
+    """``layer_norm`` for an optional part of the block (``None``: no norm)."""
+    return inputs if norm is None else layer_norm(norm, inputs, rule)
+
+
+def _mlp_hidden(
+    block: BlockParts, mlp_in: Tensor, rules: GradientRules
+) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    """``(before_act, hidden, value)``: the activation's input, the fc2 input and,
+    for a gated MLP, the value ``fc_value(mlp_in)``."""
+    before_act = _linear(block.fc1, mlp_in, rules.linear_gamma)
+    gate = before_act
+    if block.fc_value is not None and rules.gate == "detached":
+        gate = before_act.detach()
+    if rules.activation == "identity":
+        hidden = _IdentityRule.apply(gate, block.act)
+    else:
+        hidden = block.act(gate)
+    value = None
+    if block.fc_value is not None:
+        value = _linear(block.fc_value, mlp_in, rules.linear_gamma)
+        hidden = hidden * value
+        if rules.gate == "uniform":
+            hidden = _ScaledGradient.apply(hidden, 0.5)
+    return before_act, _norm(block.mlp_norm, hidden, rules.norm), value
 
 
 def block_forward(
@@ -326,7 +413,16 @@ def block_forward(
     rules: GradientRules = PLAIN_GRADIENT,
 ) -> BlockRecord:
     """One block replayed on ``tokens`` ``(N, T, D)``, in their dtype, keeping every
-    activation; after the attention only the positions ``rows`` (all if ``None``)."""
+    activation; after the attention only the positions ``rows`` (all if ``None``).
+
+    The optional parts of :class:`BlockParts` take these rules: the norms
+    (``q_norm``, ``k_norm``, ``attn_norm``, ``mlp_norm``) that of ``rules.norm``, as
+    every LayerNorm; the rotary embedding is a linear map of the queries and keys
+    (plain gradient), applied before the attention rule, which acts on the operands
+    of ``Q K^T``; the attention bias is a constant added to the scaled scores (it
+    takes its share of the softmax's relevance and passes nothing on); the gated
+    MLP's product takes ``rules.gate``.
+    """
     n, t, dim = tokens.shape
     heads = block.num_heads
     normed = layer_norm(block.norm1, tokens, rules.norm)
@@ -334,7 +430,19 @@ def block_forward(
         normed, _cast(block.qkv_weight, tokens.dtype), _cast(block.qkv_bias, tokens.dtype)
     )
     q, k, v = qkv.reshape(n, t, 3, heads, dim // heads).permute(2, 0, 3, 1, 4).unbind(0)
-    q, k, v, scores, attention = _attention(q, k, v, rules.attention)
+    q, k = _norm(block.q_norm, q, rules.norm), _norm(block.k_norm, k, rules.norm)
+    q_unrotated = k_unrotated = None
+    if block.rope is not None:
+        q_unrotated, k_unrotated = q, k
+        q, k = _rotated(q, block), _rotated(k, block)
+    bias = _cast(block.attention_bias, tokens.dtype)
+    if bias is not None and bias.shape[-1] != t:
+        raise ValueError(
+            f"model: its attention bias (relative position bias) is defined for "
+            f"{bias.shape[-1]} tokens, the images give {t}: the relevance methods explain "
+            "it at the image size it was built for"
+        )
+    q, k, v, scores, attention = _attention(q, k, v, rules.attention, bias)
     if not attention.requires_grad:
         # Frozen weights and detached tokens, or detached attention: the gradient
         # with respect to the attention still starts here.
@@ -344,17 +452,14 @@ def block_forward(
     skip = tokens
     if rows is not None:
         merged, skip = merged[:, rows], tokens[:, rows]
+    merged = _norm(block.attn_norm, merged, rules.norm)
     projected = _linear(block.proj, merged)
     attention_branch = projected
     if block.ls1 is not None:
         attention_branch = projected * _cast(block.ls1, tokens.dtype)
     mid = skip + attention_branch
     mlp_in = layer_norm(block.norm2, mid, rules.norm)
-    before_act = _linear(block.fc1, mlp_in, rules.linear_gamma)
-    if rules.activation == "identity":
-        hidden = _IdentityRule.apply(before_act, block.act)
-    else:
-        hidden = block.act(before_act)
+    before_act, hidden, value = _mlp_hidden(block, mlp_in, rules)
     mlp_out = _linear(block.fc2, hidden, rules.linear_gamma)
     mlp_branch = mlp_out
     if block.ls2 is not None:
@@ -379,6 +484,9 @@ def block_forward(
         hidden,
         mlp_out,
         mlp_branch,
+        value,
+        q_unrotated,
+        k_unrotated,
     )
 
 

@@ -20,9 +20,12 @@ from captum_saco.attr._core.families.base import (
     _unsupported,
     this_thread_only,
 )
+from captum_saco.attr._core.families.hf_beit import HuggingFaceBeitAdapter
 from captum_saco.attr._core.families.hf_dinov2 import HuggingFaceDinov2Adapter
 from captum_saco.attr._core.families.hf_vit import HuggingFaceViTAdapter
 from captum_saco.attr._core.families.swin import swin_adapter_for, swin_refusal
+from captum_saco.attr._core.families.timm_beit import TimmBeitAdapter
+from captum_saco.attr._core.families.timm_eva import TimmEvaAdapter
 from captum_saco.attr._core.families.timm_vit import TimmViTAdapter
 from captum_saco.attr._core.families.torchvision_vit import TorchvisionViTAdapter
 from captum_saco.attr._core.families.zero_shot import ZeroShotAdapter
@@ -30,8 +33,11 @@ from captum_saco.attr._core.families.zero_shot import ZeroShotAdapter
 #: every family, in the order :func:`adapter_for` tries them
 FAMILIES: List[Type[ViTAdapter]] = [
     TimmViTAdapter,
+    TimmEvaAdapter,
+    TimmBeitAdapter,
     HuggingFaceViTAdapter,
     HuggingFaceDinov2Adapter,
+    HuggingFaceBeitAdapter,
     TorchvisionViTAdapter,
     ZeroShotAdapter,
 ]
@@ -83,7 +89,7 @@ def vit_parts(model: nn.Module) -> ViTParts:
 
     Raises:
         ValueError: for unsupported models and for parts the canonical form cannot
-            express (timm ``qk_norm``, torchvision ``representation_size``, ...).
+            express (timm post-norm blocks, torchvision ``representation_size``, ...).
 
     Examples::
 

@@ -25,19 +25,48 @@ class BlockParts:
     ``x = x + ls1 * proj(attn(norm1(x))); x = x + ls2 * fc2(act(fc1(norm2(x))))``.
 
     The attention scale is ``head_dim ** -0.5`` with ``head_dim = D // num_heads``.
+    Every norm is an ``nn.LayerNorm`` or an ``nn.RMSNorm``.
+
+    The optional parts (``None``: the block does not have them), in the order the
+    block applies them:
+
+    - ``q_norm``, ``k_norm``: norms of the queries and keys of each head (timm
+      ``qk_norm``), applied to ``q`` and ``k`` ``(N, heads, T, d)``;
+    - ``rope``: rotary position embedding ``(T - rope_skip, 2 * d)``, the sines
+      then the cosines (timm's ``apply_rot_embed_cat`` layout), rotating the queries
+      and keys after their norms; the first ``rope_skip`` tokens (the prefix tokens)
+      are not rotated; ``rope_half`` selects the rotate-half layout instead of the
+      interleaved one;
+    - ``attention_bias``: ``(1, heads, T, T)`` added to the scaled scores before
+      the softmax (BEiT's relative position bias);
+    - ``attn_norm``: a norm of the merged attention output before ``proj``
+      (sub-LN, timm ``scale_attn_inner``);
+    - ``fc_value``: a gated MLP (SwiGLU, GluMlp): the hidden vector is
+      ``act(fc1(x)) * fc_value(x)``, ``fc1`` being the gate;
+    - ``mlp_norm``: a norm of the hidden vector before ``fc2`` (sub-LN, timm
+      ``scale_mlp``).
     """
 
-    norm1: nn.LayerNorm
+    norm1: nn.Module
     qkv_weight: Tensor  # (3*D, D), rows ordered q, k, v
     qkv_bias: Optional[Tensor]  # (3*D,) or None
     num_heads: int
     proj: nn.Linear
-    norm2: nn.LayerNorm
+    norm2: nn.Module
     fc1: nn.Linear
     act: Callable[[Tensor], Tensor]
     fc2: nn.Linear
     ls1: Optional[Tensor] = None  # layer-scale gamma (D,) or None
     ls2: Optional[Tensor] = None
+    q_norm: Optional[nn.Module] = None
+    k_norm: Optional[nn.Module] = None
+    rope: Optional[Tensor] = None
+    rope_skip: int = 0
+    rope_half: bool = False
+    attention_bias: Optional[Tensor] = None
+    attn_norm: Optional[nn.Module] = None
+    fc_value: Optional[nn.Linear] = None
+    mlp_norm: Optional[nn.Module] = None
 
 
 @dataclass(frozen=True)
@@ -301,9 +330,33 @@ def _unsupported(model: nn.Module, reason: str) -> ValueError:
 def _inexpressible(model: nn.Module, part: str) -> ValueError:
     return ValueError(
         f"model: {type(model).__name__} has {part}, which the canonical pre-norm ViT "
-        "block (LayerNorm, plain q/k/v attention with scale head_dim ** -0.5, "
-        "Linear-act-Linear MLP, optional layer scale) cannot express"
+        "block (LayerNorm or RMSNorm, q/k/v attention with scale head_dim ** -0.5, "
+        "optional q/k norms, rotary embedding and attention bias, Linear-act-Linear "
+        "or gated MLP, optional sub-norms and layer scale) cannot express"
     )
+
+
+def _patch_mean(num_tokens: int, num_prefix_tokens: int) -> Tensor:
+    """The read-out vector ``(T,)`` of a head averaging the tokens after the prefix
+    tokens: ``1 / (T - p)`` on each of them, 0 on the prefix tokens."""
+    s = torch.zeros(num_tokens)
+    s[num_prefix_tokens:] = 1 / (num_tokens - num_prefix_tokens)
+    return s
+
+
+@contextmanager
+def _unfused(attentions: List[nn.Module]) -> Iterator[None]:
+    """Switch off ``fused_attn`` (``scaled_dot_product_attention``, which never
+    materialises the probabilities) on timm attention modules while active; the
+    flags are restored on exit, also on exceptions."""
+    saved = [attn.fused_attn for attn in attentions]
+    try:
+        for attn in attentions:
+            attn.fused_attn = False
+        yield
+    finally:
+        for attn, fused in zip(attentions, saved):
+            attn.fused_attn = fused
 
 
 def _check_square_attention(model: nn.Module, dim: int, attn_dim: int) -> None:

@@ -1,9 +1,8 @@
 """The family of timm ``VisionTransformer``."""
 
 from contextlib import contextmanager
-from typing import Callable, Dict, Iterator, List, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
-import torch
 from torch import Tensor, nn
 
 from captum_saco.attr._core.families.base import (
@@ -14,6 +13,8 @@ from captum_saco.attr._core.families.base import (
     _identity,
     _inexpressible,
     _joined,
+    _patch_mean,
+    _unfused,
     _unsupported,
 )
 
@@ -33,13 +34,19 @@ class TimmViTAdapter(ViTAdapter):
     and a norm before the first block (``pre_norm=True``, the CLIP layout,
     ``norm_pre``): both are :meth:`embedding_norms`. Without a final norm
     (``final_norm=False``) ``norm`` is an ``nn.Identity``.
+
+    The canonical form (:meth:`parts`) takes the query/key norms (``qk_norm``),
+    the attention output's norm (``scale_attn_norm``), SwiGLU and GluMlp MLPs and
+    the MLP's norm (``scale_mlp_norm``), LayerNorm or RmsNorm; blocks other than
+    timm's pre-norm ``Block`` (``ResPostBlock``, parallel blocks) are refused by
+    name.
     """
 
     model_classes = (("timm.models.vision_transformer", "VisionTransformer"),)
     description = (
-        "timm VisionTransformer with class-token pooling (global_pool='token'; DeiT "
-        "distilled models, register tokens, pre_norm, embed_norm_layer and "
-        "final_norm=False included)"
+        "timm VisionTransformer with class-token or mean pooling (global_pool='token' "
+        "or 'avg'; DeiT distilled models, register tokens, pre_norm, embed_norm_layer, "
+        "final_norm=False, qk_norm, SwiGLU and sub-LayerNorms included)"
     )
 
     def __init__(self, model: nn.Module) -> None:
@@ -80,9 +87,7 @@ class TimmViTAdapter(ViTAdapter):
         tokens timm averages."""
         if self.reads_class_token():
             return super().readout(num_tokens)
-        s = torch.zeros(num_tokens)
-        s[self.num_prefix_tokens :] = 1 / (num_tokens - self.num_prefix_tokens)
-        return s
+        return _patch_mean(num_tokens, self.num_prefix_tokens)
 
     def embedding_path(self) -> Dict[str, str]:
         return {
@@ -105,53 +110,41 @@ class TimmViTAdapter(ViTAdapter):
 
     @contextmanager
     def attention_mode(self) -> Iterator[None]:
-        attentions = [block.attn for block in self.model.blocks]
-        saved = [attn.fused_attn for attn in attentions]
-        try:
-            for attn in attentions:
-                attn.fused_attn = False
+        with _unfused([block.attn for block in self.model.blocks]):
             yield
-        finally:
-            for attn, fused in zip(attentions, saved):
-                attn.fused_attn = fused
 
     def parts(self) -> ViTParts:
-        from timm.layers import LayerScale, Mlp
+        from timm.layers import LayerScale
+        from timm.models.vision_transformer import Block
 
         model = self.model
         if self.reads_class_token() and not isinstance(model.fc_norm, nn.Identity):
             raise _inexpressible(model, "a norm after pooling (fc_norm)")
-        if not isinstance(model.fc_norm, (nn.Identity, nn.LayerNorm)):
-            raise _inexpressible(model, f"a {type(model.fc_norm).__name__} after pooling")
         blocks = []
         for block in model.blocks:
             attn = block.attn
-            if not (isinstance(attn.q_norm, nn.Identity) and isinstance(attn.k_norm, nn.Identity)):
-                raise _inexpressible(model, "query/key normalisation (qk_norm)")
-            # ``norm`` (scale_norm) and ``gate`` exist only in recent timm releases
-            if not isinstance(getattr(attn, "norm", nn.Identity()), nn.Identity) or (
-                getattr(attn, "gate", None) is not None
-            ):
-                raise _inexpressible(model, "a normalised or gated attention output")
+            if type(block) is not Block:
+                raise _inexpressible(model, f"a block of type {type(block).__name__}")
+            # ``gate`` exists only in recent timm releases
+            if getattr(attn, "gate", None) is not None:
+                raise _inexpressible(model, "a gated attention output")
             _check_square_attention(model, attn.qkv.in_features, attn.num_heads * attn.head_dim)
-            if not isinstance(block.mlp, Mlp) or not isinstance(block.mlp.norm, nn.Identity):
-                raise _inexpressible(model, f"an MLP of type {type(block.mlp).__name__}")
-            for norm in (block.norm1, block.norm2):
-                if not isinstance(norm, nn.LayerNorm):
-                    raise _inexpressible(model, f"a {type(norm).__name__} block norm")
             blocks.append(
                 BlockParts(
-                    norm1=block.norm1,
+                    norm1=block_norm(model, block.norm1, "norm1"),
                     qkv_weight=attn.qkv.weight,
                     qkv_bias=attn.qkv.bias,
                     num_heads=attn.num_heads,
                     proj=attn.proj,
-                    norm2=block.norm2,
-                    fc1=block.mlp.fc1,
-                    act=block.mlp.act,
-                    fc2=block.mlp.fc2,
+                    norm2=block_norm(model, block.norm2, "norm2"),
                     ls1=block.ls1.gamma if isinstance(block.ls1, LayerScale) else None,
                     ls2=block.ls2.gamma if isinstance(block.ls2, LayerScale) else None,
+                    q_norm=optional_norm(model, attn.q_norm, "the query norm (qk_norm)"),
+                    k_norm=optional_norm(model, attn.k_norm, "the key norm (qk_norm)"),
+                    attn_norm=optional_norm(
+                        model, getattr(attn, "norm", nn.Identity()), "the attention output norm"
+                    ),
+                    **mlp_parts(model, block.mlp),
                 )
             )
         classifiers = [model.head] + ([model.head_dist] if hasattr(model, "head_dist") else [])
@@ -159,9 +152,78 @@ class TimmViTAdapter(ViTAdapter):
             raise _inexpressible(model, "no linear classifier head (num_classes=0?)")
         return ViTParts(
             blocks=blocks,
-            norm=model.norm,
+            norm=head_norm(model, model.norm, "the final norm"),
             heads=list(enumerate(classifiers)),
             num_prefix_tokens=self.num_prefix_tokens,
             mean_pooled=not self.reads_class_token(),
-            fc_norm=model.fc_norm,
+            fc_norm=head_norm(model, model.fc_norm, "the norm after pooling"),
         )
+
+
+# --- the parts shared by the timm families (ViT, Eva, BEiT) --------------------------------
+def optional_norm(model: nn.Module, norm: nn.Module, where: str) -> Optional[nn.Module]:
+    """``None`` for an ``nn.Identity`` (the model does not have that norm), else
+    :func:`block_norm`."""
+    if isinstance(norm, nn.Identity):
+        return None
+    return block_norm(model, norm, where)
+
+
+def head_norm(model: nn.Module, norm: nn.Module, where: str) -> nn.Module:
+    """:func:`optional_norm` with ``nn.Identity`` for none (the final norm and the
+    norm after pooling of :class:`ViTParts`)."""
+    return optional_norm(model, norm, where) or nn.Identity()
+
+
+def block_norm(model: nn.Module, norm: nn.Module, where: str) -> nn.Module:
+    """``norm`` if it is a LayerNorm or an ``nn.RMSNorm``, timm's ``RmsNorm`` as an
+    ``nn.RMSNorm`` sharing its weight; any other module refuses the model by name."""
+    from timm.layers import RmsNorm
+
+    if isinstance(norm, (nn.LayerNorm, nn.RMSNorm)):
+        return norm
+    if type(norm) is RmsNorm and len(norm.normalized_shape) == 1:
+        rms = nn.RMSNorm(norm.normalized_shape, norm.eps, norm.elementwise_affine, device="meta")
+        if norm.weight is not None:
+            rms.weight = norm.weight
+        return rms
+    raise _inexpressible(model, f"a {type(norm).__name__} as {where}")
+
+
+def _half_of(linear: nn.Linear, second: bool) -> nn.Linear:
+    """A linear layer computing the first or second half of ``linear``'s outputs,
+    sharing its weights (views, not copies)."""
+    rows = slice(linear.out_features // 2, None) if second else slice(0, linear.out_features // 2)
+    half = nn.Linear(linear.in_features, linear.out_features // 2, linear.bias is not None, "meta")
+    half.weight = nn.Parameter(linear.weight[rows], linear.weight.requires_grad)
+    if linear.bias is not None:
+        half.bias = nn.Parameter(linear.bias[rows], linear.bias.requires_grad)
+    return half
+
+
+def mlp_parts(model: nn.Module, mlp: nn.Module) -> Dict[str, Any]:
+    """The MLP fields of :class:`BlockParts` (``fc1``, ``act``, ``fc2``,
+    ``fc_value``, ``mlp_norm``) of a timm ``Mlp`` (``act(fc1(x))``), ``SwiGLU``
+    (gate ``fc1_g``, value ``fc1_x``) or ``GluMlp`` (one ``fc1`` whose output halves
+    are the gate and the value, the gate second if ``gate_last``), each with its
+    optional norm before ``fc2`` (``scale_mlp``). Any other MLP refuses the model."""
+    from timm.layers import GluMlp, Mlp, SwiGLU
+
+    kind = type(mlp)
+    if kind is Mlp:
+        fc1, fc_value = mlp.fc1, None
+    elif kind is SwiGLU:
+        fc1, fc_value = mlp.fc1_g, mlp.fc1_x
+    elif kind is GluMlp and isinstance(mlp.fc1, nn.Linear) and mlp.chunk_dim == -1:
+        fc1, fc_value = _half_of(mlp.fc1, mlp.gate_last), _half_of(mlp.fc1, not mlp.gate_last)
+    else:
+        raise _inexpressible(model, f"an MLP of type {kind.__name__}")
+    if not all(isinstance(fc, (nn.Linear, type(None))) for fc in (fc1, fc_value, mlp.fc2)):
+        raise _inexpressible(model, f"a {kind.__name__} with convolutions")
+    return dict(
+        fc1=fc1,
+        act=mlp.act,
+        fc2=mlp.fc2,
+        fc_value=fc_value,
+        mlp_norm=optional_norm(model, mlp.norm, "the MLP's norm (scale_mlp)"),
+    )
