@@ -9,7 +9,7 @@ import threading
 import weakref
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -36,19 +36,61 @@ class BlockParts:
     ls2: Optional[Tensor] = None
 
 
+#: what a head reads from the final norm's output: an ``int`` reads that token, a
+#: ``slice`` the uniform average of the tokens it selects
+TokenRead = Union[int, slice]
+
+
+@dataclass(frozen=True)
+class LinearMap:
+    """``inputs @ weight.T + bias``, a linear layer given by its tensors (a projection
+    matrix such as open_clip's ``proj``, or a zero-shot head's text matrix)."""
+
+    weight: Tensor  # (out, in)
+    bias: Optional[Tensor] = None  # (out,) or None
+
+
+#: a linear layer of a head: an ``nn.Linear`` of the model or a :class:`LinearMap`
+Linear = Union[nn.Linear, LinearMap]
+
+
+@dataclass(frozen=True)
+class HeadParts:
+    """One head, from the final norm's output ``(N, T, D)`` to logits ``(N, C)``::
+
+        features = fc_norm(concat over r in reads of read_r(tokens))
+        features = normalize(projection(features))  # zero-shot heads only
+        logits = classifier(features)
+
+    where ``read_r`` is ``tokens[:, r]`` for an ``int`` and ``tokens[:, r].mean(1)``
+    for a ``slice``, and ``normalize`` the L2 normalisation. A class-token head
+    reads ``(0,)``; timm's ``global_pool="avg"`` ``(slice(p, None),)`` after ``p``
+    prefix tokens, then its ``fc_norm``; DINOv2's classifier ``(0, slice(p, None))``;
+    a zero-shot CLIP head is the class token, the tower's projection, the L2
+    normalisation and ``classifier = LinearMap(scale * text_embeddings, bias)``.
+    Other kinds of read-out (an attention-pooling head) would be further fields.
+    """
+
+    reads: Tuple[TokenRead, ...]
+    classifier: Linear
+    fc_norm: nn.Module = field(default_factory=nn.Identity)  # LayerNorm or Identity
+    projection: Optional[Linear] = None  # then followed by the L2 normalisation
+
+    def reads_all_tokens(self) -> bool:
+        """Whether a read averages tokens (else only the tokens read reach the logits)."""
+        return any(isinstance(read, slice) for read in self.reads)
+
+
 @dataclass(frozen=True)
 class ViTParts:
-    """A whole ViT in canonical form, from the tokens entering block 0 to the logits."""
+    """A whole ViT in canonical form, from the tokens entering block 0 to the logits:
+    ``logits`` is the mean over ``heads`` (two for DeiT distilled) of each head's
+    logits on ``norm(tokens leaving the last block)``."""
 
     blocks: List[BlockParts]
     norm: nn.Module  # final norm applied to the tokens (a LayerNorm, or nn.Identity for none)
-    # (token index, classifier): logits = mean over heads of head(norm(x)[:, index])
-    heads: List[Tuple[int, nn.Linear]]
+    heads: List[HeadParts]
     num_prefix_tokens: int
-    # mean-pooled head: logits = head(fc_norm(mean of norm(x) over the tokens after
-    # the prefix tokens)); ``heads`` is then one classifier at index 0 (the pooled vector)
-    mean_pooled: bool = False
-    fc_norm: nn.Module = field(default_factory=nn.Identity)  # norm after pooling
 
 
 _LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
@@ -158,10 +200,12 @@ class ViTAdapter:
         """The modules, by name, that the input passes on its way to block 0, and the
         rule of each: ``"linear"`` (the patch embedding's convolution),
         ``"layernorm"`` (a norm inside the patch embedding or before block 0: the
-        LayerNorm rule) or ``"identity"`` (dropout). A name whose module is an
-        ``nn.Identity`` is allowed (the model does not have that part). A module
-        that runs before block 0 and is not named here makes the relevance methods
-        refuse the model (see :meth:`capture`)."""
+        LayerNorm rule), ``"identity"`` (dropout) or ``"constant"`` (a module whose
+        output does not depend on the input, such as a position-embedding
+        lookup). A name whose module is an ``nn.Identity`` is allowed (the model
+        does not have that part). A module that runs before block 0 and is not
+        named here makes the relevance methods refuse the model (see
+        :meth:`capture`)."""
         raise NotImplementedError
 
     def embedding_norms(self) -> List[Tuple[str, nn.LayerNorm]]:
@@ -298,6 +342,19 @@ def _inexpressible(model: nn.Module, part: str) -> ValueError:
         "block (LayerNorm, plain q/k/v attention with scale head_dim ** -0.5, "
         "Linear-act-Linear MLP, optional layer scale) cannot express"
     )
+
+
+def _refuse_embedding_norms(adapter: ViTAdapter) -> None:
+    """For :meth:`ViTAdapter.prefix_tokens`: refuse a model that applies a norm
+    between the patch embedding and block 0 (its tokens entering block 0 are not
+    the embeddings plus the position embedding)."""
+    norms = adapter.embedding_norms()
+    if norms:
+        raise ValueError(
+            f"model: the tokens entering block 0 are not the patch and prefix "
+            f"embeddings plus the position embedding: this model applies {norms[0][0]} "
+            "in between"
+        )
 
 
 def _check_square_attention(model: nn.Module, dim: int, attn_dim: int) -> None:

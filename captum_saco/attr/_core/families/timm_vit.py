@@ -8,12 +8,14 @@ from torch import Tensor, nn
 
 from captum_saco.attr._core.families.base import (
     BlockParts,
+    HeadParts,
     ViTAdapter,
     ViTParts,
     _check_square_attention,
     _identity,
     _inexpressible,
     _joined,
+    _refuse_embedding_norms,
     _unsupported,
 )
 
@@ -94,13 +96,7 @@ class TimmViTAdapter(ViTAdapter):
         }
 
     def prefix_tokens(self) -> Tensor:
-        norms = self.embedding_norms()
-        if norms:
-            raise ValueError(
-                f"model: the tokens entering block 0 are not the patch and prefix "
-                f"embeddings plus the position embedding: this model applies {norms[0][0]} "
-                "in between"
-            )
+        _refuse_embedding_norms(self)
         model = self.model
         tokens = [model.cls_token, getattr(model, "dist_token", None), model.reg_token]
         if all(token is None for token in tokens):
@@ -126,8 +122,6 @@ class TimmViTAdapter(ViTAdapter):
         from timm.layers import LayerScale, Mlp
 
         model = self.model
-        if self.reads_class_token() and not isinstance(model.fc_norm, nn.Identity):
-            raise _inexpressible(model, "a norm after pooling (fc_norm)")
         if not isinstance(model.fc_norm, (nn.Identity, nn.LayerNorm)):
             raise _inexpressible(model, f"a {type(model.fc_norm).__name__} after pooling")
         blocks = []
@@ -164,11 +158,13 @@ class TimmViTAdapter(ViTAdapter):
         classifiers = [model.head] + ([model.head_dist] if hasattr(model, "head_dist") else [])
         if not all(isinstance(head, nn.Linear) for head in classifiers):
             raise _inexpressible(model, "no linear classifier head (num_classes=0?)")
+        if self.reads_class_token():  # one head per token: class (and distillation) token
+            heads = [HeadParts((i,), head, model.fc_norm) for i, head in enumerate(classifiers)]
+        else:
+            heads = [HeadParts((slice(self.num_prefix_tokens, None),), model.head, model.fc_norm)]
         return ViTParts(
             blocks=blocks,
             norm=model.norm,
-            heads=list(enumerate(classifiers)),
+            heads=heads,
             num_prefix_tokens=self.num_prefix_tokens,
-            mean_pooled=not self.reads_class_token(),
-            fc_norm=model.fc_norm,
         )
