@@ -15,13 +15,28 @@ from torch import Tensor, nn
 def without_biases(model: nn.Module) -> nn.Module:
     """A copy of ``model`` with every bias-like term zero: the biases of the linear
     layers, norms and patch embedding, the class and register tokens and the
-    position embedding. Its logits are then a homogeneous function of the pixels."""
+    position embedding (timm, Hugging Face and open_clip namings). Its logits are
+    then a homogeneous function of the pixels."""
     copied = copy.deepcopy(model)
     with torch.no_grad():
         for name, parameter in copied.named_parameters():
-            if name.endswith("bias") or name in ("cls_token", "reg_token", "pos_embed"):
+            bias_like = name.endswith(("bias", "position_embedding.weight"))
+            if bias_like or name.split(".")[-1] in _BIAS_LIKE:
                 parameter.zero_()
     return copied
+
+
+#: the class, register and position embeddings in timm's, Hugging Face's and open_clip's
+#: namings (a Hugging Face position embedding is an ``nn.Embedding``'s ``weight``)
+_BIAS_LIKE = {
+    "cls_token",
+    "reg_token",
+    "pos_embed",
+    "class_embedding",
+    "positional_embedding",
+    "position_embeddings",
+    "register_tokens",
+}
 
 
 def _ln_rule_forward(norm: nn.LayerNorm, x: Tensor) -> Tensor:
