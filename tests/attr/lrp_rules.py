@@ -5,7 +5,7 @@ efficient mode computes it). Written without the library's engine."""
 
 import copy
 import types
-from typing import Callable
+from typing import Callable, Tuple
 
 import timm
 import torch
@@ -65,6 +65,27 @@ def _attention_rule_forward(rule: str) -> Callable:
     return forward
 
 
+def _hugging_face_attention_rule_forward(rule: str) -> Callable:
+    """The same for a Hugging Face attention with separate q/k/v projections
+    (DINOv2), returning ``(output, probabilities)`` as it does."""
+
+    def forward(attn: nn.Module, x: Tensor, *args, **kwargs) -> Tuple[Tensor, Tensor]:
+        n, t, d = x.shape
+        q, k, v = (
+            projection(x).view(n, t, -1, attn.head_dim).transpose(1, 2)
+            for projection in (attn.q_proj, attn.k_proj, attn.v_proj)
+        )
+        if rule == "uniform":
+            q, k, v = _scaled_gradient(q, 0.25), _scaled_gradient(k, 0.25), _scaled_gradient(v, 0.5)
+        probabilities = (q * attn.scaling @ k.transpose(-2, -1)).softmax(dim=-1)
+        if rule == "detached":
+            probabilities = probabilities.detach()
+        context = (probabilities @ v).transpose(1, 2).reshape(n, t, d)
+        return attn.o_proj(context), probabilities
+
+    return forward
+
+
 def _identity_rule(act: nn.Module) -> Callable:
     def forward(x: Tensor) -> Tensor:
         y = act(x)
@@ -77,7 +98,8 @@ def rules_patched_copy(model: nn.Module, attention_rule: str) -> nn.Module:
     """A copy of ``model`` whose plain autograd gradient is that of the LRP rules:
     every LayerNorm (block norms, final norm, ``norm_pre``, the embedding's norm)
     with the LN rule, the attention with ``attention_rule`` and the MLP activation
-    with the identity rule (as LXT's efficient mode patches a model)."""
+    with the identity rule (as LXT's efficient mode patches a model); timm ViTs and
+    Hugging Face DINOv2."""
     copied = copy.deepcopy(model)
     for module in copied.modules():
         if isinstance(module, nn.LayerNorm):
@@ -86,6 +108,12 @@ def rules_patched_copy(model: nn.Module, attention_rule: str) -> nn.Module:
             module.forward = types.MethodType(_attention_rule_forward(attention_rule), module)
         if isinstance(module, timm.layers.Mlp):
             module.act.forward = _identity_rule(copy.deepcopy(module.act))
+        if type(module).__name__ in ("Dinov2Attention", "Dinov2WithRegistersAttention"):
+            module.forward = types.MethodType(
+                _hugging_face_attention_rule_forward(attention_rule), module
+            )
+        if type(module).__name__ in ("Dinov2MLP", "Dinov2WithRegistersMLP"):
+            module.activation_fn.forward = _identity_rule(copy.deepcopy(module.activation_fn))
     return copied
 
 

@@ -5,7 +5,8 @@ and the mean of the patch tokens, so the attention-map methods start from
 attention probabilities this test captures itself; the LRP methods replay the
 head ``classifier(concat(class token, mean of the patch tokens))``: plain
 gradient times input through the replay is the model's own, conservative LRP
-conserves the logit without biases and Chefer's pass conserves each example's
+conserves the logit without biases, ConservativeLRP and AttnLRP equal their rules
+patched into a copy of the model, and Chefer's pass conserves each example's
 unit relevance. SwiGLU MLPs are refused by name. The model is saved and loaded
 back, the path a user takes."""
 
@@ -15,7 +16,8 @@ from typing import List, Tuple
 
 import pytest
 import torch
-from lrp_rules import without_biases
+from lrp_rules import gradient_x_input as patched_gradient_x_input
+from lrp_rules import rules_patched_copy, without_biases
 from test_relevance import block0_tokens
 from torch import Tensor, nn
 from transformers import (
@@ -144,6 +146,21 @@ def test_the_replay_with_plain_gradients_is_the_models_own_gradient_times_input(
     model(x).logits.gather(1, target[:, None]).sum().backward()
     result = gradient_x_input(adapter_for(model), model, x.detach(), target, (), PLAIN_GRADIENT)
     assert relative_error(result.pixels, x.detach() * x.grad) < 1e-10
+
+
+@pytest.mark.parametrize(
+    "method, options, attention_rule",
+    [(AttnLRP, {}, "uniform"), (ConservativeLRP, {"activation_rule": "identity"}, "detached")],
+)
+def test_gradient_rule_methods_equal_their_rules_patched_into_a_copy_of_the_model(
+    dinov2: nn.Module, method: type, options: dict, attention_rule: str
+) -> None:
+    model = copy.deepcopy(dinov2).double()
+    x, target = images().double(), torch.tensor([2, 2, 4])
+    patched = rules_patched_copy(model, attention_rule)
+    expected = patched_gradient_x_input(lambda x: patched(x).logits, x, target)
+    actual = method(model).attribute(x, target=target, **options)
+    assert relative_error(actual, expected) < 1e-10
 
 
 def test_conservative_lrp_relevance_sums_to_the_target_logit_without_biases(

@@ -125,12 +125,17 @@ def test_raw_attention_and_rollout_read_the_towers_own_probabilities(reference, 
     assert torch.allclose(maps, rollout[:, 0, 1:], atol=1e-5)
 
 
-def test_the_models_are_left_as_found(reference):
+@pytest.mark.parametrize(
+    "method",
+    [GradientWeightedAttention, ConservativeLRP, TransformerAttribution],
+    ids=lambda m: m.__name__,
+)
+def test_the_models_are_left_as_found(reference, method):
     hf, oc = _hugging_face(reference), _open_clip(reference)
     implementation = hf.model.config._attn_implementation
     before = {k: v.clone() for k, v in oc.state_dict().items()}
     for classifier in (hf, oc):
-        GradientWeightedAttention(classifier).attribute(reference["inputs"][:1], target=0)
+        method(classifier).attribute(reference["inputs"][:1], target=0)
     assert hf.model.config._attn_implementation == implementation
     assert all(
         "forward" not in block.attn.__dict__ for block in oc.model.visual.transformer.resblocks
@@ -252,7 +257,9 @@ def test_the_relevance_pass_conserves_each_examples_unit_relevance_through_the_h
 
 
 @pytest.mark.parametrize(
-    "method", [ConservativeLRP, AttnLRP, TransformerAttribution, PartialLRP], ids=str
+    "method",
+    [ConservativeLRP, AttnLRP, TransformerAttribution, PartialLRP],
+    ids=lambda m: m.__name__,
 )
 def test_the_three_builds_give_the_same_relevance_maps(reference, method):
     images, targets = reference["inputs"].double(), reference["targets"]["fixed"]
@@ -296,9 +303,14 @@ def test_siglip_towers_are_refused_by_name():
         GradientWeightedAttention(classifier)
 
 
+@pytest.mark.parametrize(
+    "method_class",
+    [GradientWeightedAttention, ConservativeLRP, AttnLRP, TransformerAttribution, PartialLRP],
+    ids=lambda m: m.__name__,
+)
 @pytest.mark.parametrize("build", BUILDS)
-def test_one_image_alone_gets_the_map_it_gets_in_a_batch(reference, build):
-    method = GradientWeightedAttention(BUILDS[build](reference).double())
+def test_one_image_alone_gets_the_map_it_gets_in_a_batch(reference, build, method_class):
+    method = method_class(BUILDS[build](reference).double())
     images = reference["inputs"].double()
     batch = method.attribute(images, target=1, upsample=False)
     alone = method.attribute(images[2:3], target=1, upsample=False)
