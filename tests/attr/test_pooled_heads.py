@@ -249,3 +249,17 @@ def test_gradient_rule_methods_equal_their_rules_patched_into_a_copy_of_the_mode
     expected = gradient_x_input(rules_patched_copy(model, attention_rule), images, target)
     actual = method(model).attribute(images, target=target, **options)
     assert relative_errors(actual, expected).max() < 1e-10
+
+
+def test_a_norm_after_the_class_token_takes_the_layernorm_rule() -> None:
+    model = tiny_timm(global_pool="token", fc_norm=True).double()
+    images, target = images_of("token").double(), torch.tensor([0, 1, 2])
+    expected = gradient_x_input(rules_patched_copy(model, "uniform"), images, target)
+    assert relative_errors(AttnLRP(model).attribute(images, target=target), expected).max() < 1e-10
+    unbiased = without_biases(model)
+    relevance = ConservativeLRP(unbiased).attribute(
+        images, target=target, activation_rule="identity"
+    )
+    with torch.no_grad():
+        logits = unbiased(images).gather(1, target[:, None]).flatten()
+    torch.testing.assert_close(relevance.sum(dim=(1, 2, 3)), logits, rtol=1e-6, atol=0)
