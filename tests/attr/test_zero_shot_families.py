@@ -274,6 +274,16 @@ def test_the_three_builds_give_the_same_relevance_maps(reference, method):
     assert relative_error(maps["timm"], maps["open_clip"]) < 1e-10
 
 
+@pytest.mark.parametrize("method", [TransformerAttribution, PartialLRP], ids=lambda m: m.__name__)
+def test_model_precision_takes_text_embeddings_of_another_dtype(reference, method):
+    classifier = _open_clip(reference)  # a float32 tower, float64 text embeddings
+    images = reference["inputs"]
+    in_model = method(classifier).attribute(images, target=1, precision="model", upsample=False)
+    in_float64 = method(classifier).attribute(images, target=1, upsample=False)
+    # float32 against float64, within the conditioning of Chefer's residual rule
+    assert relative_error(in_model, in_float64) < 1e-2
+
+
 @pytest.mark.parametrize("build", BUILDS)
 def test_full_lrp_refuses_clip_towers_whose_ln_pre_precedes_block0(reference, build):
     with pytest.raises(ValueError, match="tokens entering block 0 are not the patch"):

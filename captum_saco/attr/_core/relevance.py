@@ -312,8 +312,11 @@ def _without_bias(output: Tensor, bias: Optional[Tensor]) -> Tensor:
 def _linear_relevance(
     layer: Linear, inputs: Tensor, output: Tensor, relevance: Tensor, rules: LRPRules
 ) -> Tensor:
-    """Relevance of the input of a head's linear layer (``output`` with its bias)."""
-    return rules.linear(inputs, layer.weight, _without_bias(output, layer.bias), relevance)
+    """Relevance of the input of a head's linear layer (``output`` with its bias), in
+    the dtype of ``inputs`` (a zero-shot head's text matrix may have another)."""
+    weight = layer.weight.to(inputs.dtype)
+    bias = None if layer.bias is None else layer.bias.to(inputs.dtype)
+    return rules.linear(inputs, weight, _without_bias(output, bias), relevance)
 
 
 def _head_relevance(
