@@ -1,15 +1,16 @@
 """Attention methods on zero-shot CLIP classifiers, against Chefer et al.'s CLIP
 relevance (Transformer-MM-Explainability's ``interpret``) recorded in
-tests/data/clip_reference.pt, for the open_clip, Hugging Face and timm builds of
-the same weights. The text side is the recorded float64 text embeddings of the
-prompts (tests/test_zero_shot.py checks each library's own text encoding).
+tests/data/clip_reference.pt, for the open_clip, Hugging Face (``CLIPModel`` and
+``CLIPVisionModelWithProjection``) and timm builds of the same weights. The text
+side is the recorded float64 text embeddings of the prompts
+(tests/test_zero_shot.py checks each library's own text encoding).
 
 The relevance methods replay the zero-shot head (final norm on the class token,
 projection, L2 normalisation, ``scale * text_embeddings``): conservative LRP
 conserves the logit without biases and equals LXT's CP-LRP composite for open_clip
 recorded in the same file, AttnLRP equals its rules patched into a copy of the
-model, Chefer's pass conserves each example's unit relevance, and the three
-builds give the same maps."""
+model, Chefer's pass conserves each example's unit relevance, and the builds give
+the same maps."""
 
 import pytest
 import torch
@@ -34,6 +35,7 @@ from captum_saco.models import ZeroShotClassifier
 from captum_saco.models import zero_shot as zero_shot_module
 from tests.clip_reference_builds import (
     hugging_face_model,
+    hugging_face_tower,
     load_reference,
     logit_scale,
     open_clip_model,
@@ -55,12 +57,24 @@ def _hugging_face(reference):
     return ZeroShotClassifier(hugging_face_model(reference), reference["text_embeds_float64"])
 
 
+def _hugging_face_tower(reference):
+    text = reference["text_embeds_float64"]
+    return ZeroShotClassifier(
+        hugging_face_tower(reference), text, logit_scale=logit_scale(reference)
+    )
+
+
 def _timm(reference):
     text = reference["text_embeds_float64"]
     return ZeroShotClassifier(timm_tower(reference), text, logit_scale=logit_scale(reference))
 
 
-BUILDS = {"open_clip": _open_clip, "hugging_face": _hugging_face, "timm": _timm}
+BUILDS = {
+    "open_clip": _open_clip,
+    "hugging_face": _hugging_face,
+    "hugging_face_tower": _hugging_face_tower,
+    "timm": _timm,
+}
 
 
 @pytest.mark.parametrize("target", ["argmax", "fixed"])
@@ -80,7 +94,7 @@ def test_gradient_weighted_attention_equals_chefers_clip_interpret_in_float64(
         error = (maps.flatten(1) - expected[key]).abs().max() / expected[key].abs().max()
         # Hugging Face's eager attention (the path that returns probabilities)
         # computes its softmax in float32 also for float64 models
-        assert error < (1e-6 if build == "hugging_face" else 1e-10), (key, float(error))
+        assert error < (1e-6 if build.startswith("hugging_face") else 1e-10), (key, float(error))
 
 
 @pytest.mark.parametrize("build", BUILDS)
@@ -261,7 +275,7 @@ def test_the_relevance_pass_conserves_each_examples_unit_relevance_through_the_h
     [ConservativeLRP, AttnLRP, TransformerAttribution, PartialLRP],
     ids=lambda m: m.__name__,
 )
-def test_the_three_builds_give_the_same_relevance_maps(reference, method):
+def test_the_builds_give_the_same_relevance_maps(reference, method):
     images, targets = reference["inputs"].double(), reference["targets"]["fixed"]
     maps = {
         build: method(BUILDS[build](reference).double()).attribute(
@@ -270,7 +284,8 @@ def test_the_three_builds_give_the_same_relevance_maps(reference, method):
         for build in BUILDS
     }
     # Hugging Face's eager attention computes its softmax in float32
-    assert relative_error(maps["hugging_face"], maps["open_clip"]) < 1e-6
+    for build in ("hugging_face", "hugging_face_tower"):
+        assert relative_error(maps[build], maps["open_clip"]) < 1e-6
     assert relative_error(maps["timm"], maps["open_clip"]) < 1e-10
 
 
