@@ -35,7 +35,7 @@ from captum_saco.evaluation import (
     saco_case_study,
 )
 from captum_saco.evaluation.data import Source
-from captum_saco.evaluation.registry import METHODS, logits_of
+from captum_saco.evaluation.registry import logits_of
 from captum_saco.models.loading import (
     EMBEDDED_MODEL,
     LoadedModel,

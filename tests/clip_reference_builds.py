@@ -1,5 +1,6 @@
-"""The CLIP of tests/data/clip_reference.pt built in open_clip, Hugging Face and
-timm (the image tower), from the recorded weights of each naming."""
+"""The CLIP of tests/data/clip_reference.pt built in open_clip, Hugging Face (the
+dual encoder, and the image tower with its projection) and timm (the image
+tower), from the recorded weights of each naming."""
 
 from functools import partial
 from pathlib import Path
@@ -31,6 +32,20 @@ def open_clip_model(reference: Dict[str, Any]) -> CLIP:
 def hugging_face_model(reference: Dict[str, Any]) -> transformers.CLIPModel:
     model = transformers.CLIPModel(transformers.CLIPConfig(**reference["hf_config"]))
     model.load_state_dict(reference["state_dict_hf"])
+    return model.eval()
+
+
+def hugging_face_tower(reference: Dict[str, Any]) -> transformers.CLIPVisionModelWithProjection:
+    """The image tower with its projection; its output's ``image_embeds`` is the
+    projected image embedding."""
+    config = transformers.CLIPConfig(**reference["hf_config"])
+    vision_config = config.vision_config
+    vision_config.projection_dim = config.projection_dim
+    model = transformers.CLIPVisionModelWithProjection(vision_config)
+    prefixes = ("vision_model.", "visual_projection.")
+    model.load_state_dict(
+        {k: v for k, v in reference["state_dict_hf"].items() if k.startswith(prefixes)}
+    )
     return model.eval()
 
 

@@ -18,17 +18,29 @@ from transformers.models.beit.modeling_beit import BeitAttention, BeitMLP
 def without_biases(model: nn.Module) -> nn.Module:
     """A copy of ``model`` with every bias-like term zero: the biases of the linear
     layers, norms and patch embedding (q/v biases included), the relative position
-    bias tables, the class and register tokens and the position embedding (timm and
-    Hugging Face names). Its
-    logits are then a homogeneous function of the pixels."""
+    bias tables, the class and register tokens and the position embedding (timm,
+    Hugging Face and open_clip namings). Its logits are then a homogeneous function
+    of the pixels."""
     copied = copy.deepcopy(model)
     with torch.no_grad():
         for name, parameter in copied.named_parameters():
-            if name.endswith(
-                ("bias", "bias_table", "cls_token", "reg_token", "pos_embed", "position_embeddings")
-            ):
+            bias_like = name.endswith(("bias", "bias_table", "position_embedding.weight"))
+            if bias_like or name.split(".")[-1] in _BIAS_LIKE:
                 parameter.zero_()
     return copied
+
+
+#: the class, register and position embeddings in timm's, Hugging Face's and open_clip's
+#: namings (a Hugging Face position embedding is an ``nn.Embedding``'s ``weight``)
+_BIAS_LIKE = {
+    "cls_token",
+    "reg_token",
+    "pos_embed",
+    "class_embedding",
+    "positional_embedding",
+    "position_embeddings",
+    "register_tokens",
+}
 
 
 def _ln_rule_forward(norm: nn.LayerNorm, x: Tensor) -> Tensor:
@@ -167,6 +179,27 @@ def _gated_rule_forward(rule: str) -> Callable:
     return forward
 
 
+def _hugging_face_attention_rule_forward(rule: str) -> Callable:
+    """The same for a Hugging Face attention with separate q/k/v projections
+    (DINOv2), returning ``(output, probabilities)`` as it does."""
+
+    def forward(attn: nn.Module, x: Tensor, *args, **kwargs) -> Tuple[Tensor, Tensor]:
+        n, t, d = x.shape
+        q, k, v = (
+            projection(x).view(n, t, -1, attn.head_dim).transpose(1, 2)
+            for projection in (attn.q_proj, attn.k_proj, attn.v_proj)
+        )
+        if rule == "uniform":
+            q, k, v = _scaled_gradient(q, 0.25), _scaled_gradient(k, 0.25), _scaled_gradient(v, 0.5)
+        probabilities = (q * attn.scaling @ k.transpose(-2, -1)).softmax(dim=-1)
+        if rule == "detached":
+            probabilities = probabilities.detach()
+        context = (probabilities @ v).transpose(1, 2).reshape(n, t, d)
+        return attn.o_proj(context), probabilities
+
+    return forward
+
+
 def _identity_rule(act: nn.Module) -> Callable:
     def forward(x: Tensor) -> Tensor:
         y = act(x)
@@ -178,11 +211,12 @@ def _identity_rule(act: nn.Module) -> Callable:
 def rules_patched_copy(model: nn.Module, attention_rule: str) -> nn.Module:
     """A copy of ``model`` whose plain autograd gradient is that of the LRP rules:
     every LayerNorm and RmsNorm (block norms, final norm, ``norm_pre``, the
-    embedding's norm, query/key norms, sub-LayerNorms) with the LN rule, the attention (timm ViT,
-    Eva, BEiT) with ``attention_rule``, the MLP activation with the identity rule
-    and a gated MLP's product with the rule that goes with ``attention_rule``
-    (``"uniform"``: AttnLRP's uniform rule; ``"detached"``: CP-LRP's constant
-    gate), as LXT's efficient mode patches a model."""
+    embedding's norm, query/key norms, sub-LayerNorms) with the LN rule, the
+    attention (timm ViT, Eva, BEiT, Hugging Face BEiT and DINOv2) with
+    ``attention_rule``, the MLP activation with the identity rule and a gated MLP's
+    product with the rule that goes with ``attention_rule`` (``"uniform"``:
+    AttnLRP's uniform rule; ``"detached"``: CP-LRP's constant gate), as LXT's
+    efficient mode patches a model."""
     forwards = {
         timm.models.vision_transformer.Attention: _attention_rule_forward,
         timm.models.eva.EvaAttention: _eva_attention_rule_forward,
@@ -201,7 +235,14 @@ def rules_patched_copy(model: nn.Module, attention_rule: str) -> nn.Module:
             module.forward = types.MethodType(forwards[type(module)](attention_rule), module)
         if isinstance(module, timm.layers.Mlp):
             module.act.forward = _identity_rule(copy.deepcopy(module.act))
-        if isinstance(module, BeitMLP):
+        if type(module).__name__ in ("Dinov2Attention", "Dinov2WithRegistersAttention"):
+            module.forward = types.MethodType(
+                _hugging_face_attention_rule_forward(attention_rule), module
+            )
+        if isinstance(module, BeitMLP) or type(module).__name__ in (
+            "Dinov2MLP",
+            "Dinov2WithRegistersMLP",
+        ):
             module.activation_fn.forward = _identity_rule(copy.deepcopy(module.activation_fn))
     return copied
 

@@ -2,8 +2,13 @@
 ``Dinov2WithRegistersForImageClassification``: its head reads the class token
 and the mean of the patch tokens, so the attention-map methods start from
 ``s = ½ e_0 + ½ mean of the patch tokens`` and equal a recomputation from
-attention probabilities this test captures itself; the LRP methods refuse the
-model by name. The model is saved and loaded back, the path a user takes."""
+attention probabilities this test captures itself; the LRP methods replay the
+head ``classifier(concat(class token, mean of the patch tokens))``: plain
+gradient times input through the replay is the model's own, conservative LRP
+conserves the logit without biases, ConservativeLRP and AttnLRP equal their rules
+patched into a copy of the model, and Chefer's pass conserves each example's
+unit relevance. SwiGLU MLPs are refused by name. The model is saved and loaded
+back, the path a user takes."""
 
 import copy
 from pathlib import Path
@@ -11,6 +16,9 @@ from typing import List, Tuple
 
 import pytest
 import torch
+from lrp_rules import gradient_x_input as patched_gradient_x_input
+from lrp_rules import rules_patched_copy, without_biases
+from test_relevance import block0_tokens
 from torch import Tensor, nn
 from transformers import (
     Dinov2Config,
@@ -31,9 +39,24 @@ from captum_saco.attr import (
     RawAttention,
     TransformerAttribution,
 )
+from captum_saco.attr._core.families import adapter_for, vit_parts
+from captum_saco.attr._core.gradient_x_input import gradient_x_input
+from captum_saco.attr._core.relevance import attention_relevance
+from captum_saco.attr._core.replay import PLAIN_GRADIENT
+from tests.numerics import relative_error
 
-WORKING = [RawAttention, AttentionRollout, GradientWeightedAttention, AttentionGradCAM, AttCAT]
-REFUSING = [TransformerAttribution, PartialLRP, FullLRP, ConservativeLRP, AttnLRP]
+WORKING = [
+    RawAttention,
+    AttentionRollout,
+    GradientWeightedAttention,
+    AttentionGradCAM,
+    AttCAT,
+    TransformerAttribution,
+    PartialLRP,
+    FullLRP,
+    ConservativeLRP,
+    AttnLRP,
+]
 
 
 SIZE = dict(image_size=32, patch_size=8, hidden_size=24, num_hidden_layers=2, num_attention_heads=2)
@@ -115,14 +138,62 @@ def test_attention_map_methods_equal_a_recomputation_from_half_class_half_patch_
         )
 
 
-@pytest.mark.parametrize("method", REFUSING, ids=lambda m: m.__name__)
-def test_lrp_methods_refuse_the_class_plus_mean_head_by_name(
-    dinov2: nn.Module, method: type, state_of, same_state
+def test_the_replay_with_plain_gradients_is_the_models_own_gradient_times_input(
+    dinov2: nn.Module,
 ) -> None:
-    before = state_of(dinov2)
-    with pytest.raises(ValueError, match="Dinov2.*ForImageClassification has a head reading"):
-        method(dinov2).attribute(images(1), target=0)
-    same_state(before, state_of(dinov2))
+    model = copy.deepcopy(dinov2).double()
+    x, target = images().double().requires_grad_(), torch.tensor([0, 3, 4])
+    model(x).logits.gather(1, target[:, None]).sum().backward()
+    result = gradient_x_input(adapter_for(model), model, x.detach(), target, (), PLAIN_GRADIENT)
+    assert relative_error(result.pixels, x.detach() * x.grad) < 1e-10
+
+
+@pytest.mark.parametrize(
+    "method, options, attention_rule",
+    [(AttnLRP, {}, "uniform"), (ConservativeLRP, {"activation_rule": "identity"}, "detached")],
+)
+def test_gradient_rule_methods_equal_their_rules_patched_into_a_copy_of_the_model(
+    dinov2: nn.Module, method: type, options: dict, attention_rule: str
+) -> None:
+    model = copy.deepcopy(dinov2).double()
+    x, target = images().double(), torch.tensor([2, 2, 4])
+    patched = rules_patched_copy(model, attention_rule)
+    expected = patched_gradient_x_input(lambda x: patched(x).logits, x, target)
+    actual = method(model).attribute(x, target=target, **options)
+    assert relative_error(actual, expected) < 1e-10
+
+
+def test_conservative_lrp_relevance_sums_to_the_target_logit_without_biases(
+    dinov2: nn.Module,
+) -> None:
+    model = without_biases(dinov2)
+    x, target = images(), torch.tensor([1, 0, 3])
+    relevance = ConservativeLRP(model).attribute(x, target=target, activation_rule="identity")
+    with torch.no_grad():
+        logits = model(x).logits.gather(1, target[:, None]).flatten()
+    torch.testing.assert_close(relevance.sum(dim=(1, 2, 3)), logits, rtol=1e-3, atol=0)
+
+
+def test_the_relevance_pass_conserves_each_examples_unit_relevance_through_the_head(
+    dinov2: nn.Module,
+) -> None:
+    model = copy.deepcopy(dinov2).double()
+    with torch.no_grad():  # Hugging Face initialises them to zero, a trained model's are not:
+        for name, parameter in model.named_parameters():  # on zero tokens Chefer's
+            if name.endswith("register_tokens"):  # z-rules divide 0 by 0 and drop relevance
+                parameter.normal_()
+    x = images().double()
+    result = attention_relevance(vit_parts(model), block0_tokens(model, x), input_relevance=True)
+    with torch.no_grad():
+        torch.testing.assert_close(result.logits, model(x).logits)
+    totals = result.input_relevance.sum(dim=(1, 2))
+    torch.testing.assert_close(totals, torch.ones_like(totals), rtol=0, atol=1e-6)
+
+
+def test_swiglu_mlps_are_refused_by_the_relevance_methods_by_name() -> None:
+    model = Dinov2ForImageClassification(Dinov2Config(num_labels=5, use_swiglu_ffn=True, **SIZE))
+    with pytest.raises(ValueError, match="Dinov2ForImageClassification has a SwiGLU MLP"):
+        AttnLRP(model.eval()).attribute(images(1), target=0)
 
 
 @pytest.mark.parametrize("method", WORKING, ids=lambda m: m.__name__)

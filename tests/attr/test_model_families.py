@@ -90,7 +90,8 @@ def _canonical_logits(parts: ViTParts, tokens: Tensor) -> Tensor:
         mlp = block.fc2(block.act(block.fc1(block.norm2(x))))
         x = x + (mlp if block.ls2 is None else block.ls2 * mlp)
     x = parts.norm(x)
-    return torch.stack([head(x[:, index]) for index, head in parts.heads]).mean(0)
+    # class-token heads: each classifier reads its one token
+    return torch.stack([head.classifier(x[:, head.reads[0]]) for head in parts.heads]).mean(0)
 
 
 class _KeepTrace(AttentionAttribution):
@@ -179,7 +180,7 @@ def test_raw_attention_drops_exactly_the_prefix_token_columns(name: str) -> None
 def test_distilled_models_expose_both_classifier_heads_in_their_parts(scores_of) -> None:
     for model in (tiny_timm_distilled(), tiny_hf_deit(DeiTForImageClassificationWithTeacher)):
         parts = vit_parts(model)
-        assert [index for index, _ in parts.heads] == [0, 1]
+        assert [head.reads for head in parts.heads] == [(0,), (1,)]
         assert parts.num_prefix_tokens == 2
         _check_parts_reproduce_logits(model, torch.rand(2, 3, 32, 32), scores_of)
 

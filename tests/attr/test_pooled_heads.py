@@ -3,7 +3,9 @@ with or without class token, ``fc_norm``, register tokens, ``no_embed_class``,
 dynamic image size): the attention-map methods start from the head's read-out
 vector ``s``, here the uniform average over exactly the tokens the head averages,
 and equal a recomputation from attention probabilities this test captures
-itself; the methods without a rule for the pooled head refuse it by name."""
+itself; Chefer's relevance pass goes through the mean by the z-rule and conserves
+each example's unit relevance, and Transformer Attribution and partial LRP chain
+from ``s``."""
 
 import copy
 from typing import Dict, List, Tuple
@@ -11,6 +13,7 @@ from typing import Dict, List, Tuple
 import pytest
 import torch
 from lrp_rules import gradient_x_input, rules_patched_copy, without_biases
+from test_relevance import block0_tokens
 from tiny_models import tiny_timm
 from torch import Tensor, nn
 
@@ -26,7 +29,9 @@ from captum_saco.attr import (
     RawAttention,
     TransformerAttribution,
 )
-from tests.numerics import relative_errors
+from captum_saco.attr._core.families import vit_parts
+from captum_saco.attr._core.relevance import attention_relevance, z_rule_mean
+from tests.numerics import relative_error, relative_errors
 
 CONFIGS: Dict[str, Dict] = {
     "avg_with_class_token_and_fc_norm": dict(global_pool="avg"),
@@ -47,8 +52,10 @@ WORKING = [
     AttCAT,
     ConservativeLRP,
     AttnLRP,
+    TransformerAttribution,
+    PartialLRP,
+    FullLRP,
 ]
-REFUSING = [TransformerAttribution, PartialLRP, FullLRP]
 
 
 def images_of(config: str, n: int = 3) -> Tensor:
@@ -143,15 +150,53 @@ def test_attention_map_methods_equal_a_recomputation_from_the_read_out_vector(
         )
 
 
-@pytest.mark.parametrize("method", REFUSING, ids=lambda m: m.__name__)
-def test_methods_without_a_rule_for_the_pooled_head_refuse_it_by_name(
-    method: type, state_of, same_state
+def test_the_mean_rule_gives_each_averaged_token_its_share_of_the_relevance() -> None:
+    tokens = torch.randn(2, 5, 4, dtype=torch.float64)
+    relevance = torch.randn(2, 4, dtype=torch.float64)
+    shares = z_rule_mean(tokens, relevance)
+    expected = tokens / 5 / tokens.mean(dim=1, keepdim=True) * relevance[:, None]
+    torch.testing.assert_close(shares, expected)
+    torch.testing.assert_close(shares.sum(dim=1), relevance)
+
+
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+def test_the_relevance_pass_conserves_each_examples_unit_relevance_through_the_pooled_head(
+    config: str,
 ) -> None:
-    model = tiny_timm(global_pool="avg")
-    before = state_of(model)
-    with pytest.raises(ValueError, match=r"pooled head \(global_pool='avg'\).*AttnLRP work"):
-        method(model).attribute(images_of("avg"), target=0)
-    same_state(before, state_of(model))
+    model = tiny_timm(**CONFIGS[config]).double()
+    images = images_of(config).double()
+    result = attention_relevance(
+        vit_parts(model), block0_tokens(model, images), [0, 3, 4], input_relevance=True
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(result.logits, model(images))
+    totals = result.input_relevance.sum(dim=(1, 2))
+    torch.testing.assert_close(totals, torch.ones_like(totals), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+def test_transformer_attribution_and_partial_lrp_chain_from_the_read_out_vector(
+    config: str,
+) -> None:
+    model = tiny_timm(**CONFIGS[config]).double()
+    images, target = images_of(config).double(), torch.tensor([0, 2, 4])
+    attentions, gradients = captured(model, images, target)
+    relevances = attention_relevance(
+        vit_parts(model), block0_tokens(model, images), target, gradients=False
+    ).relevances
+    s = mean_readout(model, attentions[0].shape[-1]).double()
+    for example in range(images.shape[0]):  # one example at a time, as the original
+        row = s
+        for gradient, relevance in zip(reversed(gradients), reversed(relevances)):
+            weighted = (gradient[example] * relevance[example]).clamp(min=0).mean(dim=0)
+            row = row + row @ weighted
+        partial = s @ relevances[-1][example].clamp(min=0).mean(dim=0)
+        for method, expected in ((TransformerAttribution, row), (PartialLRP, partial)):
+            actual = method(model).attribute(
+                images[example : example + 1], target=target[example], upsample=False
+            )
+            error = relative_error(actual, on_grid(expected[None], model, images))
+            assert error < 1e-10, (method.__name__, error)
 
 
 def test_rollout_refuses_discard_ratio_on_a_pooled_head_by_name() -> None:
@@ -204,3 +249,17 @@ def test_gradient_rule_methods_equal_their_rules_patched_into_a_copy_of_the_mode
     expected = gradient_x_input(rules_patched_copy(model, attention_rule), images, target)
     actual = method(model).attribute(images, target=target, **options)
     assert relative_errors(actual, expected).max() < 1e-10
+
+
+def test_a_norm_after_the_class_token_takes_the_layernorm_rule() -> None:
+    model = tiny_timm(global_pool="token", fc_norm=True).double()
+    images, target = images_of("token").double(), torch.tensor([0, 1, 2])
+    expected = gradient_x_input(rules_patched_copy(model, "uniform"), images, target)
+    assert relative_errors(AttnLRP(model).attribute(images, target=target), expected).max() < 1e-10
+    unbiased = without_biases(model)
+    relevance = ConservativeLRP(unbiased).attribute(
+        images, target=target, activation_rule="identity"
+    )
+    with torch.no_grad():
+        logits = unbiased(images).gather(1, target[:, None]).flatten()
+    torch.testing.assert_close(relevance.sum(dim=(1, 2, 3)), logits, rtol=1e-6, atol=0)

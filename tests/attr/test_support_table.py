@@ -27,6 +27,8 @@ from torch import nn
 from transformers import (
     CLIPConfig,
     CLIPModel,
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
     DeiTForImageClassificationWithTeacher,
     Dinov2Config,
     Dinov2ForImageClassification,
@@ -149,6 +151,19 @@ ARCHITECTURES: Dict[str, Callable[[], nn.Module]] = {
             )
         )
     ),
+    "HF DINOv2, SwiGLU MLP": _seeded(
+        lambda: Dinov2ForImageClassification(
+            Dinov2Config(
+                image_size=32,
+                patch_size=8,
+                hidden_size=24,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                num_labels=5,
+                use_swiglu_ffn=True,
+            )
+        )
+    ),
     "zero-shot CLIP, HF `CLIPModel`": _seeded(lambda: _zero_shot(CLIPModel, CLIPConfig)),
     "zero-shot CLIP, open_clip": _seeded(
         lambda: ZeroShotClassifier(
@@ -162,6 +177,28 @@ ARCHITECTURES: Dict[str, Callable[[], nn.Module]] = {
                 ),
             ).eval(),
             torch.randn(5, 16),
+        )
+    ),
+    "zero-shot CLIP, HF `CLIPVisionModelWithProjection`": _seeded(
+        lambda: ZeroShotClassifier(
+            CLIPVisionModelWithProjection(
+                CLIPVisionConfig(
+                    image_size=32,
+                    patch_size=8,
+                    hidden_size=24,
+                    intermediate_size=48,
+                    num_hidden_layers=2,
+                    num_attention_heads=2,
+                    projection_dim=16,
+                )
+            ).eval(),
+            torch.randn(5, 16),
+            logit_scale=100.0,
+        )
+    ),
+    "zero-shot CLIP, timm tower (`pre_norm`)": _seeded(
+        lambda: ZeroShotClassifier(
+            tiny_timm(pre_norm=True, num_classes=16), torch.randn(5, 16), logit_scale=100.0
         )
     ),
     "zero-shot SigLIP, HF `SiglipModel`": _seeded(lambda: _zero_shot(SiglipModel, SiglipConfig)),

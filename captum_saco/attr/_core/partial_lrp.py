@@ -28,10 +28,14 @@ class PartialLRP(RelevancePrecision, AttentionAttribution):
     (Voita et al., "Analyzing Multi-Head Self-Attention", ACL 2019, as the
     baseline of Chefer, Gur and Wolf, CVPR 2021, whose implementation this
     follows), ``mean_h clamp(R(A_L), min=0)``, the class token's row without the
-    prefix-token columns.
+    prefix-token columns; for a head that does not read the class token, the
+    head's read-out vector ``s`` times that matrix (see
+    :attr:`~captum_saco.attr._core.engine.AttentionTrace.readout`).
 
-    The relevance is propagated from the one-hot target at the classifier's
-    output through the final norm and the last block with the rules of Chefer et
+    The relevance is propagated from the one-hot target at the head's output
+    (through a pooling head and a zero-shot head as
+    :mod:`~captum_saco.attr._core.relevance` describes) through the final norm
+    and the last block with the rules of Chefer et
     al.'s implementation (:data:`~captum_saco.attr._core.relevance.CHEFER_RULES`);
     the pass stops there and takes no gradient. Like
     :class:`TransformerAttribution`, the model runs only up to its first block

@@ -19,7 +19,9 @@ of rules (:class:`LRPRules`). The rules of the authors' implementation
 - the products ``Q K^T`` and ``A V``: :func:`z_rule_half_each`;
 - residual additions: :func:`z_rule_rescaled`;
 - GELU, softmax, LayerNorm, dropout, layer scale, the attention scale, the
-  class-token selection and the final norm: :func:`pass_through`.
+  class-token selection, the final norm, a head's norm after pooling
+  (``fc_norm``) and the L2 normalisation of a zero-shot head: :func:`pass_through`;
+- the average over the tokens of a mean-pooling head: :func:`z_rule_mean`.
 
 The optional parts of :class:`~captum_saco.attr._core.families.BlockParts` take
 the rule of their kind: the query/key norms and the sub-LayerNorms before
@@ -51,13 +53,17 @@ from torch import Tensor, nn
 from captum_saco._utils import TargetType, resolve_target
 from captum_saco.attr._core.families import (
     BlockParts,
+    HeadParts,
+    LinearMap,
     ViTAdapter,
     ViTParts,
     _model_lock,
     this_thread_only,
 )
+from captum_saco.attr._core.families.base import Linear
 from captum_saco.attr._core.replay import (
     BlockRecord,
+    HeadRecord,
     ModelRecord,
     at_rows,
     embedding_norms_as,
@@ -188,6 +194,16 @@ def rotary_relevance(block: BlockParts, inputs: Tensor, relevance: Tensor) -> Te
     return torch.cat([relevance[:, :, :skip], rotated], dim=2)
 
 
+def z_rule_mean(inputs: Tensor, relevance: Tensor) -> Tensor:
+    """The z-rule through the average over the tokens: ``inputs`` ``(N, n, D)``,
+    ``relevance`` ``(N, D)`` that of ``inputs.mean(dim=1)``; token ``i`` receives
+    ``(inputs_i / n) / mean * relevance`` per dimension (0 where the mean is 0),
+    which conserves the relevance."""
+    mean = inputs.mean(dim=1, keepdim=True).expand_as(inputs)
+    share = _stabilised_divide(inputs / inputs.shape[1], mean.contiguous())
+    return share.mul_(relevance[:, None])
+
+
 def z_box(conv: nn.Conv2d, inputs: Tensor, relevance: Tensor, low: Tensor, high: Tensor) -> Tensor:
     """The z^B rule (Montavon et al., 2017; zennit's ``ZBox``) through the
     convolution ``conv`` (bias ignored) for inputs bounded by ``low`` and ``high``
@@ -221,13 +237,17 @@ class LRPRules:
         linear (LinearRule): linear layers (qkv, attention output, MLP, classifier).
         product (ProductRule): the attention products ``Q K^T`` and ``A V``.
         residual (SumRule): the residual additions.
-        elementwise (Callable): GELU, softmax, LayerNorm, dropout, layer scale.
+        elementwise (Callable): GELU, softmax, LayerNorm, dropout, layer scale,
+            a head's norm after pooling and L2 normalisation.
+        mean (Callable): ``mean(inputs, relevance)``, the average over the tokens
+            of a pooling head.
     """
 
     linear: LinearRule = alpha1_beta0
     product: ProductRule = z_rule_half_each
     residual: SumRule = z_rule_rescaled
     elementwise: Callable[[Tensor], Tensor] = pass_through
+    mean: Callable[[Tensor, Tensor], Tensor] = z_rule_mean
 
 
 #: The rules of Chefer et al.'s implementation (Transformer Attribution, partial and full LRP).
@@ -272,15 +292,13 @@ def parts_in(parts: ViTParts, dtype: torch.dtype) -> ViTParts:
             return layer.detach().to(dtype)
         if isinstance(layer, nn.Module):
             return copy.deepcopy(layer).to(dtype)
-        return layer  # None, or a function such as an activation
+        if isinstance(layer, (BlockParts, HeadParts, LinearMap)):
+            return replace(layer, **{k: cast(v) for k, v in vars(layer).items()})
+        return layer  # None, token reads, or a function such as an activation
 
-    blocks = [
-        replace(block, **{k: cast(v) for k, v in vars(block).items()}) for block in parts.blocks
-    ]
-    heads = [(index, cast(head)) for index, head in parts.heads]
-    return replace(
-        parts, blocks=blocks, norm=cast(parts.norm), heads=heads, fc_norm=cast(parts.fc_norm)
-    )
+    blocks = [cast(block) for block in parts.blocks]
+    heads = [cast(head) for head in parts.heads]
+    return replace(parts, blocks=blocks, norm=cast(parts.norm), heads=heads)
 
 
 @contextmanager
@@ -324,20 +342,54 @@ def _without_bias(output: Tensor, bias: Optional[Tensor]) -> Tensor:
     return output if bias is None else output - bias
 
 
+def _linear_relevance(
+    layer: Linear, inputs: Tensor, output: Tensor, relevance: Tensor, rules: LRPRules
+) -> Tensor:
+    """Relevance of the input of a head's linear layer (``output`` with its bias), in
+    the dtype of ``inputs`` (a zero-shot head's text matrix may have another)."""
+    weight = layer.weight.to(inputs.dtype)
+    bias = None if layer.bias is None else layer.bias.to(inputs.dtype)
+    return rules.linear(inputs, weight, _without_bias(output, bias), relevance)
+
+
 def _head_relevance(
     parts: ViTParts, replay: ModelRecord, classes: Tensor, rules: LRPRules
 ) -> Tensor:
-    """Relevance of the final norm's output, seeded with the one-hot target; with
-    several classifier heads (DeiT distilled) each head, on its token, receives
-    ``1 / len(heads)`` of it, as their logits are averaged."""
+    """Relevance of the final norm's output at the heads' positions, seeded with the
+    one-hot target; with several heads (DeiT distilled) each receives
+    ``1 / len(heads)`` of it, as their logits are averaged. Through each head: the
+    linear rule at the classifier (and at a zero-shot head's projection), the
+    element-wise rule at the L2 normalisation and the norm after pooling; the
+    relevance of the concatenated reads is split by their dimensions, a token read
+    passes its part to that token and an average passes it through ``rules.mean``.
+    """
     normed = replay.normed.detach()
-    num_classes = parts.heads[0][1].out_features
-    seed = F.one_hot(classes, num_classes).to(normed.dtype) / len(parts.heads)
     relevance = torch.zeros_like(normed)
-    for (index, head), logits in zip(parts.heads, replay.head_logits.detach()):
-        position = replay.head_tokens.index(index)
-        product = _without_bias(logits, head.bias)
-        relevance[:, position] += rules.linear(normed[:, position], head.weight, product, seed)
+    for head, record in zip(parts.heads, replay.heads):
+        record = HeadRecord(*(None if v is None else v.detach() for v in vars(record).values()))
+        num_classes = record.logits.shape[-1]
+        seed = F.one_hot(classes, num_classes).to(normed.dtype) / len(parts.heads)
+        if head.projection is None:
+            features = _linear_relevance(
+                head.classifier, record.features, record.logits, seed, rules
+            )
+        else:
+            normalized = _linear_relevance(
+                head.classifier, record.normalized, record.logits, seed, rules
+            )
+            features = _linear_relevance(
+                head.projection,
+                record.features,
+                record.projected,
+                rules.elementwise(normalized),
+                rules,
+            )
+        pooled = rules.elementwise(features).split(normed.shape[-1], dim=-1)
+        for read, read_relevance in zip(head.reads, pooled):
+            if isinstance(read, slice):
+                relevance[:, read] += rules.mean(normed[:, read], read_relevance)
+            else:
+                relevance[:, replay.position(read)] += read_relevance
     return rules.elementwise(relevance)
 
 
@@ -448,13 +500,6 @@ def attention_relevance(
     """
     if input_relevance and first_block != 0:
         raise ValueError("input_relevance: the pass reaches the tokens only with first_block=0")
-    if parts.mean_pooled:
-        raise ValueError(
-            "model: it has a pooled head (global_pool='avg'), for which Chefer's relevance "
-            "rules are not defined here: TransformerAttribution, PartialLRP and FullLRP "
-            "refuse it (RawAttention, AttentionRollout, GradientWeightedAttention, "
-            "AttentionGradCAM, AttCAT, ConservativeLRP and AttnLRP work on it)"
-        )
     parts = parts_in(parts, tokens.dtype)
     with torch.set_grad_enabled(gradients):
         replay = model_forward(parts, tokens.detach())

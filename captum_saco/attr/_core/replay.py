@@ -16,6 +16,7 @@ float32).
 import math
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, fields
+from functools import partial
 from typing import Callable, Iterator, List, Optional, Tuple
 
 import torch
@@ -24,6 +25,7 @@ from torch import Tensor, nn
 
 from captum_saco.attr._core.families import (
     BlockParts,
+    HeadParts,
     ViTAdapter,
     ViTParts,
     _model_lock,
@@ -47,7 +49,9 @@ class GradientRules:
       2024: each operand of ``Q K^T`` and ``A V`` gets half of the relevance).
     - ``norm``: ``"std_detached"`` treats each LayerNorm's standard deviation
       ``sqrt(var + eps)`` (biased variance) as a constant and keeps the gradient
-      of the mean (the LN rule of Ali et al.; LXT's ``layer_norm_forward``).
+      of the mean (the LN rule of Ali et al.; LXT's ``layer_norm_forward``); the
+      same for a head's norm after pooling and, for the L2 normalisation of a
+      zero-shot head, the norm ``||x||`` is a constant (see :func:`l2_normalize`).
     - ``gate``: the product ``act(gate) * value`` of a gated MLP (SwiGLU):
       ``"uniform"`` halves the gradient of the product, so that each factor gets
       half of its relevance (AttnLRP's uniform rule; LXT's ``gated_mlp_forward``);
@@ -58,8 +62,9 @@ class GradientRules:
       gradient ``act(x) / x`` (0 where ``x == 0``), so that gradient times input
       passes the output's relevance to the input unchanged (AttnLRP's identity
       rule; LXT's ``non_linear_forward``, which divides by ``x + 1e-10``).
-    - ``linear_gamma``: if positive, the MLP's linear layers and the classifier
-      heads get zennit's generalised gamma rule with this gamma (see
+    - ``linear_gamma``: if positive, the MLP's linear layers and the heads'
+      linear layers (classifier; projection and text matrix of a zero-shot
+      head) get zennit's generalised gamma rule with this gamma (see
       :func:`gamma_rule`); the attention projections keep the gradient, as in
       LXT's CP-LRP with zennit. ``embedding_gamma``: the same for the patch
       embedding, which the model runs itself (applied by the caller of the replay).
@@ -133,15 +138,35 @@ class BlockRecord:
 
 
 @dataclass(frozen=True)
+class HeadRecord:
+    """The activations of one head (:class:`~captum_saco.attr._core.families.HeadParts`)
+    that its relevance rules read."""
+
+    pooled: Tensor  # (N, F): the reads concatenated, the fc_norm input
+    features: Tensor  # (N, F): fc_norm's output, the projection's (or classifier's) input
+    projected: Optional[Tensor]  # (N, E): the projection's output with its bias, or None
+    normalized: Optional[Tensor]  # (N, E): its L2 normalisation, the classifier input, or None
+    logits: Tensor  # (N, C): the classifier's output with its bias
+
+
+@dataclass(frozen=True)
 class ModelRecord:
     """A replay of the whole model: every block's record, the final norm's output
-    at the classifier heads' tokens and the logits."""
+    at the positions the heads read, each head's record and the logits."""
 
     blocks: List[BlockRecord]
-    normed: Tensor  # (N, number of head tokens, D), ordered as ``head_tokens``
-    head_tokens: List[int]  # the distinct token positions the heads read, sorted
-    head_logits: Tensor  # (heads, N, C): head(normed token) with its bias, per head
-    logits: Tensor  # (N, C): mean over the heads of head_logits
+    rows: Optional[List[int]]  # the last block's kept positions (the heads' tokens), None for all
+    normed: Tensor  # (N, len(rows) or T, D): the final norm's output at ``rows``
+    heads: List[HeadRecord]
+    logits: Tensor  # (N, C): mean over the heads of their logits
+
+    def position(self, token: int) -> int:
+        """The position of token ``token`` in :attr:`normed`."""
+        return _position(self.rows, token)
+
+
+def _position(rows: Optional[List[int]], token: int) -> int:
+    return token if rows is None else rows.index(token)
 
 
 class _ScaledGradient(torch.autograd.Function):
@@ -490,20 +515,52 @@ def block_forward(
     )
 
 
+def l2_normalize(inputs: Tensor, rule: str = "gradient") -> Tensor:
+    """``inputs / ||inputs||`` over the last dimension (as ``F.normalize``), its
+    gradient as the ``norm`` ``rule`` of :class:`GradientRules` says: with
+    ``"std_detached"`` the norm is a constant (the LayerNorm rule, under which
+    gradient times input passes each element's relevance on unchanged)."""
+    if rule == "gradient":
+        return F.normalize(inputs, dim=-1)
+    return inputs / inputs.norm(dim=-1, keepdim=True).clamp_min(1e-12).detach()
+
+
+def head_forward(
+    head: HeadParts, normed: Tensor, position: Callable[[int], int], rules: GradientRules
+) -> HeadRecord:
+    """One head replayed on the final norm's output ``normed``, whose token
+    ``i`` sits at ``normed[:, position(i)]`` (all tokens where a read averages)."""
+    reads = [
+        normed[:, read].mean(dim=1) if isinstance(read, slice) else normed[:, position(read)]
+        for read in head.reads
+    ]
+    pooled = reads[0] if len(reads) == 1 else torch.cat(reads, dim=-1)
+    features = layer_norm(head.fc_norm, pooled, rules.norm)
+    projected = normalized = None
+    inputs = features
+    if head.projection is not None:
+        projected = _linear(head.projection, features, rules.linear_gamma)
+        inputs = normalized = l2_normalize(projected, rules.norm)
+    logits = _linear(head.classifier, inputs, rules.linear_gamma)
+    return HeadRecord(pooled, features, projected, normalized, logits)
+
+
 def model_forward(
     parts: ViTParts, tokens: Tensor, rules: GradientRules = PLAIN_GRADIENT
 ) -> ModelRecord:
     """The whole model replayed from the tokens ``(N, T, D)`` entering block 0, in
-    their dtype, to the logits (the mean of the classifier heads' logits).
+    their dtype, to the logits (the mean of the heads' logits, see
+    :class:`~captum_saco.attr._core.families.HeadParts`).
 
-    After the last block's attention, only the heads' tokens are computed: no
-    other position reaches the logits. A mean-pooled head (``parts.mean_pooled``)
-    reads the mean of the normed tokens after the prefix tokens, through
-    ``parts.fc_norm`` (its rule as the other norms'); the record's ``normed`` is then
-    that pooled vector ``(N, 1, D)``.
+    After the last block's attention, only the tokens the heads read are
+    computed when no head averages tokens: no other position reaches the logits.
+    Every norm of the head (``fc_norm``, the L2 normalisation of a zero-shot
+    head) takes the rule of the other norms (``rules.norm``).
     """
-    head_tokens = sorted({index for index, _ in parts.heads})
-    last_rows = None if parts.mean_pooled else torch.tensor(head_tokens, device=tokens.device)
+    read: Optional[List[int]] = None  # the tokens read, None for all
+    if not any(head.reads_all_tokens() for head in parts.heads):
+        read = sorted({int(token) for head in parts.heads for token in head.reads})
+    last_rows = None if read is None else torch.tensor(read, device=tokens.device)
     records: List[BlockRecord] = []
     hidden = tokens
     for b, block in enumerate(parts.blocks):
@@ -511,17 +568,10 @@ def model_forward(
         records.append(block_forward(block, hidden, rows, rules))
         hidden = records[-1].mid + records[-1].mlp_branch
     normed = layer_norm(parts.norm, hidden, rules.norm)
-    if parts.mean_pooled:  # the pooled vector takes the place of the head's token
-        pooled = normed[:, parts.num_prefix_tokens :].mean(dim=1, keepdim=True)
-        normed = layer_norm(parts.fc_norm, pooled, rules.norm)
-    position = {index: p for p, index in enumerate(head_tokens)}
-    head_logits = torch.stack(
-        [
-            _linear(head, normed[:, position[index]], rules.linear_gamma)
-            for index, head in parts.heads
-        ]
-    )
-    return ModelRecord(records, normed, head_tokens, head_logits, head_logits.mean(dim=0))
+    position = partial(_position, read)
+    heads = [head_forward(head, normed, position, rules) for head in parts.heads]
+    logits = torch.stack([head.logits for head in heads]).mean(dim=0)
+    return ModelRecord(records, read, normed, heads, logits)
 
 
 def at_rows(values: Tensor, rows: Optional[Tensor], length: int) -> Tensor:

@@ -53,10 +53,14 @@ class TransformerAttribution(RelevancePrecision, AttentionAttribution):
     weighted by their gradient, ``Ā_b = mean_h clamp(grad(A_b) ⊙ R(A_b), min=0)``,
     and the blocks are chained without row normalisation,
     ``J = (Ā_L + I) ··· (Ā_s + I)``; the answer is the class token's row of ``J``
-    without the prefix-token columns. Gradients are of the target's logit.
-    The relevance is propagated from the one-hot target at the classifier's
-    output through the final norm and every block with the rules of the
-    authors' implementation (see :mod:`captum_saco.attr._core.relevance`),
+    without the prefix-token columns (for a head that does not read the class
+    token, ``s J`` with the head's read-out vector ``s``: the uniform average over
+    the tokens a mean-pooled head averages, ``½ e_0 + ½`` the patch mean for
+    DINOv2). Gradients are of the target's logit.
+    The relevance is propagated from the one-hot target at the head's output
+    through the head (a pooling or zero-shot head too), the final norm and every
+    block with the rules of the authors' implementation (see
+    :mod:`captum_saco.attr._core.relevance`),
     for the whole batch at once; unlike the original, the rescaling at residual
     connections is done per example, so an example's map does not depend on the
     rest of the batch.

@@ -14,6 +14,8 @@ from torch import nn
 from captum_saco.attr._core.families.base import (
     AttentionRecord,
     BlockParts,
+    HeadParts,
+    LinearMap,
     ViTAdapter,
     ViTParts,
     _model_lock,
@@ -110,6 +112,8 @@ __all__ = [
     "SUPPORTED_MODELS",
     "AttentionRecord",
     "BlockParts",
+    "HeadParts",
+    "LinearMap",
     "ViTAdapter",
     "ViTParts",
     "_model_lock",

@@ -9,7 +9,7 @@ import threading
 import weakref
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -69,19 +69,70 @@ class BlockParts:
     mlp_norm: Optional[nn.Module] = None
 
 
+#: what a head reads from the final norm's output: an ``int`` reads that token, a
+#: ``slice`` the uniform average of the tokens it selects
+TokenRead = Union[int, slice]
+
+
+@dataclass(frozen=True)
+class LinearMap:
+    """``inputs @ weight.T + bias``, a linear layer given by its tensors (a projection
+    matrix such as open_clip's ``proj``, or a zero-shot head's text matrix)."""
+
+    weight: Tensor  # (out, in)
+    bias: Optional[Tensor] = None  # (out,) or None
+
+
+#: a linear layer of a head: an ``nn.Linear`` of the model or a :class:`LinearMap`
+Linear = Union[nn.Linear, LinearMap]
+
+
+@dataclass(frozen=True)
+class HeadParts:
+    """One head, from the final norm's output ``(N, T, D)`` to logits ``(N, C)``::
+
+        features = fc_norm(concat over r in reads of read_r(tokens))
+        features = normalize(projection(features))  # zero-shot heads only
+        logits = classifier(features)
+
+    where ``read_r`` is ``tokens[:, r]`` for an ``int`` and ``tokens[:, r].mean(1)``
+    for a ``slice``, and ``normalize`` the L2 normalisation. A class-token head
+    reads ``(0,)``; timm's ``global_pool="avg"`` ``(slice(p, None),)`` after ``p``
+    prefix tokens, then its ``fc_norm``; DINOv2's classifier ``(0, slice(p, None))``;
+    a zero-shot CLIP head is the class token, the tower's projection, the L2
+    normalisation and ``classifier = LinearMap(scale * text_embeddings, bias)``.
+    Other kinds of read-out (an attention-pooling head) would be further fields.
+    """
+
+    reads: Tuple[TokenRead, ...]
+    classifier: Linear
+    fc_norm: nn.Module = field(default_factory=nn.Identity)  # LayerNorm or Identity
+    projection: Optional[Linear] = None  # then followed by the L2 normalisation
+
+    @classmethod
+    def class_token_or_mean(
+        cls, classifier: Linear, class_token: bool, num_prefix_tokens: int, fc_norm: nn.Module
+    ) -> "HeadParts":
+        """A head reading the class token (if ``class_token``) or the mean of the
+        tokens after the ``num_prefix_tokens`` prefix tokens, through ``fc_norm``."""
+        reads = (0,) if class_token else (slice(num_prefix_tokens, None),)
+        return cls(reads, classifier, fc_norm)
+
+    def reads_all_tokens(self) -> bool:
+        """Whether a read averages tokens (else only the tokens read reach the logits)."""
+        return any(isinstance(read, slice) for read in self.reads)
+
+
 @dataclass(frozen=True)
 class ViTParts:
-    """A whole ViT in canonical form, from the tokens entering block 0 to the logits."""
+    """A whole ViT in canonical form, from the tokens entering block 0 to the logits:
+    ``logits`` is the mean over ``heads`` (two for DeiT distilled) of each head's
+    logits on ``norm(tokens leaving the last block)``."""
 
     blocks: List[BlockParts]
     norm: nn.Module  # final norm applied to the tokens (a LayerNorm, or nn.Identity for none)
-    # (token index, classifier): logits = mean over heads of head(norm(x)[:, index])
-    heads: List[Tuple[int, nn.Linear]]
+    heads: List[HeadParts]
     num_prefix_tokens: int
-    # mean-pooled head: logits = head(fc_norm(mean of norm(x) over the tokens after
-    # the prefix tokens)); ``heads`` is then one classifier at index 0 (the pooled vector)
-    mean_pooled: bool = False
-    fc_norm: nn.Module = field(default_factory=nn.Identity)  # norm after pooling
 
 
 _LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
@@ -193,10 +244,12 @@ class ViTAdapter:
         ``"patch_layernorm"`` (a norm inside the patch embedding, on the patch
         tokens alone), ``"layernorm"`` (a norm on the whole sequence before block
         0, after the prefix tokens and the position embedding are added) — both
-        take the LayerNorm rule — or ``"identity"`` (dropout). A name whose module is an
-        ``nn.Identity`` is allowed (the model does not have that part). A module
-        that runs before block 0 and is not named here makes the relevance methods
-        refuse the model (see :meth:`capture`)."""
+        take the LayerNorm rule —, ``"identity"`` (dropout) or ``"constant"`` (a
+        module whose output does not depend on the input, such as a
+        position-embedding lookup). A name whose module is an ``nn.Identity`` is
+        allowed (the model does not have that part). A module that runs before
+        block 0 and is not named here makes the relevance methods refuse the model
+        (see :meth:`capture`)."""
         raise NotImplementedError
 
     def embedding_norms(self) -> List[Tuple[str, nn.LayerNorm]]:

@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from captum_saco.attr._core.families.base import (
     BlockParts,
+    HeadParts,
     ViTAdapter,
     ViTParts,
     _check_square_attention,
@@ -100,12 +101,15 @@ class HuggingFaceBeitAdapter(HuggingFaceViTAdapter):
             )
         if not isinstance(model.classifier, nn.Linear):
             raise _inexpressible(model, "no linear classifier head (num_labels=0?)")
-        mean_pooled = not self.reads_class_token()
+        class_token = self.reads_class_token()
+        fc_norm = nn.Identity() if class_token else self.backbone.pooler.layernorm
         return ViTParts(
             blocks=blocks,
             norm=self.backbone.layernorm,
-            heads=[(0, model.classifier)],
+            heads=[
+                HeadParts.class_token_or_mean(
+                    model.classifier, class_token, self.num_prefix_tokens, fc_norm
+                )
+            ],
             num_prefix_tokens=self.num_prefix_tokens,
-            mean_pooled=mean_pooled,
-            fc_norm=self.backbone.pooler.layernorm if mean_pooled else nn.Identity(),
         )

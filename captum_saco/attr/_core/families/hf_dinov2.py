@@ -6,13 +6,15 @@ import torch
 from torch import Tensor, nn
 
 from captum_saco.attr._core.families.base import (
+    BlockParts,
+    HeadParts,
     ViTAdapter,
     ViTParts,
     _inexpressible,
     _joined,
     _second,
 )
-from captum_saco.attr._core.families.hf_vit import HuggingFaceViTAdapter
+from captum_saco.attr._core.families.hf_vit import HuggingFaceViTAdapter, joined_qkv
 
 
 class HuggingFaceDinov2Adapter(HuggingFaceViTAdapter):
@@ -22,8 +24,10 @@ class HuggingFaceDinov2Adapter(HuggingFaceViTAdapter):
     Its head reads the class token *and* the mean of the patch tokens (their
     concatenation goes into one linear layer; register tokens are in neither),
     so its read-out vector is ``s = ½ e_0 + ½ mean of the patch tokens``. Attention is switched to
-    ``eager`` for the call, as for Hugging Face ViTs. The LRP methods have no rule
-    for the concatenating head yet and refuse the model (see :meth:`parts`).
+    ``eager`` for the call, as for Hugging Face ViTs. Its blocks are canonical
+    pre-norm blocks with layer scale; models with the SwiGLU MLP
+    (``use_swiglu_ffn=True``) are refused by the relevance methods (see
+    :meth:`parts`).
     """
 
     model_classes = (
@@ -34,8 +38,7 @@ class HuggingFaceDinov2Adapter(HuggingFaceViTAdapter):
         ),
     )
     description = (
-        "Hugging Face Dinov2ForImageClassification and "
-        "Dinov2WithRegistersForImageClassification (attention-map methods)"
+        "Hugging Face Dinov2ForImageClassification and Dinov2WithRegistersForImageClassification"
     )
 
     def __init__(self, model: nn.Module) -> None:
@@ -77,9 +80,41 @@ class HuggingFaceDinov2Adapter(HuggingFaceViTAdapter):
         return s
 
     def parts(self) -> ViTParts:
-        raise _inexpressible(
-            self.model,
-            "a head reading the class token and the mean of the patch tokens together, "
-            "for which the LRP methods have no rule yet (RawAttention, AttentionRollout, "
-            "GradientWeightedAttention, AttentionGradCAM and AttCAT work on it)",
+        """The blocks, the final ``layernorm`` and the head
+        ``classifier(concat(class token, mean of the patch tokens))``."""
+        model = self.model
+        if model.config.use_swiglu_ffn:
+            raise _inexpressible(
+                model,
+                "a SwiGLU MLP (use_swiglu_ffn=True), for which the relevance methods have no "
+                "rule (RawAttention, AttentionRollout, GradientWeightedAttention, "
+                "AttentionGradCAM and AttCAT work on it)",
+            )
+        if not isinstance(model.classifier, nn.Linear):
+            raise _inexpressible(model, "no linear classifier head (num_labels=0?)")
+        blocks = []
+        for layer in self.blocks():
+            attn = layer.attention
+            qkv_weight, qkv_bias = joined_qkv(model, attn.q_proj, attn.k_proj, attn.v_proj)
+            blocks.append(
+                BlockParts(
+                    norm1=layer.norm1,
+                    qkv_weight=qkv_weight,
+                    qkv_bias=qkv_bias,
+                    num_heads=attn.num_attention_heads,
+                    proj=attn.o_proj,
+                    norm2=layer.norm2,
+                    fc1=layer.mlp.fc1,
+                    act=layer.mlp.activation_fn,
+                    fc2=layer.mlp.fc2,
+                    ls1=layer.layer_scale1.lambda1,
+                    ls2=layer.layer_scale2.lambda1,
+                )
+            )
+        reads = (0, slice(self.num_prefix_tokens, None))
+        return ViTParts(
+            blocks=blocks,
+            norm=self.backbone.layernorm,
+            heads=[HeadParts(reads, model.classifier)],
+            num_prefix_tokens=self.num_prefix_tokens,
         )

@@ -1,13 +1,14 @@
 """The family of Hugging Face ViT and DeiT image classifiers."""
 
 from contextlib import contextmanager
-from typing import Callable, Dict, Iterator, List, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from captum_saco.attr._core.families.base import (
     BlockParts,
+    HeadParts,
     ViTAdapter,
     ViTParts,
     _check_square_attention,
@@ -89,14 +90,12 @@ class HuggingFaceViTAdapter(ViTAdapter):
         blocks = []
         for layer in self.backbone.layers:
             attn = layer.attention
-            _check_square_attention(model, attn.q_proj.in_features, attn.q_proj.out_features)
-            projections = (attn.q_proj, attn.k_proj, attn.v_proj)
-            biases = [p.bias for p in projections]
+            qkv_weight, qkv_bias = joined_qkv(model, attn.q_proj, attn.k_proj, attn.v_proj)
             blocks.append(
                 BlockParts(
                     norm1=layer.layernorm_before,
-                    qkv_weight=torch.cat([p.weight for p in projections]),
-                    qkv_bias=None if biases[0] is None else torch.cat(biases),
+                    qkv_weight=qkv_weight,
+                    qkv_bias=qkv_bias,
                     num_heads=attn.num_attention_heads,
                     proj=attn.o_proj,
                     norm2=layer.layernorm_after,
@@ -106,14 +105,27 @@ class HuggingFaceViTAdapter(ViTAdapter):
                 )
             )
         if hasattr(model, "cls_classifier"):
-            heads = [(0, model.cls_classifier), (1, model.distillation_classifier)]
+            classifiers = [model.cls_classifier, model.distillation_classifier]
         else:
-            heads = [(0, model.classifier)]
-        if not all(isinstance(head, nn.Linear) for _, head in heads):
+            classifiers = [model.classifier]
+        if not all(isinstance(head, nn.Linear) for head in classifiers):
             raise _inexpressible(model, "no linear classifier head (num_labels=0?)")
         return ViTParts(
             blocks=blocks,
             norm=self.backbone.layernorm,
-            heads=heads,
+            heads=[HeadParts((i,), head) for i, head in enumerate(classifiers)],
             num_prefix_tokens=self.num_prefix_tokens,
         )
+
+
+def joined_qkv(
+    model: nn.Module, q: nn.Linear, k: nn.Linear, v: nn.Linear
+) -> Tuple[Tensor, Optional[Tensor]]:
+    """The separate query, key and value projections of a Hugging Face attention as
+    one ``(3 * D, D)`` weight and bias (``None`` without biases), as
+    :class:`~captum_saco.attr._core.families.BlockParts` holds them."""
+    _check_square_attention(model, q.in_features, q.out_features)
+    projections = (q, k, v)
+    biases = [p.bias for p in projections]
+    weight = torch.cat([p.weight for p in projections])
+    return weight, None if biases[0] is None else torch.cat(biases)

@@ -5,7 +5,17 @@ from typing import Callable, ContextManager, Dict, List, Tuple
 
 from torch import Tensor, nn
 
-from captum_saco.attr._core.families.base import ViTAdapter, _joined, _second, _unsupported
+from captum_saco.attr._core.families.base import (
+    BlockParts,
+    HeadParts,
+    LinearMap,
+    ViTAdapter,
+    ViTParts,
+    _inexpressible,
+    _joined,
+    _second,
+    _unsupported,
+)
 from captum_saco.attr._core.families.torchvision_vit import explicit_attention
 
 
@@ -71,3 +81,36 @@ class OpenClipVisionAdapter(ViTAdapter):
 
     def attention_mode(self) -> ContextManager[None]:
         return explicit_attention([block.attn for block in self.blocks()])
+
+    def parts(self) -> ViTParts:
+        """The blocks, ``ln_post`` and the projection ``proj`` on the class token: the
+        tower's image embedding (no class scores: see :class:`ZeroShotAdapter`)."""
+        from open_clip.transformer import LayerScale
+
+        model = self.model
+        if model.proj is None:
+            raise _inexpressible(model, "no projection (proj=None) to its image embedding")
+        blocks = []
+        for block in self.blocks():
+            mha = block.attn
+            blocks.append(
+                BlockParts(
+                    norm1=block.ln_1,
+                    qkv_weight=mha.in_proj_weight,
+                    qkv_bias=mha.in_proj_bias,
+                    num_heads=mha.num_heads,
+                    proj=mha.out_proj,
+                    norm2=block.ln_2,
+                    fc1=block.mlp.c_fc,
+                    act=block.mlp.gelu,
+                    fc2=block.mlp.c_proj,
+                    ls1=block.ls_1.gamma if isinstance(block.ls_1, LayerScale) else None,
+                    ls2=block.ls_2.gamma if isinstance(block.ls_2, LayerScale) else None,
+                )
+            )
+        return ViTParts(
+            blocks=blocks,
+            norm=model.ln_post,
+            heads=[HeadParts((0,), LinearMap(model.proj.t()))],
+            num_prefix_tokens=self.num_prefix_tokens,
+        )

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from captum_saco.attr._core.families.base import (
     BlockParts,
+    HeadParts,
     ViTAdapter,
     ViTParts,
     _check_square_attention,
@@ -143,8 +144,13 @@ class TimmBeitAdapter(ViTAdapter):
         return ViTParts(
             blocks=blocks,
             norm=head_norm(model, model.norm, "the final norm"),
-            heads=[(0, model.head)],
+            heads=[
+                HeadParts.class_token_or_mean(
+                    model.head,
+                    self.reads_class_token(),
+                    self.num_prefix_tokens,
+                    head_norm(model, model.fc_norm, "the norm after pooling"),
+                )
+            ],
             num_prefix_tokens=self.num_prefix_tokens,
-            mean_pooled=not self.reads_class_token(),
-            fc_norm=head_norm(model, model.fc_norm, "the norm after pooling"),
         )

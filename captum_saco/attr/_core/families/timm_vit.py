@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from captum_saco.attr._core.families.base import (
     BlockParts,
+    HeadParts,
     ViTAdapter,
     ViTParts,
     _check_square_attention,
@@ -118,8 +119,6 @@ class TimmViTAdapter(ViTAdapter):
         from timm.models.vision_transformer import Block
 
         model = self.model
-        if self.reads_class_token() and not isinstance(model.fc_norm, nn.Identity):
-            raise _inexpressible(model, "a norm after pooling (fc_norm)")
         blocks = []
         for block in model.blocks:
             attn = block.attn
@@ -150,13 +149,16 @@ class TimmViTAdapter(ViTAdapter):
         classifiers = [model.head] + ([model.head_dist] if hasattr(model, "head_dist") else [])
         if not all(isinstance(head, nn.Linear) for head in classifiers):
             raise _inexpressible(model, "no linear classifier head (num_classes=0?)")
+        fc_norm = head_norm(model, model.fc_norm, "the norm after pooling")
+        if self.reads_class_token():  # one head per token: class (and distillation) token
+            heads = [HeadParts((i,), head, fc_norm) for i, head in enumerate(classifiers)]
+        else:
+            heads = [HeadParts.class_token_or_mean(model.head, False, self.num_prefix_tokens, fc_norm)]
         return ViTParts(
             blocks=blocks,
             norm=head_norm(model, model.norm, "the final norm"),
-            heads=list(enumerate(classifiers)),
+            heads=heads,
             num_prefix_tokens=self.num_prefix_tokens,
-            mean_pooled=not self.reads_class_token(),
-            fc_norm=head_norm(model, model.fc_norm, "the norm after pooling"),
         )
 
 

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from captum_saco.attr._core.families.base import (
     BlockParts,
+    HeadParts,
     ViTAdapter,
     ViTParts,
     _inexpressible,
@@ -91,7 +92,7 @@ class TorchvisionViTAdapter(ViTAdapter):
         return ViTParts(
             blocks=blocks,
             norm=model.encoder.ln,
-            heads=[(0, model.heads.head)],
+            heads=[HeadParts((0,), model.heads.head)],
             num_prefix_tokens=self.num_prefix_tokens,
         )
 

@@ -2,11 +2,18 @@
 a CLIP image tower whose embedding is compared with text embeddings."""
 
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Callable, Dict, Iterator, List, Tuple
 
 from torch import Tensor, nn
 
-from captum_saco.attr._core.families.base import ViTAdapter, ViTParts, _unsupported
+from captum_saco.attr._core.families.base import (
+    LinearMap,
+    ViTAdapter,
+    ViTParts,
+    _inexpressible,
+    _unsupported,
+)
 from captum_saco.attr._core.families.hf_clip import HuggingFaceClipVisionAdapter
 from captum_saco.attr._core.families.open_clip_vit import OpenClipVisionAdapter
 
@@ -28,9 +35,17 @@ class ZeroShotAdapter(ViTAdapter):
     classifier's logit of the target prompt, so the gradient-weighted methods
     differentiate ``scale * cos(image, prompt)``.
 
-    The relevance methods (the LRP family and Transformer Attribution) refuse it:
-    their rules stop at a linear class-token head, and the zero-shot head
-    (projection, L2 normalisation, text matrix) has no rule in them yet. SigLIP
+    For the relevance methods the head (:meth:`parts`) is the tower's final norm
+    on the class token, its projection (Hugging Face ``visual_projection``,
+    open_clip ``proj``, timm ``head``), the L2 normalisation and the linear map
+    ``scale * text_embeddings`` (the normalised text embeddings, one row per
+    prompt). The L2 normalisation takes the LayerNorm rule: ConservativeLRP and
+    AttnLRP treat the norm ``||x||`` as a constant, under which each element's
+    relevance passes on unchanged, which is also what LXT's identity rule on
+    ``F.normalize`` does; Chefer's rules (TransformerAttribution, PartialLRP,
+    FullLRP) pass relevance through it as through a LayerNorm, and take their
+    linear rule at the projection and the text matrix. FullLRP refuses CLIP
+    towers, whose ``ln_pre`` stands between the embeddings and block 0. SigLIP
     towers read the image through an attention-pooling head, not a class token,
     and are refused by the attention methods too.
     """
@@ -54,7 +69,11 @@ class ZeroShotAdapter(ViTAdapter):
             for family in (HuggingFaceClipVisionAdapter, OpenClipVisionAdapter, *FAMILIES):
                 if family is not ZeroShotAdapter and _is_member(tower, family):
                     self.tower_path = path
-                    self.tower = family(tower)
+                    if family is HuggingFaceClipVisionAdapter:  # the projection sits beside it
+                        projection = getattr(model.model, "visual_projection", None)
+                        self.tower: ViTAdapter = family(tower, projection)
+                    else:
+                        self.tower = family(tower)
                     self.num_prefix_tokens = self.tower.num_prefix_tokens
                     return
         raise _unsupported(
@@ -92,9 +111,17 @@ class ZeroShotAdapter(ViTAdapter):
             yield
 
     def parts(self) -> ViTParts:
-        raise ValueError(
-            "model: the relevance methods (TransformerAttribution, PartialLRP, FullLRP, "
-            "ConservativeLRP, AttnLRP) have no rule for a ZeroShotClassifier's head "
-            "(projection, L2 normalisation, text matrix); RawAttention, AttentionRollout, "
-            "GradientWeightedAttention and AttentionGradCAM explain it"
+        """The tower's parts, whose head (the projection to the image embedding)
+        becomes the projection of the zero-shot head, followed by the L2
+        normalisation and ``LinearMap(scale * text_embeddings, bias)``."""
+        parts = self.tower.parts()
+        if len(parts.heads) != 1 or parts.heads[0].projection is not None:
+            raise _inexpressible(self.model, "an image tower with several heads")
+        scale, bias = self.model.logit_scale_and_bias()
+        text = self.model.text_embeddings
+        classifier = LinearMap(
+            scale.detach() * text,
+            None if bias is None else bias.detach().expand(text.shape[0]),
         )
+        head = replace(parts.heads[0], projection=parts.heads[0].classifier, classifier=classifier)
+        return replace(parts, heads=[head])
