@@ -14,7 +14,6 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-
 #: the :meth:`ViTAdapter.embedding_path` rules of norms (the LayerNorm rule)
 NORM_RULES = ("patch_layernorm", "layernorm")
 

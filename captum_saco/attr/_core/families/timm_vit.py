@@ -153,7 +153,8 @@ class TimmViTAdapter(ViTAdapter):
         if self.reads_class_token():  # one head per token: class (and distillation) token
             heads = [HeadParts((i,), head, fc_norm) for i, head in enumerate(classifiers)]
         else:
-            heads = [HeadParts.class_token_or_mean(model.head, False, self.num_prefix_tokens, fc_norm)]
+            prefix = self.num_prefix_tokens
+            heads = [HeadParts.class_token_or_mean(model.head, False, prefix, fc_norm)]
         return ViTParts(
             blocks=blocks,
             norm=head_norm(model, model.norm, "the final norm"),
