@@ -17,13 +17,17 @@ from tiny_models import tiny_hf_deit, tiny_hf_vit, tiny_timm, tiny_timm_distille
 from torch import nn
 from transformers import (
     CLIPConfig,
+    CLIPForImageClassification,
     CLIPModel,
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
     DeiTForImageClassificationWithTeacher,
     Dinov2Config,
     Dinov2ForImageClassification,
     Dinov2WithRegistersConfig,
     Dinov2WithRegistersForImageClassification,
     SiglipConfig,
+    SiglipForImageClassification,
     SiglipModel,
 )
 
@@ -95,6 +99,21 @@ def _zero_shot(model_class: type, config_class: type) -> nn.Module:
     return ZeroShotClassifier(model, torch.randn(5, dim))
 
 
+_HF_VISION = dict(
+    image_size=32,
+    patch_size=8,
+    hidden_size=24,
+    intermediate_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+)
+
+
+def _hf_classifier(model_class: type, config_class: type) -> nn.Module:
+    """A tiny HF CLIP or SigLIP image classifier with 5 classes."""
+    return model_class(config_class(vision_config=_HF_VISION, num_labels=5)).eval()
+
+
 #: architecture (as the README names it) -> builder of a tiny model on 32x32 images
 ARCHITECTURES: Dict[str, Callable[[], nn.Module]] = {
     "timm ViT, class token": tiny_timm,
@@ -152,7 +171,20 @@ ARCHITECTURES: Dict[str, Callable[[], nn.Module]] = {
             torch.randn(5, 16),
         )
     ),
+    "zero-shot CLIP, HF `CLIPVisionModelWithProjection`": _seeded(
+        lambda: ZeroShotClassifier(
+            CLIPVisionModelWithProjection(CLIPVisionConfig(**_HF_VISION, projection_dim=16)),
+            torch.randn(5, 16),
+            logit_scale=100.0,
+        )
+    ),
     "zero-shot SigLIP, HF `SiglipModel`": _seeded(lambda: _zero_shot(SiglipModel, SiglipConfig)),
+    "HF `SiglipForImageClassification`": _seeded(
+        lambda: _hf_classifier(SiglipForImageClassification, SiglipConfig)
+    ),
+    "HF `CLIPForImageClassification`": _seeded(
+        lambda: _hf_classifier(CLIPForImageClassification, CLIPConfig)
+    ),
     "timm Eva (EVA-02)": _seeded(
         lambda: timm.models.eva.Eva(
             img_size=32, patch_size=8, embed_dim=24, depth=2, num_heads=2, num_classes=5

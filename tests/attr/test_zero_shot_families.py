@@ -6,7 +6,6 @@ prompts (tests/test_zero_shot.py checks each library's own text encoding)."""
 
 import pytest
 import torch
-import transformers
 
 from captum_saco.attr import (
     AttentionRollout,
@@ -125,29 +124,6 @@ def test_the_models_are_left_as_found(reference):
 def test_relevance_methods_refuse_the_zero_shot_head_by_name(reference, method):
     with pytest.raises(ValueError, match="no rule for a ZeroShotClassifier's head"):
         method(_open_clip(reference)).attribute(reference["inputs"][:1], target=0)
-
-
-def test_siglip_towers_are_refused_by_name():
-    config = transformers.SiglipConfig(
-        text_config=dict(
-            vocab_size=64,
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-        ),
-        vision_config=dict(
-            image_size=32,
-            patch_size=8,
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-        ),
-    )
-    classifier = ZeroShotClassifier(transformers.SiglipModel(config).eval(), torch.randn(3, 16))
-    with pytest.raises(ValueError, match="SigLIP towers pool with an attention head"):
-        GradientWeightedAttention(classifier)
 
 
 @pytest.mark.parametrize("build", BUILDS)

@@ -92,7 +92,7 @@ def gradient_x_input(
         # Built here, not in the caller's inference_mode(), where the parts that
         # families assemble (Hugging Face's joined q/k/v weight) would be inference
         # tensors, which the replay's autograd graph cannot save.
-        parts = adapter.parts()
+        parts = adapter.relevance_parts()
         # the model's weights set the precision, not the caller's autocast
         stack.enter_context(torch.autocast(images.device.type, enabled=False))
         pixels = images.clone() if images.is_inference() else images.detach()

@@ -20,7 +20,9 @@ from captum_saco.attr._core.families.base import (
     _unsupported,
     this_thread_only,
 )
+from captum_saco.attr._core.families.hf_clip import HuggingFaceClipClassifierAdapter
 from captum_saco.attr._core.families.hf_dinov2 import HuggingFaceDinov2Adapter
+from captum_saco.attr._core.families.hf_siglip import HuggingFaceSiglipClassifierAdapter
 from captum_saco.attr._core.families.hf_vit import HuggingFaceViTAdapter
 from captum_saco.attr._core.families.timm_vit import TimmViTAdapter
 from captum_saco.attr._core.families.torchvision_vit import TorchvisionViTAdapter
@@ -31,6 +33,8 @@ FAMILIES: List[Type[ViTAdapter]] = [
     TimmViTAdapter,
     HuggingFaceViTAdapter,
     HuggingFaceDinov2Adapter,
+    HuggingFaceClipClassifierAdapter,
+    HuggingFaceSiglipClassifierAdapter,
     TorchvisionViTAdapter,
     ZeroShotAdapter,
 ]
@@ -92,7 +96,7 @@ def vit_parts(model: nn.Module) -> ViTParts:
         >>> len(parts.blocks), parts.blocks[0].qkv_weight.shape, parts.num_prefix_tokens
         (2, torch.Size([72, 24]), 1)
     """
-    return adapter_for(model).parts()
+    return adapter_for(model).relevance_parts()
 
 
 __all__ = [
