@@ -1,6 +1,8 @@
 """ZeroShotClassifier: the image-text logits of CLIP and SigLIP models of
 Hugging Face, open_clip and timm, as a classifier over prompts."""
 
+import copy
+
 import open_clip
 import pytest
 import torch
@@ -187,6 +189,22 @@ def test_bad_arguments_are_refused_by_name(char_tokenizer):
         ZeroShotClassifier(model, torch.randn(2, 32), logit_scale=100.0)
     with pytest.raises(ValueError, match="template: expected a string with"):
         ZeroShotClassifier.from_prompts(model, char_tokenizer, ["a"], template="a photo")
+
+
+def test_a_deep_copy_runs_its_own_copy_of_the_model(char_tokenizer):
+    torch.manual_seed(0)
+    config = transformers.CLIPConfig(
+        text_config=_text_config(char_tokenizer), vision_config=VISION, projection_dim=16
+    )
+    classifier = ZeroShotClassifier(transformers.CLIPModel(config).eval(), torch.randn(3, 16))
+    copied = copy.deepcopy(classifier)
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        before = classifier(images)
+        for parameter in copied.model.vision_model.parameters():
+            parameter.mul_(2)
+        assert torch.equal(classifier(images), before)
+        assert not torch.allclose(copied(images), before)
 
 
 def test_text_embeddings_are_copied_not_modified():

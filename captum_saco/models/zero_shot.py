@@ -150,7 +150,6 @@ class ZeroShotClassifier(nn.Module):
             ):
                 raise ValueError(f"logit_scale: expected a positive number, got {logit_scale!r}")
         self.model = model
-        self._encode = _image_encoder(model)
         self._fixed_scale = None if own_scale else float(logit_scale)  # type: ignore[arg-type]
         self.register_buffer(
             "text_embeddings", F.normalize(text_embeddings.detach().clone(), dim=-1)
@@ -168,7 +167,8 @@ class ZeroShotClassifier(nn.Module):
         return scale, None if bias is None else bias.to(ref)
 
     def forward(self, images: Tensor) -> Tensor:
-        embeddings = self._encode(images)
+        # looked up per call: a copy of the classifier runs its own copy of the model
+        embeddings = _image_encoder(self.model)(images)
         if not isinstance(embeddings, Tensor) or embeddings.dim() != 2:
             got = (
                 tuple(embeddings.shape)
