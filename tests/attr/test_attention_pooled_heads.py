@@ -12,10 +12,12 @@ of the model; the relevance methods refuse MAP heads by name; ConservativeLRP
 conserves the logit on the mean-pooled Hugging Face classifiers."""
 
 import copy
+import types
 from typing import Callable, Dict, List, Tuple
 
 import pytest
 import torch
+from lrp_rules import _identity_rule, _ln_rule_forward, _scaled_gradient, gradient_x_input
 from tiny_models import tiny_timm
 from torch import Tensor, nn
 from transformers import (
@@ -27,6 +29,8 @@ from transformers import (
     SiglipForImageClassification,
     SiglipModel,
 )
+from transformers.models.clip.modeling_clip import CLIPMLP, CLIPAttention
+from transformers.models.siglip.modeling_siglip import SiglipAttention, SiglipMLP
 
 from captum_saco.attr import (
     AttCAT,
@@ -42,6 +46,7 @@ from captum_saco.attr import (
     TransformerAttribution,
 )
 from captum_saco.models import ZeroShotClassifier
+from tests.numerics import relative_errors
 
 WORKING = [RawAttention, AttentionRollout, AttentionGradCAM, GradientWeightedAttention, AttCAT]
 RELEVANCE = [TransformerAttribution, PartialLRP, FullLRP, ConservativeLRP, AttnLRP]
@@ -269,7 +274,7 @@ def test_attention_map_methods_equal_a_recomputation_from_the_captured_probabili
     for key in expected:
         scale = float(expected[key].abs().max())
         torch.testing.assert_close(
-            actual[key], on_grid(expected[key], prefix), rtol=1e-4, atol=1e-5 * scale, msg=key
+            actual[key], on_grid(expected[key], prefix), rtol=1e-5, atol=1e-6 * scale, msg=key
         )
 
 
@@ -356,6 +361,53 @@ def test_chefers_relevance_methods_refuse_the_mean_pooled_classifiers(
 ) -> None:
     with pytest.raises(ValueError, match="^model: .*pooled head"):
         method(MEAN_MODELS[name]()).attribute(images_of(), target=0)
+
+
+def _hf_attention_rule_forward(rule: str) -> Callable:
+    def forward(attn: nn.Module, hidden_states: Tensor, attention_mask=None, **_) -> tuple:
+        n, t, d = hidden_states.shape
+        split = lambda x: x.view(n, t, attn.num_heads, -1).transpose(1, 2)  # noqa: E731
+        q, k, v = (split(p(hidden_states)) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
+        if rule == "uniform":  # AttnLRP: uniform rule on Q K^T and A V
+            q, k, v = _scaled_gradient(q, 0.25), _scaled_gradient(k, 0.25), _scaled_gradient(v, 0.5)
+        probabilities = (q * attn.scale @ k.transpose(-2, -1)).softmax(dim=-1)
+        if rule == "detached":  # the AH rule
+            probabilities = probabilities.detach()
+        return attn.out_proj((probabilities @ v).transpose(1, 2).reshape(n, t, d)), None
+
+    return forward
+
+
+def hf_rules_patched_copy(model: nn.Module, attention_rule: str) -> nn.Module:
+    """A copy of a Hugging Face CLIP or SigLIP classifier whose plain autograd
+    gradient is that of the LRP rules (as ``lrp_rules.rules_patched_copy`` for
+    timm): every LayerNorm with the LN rule, the attention with
+    ``attention_rule``, the MLP activation with the identity rule."""
+    copied = copy.deepcopy(model)
+    for module in copied.modules():
+        if isinstance(module, nn.LayerNorm):
+            module.forward = types.MethodType(_ln_rule_forward, module)
+        if isinstance(module, (CLIPAttention, SiglipAttention)):
+            module.forward = types.MethodType(_hf_attention_rule_forward(attention_rule), module)
+        if isinstance(module, (CLIPMLP, SiglipMLP)):
+            module.activation_fn.forward = _identity_rule(copy.deepcopy(module.activation_fn))
+    return copied
+
+
+@pytest.mark.parametrize("name", sorted(MEAN_MODELS))
+@pytest.mark.parametrize(
+    "method, options, attention_rule",
+    [(AttnLRP, {}, "uniform"), (ConservativeLRP, {"activation_rule": "identity"}, "detached")],
+)
+def test_gradient_rule_methods_equal_their_rules_patched_into_a_copy_of_the_model(
+    name: str, method: type, options: Dict, attention_rule: str
+) -> None:
+    model = MEAN_MODELS[name]().double()
+    images, target = images_of().double(), torch.tensor([2, 2, 4])
+    patched = hf_rules_patched_copy(model, attention_rule)
+    expected = gradient_x_input(lambda x: patched(x).logits, images, target)
+    actual = method(model).attribute(images, target=target, **options)
+    assert relative_errors(actual, expected).max() < 1e-10
 
 
 # --- zero-shot CLIPVisionModelWithProjection ------------------------------------------------
