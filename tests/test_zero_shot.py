@@ -279,15 +279,23 @@ def _run_cli(*argv):
     )
 
 
-def test_cli_zero_shot_with_a_saved_hugging_face_clip(
-    tmp_path, image_folder, char_tokenizer, capsys
+@pytest.mark.parametrize(
+    "model_class, config_class, options",
+    [
+        (transformers.CLIPModel, transformers.CLIPConfig, {"projection_dim": 16}),
+        (transformers.SiglipModel, transformers.SiglipConfig, {}),
+    ],
+    ids=["clip", "siglip"],
+)
+def test_cli_zero_shot_with_a_saved_hugging_face_clip_or_siglip(
+    tmp_path, image_folder, char_tokenizer, capsys, model_class, config_class, options
 ):
     torch.manual_seed(0)
-    config = transformers.CLIPConfig(
-        text_config=_text_config(char_tokenizer), vision_config=VISION, projection_dim=16
+    config = config_class(
+        text_config=_text_config(char_tokenizer), vision_config=VISION, **options
     )
-    folder = tmp_path / "clip"
-    transformers.CLIPModel(config).save_pretrained(folder)
+    folder = tmp_path / "model"
+    model_class(config).save_pretrained(folder)
     image_processor = transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size=32)
     transformers.CLIPProcessor(image_processor, char_tokenizer).save_pretrained(folder)
     classes = tmp_path / "classes.txt"
