@@ -103,7 +103,11 @@ MAP_MODELS: Dict[str, Callable[[], nn.Module]] = {
     "timm_siglip_layout": lambda: timm_map(class_token=False),
     "timm_with_class_token": lambda: timm_map(),
     "timm_with_registers": lambda: timm_map(class_token=False, reg_tokens=2),
+    "timm_pool_include_prefix": lambda: timm_map(pool_include_prefix=True),
     "zero_shot_hf_siglip": zero_shot_siglip,
+    "zero_shot_timm": lambda: ZeroShotClassifier(
+        timm_map(class_token=False, num_classes=16), torch.randn(5, 16), logit_scale=10.0
+    ),
 }
 #: mean-pooled Hugging Face classifiers: name -> builder
 MEAN_MODELS: Dict[str, Callable[[], nn.Module]] = {
@@ -147,8 +151,9 @@ def captured(
         output.retain_grad()
         attentions.append(output)
 
-    if name.startswith("timm"):
-        vit = model
+    timm_model = "timm" in name
+    if timm_model:
+        vit = model.model if isinstance(model, ZeroShotClassifier) else model
         for block in vit.blocks:
             block.attn.fused_attn = False
             block.attn.attn_drop.register_forward_hook(lambda m, a, out: keep(out))
@@ -158,12 +163,12 @@ def captured(
         vision.config._attn_implementation = "eager"
         for layer in vision.encoder.layers:
             layer.self_attn.register_forward_hook(lambda m, a, out: keep(out[1]))
-        if name.startswith("zero_shot"):
+        if name in MAP_MODELS:
             vision.head.register_forward_pre_hook(lambda m, args: head_input.append(args[0]))
     logits_of(model(images)).gather(1, target[:, None]).sum().backward()
     tokens = attentions[0].shape[-1]
     with torch.no_grad():
-        if name.startswith("timm"):
+        if timm_model:
             pool = vit.attn_pool
             assert isinstance(pool.q_norm, nn.Identity) and pool.latent_len == 1
             keys = pool.kv(head_input[0])[..., : vit.embed_dim]
@@ -172,7 +177,7 @@ def captured(
             s = probabilities.mean(dim=1)[:, 0]  # (N, T - skipped prefix tokens)
             s = torch.cat([s.new_zeros(len(s), tokens - s.shape[1]), s], dim=1)
             prefix = vit.num_prefix_tokens
-        elif name.startswith("zero_shot"):
+        elif name in MAP_MODELS:
             mha = vision.head.attention
             wq, wk, _ = mha.in_proj_weight.chunk(3)
             bq, bk, _ = mha.in_proj_bias.chunk(3)
@@ -233,9 +238,9 @@ class ReadOut(AttentionAttribution):
 def test_the_read_out_is_the_heads_attention_or_the_average_it_takes(name: str) -> None:
     model, images = ALL_MODELS[name](), images_of()
     _, _, s, prefix = captured(name, model, images, torch.zeros(3, dtype=torch.long))
-    if name in MAP_MODELS:  # one read-out per image, summing to 1 over the patches
+    if name in MAP_MODELS:  # one read-out per image, a distribution over the tokens
         assert not torch.allclose(s[0], s[1], atol=1e-3)
-        torch.testing.assert_close(s[:, prefix:].sum(dim=1), torch.ones(3))
+        torch.testing.assert_close(s.sum(dim=1), torch.ones(3))
     actual = ReadOut(model).attribute(images, upsample=False)
     torch.testing.assert_close(actual, on_grid(s, prefix), rtol=1e-5, atol=1e-7)
 
@@ -310,9 +315,10 @@ def test_relevance_methods_refuse_a_map_head_by_name(
 ) -> None:
     model = MAP_MODELS[name]()
     before = state_of(model)
-    model_name = "VisionTransformer"
-    if name.startswith("zero_shot"):
-        model_name = "ZeroShotClassifier over SiglipVisionModel"
+    model_name = {
+        "zero_shot_hf_siglip": "ZeroShotClassifier over SiglipVisionModel",
+        "zero_shot_timm": "ZeroShotClassifier over VisionTransformer",
+    }.get(name, "VisionTransformer")
     with pytest.raises(
         ValueError,
         match=rf"^model: {model_name} reads its tokens through an attention-pooling \(MAP\) "
