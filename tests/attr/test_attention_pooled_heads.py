@@ -432,3 +432,12 @@ def test_zero_shot_clip_vision_model_with_projection_reads_its_class_token() -> 
     torch.testing.assert_close(actual, on_grid(expected, 1), rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match="^model: .*ZeroShotClassifier's head"):
         ConservativeLRP(classifier).attribute(images, target=0)
+
+
+def test_a_rule_that_multiplies_a_per_example_read_out_as_a_fixed_one_is_refused() -> None:
+    class FixedReadOutRule(AttentionAttribution):
+        def _token_relevance(self, trace):
+            return trace.readout @ trace.attentions[-1].mean(dim=1)  # (N, N, T) for (N, T)
+
+    with pytest.raises(ValueError, match=r"_token_relevance: .*take trace\.read\(matrix\)"):
+        FixedReadOutRule(timm_map()).attribute(images_of(), upsample=False)

@@ -444,9 +444,15 @@ class AttentionAttribution(Attribution):
         s = self._adapter.readout(attention.shape[-1]) if recorded is None else recorded
         return s.to(attention.device, attention.dtype)
 
-    @staticmethod
-    def _patch_grid(row: Tensor, trace: AttentionTrace) -> Tensor:
+    def _patch_grid(self, row: Tensor, trace: AttentionTrace) -> Tensor:
         """The class-token row ``(N, T)`` without prefix columns as ``(N, 1, h, w)``."""
+        expected = (trace.classes.shape[0], trace.attentions[0].shape[-1])
+        if tuple(row.shape) != expected:
+            raise ValueError(
+                f"{type(self).__name__}._token_relevance: expected one row per example over "
+                f"the tokens, shape {expected}, got {tuple(row.shape)} (a per-example "
+                "read-out is (N, T): take trace.read(matrix), not trace.readout @ matrix)"
+            )
         h, w = trace.grid
         patches = row[:, trace.num_prefix_tokens :]
         if patches.shape[1] != h * w:

@@ -60,7 +60,7 @@ def adapter_for(model: nn.Module) -> ViTAdapter:
     Raises:
         TypeError: if ``model`` is not an ``nn.Module``.
         ValueError: if the model is not one of the supported ViTs, or classifies
-            from something other than the class token.
+            from something no read-out vector over the tokens is defined for.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
@@ -82,8 +82,9 @@ def vit_parts(model: nn.Module) -> ViTParts:
         separate q/k/v weights, which are concatenated).
 
     Raises:
-        ValueError: for unsupported models and for parts the canonical form cannot
-            express (timm ``qk_norm``, torchvision ``representation_size``, ...).
+        ValueError: for unsupported models, for parts the canonical form cannot
+            express (timm ``qk_norm``, torchvision ``representation_size``, ...) and
+            for attention-pooling (MAP) heads, which have no relevance rule yet.
 
     Examples::
 
