@@ -1,6 +1,8 @@
 """ZeroShotClassifier: the image-text logits of CLIP and SigLIP models of
 Hugging Face, open_clip and timm, as a classifier over prompts."""
 
+import copy
+
 import open_clip
 import pytest
 import torch
@@ -189,6 +191,22 @@ def test_bad_arguments_are_refused_by_name(char_tokenizer):
         ZeroShotClassifier.from_prompts(model, char_tokenizer, ["a"], template="a photo")
 
 
+def test_a_deep_copy_runs_its_own_copy_of_the_model(char_tokenizer):
+    torch.manual_seed(0)
+    config = transformers.CLIPConfig(
+        text_config=_text_config(char_tokenizer), vision_config=VISION, projection_dim=16
+    )
+    classifier = ZeroShotClassifier(transformers.CLIPModel(config).eval(), torch.randn(3, 16))
+    copied = copy.deepcopy(classifier)
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        before = classifier(images)
+        for parameter in copied.model.vision_model.parameters():
+            parameter.mul_(2)
+        assert torch.equal(classifier(images), before)
+        assert not torch.allclose(copied(images), before)
+
+
 def test_text_embeddings_are_copied_not_modified():
     text = torch.randn(3, 8) * 5
     before = text.clone()
@@ -261,15 +279,23 @@ def _run_cli(*argv):
     )
 
 
-def test_cli_zero_shot_with_a_saved_hugging_face_clip(
-    tmp_path, image_folder, char_tokenizer, capsys
+@pytest.mark.parametrize(
+    "model_class, config_class, options",
+    [
+        (transformers.CLIPModel, transformers.CLIPConfig, {"projection_dim": 16}),
+        (transformers.SiglipModel, transformers.SiglipConfig, {}),
+    ],
+    ids=["clip", "siglip"],
+)
+def test_cli_zero_shot_with_a_saved_hugging_face_clip_or_siglip(
+    tmp_path, image_folder, char_tokenizer, capsys, model_class, config_class, options
 ):
     torch.manual_seed(0)
-    config = transformers.CLIPConfig(
-        text_config=_text_config(char_tokenizer), vision_config=VISION, projection_dim=16
+    config = config_class(
+        text_config=_text_config(char_tokenizer), vision_config=VISION, **options
     )
-    folder = tmp_path / "clip"
-    transformers.CLIPModel(config).save_pretrained(folder)
+    folder = tmp_path / "model"
+    model_class(config).save_pretrained(folder)
     image_processor = transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size=32)
     transformers.CLIPProcessor(image_processor, char_tokenizer).save_pretrained(folder)
     classes = tmp_path / "classes.txt"

@@ -224,9 +224,9 @@ def test_a_non_module_is_refused() -> None:
         RawAttention(lambda x: x)
 
 
-@pytest.mark.parametrize("pool", ["map", "max", "avgmax"])
+@pytest.mark.parametrize("pool", ["max", "avgmax", "prr"])
 def test_timm_pooling_without_a_read_out_vector_is_refused_by_name(pool: str) -> None:
-    with pytest.raises(ValueError, match=f"global_pool='{pool}'.*'token'.*'avg'.*supported"):
+    with pytest.raises(ValueError, match=f"global_pool='{pool}'.*'token'.*'avg'.*'map'.*supported"):
         AttentionRollout(tiny_timm(global_pool=pool))
 
 

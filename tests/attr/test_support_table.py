@@ -26,6 +26,7 @@ from tiny_models import (
 from torch import nn
 from transformers import (
     CLIPConfig,
+    CLIPForImageClassification,
     CLIPModel,
     CLIPVisionConfig,
     CLIPVisionModelWithProjection,
@@ -35,6 +36,7 @@ from transformers import (
     Dinov2WithRegistersConfig,
     Dinov2WithRegistersForImageClassification,
     SiglipConfig,
+    SiglipForImageClassification,
     SiglipModel,
     SwinConfig,
     SwinForImageClassification,
@@ -106,6 +108,21 @@ def _zero_shot(model_class: type, config_class: type) -> nn.Module:
     model = model_class(config).eval()
     dim = getattr(config, "projection_dim", 24) if model_class is CLIPModel else 24
     return ZeroShotClassifier(model, torch.randn(5, dim))
+
+
+_HF_VISION = dict(
+    image_size=32,
+    patch_size=8,
+    hidden_size=24,
+    intermediate_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+)
+
+
+def _hf_classifier(model_class: type, config_class: type) -> nn.Module:
+    """A tiny HF CLIP or SigLIP image classifier with 5 classes."""
+    return model_class(config_class(vision_config=_HF_VISION, num_labels=5)).eval()
 
 
 #: architecture (as the README names it) -> builder of a tiny model on 32x32 images
@@ -181,17 +198,7 @@ ARCHITECTURES: Dict[str, Callable[[], nn.Module]] = {
     ),
     "zero-shot CLIP, HF `CLIPVisionModelWithProjection`": _seeded(
         lambda: ZeroShotClassifier(
-            CLIPVisionModelWithProjection(
-                CLIPVisionConfig(
-                    image_size=32,
-                    patch_size=8,
-                    hidden_size=24,
-                    intermediate_size=48,
-                    num_hidden_layers=2,
-                    num_attention_heads=2,
-                    projection_dim=16,
-                )
-            ).eval(),
+            CLIPVisionModelWithProjection(CLIPVisionConfig(**_HF_VISION, projection_dim=16)),
             torch.randn(5, 16),
             logit_scale=100.0,
         )
@@ -202,6 +209,12 @@ ARCHITECTURES: Dict[str, Callable[[], nn.Module]] = {
         )
     ),
     "zero-shot SigLIP, HF `SiglipModel`": _seeded(lambda: _zero_shot(SiglipModel, SiglipConfig)),
+    "HF `SiglipForImageClassification`": _seeded(
+        lambda: _hf_classifier(SiglipForImageClassification, SiglipConfig)
+    ),
+    "HF `CLIPForImageClassification`": _seeded(
+        lambda: _hf_classifier(CLIPForImageClassification, CLIPConfig)
+    ),
     "timm Eva (EVA-02)": tiny_eva,
     "timm BEiT": tiny_beit,
     "timm Swin": _seeded(

@@ -14,7 +14,6 @@ the same maps."""
 
 import pytest
 import torch
-import transformers
 from lrp_rules import gradient_x_input, rules_patched_copy, without_biases
 from test_relevance import block0_tokens
 from torch import Tensor, nn
@@ -297,29 +296,6 @@ def test_model_precision_takes_text_embeddings_of_another_dtype(reference, metho
     in_float64 = method(classifier).attribute(images, target=1, upsample=False)
     # float32 against float64, within the conditioning of Chefer's residual rule
     assert relative_error(in_model, in_float64) < 1e-2
-
-
-def test_siglip_towers_are_refused_by_name():
-    config = transformers.SiglipConfig(
-        text_config=dict(
-            vocab_size=64,
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-        ),
-        vision_config=dict(
-            image_size=32,
-            patch_size=8,
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-        ),
-    )
-    classifier = ZeroShotClassifier(transformers.SiglipModel(config).eval(), torch.randn(3, 16))
-    with pytest.raises(ValueError, match="SigLIP towers pool with an attention head"):
-        GradientWeightedAttention(classifier)
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,9 @@ class AttCAT(AttentionAttribution):
     class and patch tokens with the position embedding), ``A^b`` the block's
     attention probabilities averaged over heads and query rows, and ``y_t`` the
     target's logit. Not clamped: negative values are evidence against the
-    target. Gradients come from one backward pass per chunk of examples.
+    target. Gradients come from one backward pass per chunk of examples. It
+    reads no read-out vector (it averages over all query rows), whatever the
+    head: for a pooled or MAP head the gradients flow through that head.
 
     The original runs on a post-norm BERT, where ``hidden_states[b]`` is the
     input of layer ``b``; on a pre-norm ViT the residual stream entering block

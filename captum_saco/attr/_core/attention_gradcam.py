@@ -12,7 +12,11 @@ class AttentionGradCAM(AttentionAttribution):
     the class token's attention row ``A_L[h, 0]`` weighted by the head's mean
     gradient over the patch entries of that row,
     ``w_h = mean_j ∂y_t/∂A_L[h, 0, j]``; then the mean over heads, clamped at 0:
-    ``clamp(mean_h w_h A_L[h, 0], min=0)``. Gradients are of the target's logit;
+    ``clamp(mean_h w_h A_L[h, 0], min=0)``. For a head that does not read the
+    class token, the row ``A_L[h, 0]`` and its gradient are ``s · A_L[h]`` and
+    ``s · ∂y_t/∂A_L[h]`` with the head's read-out vector ``s`` (see
+    :attr:`AttentionTrace.readout`; for a MAP head, its attention over the tokens,
+    taken as a constant). Gradients are of the target's logit;
     one backward pass per chunk of examples.
 
     Args:
@@ -39,7 +43,7 @@ class AttentionGradCAM(AttentionAttribution):
 
     def _token_relevance(self, trace: AttentionTrace) -> Tensor:
         assert trace.gradients is not None
-        row = trace.readout @ trace.attentions[-1]  # (N, heads, T)
-        gradient = trace.readout @ trace.gradients[-1]
+        row = trace.read(trace.attentions[-1])  # (N, heads, T)
+        gradient = trace.read(trace.gradients[-1])
         weights = gradient[:, :, trace.num_prefix_tokens :].mean(dim=-1, keepdim=True)
         return (weights * row).mean(dim=1).clamp(min=0)

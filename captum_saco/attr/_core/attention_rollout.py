@@ -19,8 +19,11 @@ _HEAD_FUSIONS = ("mean", "max", "min")
 class AttentionRollout(AttentionAttribution):
     r"""Attention rollout (Abnar & Zuidema, "Quantifying Attention Flow in
     Transformers", ACL 2020): per block ``Â_b = rownorm(fuse_h A_b + I)``, rolled
-    out as ``J = Â_L ··· Â_s``; the class token's row of ``J``. Needs no gradient
-    and runs no backward pass.
+    out as ``J = Â_L ··· Â_s``; the class token's row of ``J``, or for a head that
+    does not read the class token ``s · J`` with the head's read-out vector ``s``
+    (see :attr:`AttentionTrace.readout`: the uniform average for a mean-pooled
+    head, the head's attention over the tokens for a MAP head). Needs no
+    gradient and runs no backward pass.
 
     Args:
         model (nn.Module): the ViT whose attention is read (timm, Hugging Face or
@@ -100,8 +103,7 @@ class AttentionRollout(AttentionAttribution):
         self, trace: AttentionTrace, *, start_layer: int, head_fusion: str, discard_ratio: float
     ) -> Tensor:
         # s Â_L ··· Â_s, from the left: r ← r Â_b, b = L, ..., s.
-        first = trace.attentions[0]
-        row = trace.readout.expand(first.shape[0], 1, -1)
+        row = trace.readout_rows()
         for attention in reversed(trace.attentions[start_layer:]):
             fused = _fuse_heads(attention, head_fusion)
             if discard_ratio > 0:

@@ -58,11 +58,14 @@ class AttentionTrace:
         classes (Tensor): the target class of every example, ``(N,)``.
         num_prefix_tokens (int): tokens before the patches (class token first).
         grid (tuple of int): the patch grid ``(h, w)``; ``T = num_prefix_tokens + h * w``.
-        readout (Tensor): ``(T,)`` the head's read-out vector ``s`` over the tokens
+        readout (Tensor): the head's read-out vector ``s`` over the tokens, in the
+            attention's dtype: ``(T,)``, one for every example, for a fixed read-out
             (the class token ``e_0`` for a class-token head, the uniform average over
-            the patch tokens for a mean-pooled head), in the attention's dtype: the
-            rules take ``s`` times their token-by-token matrix where the class-token
-            row was taken.
+            the tokens a mean-pooled head averages), or ``(N, T)``, one per example,
+            for a MAP head (attention pooling): the head's attention over the tokens
+            (mean over heads), recorded in the same forward pass and taken as a
+            constant (no gradient flows into it). The rules take ``s`` times their
+            token-by-token matrix (:meth:`read`) where the class-token row was taken.
         relevances (list of Tensor or None): per block, the LRP relevance of
             ``attentions`` (see :mod:`captum_saco.attr._core.relevance`); ``None``
             for methods that need no relevance (and for blocks a rule does not read).
@@ -89,6 +92,18 @@ class AttentionTrace:
     block_inputs: Optional[List[Tensor]] = None
     block_gradients: Optional[List[Tensor]] = None
     input_relevance: Optional[Tensor] = None
+
+    def readout_rows(self) -> Tensor:
+        """``(N, 1, T)`` the read-out vector of every example, as a row."""
+        return self.readout.expand(self.classes.shape[0], -1).unsqueeze(1)
+
+    def read(self, matrix: Tensor) -> Tensor:
+        """``s · matrix``: each example's read-out vector times its token-by-token
+        matrices ``(N, ..., T, T)`` (e.g. per head), giving ``(N, ..., T)``, in
+        ``matrix``'s dtype."""
+        rows = self.readout_rows().to(matrix.dtype)
+        rows = rows.view(rows.shape[0], *([1] * (matrix.dim() - 3)), 1, rows.shape[-1])
+        return (rows @ matrix).squeeze(-2)
 
 
 _ATTRIBUTE_DOC = r"""
@@ -200,14 +215,15 @@ class AttentionAttribution(Attribution):
       returns, per chunk, the ``(N, C, H, W)`` map when ``upsample`` is ``True``
       and the ``(N, 1, h, w)`` patch-token map otherwise.
 
-    Supported models: timm ``VisionTransformer`` with class-token pooling (DeiT
-    distilled, register tokens, dynamic image sizes), Hugging Face
-    ``ViTForImageClassification``, ``DeiTForImageClassification``,
-    ``DeiTForImageClassificationWithTeacher``, and torchvision
-    ``VisionTransformer``; Swin Transformers only for ``ConservativeLRP`` and
-    ``AttnLRP`` (the others refuse them by name). The model is left exactly as
-    found: hooks are removed and attention settings restored after every call,
-    also when the call fails.
+    Supported models: see
+    :data:`~captum_saco.attr._core.families.SUPPORTED_MODELS` (timm
+    ``VisionTransformer`` with class-token, mean or attention pooling, timm Eva and
+    BEiT, Hugging Face ViT, DeiT, BEiT, DINOv2, ``CLIPForImageClassification`` and
+    ``SiglipForImageClassification``, torchvision ``VisionTransformer``, and
+    zero-shot CLIP and SigLIP classifiers); Swin Transformers only for
+    ``ConservativeLRP`` and ``AttnLRP`` (the others refuse them by name). The model
+    is left exactly as found: hooks are removed and attention settings restored
+    after every call, also when the call fails.
 
     Args:
         model (nn.Module): the ViT whose attention is read.
@@ -386,7 +402,7 @@ class AttentionAttribution(Attribution):
             classes=classes,
             num_prefix_tokens=self._adapter.num_prefix_tokens,
             grid=record.grid,
-            readout=self._readout(attentions[0]),
+            readout=self._readout(attentions[0], record.readout),
             block_inputs=[x.detach() for x in block_inputs],
             block_gradients=block_gradients,
         )
@@ -404,7 +420,7 @@ class AttentionAttribution(Attribution):
             # Inside inference_mode() the tokens are inference tensors, which the
             # replay's autograd graph cannot save: it works on a normal copy.
             tokens = record.tokens.clone() if record.tokens.is_inference() else record.tokens
-            parts = self._adapter.parts()
+            parts = self._adapter.relevance_parts()
             # The replay runs at least in the precision of the model's weights, also
             # under autocast (wider where a rule asked for wider tokens).
             dtype = torch.promote_types(tokens.dtype, parts.blocks[0].qkv_weight.dtype)
@@ -428,13 +444,22 @@ class AttentionAttribution(Attribution):
         gradients, only the last blocks) or more (``input_relevance``) overrides it."""
         return attention_relevance(parts, tokens, target)
 
-    def _readout(self, attention: Tensor) -> Tensor:
-        """The read-out vector ``s`` ``(T,)`` for attention probabilities ``(N, h, T, T)``."""
-        return self._adapter.readout(attention.shape[-1]).to(attention.device, attention.dtype)
+    def _readout(self, attention: Tensor, recorded: Optional[Tensor] = None) -> Tensor:
+        """The read-out vector ``s`` for attention probabilities ``(N, h, T, T)``: the
+        per-example ``(N, T)`` one the capture ``recorded`` (a MAP head), else the
+        adapter's fixed ``(T,)`` one."""
+        s = self._adapter.readout(attention.shape[-1]) if recorded is None else recorded
+        return s.to(attention.device, attention.dtype)
 
-    @staticmethod
-    def _patch_grid(row: Tensor, trace: AttentionTrace) -> Tensor:
+    def _patch_grid(self, row: Tensor, trace: AttentionTrace) -> Tensor:
         """The class-token row ``(N, T)`` without prefix columns as ``(N, 1, h, w)``."""
+        expected = (trace.classes.shape[0], trace.attentions[0].shape[-1])
+        if tuple(row.shape) != expected:
+            raise ValueError(
+                f"{type(self).__name__}._token_relevance: expected one row per example over "
+                f"the tokens, shape {expected}, got {tuple(row.shape)} (a per-example "
+                "read-out is (N, T): take trace.read(matrix), not trace.readout @ matrix)"
+            )
         h, w = trace.grid
         patches = row[:, trace.num_prefix_tokens :]
         if patches.shape[1] != h * w:

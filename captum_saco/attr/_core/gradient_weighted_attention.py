@@ -24,8 +24,17 @@ class GradientWeightedAttention(AttentionAttribution):
     Attention-model Explainability for Interpreting Bi-Modal and Encoder-Decoder
     Transformers" (ICCV 2021), known as Transformer-MM: ``R = I`` and, block by
     block from the first, ``R ← R + mean_h clamp(grad(A_b) ⊙ A_b, min=0) · R``;
-    the class token's row of ``R``. Gradients are of the target's logit; one
+    the class token's row of ``R``, or for a head that does not read the class
+    token ``s · R`` with the head's read-out vector ``s`` (see
+    :attr:`AttentionTrace.readout`). Gradients are of the target's logit; one
     backward pass serves the whole batch.
+
+    For a MAP head (attention pooling) ``s`` is the head's plain attention over
+    the tokens (mean over heads), a constant: the gradients, which flow through
+    the head, weight the blocks' attention, while the head's own attention is
+    not weighted by its gradient (treating the head as one more attention layer
+    of the rule would read ``s`` as ``mean_h clamp(grad(A_head) ⊙ A_head,
+    min=0)``; not done, so that every method reads the blocks from one ``s``).
 
     Args:
         model (nn.Module): the ViT whose attention is read (timm, Hugging Face or
@@ -79,10 +88,10 @@ class GradientWeightedAttention(AttentionAttribution):
     def _token_relevance(self, trace: AttentionTrace, *, aggregate_layers: bool) -> Tensor:
         assert trace.gradients is not None
         if not aggregate_layers:
-            return trace.readout @ _weighted(trace.attentions[-1], trace.gradients[-1])
+            return trace.read(_weighted(trace.attentions[-1], trace.gradients[-1]))
         first = trace.attentions[0]
         relevance = torch.eye(first.shape[-1], dtype=first.dtype, device=first.device)
         relevance = relevance.expand(first.shape[0], -1, -1)
         for attention, gradient in zip(trace.attentions, trace.gradients):
             relevance = relevance + _weighted(attention, gradient) @ relevance
-        return trace.readout @ relevance
+        return trace.read(relevance)

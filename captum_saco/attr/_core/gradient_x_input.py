@@ -97,7 +97,7 @@ def gradient_x_input(
         # Built here, not in the caller's inference_mode(), where the parts that
         # families assemble (Hugging Face's joined q/k/v weight) would be inference
         # tensors, which the replay's autograd graph cannot save.
-        parts = adapter.parts()
+        parts = adapter.relevance_parts()
         # the capture's lock (re-entrant), held while the embedding hook is there too
         embedded = _recording_embedding(stack, adapter, rules)
         stack.enter_context(embedding_norms_as(adapter, rules.norm))

@@ -102,4 +102,4 @@ class PartialLRP(RelevancePrecision, AttentionAttribution):
     def _token_relevance(self, trace: AttentionTrace) -> Tensor:
         """The class token's row of ``mean_h clamp(R(A_L), min=0)``, ``(N, T)``."""
         assert trace.relevances is not None and trace.relevances[-1] is not None
-        return trace.readout @ trace.relevances[-1].clamp(min=0).mean(dim=1)
+        return trace.read(trace.relevances[-1].clamp(min=0).mean(dim=1))

@@ -8,8 +8,10 @@ from captum_saco.attr._core.engine import AttentionAttribution, AttentionTrace
 class RawAttention(AttentionAttribution):
     r"""The class token's attention in the last block, averaged over heads:
     ``mean_h A_L``; for a head that does not read the class token, ``s · mean_h A_L``
-    with the head's read-out vector ``s`` (the uniform average over the patch tokens
-    of a mean-pooled head). Needs no gradient and runs no backward pass.
+    with the head's read-out vector ``s`` (the uniform average over the tokens a
+    mean-pooled head averages; for a MAP head, attention pooling, the head's
+    attention over the tokens, mean over heads, one ``s`` per example). Needs no
+    gradient and runs no backward pass.
 
     Args:
         model (nn.Module): the ViT whose attention is read (timm, Hugging Face or
@@ -32,4 +34,4 @@ class RawAttention(AttentionAttribution):
     """
 
     def _token_relevance(self, trace: AttentionTrace) -> Tensor:
-        return trace.readout @ trace.attentions[-1].mean(dim=1)
+        return trace.read(trace.attentions[-1].mean(dim=1))

@@ -144,7 +144,7 @@ class TransformerAttribution(RelevancePrecision, AttentionAttribution):
         assert trace.gradients is not None and trace.relevances is not None
         # s (Ā_L + I) ··· (Ā_s + I), from the left: r ← r Ā_b + r.
         first = trace.relevances[0]
-        row = trace.readout.to(first.dtype).expand(first.shape[0], 1, -1)
+        row = trace.readout_rows().to(first.dtype)
         for gradient, relevance in zip(
             reversed(trace.gradients[start_layer:]), reversed(trace.relevances[start_layer:])
         ):

@@ -23,7 +23,9 @@ from captum_saco.attr._core.families.base import (
     this_thread_only,
 )
 from captum_saco.attr._core.families.hf_beit import HuggingFaceBeitAdapter
+from captum_saco.attr._core.families.hf_clip import HuggingFaceClipClassifierAdapter
 from captum_saco.attr._core.families.hf_dinov2 import HuggingFaceDinov2Adapter
+from captum_saco.attr._core.families.hf_siglip import HuggingFaceSiglipClassifierAdapter
 from captum_saco.attr._core.families.hf_vit import HuggingFaceViTAdapter
 from captum_saco.attr._core.families.swin import swin_adapter_for, swin_refusal
 from captum_saco.attr._core.families.timm_beit import TimmBeitAdapter
@@ -40,6 +42,8 @@ FAMILIES: List[Type[ViTAdapter]] = [
     HuggingFaceViTAdapter,
     HuggingFaceDinov2Adapter,
     HuggingFaceBeitAdapter,
+    HuggingFaceClipClassifierAdapter,
+    HuggingFaceSiglipClassifierAdapter,
     TorchvisionViTAdapter,
     ZeroShotAdapter,
 ]
@@ -66,7 +70,8 @@ def adapter_for(model: nn.Module) -> ViTAdapter:
         TypeError: if ``model`` is not an ``nn.Module``.
         ValueError: if the model is not one of the supported ViTs (Swin
             Transformers are refused naming the methods that explain them), or
-            classifies from something other than the class token.
+            classifies from something no read-out vector over the tokens is
+            defined for.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
@@ -90,8 +95,10 @@ def vit_parts(model: nn.Module) -> ViTParts:
         separate q/k/v weights, which are concatenated).
 
     Raises:
-        ValueError: for unsupported models and for parts the canonical form cannot
-            express (timm post-norm blocks, torchvision ``representation_size``, ...).
+        ValueError: for unsupported models, for parts the canonical form cannot
+            express (timm post-norm blocks, torchvision ``representation_size``,
+            ...) and for attention-pooling (MAP) heads, which have no relevance
+            rule yet.
 
     Examples::
 
@@ -104,7 +111,7 @@ def vit_parts(model: nn.Module) -> ViTParts:
         >>> len(parts.blocks), parts.blocks[0].qkv_weight.shape, parts.num_prefix_tokens
         (2, torch.Size([72, 24]), 1)
     """
-    return adapter_for(model).parts()
+    return adapter_for(model).relevance_parts()
 
 
 __all__ = [

@@ -176,13 +176,18 @@ class AttentionRecord:
             entering it (the residual stream), as the forward pass used them.
         grid (tuple of int or None): the patch grid ``(h, w)`` of the input.
         passes (int): how many forward passes entered block 0.
+        readout (Tensor or None): for a head that reads the tokens through its own
+            attention (see :meth:`ViTAdapter.readout_source`), the per-example
+            read-out ``(N, T)`` of the forward pass, detached; else ``None``.
     """
 
-    def __init__(self, num_blocks: int) -> None:
+    def __init__(self, num_blocks: int, reads_readout: bool = False) -> None:
         self.attentions: List[Optional[Tensor]] = [None] * num_blocks
         self.block_inputs: List[Optional[Tensor]] = [None] * num_blocks
         self.grid: Optional[Tuple[int, int]] = None
         self.passes = 0
+        self.readout: Optional[Tensor] = None
+        self._reads_readout = reads_readout
 
     @property
     def tokens(self) -> Optional[Tensor]:
@@ -195,6 +200,7 @@ class AttentionRecord:
             self.grid is not None
             and all(a is not None for a in self.attentions)
             and all(x is not None for x in self.block_inputs)
+            and (self.readout is not None or not self._reads_readout)
         )
 
 
@@ -232,10 +238,22 @@ class ViTAdapter:
         """The head's read-out vector ``s`` ``(T,)`` over the tokens leaving the last
         block, from which the rollout-type methods start instead of the class-token
         row: for a class-token head the class token (``s = e_0``); for a mean-pooled
-        head the uniform average over exactly the tokens it averages."""
+        head the uniform average over exactly the tokens it averages. A head whose
+        read-out depends on the image (attention pooling) has none: it names
+        :meth:`readout_source` instead."""
         s = torch.zeros(num_tokens)
         s[0] = 1
         return s
+
+    def readout_source(self) -> Optional[Tuple[nn.Module, Callable[[object], Tensor]]]:
+        """For a head that reads the tokens through its own attention (attention
+        pooling, MAP: a learned latent query attends to the tokens), a module of
+        the head and how to read, from its output while :meth:`attention_mode` is
+        active, the per-example read-out ``s`` ``(N, T)``: the head's attention
+        probabilities over the tokens leaving the last block, averaged over its
+        heads (and over the latent queries it pools), zero on tokens it does not
+        attend to. ``None`` (default) for heads with a fixed :meth:`readout`."""
+        return None
 
     def embedding_path(self) -> Dict[str, str]:
         """The modules, by name, that the input passes on its way to block 0, and the
@@ -284,11 +302,31 @@ class ViTAdapter:
         """The model in the canonical form of :class:`ViTParts`."""
         raise NotImplementedError
 
+    def relevance_parts(self) -> ViTParts:
+        """:meth:`parts`, for the relevance methods (the LRP family and Transformer
+        Attribution), which refuse, naming the model, a head that reads the tokens
+        through its own attention (:meth:`readout_source`): no relevance rule is
+        defined for it here yet."""
+        if self.readout_source() is not None:
+            raise ValueError(
+                f"model: {self.name()} reads its tokens through an "
+                "attention-pooling (MAP) head, which has no relevance rule yet, so "
+                "TransformerAttribution, PartialLRP, FullLRP, ConservativeLRP and AttnLRP "
+                "refuse it; RawAttention, AttentionRollout, AttentionGradCAM, "
+                "GradientWeightedAttention and AttCAT explain it"
+            )
+        return self.parts()
+
     # --- shared --------------------------------------------------------------------
+    def name(self) -> str:
+        """The model's name in error messages."""
+        return type(self.model).__name__
+
     @contextmanager
     def capture(self, stop_at_first_block: bool = False) -> Iterator[AttentionRecord]:
-        """Record attention probabilities, the tokens entering every block and the
-        patch grid of every forward pass of the model run inside the block.
+        """Record attention probabilities, the tokens entering every block, the
+        patch grid and, for a head with a :meth:`readout_source`, the per-example
+        read-out of every forward pass of the model run inside the block.
 
         With ``stop_at_first_block``, the forward pass is cut short once the tokens
         entering block 0 are recorded: the rest of the ``with`` block is skipped and
@@ -304,7 +342,8 @@ class ViTAdapter:
         record only the forward passes of the thread that holds the capture.
         """
         blocks = self.blocks()
-        record = AttentionRecord(len(blocks))
+        readout_source = self.readout_source()
+        record = AttentionRecord(len(blocks), reads_readout=readout_source is not None)
 
         ran: List[str] = []
 
@@ -328,6 +367,13 @@ class ViTAdapter:
 
             return this_thread_only(hook)
 
+        def readout_hook(read: Callable[[object], Tensor]) -> Callable:
+            def hook(module: nn.Module, args: Tuple, output: object) -> None:
+                with torch.no_grad():
+                    record.readout = read(output).detach()
+
+            return this_thread_only(hook)
+
         with ExitStack() as stack:
             stack.enter_context(_model_lock(self.model))
             stack.enter_context(self.attention_mode())
@@ -336,6 +382,9 @@ class ViTAdapter:
             for index, (block, (module, read)) in enumerate(zip(blocks, self.attention_sources())):
                 handles.append(block.register_forward_pre_hook(input_hook(index), with_kwargs=True))
                 handles.append(module.register_forward_hook(attention_hook(index, read)))
+            if readout_source is not None:
+                module, read = readout_source
+                handles.append(module.register_forward_hook(readout_hook(read)))
             if stop_at_first_block:
                 for name, module in self._leaves_outside(blocks):
                     hook = this_thread_only(lambda *_, name=name: ran.append(name))
@@ -370,6 +419,59 @@ class ViTAdapter:
             )
 
 
+class TowerAdapter(ViTAdapter):
+    """A model whose ViT is one of its submodules (its image tower, at
+    ``tower_path``), described by the tower's own adapter: the tokens, blocks,
+    attention probabilities, embedding path and read-out are the tower's; a
+    subclass says what differs in what reads the tower's output (read-out, head).
+
+    Args:
+        model (nn.Module): the model explained.
+        tower_path (str): the tower's name in ``model`` (``get_submodule``).
+        tower (ViTAdapter): the adapter of the tower.
+    """
+
+    def __init__(self, model: nn.Module, tower_path: str, tower: ViTAdapter) -> None:
+        super().__init__(model)
+        self.tower_path = tower_path
+        self.tower = tower
+        self.num_prefix_tokens = tower.num_prefix_tokens
+
+    def name(self) -> str:
+        return f"{type(self.model).__name__} over {self.tower.name()}"
+
+    def blocks(self) -> List[nn.Module]:
+        return self.tower.blocks()
+
+    def patch_embedding(self) -> nn.Module:
+        return self.tower.patch_embedding()
+
+    def reads_class_token(self) -> bool:
+        return self.tower.reads_class_token()
+
+    def readout(self, num_tokens: int) -> Tensor:
+        return self.tower.readout(num_tokens)
+
+    def readout_source(self) -> Optional[Tuple[nn.Module, Callable[[object], Tensor]]]:
+        return self.tower.readout_source()
+
+    def embedding_path(self) -> Dict[str, str]:
+        return {
+            f"{self.tower_path}.{name}": rule for name, rule in self.tower.embedding_path().items()
+        }
+
+    def prefix_tokens(self) -> Tensor:
+        return self.tower.prefix_tokens()
+
+    def attention_sources(self) -> List[Tuple[nn.Module, Callable[[object], Tensor]]]:
+        return self.tower.attention_sources()
+
+    @contextmanager
+    def attention_mode(self) -> Iterator[None]:
+        with self.tower.attention_mode():
+            yield
+
+
 def _unsupported(model: nn.Module, reason: str) -> ValueError:
     from captum_saco.attr._core.families import SUPPORTED_MODELS
 
@@ -386,14 +488,6 @@ def _inexpressible(model: nn.Module, part: str) -> ValueError:
         "optional q/k norms, rotary embedding and attention bias, Linear-act-Linear "
         "or gated MLP, optional sub-norms and layer scale) cannot express"
     )
-
-
-def _patch_mean(num_tokens: int, num_prefix_tokens: int) -> Tensor:
-    """The read-out vector ``(T,)`` of a head averaging the tokens after the prefix
-    tokens: ``1 / (T - p)`` on each of them, 0 on the prefix tokens."""
-    s = torch.zeros(num_tokens)
-    s[num_prefix_tokens:] = 1 / (num_tokens - num_prefix_tokens)
-    return s
 
 
 @contextmanager
@@ -419,6 +513,14 @@ def _check_square_attention(model: nn.Module, dim: int, attn_dim: int) -> None:
 def _joined(tokens: List[Optional[Tensor]]) -> Tensor:
     """The present prefix tokens ``(1, 1, D)`` as one detached ``(1, p, D)`` tensor."""
     return torch.cat([token.detach() for token in tokens if token is not None], dim=1)
+
+
+def mean_readout(num_tokens: int, num_prefix_tokens: int) -> Tensor:
+    """The read-out vector ``(T,)`` of a head averaging the tokens after the prefix
+    tokens: ``1 / (T - p)`` on each of them, 0 on the prefix tokens."""
+    s = torch.zeros(num_tokens)
+    s[num_prefix_tokens:] = 1 / (num_tokens - num_prefix_tokens)
+    return s
 
 
 def _identity(output: object) -> Tensor:

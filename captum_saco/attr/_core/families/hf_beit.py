@@ -12,8 +12,8 @@ from captum_saco.attr._core.families.base import (
     ViTParts,
     _check_square_attention,
     _inexpressible,
-    _patch_mean,
     _unsupported,
+    mean_readout,
 )
 from captum_saco.attr._core.families.hf_vit import HuggingFaceViTAdapter
 
@@ -52,7 +52,7 @@ class HuggingFaceBeitAdapter(HuggingFaceViTAdapter):
         patch tokens (all but the class token), the tokens the pooler averages."""
         if self.reads_class_token():
             return super().readout(num_tokens)
-        return _patch_mean(num_tokens, self.num_prefix_tokens)
+        return mean_readout(num_tokens, self.num_prefix_tokens)
 
     def embedding_path(self) -> Dict[str, str]:
         return {

@@ -14,9 +14,9 @@ from captum_saco.attr._core.families.base import (
     _check_square_attention,
     _identity,
     _inexpressible,
-    _patch_mean,
     _unfused,
     _unsupported,
+    mean_readout,
 )
 from captum_saco.attr._core.families.timm_vit import block_norm, head_norm, mlp_parts
 
@@ -76,7 +76,7 @@ class TimmBeitAdapter(ViTAdapter):
         over the patch tokens (all but the class token), the tokens timm averages."""
         if self.reads_class_token():
             return super().readout(num_tokens)
-        return _patch_mean(num_tokens, self.num_prefix_tokens)
+        return mean_readout(num_tokens, self.num_prefix_tokens)
 
     def embedding_path(self) -> Dict[str, str]:
         return {

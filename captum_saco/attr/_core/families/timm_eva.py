@@ -15,9 +15,9 @@ from captum_saco.attr._core.families.base import (
     _identity,
     _inexpressible,
     _joined,
-    _patch_mean,
     _unfused,
     _unsupported,
+    mean_readout,
 )
 from captum_saco.attr._core.families.timm_vit import (
     block_norm,
@@ -93,7 +93,7 @@ class TimmEvaAdapter(ViTAdapter):
         tokens timm averages."""
         if self.reads_class_token():
             return super().readout(num_tokens)
-        return _patch_mean(num_tokens, self.num_prefix_tokens)
+        return mean_readout(num_tokens, self.num_prefix_tokens)
 
     def embedding_path(self) -> Dict[str, str]:
         path = {

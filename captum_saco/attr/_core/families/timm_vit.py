@@ -3,6 +3,7 @@
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from captum_saco.attr._core.families.base import (
@@ -14,13 +15,13 @@ from captum_saco.attr._core.families.base import (
     _identity,
     _inexpressible,
     _joined,
-    _patch_mean,
     _unfused,
     _unsupported,
+    mean_readout,
 )
 
 #: the timm poolings with a read-out vector (see :meth:`TimmViTAdapter.readout`)
-_POOLS = ("token", "avg")
+_POOLS = ("token", "avg", "map")
 
 
 class TimmViTAdapter(ViTAdapter):
@@ -41,26 +42,37 @@ class TimmViTAdapter(ViTAdapter):
     the MLP's norm (``scale_mlp_norm``), LayerNorm or RmsNorm; blocks other than
     timm's pre-norm ``Block`` (``ResPostBlock``, parallel blocks) are refused by
     name.
+
+    With ``global_pool='map'`` (SigLIP) the head is an attention pool
+    (``attn_pool``, timm ``AttentionPoolLatent``): a learned latent query attends
+    to the tokens leaving the last block (after the prefix tokens, unless
+    ``pool_include_prefix``). Its read-out is the pool's attention over the
+    tokens, per example (:meth:`readout_source`); its fused attention is switched
+    off for the call too. The relevance methods refuse it.
     """
 
     model_classes = (("timm.models.vision_transformer", "VisionTransformer"),)
     description = (
-        "timm VisionTransformer with class-token or mean pooling (global_pool='token' "
-        "or 'avg'; DeiT distilled models, register tokens, pre_norm, embed_norm_layer, "
-        "final_norm=False, qk_norm, SwiGLU and sub-LayerNorms included)"
+        "timm VisionTransformer with class-token, mean or attention pooling "
+        "(global_pool='token', 'avg' or 'map'; DeiT distilled models, register tokens, "
+        "pre_norm, embed_norm_layer, final_norm=False, qk_norm, SwiGLU and "
+        "sub-LayerNorms included)"
     )
 
     def __init__(self, model: nn.Module) -> None:
+        from timm.layers import AttentionPoolLatent
         from timm.models.vision_transformer import Attention
 
         super().__init__(model)
-        if getattr(model, "attn_pool", None) is not None or model.global_pool not in _POOLS:
+        pool = getattr(model, "attn_pool", None)
+        map_pool = isinstance(pool, AttentionPoolLatent) and pool.pool in ("token", "avg")
+        if model.global_pool not in _POOLS or (pool is not None and not map_pool):
             raise _unsupported(
                 model,
                 f"timm VisionTransformer with global_pool={model.global_pool!r} reads its "
                 "tokens in a way no read-out vector over the tokens is defined for here; "
-                "global_pool='token' (class token) and 'avg' (mean of the patch tokens) are "
-                "supported",
+                "global_pool='token' (class token), 'avg' (mean of the patch tokens) and "
+                "'map' (attention pooling) are supported",
             )
         if model.global_pool == "token" and model.cls_token is None:
             raise _unsupported(model, "timm VisionTransformer without a class token")
@@ -85,10 +97,32 @@ class TimmViTAdapter(ViTAdapter):
     def readout(self, num_tokens: int) -> Tensor:
         """``global_pool='token'``: the class token; ``'avg'``: the uniform average
         over the tokens after the prefix tokens (class and register tokens), the
-        tokens timm averages."""
+        tokens timm averages (``'map'``: see :meth:`readout_source`)."""
         if self.reads_class_token():
             return super().readout(num_tokens)
-        return _patch_mean(num_tokens, self.num_prefix_tokens)
+        return mean_readout(num_tokens, self.num_prefix_tokens)
+
+    def readout_source(self) -> Optional[Tuple[nn.Module, Callable[[object], Tensor]]]:
+        """``global_pool='map'``: the attention pool's probabilities
+        ``softmax(q k^T / sqrt(head_dim))`` of its latent queries over the tokens,
+        averaged over its heads and over the latent queries it pools (the first for
+        its ``pool='token'``, all for ``'avg'``); zero on the prefix tokens it does
+        not see. They are read from the pool's normalised keys (``k_norm``'s output)
+        and its latent queries, as its unfused forward computes them."""
+        pool = self.model.attn_pool
+        if pool is None:
+            return None
+        skipped = 0 if self.model.pool_include_prefix else self.num_prefix_tokens
+
+        def read(keys: Tensor) -> Tensor:  # (N, heads, T', head_dim)
+            latent = pool.q(pool.latent.to(keys.dtype))
+            queries = pool.q_norm(latent.reshape(1, pool.latent_len, pool.num_heads, -1))
+            scores = (queries.transpose(1, 2) * pool.scale) @ keys.transpose(-2, -1)
+            probabilities = scores.softmax(dim=-1).mean(dim=1)  # (N, latents, T')
+            pooled = probabilities[:, 0] if pool.pool == "token" else probabilities.mean(dim=1)
+            return F.pad(pooled, (skipped, 0))
+
+        return pool.k_norm, read
 
     def embedding_path(self) -> Dict[str, str]:
         return {
@@ -111,7 +145,10 @@ class TimmViTAdapter(ViTAdapter):
 
     @contextmanager
     def attention_mode(self) -> Iterator[None]:
-        with _unfused([block.attn for block in self.model.blocks]):
+        attentions = [block.attn for block in self.model.blocks]
+        if self.model.attn_pool is not None:
+            attentions.append(self.model.attn_pool)
+        with _unfused(attentions):
             yield
 
     def parts(self) -> ViTParts:
