@@ -26,8 +26,12 @@ import torchvision
 from common import add_device_option, interleaved_rounds
 from torch import Tensor, nn
 from transformers import (
+    CLIPConfig,
+    CLIPForImageClassification,
     Dinov2Config,
     Dinov2ForImageClassification,
+    SiglipConfig,
+    SiglipModel,
     ViTConfig,
     ViTForImageClassification,
 )
@@ -115,6 +119,26 @@ def _zero_shot_clip() -> nn.Module:
     return ZeroShotClassifier(clip, torch.randn(SIZE["classes"], 64))
 
 
+#: the image towers of the Hugging Face dual encoders, of the plain ViT's size
+_HF_VISION = dict(
+    image_size=SIZE["image"],
+    patch_size=SIZE["patch"],
+    hidden_size=SIZE["width"],
+    intermediate_size=4 * SIZE["width"],
+    num_hidden_layers=SIZE["depth"],
+    num_attention_heads=SIZE["heads"],
+)
+_HF_TEXT = dict(
+    vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2
+)
+
+
+def _zero_shot_siglip() -> nn.Module:
+    """Hugging Face's SigLIP (attention-pooling head) over 10 prompts."""
+    siglip = SiglipModel(SiglipConfig(vision_config=_HF_VISION, text_config=_HF_TEXT))
+    return ZeroShotClassifier(siglip, torch.randn(SIZE["classes"], SIZE["width"]))
+
+
 FAMILIES: Dict[str, Callable[[], nn.Module]] = {
     "timm ViT (class token)": _timm,
     "timm ViT pre_norm (CLIP layout)": partial(_timm, pre_norm=True),
@@ -133,6 +157,10 @@ FAMILIES: Dict[str, Callable[[], nn.Module]] = {
         _timm_family, timm.models.beit.Beit, use_rel_pos_bias=True, init_values=0.1
     ),
     "zero-shot CLIP (open_clip)": _zero_shot_clip,
+    "zero-shot SigLIP (HF)": _zero_shot_siglip,
+    "HF CLIPForImageClassification": lambda: CLIPForImageClassification(
+        CLIPConfig(vision_config=_HF_VISION, text_config=_HF_TEXT)
+    ),
     "timm Swin": lambda: timm.models.swin_transformer.SwinTransformer(
         img_size=SIZE["image"],
         patch_size=4,
@@ -144,6 +172,16 @@ FAMILIES: Dict[str, Callable[[], nn.Module]] = {
     ),
     "HF ViT": lambda: ViTForImageClassification(ViTConfig(intermediate_size=768, **_HF)),
     "HF DINOv2": lambda: Dinov2ForImageClassification(Dinov2Config(**_HF)),
+    "torchvision Swin v2": lambda: torchvision.models.SwinTransformer(
+        patch_size=[4, 4],
+        embed_dim=SIZE["width"] // 4,
+        depths=[2, SIZE["depth"] - 2],
+        num_heads=[SIZE["heads"], 2 * SIZE["heads"]],
+        window_size=[6, 6],
+        num_classes=SIZE["classes"],
+        block=torchvision.models.swin_transformer.SwinTransformerBlockV2,
+        downsample_layer=torchvision.models.swin_transformer.PatchMergingV2,
+    ),
     "torchvision ViT": lambda: torchvision.models.VisionTransformer(
         image_size=SIZE["image"],
         patch_size=SIZE["patch"],
