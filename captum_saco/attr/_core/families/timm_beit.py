@@ -81,16 +81,11 @@ class TimmBeitAdapter(ViTAdapter):
     def embedding_path(self) -> Dict[str, str]:
         return {
             "patch_embed.proj": "linear",
-            "patch_embed.norm": "layernorm",
+            "patch_embed.norm": "patch_layernorm",
             "pos_drop": "identity",
         }
 
     def prefix_tokens(self) -> Tensor:
-        if self.embedding_norms():
-            raise ValueError(
-                "model: the tokens entering block 0 are not the patch and class embeddings "
-                "plus the position embedding: this model applies patch_embed.norm in between"
-            )
         return self.model.cls_token.detach()
 
     def attention_sources(self) -> List[Tuple[nn.Module, Callable[[object], Tensor]]]:

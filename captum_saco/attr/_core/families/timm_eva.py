@@ -98,7 +98,7 @@ class TimmEvaAdapter(ViTAdapter):
     def embedding_path(self) -> Dict[str, str]:
         path = {
             "patch_embed.proj": "linear",
-            "patch_embed.norm": "layernorm",
+            "patch_embed.norm": "patch_layernorm",
             "pos_drop": "identity",
             "norm_pre": "layernorm",
         }
@@ -107,13 +107,6 @@ class TimmEvaAdapter(ViTAdapter):
         return path
 
     def prefix_tokens(self) -> Tensor:
-        norms = self.embedding_norms()
-        if norms:
-            raise ValueError(
-                f"model: the tokens entering block 0 are not the patch and prefix "
-                f"embeddings plus the position embedding: this model applies {norms[0][0]} "
-                "in between"
-            )
         model = self.model
         tokens = [model.cls_token, model.reg_token]
         if all(token is None for token in tokens):
