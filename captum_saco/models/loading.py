@@ -147,6 +147,12 @@ def _timm(name: str, spec: str, pretrained: bool) -> LoadedModel:
             model = timm.create_model(name, pretrained=True)
     else:
         model = timm.create_model(name)
+    if getattr(model, "num_classes", None) == 0:
+        raise ModelLoadError(
+            f"--model {spec!r} is a feature extractor (num_classes=0, no classifier head); name "
+            "a tag trained on classes (such as one ending in _in1k), or explain a CLIP or "
+            "SigLIP over class names with --zero-shot and an hf: or open_clip: model"
+        )
     subset = infer_imagenet_subset(model)
     info = ImageNetInfo(subset) if subset else None
     names = [info.index_to_description(i) for i in range(info.num_classes())] if info else None
@@ -341,7 +347,8 @@ def load_model(
     Raises:
         ModelLoadError: a ValueError saying in one sentence why the model
             cannot be loaded (unknown name, with the closest names; no network
-            and no cached copy, within seconds; a checkpoint that does not fit).
+            and no cached copy, within seconds; a timm feature extractor, which
+            has no classes to explain; a checkpoint that does not fit).
 
     Examples::
 
