@@ -2,9 +2,9 @@
 (issue 22): ``hf:FOLDER`` of a Hugging Face classifier saved with its image
 processor (DINOv2, BEiT, Swin, CLIP, SigLIP), a file model
 ``path/to/file.py:callable`` built by timm from a real pretrained name (EVA-02,
-BEiT, SigLIP's attention-pooled ViT, Swin, CLIP's ViT layout) with random
-weights at a tiny size (its ``pretrained_cfg`` the real one's, so
-``--input-size`` fits it to 32 pixels), the real timm names themselves
+BEiT, SigLIP's attention-pooled ViT, Swin, CLIP's ViT layout) at a tiny size
+(its ``pretrained_cfg`` the real one's, so ``--input-size`` fits it to 32
+pixels) with its weights from a ``--checkpoint`` file, the real timm names themselves
 (built offline with random weights, as without ``--pretrained``) and zero-shot
 SigLIP. Without ``--methods``, the default methods a model does not define are
 left out with a note; each run's table names the methods that ran."""
@@ -124,12 +124,15 @@ def left_out(methods: List[str]) -> List[str]:
     return [m for m in DEFAULT_METHODS if m not in methods]
 
 
-def assert_ran(capsys: pytest.CaptureFixture, methods: List[str]) -> None:
+def assert_ran(capsys: pytest.CaptureFixture, methods: List[str]) -> str:
+    """Checks that the table names ``methods`` and the note the left-out defaults;
+    returns what was written to stderr."""
     captured = capsys.readouterr()
     assert ran(captured.out) == methods
     if left_out(methods):
         note = f"the default methods {', '.join(left_out(methods))} are not defined"
         assert note in captured.err
+    return captured.err
 
 
 @pytest.mark.parametrize("family", HF_FAMILIES)
@@ -148,12 +151,15 @@ def test_a_saved_hugging_face_classifier_runs_every_method_it_defines(
 
 
 @pytest.mark.parametrize("family", TIMM_FAMILIES)
-def test_a_file_model_built_from_a_real_timm_name_runs_every_method_it_defines(
+def test_a_file_model_built_from_a_real_timm_name_with_a_checkpoint_runs_its_methods(
     family: str, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     (tmp_path / "tiny_timm.py").write_text(TINY_TIMM)
+    spec = f"{tmp_path}/tiny_timm.py:{family}"
+    torch.manual_seed(1)
+    torch.save(load_model(spec).model.state_dict(), tmp_path / "weights.pt")
     images = image_folder(tmp_path / "images", ["a"], 48)
-    argv = ["--model", f"{tmp_path}/tiny_timm.py:{family}", "--images", str(images)]
+    argv = ["--model", spec, "--checkpoint", str(tmp_path / "weights.pt"), "--images", str(images)]
     assert main(argv + ["--input-size", "32", *QUICK]) == 0
     assert_ran(capsys, TIMM_FAMILIES[family][1])
 
