@@ -197,3 +197,36 @@ def test_zero_shot_siglip_runs_the_methods_its_attention_pooling_head_defines(
     argv = ["--model", f"hf:{folder}", "--images", str(images), "--zero-shot", "cat,dog,car"]
     assert main(argv + QUICK) == 0
     assert_ran(capsys, ALL_BUT_RELEVANCE)
+
+
+@pytest.mark.parametrize("saved", ["clip", "siglip", "dinov2"])
+def test_a_hugging_face_model_saved_without_its_classifier_is_refused_naming_the_ways_out(
+    saved: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # hf:openai/clip-vit-base-patch32, hf:google/siglip-base-patch16-224 and
+    # hf:facebook/dinov2-small hold no image classification head
+    tokenizer = load_fashion_mnist_clip()[1]
+    model = {
+        "clip": lambda: transformers.CLIPModel(
+            transformers.CLIPConfig(text_config=_text_config(tokenizer), vision_config=VISION)
+        ),
+        "siglip": lambda: transformers.SiglipModel(
+            transformers.SiglipConfig(text_config=_text_config(tokenizer), vision_config=VISION)
+        ),
+        "dinov2": lambda: transformers.Dinov2Model(
+            transformers.Dinov2Config(
+                **{k: v for k, v in VISION.items() if k != "intermediate_size"}
+            )
+        ),
+    }[saved]()
+    model.save_pretrained(tmp_path / saved)
+    image_processor = transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size=32)
+    if saved == "dinov2":
+        image_processor.save_pretrained(tmp_path / saved)
+    else:  # with the processor the zero-shot path uses, saved as processor_config.json
+        transformers.CLIPProcessor(image_processor, tokenizer).save_pretrained(tmp_path / saved)
+    images = image_folder(tmp_path / "images", ["cat"])
+    assert main(["--model", f"hf:{tmp_path / saved}", "--images", str(images), *QUICK]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "is not an image classifier" in err and "would draw classifier." in err
+    assert "--zero-shot" in err
