@@ -147,6 +147,12 @@ def _timm(name: str, spec: str, pretrained: bool) -> LoadedModel:
             model = timm.create_model(name, pretrained=True)
     else:
         model = timm.create_model(name)
+    if getattr(model, "num_classes", None) == 0:
+        raise ModelLoadError(
+            f"--model {spec!r} is a feature extractor (num_classes=0, no classifier head); name "
+            "a tag trained on classes (such as one ending in _in1k), or explain a CLIP or "
+            "SigLIP over class names with --zero-shot and an hf: or open_clip: model"
+        )
     subset = infer_imagenet_subset(model)
     info = ImageNetInfo(subset) if subset else None
     names = [info.index_to_description(i) for i in range(info.num_classes())] if info else None
@@ -165,20 +171,40 @@ def _imagenet_synsets(classes: int) -> Optional[List[str]]:
     return list(ImageNetInfo("imagenet-1k").label_names())
 
 
+def _check_complete(spec: str, model: nn.Module, missing: List[str]) -> None:
+    """Refuse a Hugging Face checkpoint that lacks weights of the classifier built
+    from it (``missing``): a backbone or a CLIP/SigLIP saved without an image
+    classification head, whose head would be random."""
+    if missing:
+        saved = ", ".join(model.config.architectures or []) or "another model"
+        raise ModelLoadError(
+            f"--model {spec!r} is not an image classifier (it holds {saved}): "
+            f"{type(model).__name__} would draw {', '.join(missing[:2])} at random; name a "
+            "model fine-tuned on classes, or explain a CLIP or SigLIP over class names with "
+            "--zero-shot"
+        )
+
+
 def _hf(source: str, spec: str, pretrained: bool) -> LoadedModel:
     try:
         from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
     except ImportError:
         raise ModelLoadError(f"--model {spec!r} needs transformers: pip install transformers")
     local = Path(source).is_dir()
-    if local and not (Path(source) / "preprocessor_config.json").is_file():
+    # an image processor saves preprocessor_config.json, a processor holding one
+    # (CLIPProcessor, SiglipProcessor) processor_config.json
+    configs = ("preprocessor_config.json", "processor_config.json")
+    if local and not any((Path(source) / name).is_file() for name in configs):
         raise ModelLoadError(
             f"--model {spec!r}: {source!r} has no preprocessor_config.json (save the image "
             "processor beside the model with save_pretrained)"
         )
     with nullcontext() if local else _hub_access(spec):
         if local or pretrained:
-            model = AutoModelForImageClassification.from_pretrained(source)
+            model, info = AutoModelForImageClassification.from_pretrained(
+                source, output_loading_info=True
+            )
+            _check_complete(spec, model, sorted(info["missing_keys"]))
         else:
             model = AutoModelForImageClassification.from_config(AutoConfig.from_pretrained(source))
         processor = AutoImageProcessor.from_pretrained(source)
@@ -341,7 +367,10 @@ def load_model(
     Raises:
         ModelLoadError: a ValueError saying in one sentence why the model
             cannot be loaded (unknown name, with the closest names; no network
-            and no cached copy, within seconds; a checkpoint that does not fit).
+            and no cached copy, within seconds; a timm feature extractor or a
+            Hugging Face checkpoint without the weights of its classification
+            head, which have no classes to explain; a checkpoint that does not
+            fit).
 
     Examples::
 

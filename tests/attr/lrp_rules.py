@@ -159,7 +159,8 @@ def _hf_beit_attention_rule_forward(rule: str) -> Callable:
 
 
 def _gated_rule_forward(rule: str) -> Callable:
-    """timm ``SwiGLU`` and ``GluMlp``: ``fc2(norm(act(gate) * value))`` with
+    """timm ``SwiGLU`` and ``GluMlp``: ``fc2(norm(act(gate) * value))``, and Hugging
+    Face DINOv2's SwiGLU MLP ``down_proj(act_fn(gate_proj(x)) * up_proj(x))``, with
     AttnLRP's rules (identity rule on the activation, the uniform rule on the
     product: its gradient halved, LXT's ``gated_mlp_forward``) or CP-LRP's (the
     gate a constant, LXT's ``cp_gated_mlp_forward``)."""
@@ -167,13 +168,18 @@ def _gated_rule_forward(rule: str) -> Callable:
     def forward(mlp: nn.Module, x: Tensor) -> Tensor:
         if isinstance(mlp, SwiGLU):
             gate, value = mlp.fc1_g(x), mlp.fc1_x(x)
-        else:
+        elif isinstance(mlp, GluMlp):
             first, second = mlp.fc1(x).chunk(2, dim=-1)
             gate, value = (second, first) if mlp.gate_last else (first, second)
-        if rule == "uniform":
-            hidden = _scaled_gradient(_identity_rule(mlp.act)(gate) * value, 0.5)
         else:
-            hidden = mlp.act(gate.detach()) * value
+            gate, value = mlp.gate_proj(x), mlp.up_proj(x)
+        act = getattr(mlp, "act_fn", None) or mlp.act
+        if rule == "uniform":
+            hidden = _scaled_gradient(_identity_rule(act)(gate) * value, 0.5)
+        else:
+            hidden = act(gate.detach()) * value
+        if hasattr(mlp, "down_proj"):
+            return mlp.down_proj(hidden)
         return mlp.fc2(mlp.norm(hidden))
 
     return forward
@@ -214,6 +220,7 @@ def rules_patched_copy(model: nn.Module, attention_rule: str) -> nn.Module:
     embedding's norm, query/key norms, sub-LayerNorms) with the LN rule, the
     attention (timm ViT, Eva, BEiT, Hugging Face BEiT and DINOv2) with
     ``attention_rule``, the MLP activation with the identity rule and a gated MLP's
+    (timm ``SwiGLU``/``GluMlp``, Hugging Face DINOv2's SwiGLU)
     product with the rule that goes with ``attention_rule`` (``"uniform"``:
     AttnLRP's uniform rule; ``"detached"``: CP-LRP's constant gate), as LXT's
     efficient mode patches a model."""
@@ -235,6 +242,8 @@ def rules_patched_copy(model: nn.Module, attention_rule: str) -> nn.Module:
             module.forward = types.MethodType(forwards[type(module)](attention_rule), module)
         if isinstance(module, timm.layers.Mlp):
             module.act.forward = _identity_rule(copy.deepcopy(module.act))
+        if type(module).__name__ in ("Dinov2SwiGLUFFN", "Dinov2WithRegistersSwiGLUFFN"):
+            module.forward = types.MethodType(_gated_rule_forward(attention_rule), module)
         if type(module).__name__ in ("Dinov2Attention", "Dinov2WithRegistersAttention"):
             module.forward = types.MethodType(
                 _hugging_face_attention_rule_forward(attention_rule), module

@@ -7,8 +7,9 @@ head ``classifier(concat(class token, mean of the patch tokens))``: plain
 gradient times input through the replay is the model's own, conservative LRP
 conserves the logit without biases, ConservativeLRP and AttnLRP equal their rules
 patched into a copy of the model, and Chefer's pass conserves each example's
-unit relevance. SwiGLU MLPs are refused by name. The model is saved and loaded
-back, the path a user takes."""
+unit relevance; with DINOv2's plain MLP and with its SwiGLU MLP
+(``use_swiglu_ffn=True``, the gated ``down_proj(silu(gate_proj(x)) * up_proj(x))``).
+The model is saved and loaded back, the path a user takes."""
 
 import copy
 from pathlib import Path
@@ -62,14 +63,21 @@ WORKING = [
 SIZE = dict(image_size=32, patch_size=8, hidden_size=24, num_hidden_layers=2, num_attention_heads=2)
 
 
-@pytest.fixture(scope="module", params=["dinov2", "dinov2_with_registers"])
+@pytest.fixture(
+    scope="module",
+    params=["dinov2", "dinov2_with_registers", "dinov2_swiglu", "dinov2_with_registers_swiglu"],
+)
 def dinov2(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> nn.Module:
     torch.manual_seed(0)
-    if request.param == "dinov2":
-        cls, config = Dinov2ForImageClassification, Dinov2Config(num_labels=5, **SIZE)
-    else:
+    swiglu = request.param.endswith("_swiglu")
+    if request.param.startswith("dinov2_with_registers"):
         cls = Dinov2WithRegistersForImageClassification
-        config = Dinov2WithRegistersConfig(num_labels=5, num_register_tokens=2, **SIZE)
+        config = Dinov2WithRegistersConfig(
+            num_labels=5, num_register_tokens=2, use_swiglu_ffn=swiglu, **SIZE
+        )
+    else:
+        cls = Dinov2ForImageClassification
+        config = Dinov2Config(num_labels=5, use_swiglu_ffn=swiglu, **SIZE)
     folder: Path = tmp_path_factory.mktemp(request.param)
     cls(config).save_pretrained(folder)
     return cls.from_pretrained(folder).eval()
@@ -188,12 +196,6 @@ def test_the_relevance_pass_conserves_each_examples_unit_relevance_through_the_h
         torch.testing.assert_close(result.logits, model(x).logits)
     totals = result.input_relevance.sum(dim=(1, 2))
     torch.testing.assert_close(totals, torch.ones_like(totals), rtol=0, atol=1e-6)
-
-
-def test_swiglu_mlps_are_refused_by_the_relevance_methods_by_name() -> None:
-    model = Dinov2ForImageClassification(Dinov2Config(num_labels=5, use_swiglu_ffn=True, **SIZE))
-    with pytest.raises(ValueError, match="Dinov2ForImageClassification has a SwiGLU MLP"):
-        AttnLRP(model.eval()).attribute(images(1), target=0)
 
 
 @pytest.mark.parametrize("method", WORKING, ids=lambda m: m.__name__)

@@ -20,6 +20,7 @@ from captum_saco.attr._core.relevance import (
     attention_relevance,
     embedding_in,
     pass_through,
+    z_box,
     z_rule_half_each,
     z_rule_rescaled,
 )
@@ -350,3 +351,16 @@ def test_works_under_no_grad_and_on_a_frozen_model(
     for mine, other in pairs:
         torch.testing.assert_close(mine, other)
     assert all(not t.requires_grad for t in frozen.relevances + frozen.gradients)
+
+
+def test_the_z_box_rule_takes_a_valid_padded_convolution_as_an_unpadded_one() -> None:
+    # Hugging Face SigLIP's patch embedding is Conv2d(..., padding="valid")
+    torch.manual_seed(0)
+    valid = nn.Conv2d(3, 4, 8, stride=8, padding="valid")
+    unpadded = copy.deepcopy(valid)
+    unpadded.padding = (0, 0)
+    pixels, relevance = torch.rand(2, 3, 16, 16), torch.rand(2, 4, 2, 2)
+    low, high = torch.full((1, 3, 1, 1), -1.0), torch.full((1, 3, 1, 1), 1.0)
+    torch.testing.assert_close(
+        z_box(valid, pixels, relevance, low, high), z_box(unpadded, pixels, relevance, low, high)
+    )

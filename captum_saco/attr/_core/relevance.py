@@ -204,6 +204,16 @@ def z_rule_mean(inputs: Tensor, relevance: Tensor) -> Tensor:
     return share.mul_(relevance[:, None])
 
 
+def conv_layout(conv: nn.Conv2d) -> Tuple:
+    """``(stride, padding, dilation, groups)`` of ``conv`` with its padding as
+    numbers, as ``torch.nn.grad.conv2d_input`` takes them: ``padding="valid"``
+    (Hugging Face SigLIP's patch embedding) is no padding."""
+    padding = (0, 0) if conv.padding == "valid" else conv.padding
+    if isinstance(padding, str):
+        raise ValueError(f"model: a patch embedding with padding={padding!r} is not supported")
+    return conv.stride, padding, conv.dilation, conv.groups
+
+
 def z_box(conv: nn.Conv2d, inputs: Tensor, relevance: Tensor, low: Tensor, high: Tensor) -> Tensor:
     """The z^B rule (Montavon et al., 2017; zennit's ``ZBox``) through the
     convolution ``conv`` (bias ignored) for inputs bounded by ``low`` and ``high``
@@ -214,7 +224,7 @@ def z_box(conv: nn.Conv2d, inputs: Tensor, relevance: Tensor, low: Tensor, high:
     weight = conv.weight.to(inputs.dtype)
     positive, negative = weight.clamp(min=0), weight.clamp(max=0)
     low, high = low.expand_as(inputs), high.expand_as(inputs)
-    layout = (conv.stride, conv.padding, conv.dilation, conv.groups)
+    layout = conv_layout(conv)
 
     def forward(x: Tensor, w: Tensor) -> Tensor:
         return F.conv2d(x, w, None, *layout)

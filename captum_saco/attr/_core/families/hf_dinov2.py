@@ -25,9 +25,8 @@ class HuggingFaceDinov2Adapter(HuggingFaceViTAdapter):
     concatenation goes into one linear layer; register tokens are in neither),
     so its read-out vector is ``s = ½ e_0 + ½ mean of the patch tokens``. Attention is switched to
     ``eager`` for the call, as for Hugging Face ViTs. Its blocks are canonical
-    pre-norm blocks with layer scale; models with the SwiGLU MLP
-    (``use_swiglu_ffn=True``) are refused by the relevance methods (see
-    :meth:`parts`).
+    pre-norm blocks with layer scale, their MLP ``fc2(act(fc1(x)))`` or, with
+    ``use_swiglu_ffn=True``, the gated ``down_proj(silu(gate_proj(x)) * up_proj(x))``.
     """
 
     model_classes = (
@@ -83,13 +82,6 @@ class HuggingFaceDinov2Adapter(HuggingFaceViTAdapter):
         """The blocks, the final ``layernorm`` and the head
         ``classifier(concat(class token, mean of the patch tokens))``."""
         model = self.model
-        if model.config.use_swiglu_ffn:
-            raise _inexpressible(
-                model,
-                "a SwiGLU MLP (use_swiglu_ffn=True), for which the relevance methods have no "
-                "rule (RawAttention, AttentionRollout, GradientWeightedAttention, "
-                "AttentionGradCAM and AttCAT work on it)",
-            )
         if not isinstance(model.classifier, nn.Linear):
             raise _inexpressible(model, "no linear classifier head (num_labels=0?)")
         blocks = []
@@ -104,11 +96,9 @@ class HuggingFaceDinov2Adapter(HuggingFaceViTAdapter):
                     num_heads=attn.num_attention_heads,
                     proj=attn.o_proj,
                     norm2=layer.norm2,
-                    fc1=layer.mlp.fc1,
-                    act=layer.mlp.activation_fn,
-                    fc2=layer.mlp.fc2,
                     ls1=layer.layer_scale1.lambda1,
                     ls2=layer.layer_scale2.lambda1,
+                    **_mlp_parts(layer.mlp),
                 )
             )
         reads = (0, slice(self.num_prefix_tokens, None))
@@ -118,3 +108,12 @@ class HuggingFaceDinov2Adapter(HuggingFaceViTAdapter):
             heads=[HeadParts(reads, model.classifier)],
             num_prefix_tokens=self.num_prefix_tokens,
         )
+
+
+def _mlp_parts(mlp: nn.Module) -> Dict[str, object]:
+    """The MLP fields of :class:`BlockParts` of a DINOv2 MLP ``fc2(act(fc1(x)))``
+    or SwiGLU MLP ``down_proj(act_fn(gate_proj(x)) * up_proj(x))`` (``gate_proj``
+    the gate, ``up_proj`` the value)."""
+    if hasattr(mlp, "gate_proj"):
+        return dict(fc1=mlp.gate_proj, fc_value=mlp.up_proj, act=mlp.act_fn, fc2=mlp.down_proj)
+    return dict(fc1=mlp.fc1, act=mlp.activation_fn, fc2=mlp.fc2)
