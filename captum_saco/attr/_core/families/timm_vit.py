@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from captum_saco.attr._core.families.base import (
+    AttentionPool,
     BlockParts,
     HeadParts,
     ViTAdapter,
@@ -48,7 +49,10 @@ class TimmViTAdapter(ViTAdapter):
     to the tokens leaving the last block (after the prefix tokens, unless
     ``pool_include_prefix``). Its read-out is the pool's attention over the
     tokens, per example (:meth:`readout_source`); its fused attention is switched
-    off for the call too. The relevance methods refuse it.
+    off for the call too. In the canonical form it is the head's
+    :class:`~captum_saco.attr._core.families.base.AttentionPool`, whose latent
+    the head reads (the first for the pool's ``pool='token'``, their mean for
+    ``'avg'``).
     """
 
     model_classes = (("timm.models.vision_transformer", "VisionTransformer"),)
@@ -189,6 +193,11 @@ class TimmViTAdapter(ViTAdapter):
         fc_norm = head_norm(model, model.fc_norm, "the norm after pooling")
         if self.reads_class_token():  # one head per token: class (and distillation) token
             heads = [HeadParts((i,), head, fc_norm) for i, head in enumerate(classifiers)]
+        elif model.attn_pool is not None:
+            pool = model.attn_pool
+            reads = (0,) if pool.pool == "token" else (slice(None),)
+            skip = 0 if model.pool_include_prefix else self.num_prefix_tokens
+            heads = [HeadParts(reads, model.head, fc_norm, pool=attention_pool(model, skip))]
         else:
             prefix = self.num_prefix_tokens
             heads = [HeadParts.class_token_or_mean(model.head, False, prefix, fc_norm)]
@@ -198,6 +207,39 @@ class TimmViTAdapter(ViTAdapter):
             heads=heads,
             num_prefix_tokens=self.num_prefix_tokens,
         )
+
+
+def attention_pool(model: nn.Module, skip: int) -> AttentionPool:
+    """The timm ``AttentionPoolLatent`` of ``model`` (``attn_pool``) as an
+    :class:`AttentionPool` seeing the tokens after the first ``skip``; a pool with
+    a position embedding, a key/value width other than the tokens' or an MLP other
+    than timm's ``Mlp`` refuses the model by name."""
+    from timm.layers import Mlp
+
+    pool = model.attn_pool
+    if pool.pos_embed is not None:
+        raise _inexpressible(model, "a position embedding in its attention pool")
+    _check_square_attention(model, pool.kv.in_features, pool.num_heads * pool.head_dim)
+    mlp = pool.mlp
+    if not isinstance(pool.proj, nn.Linear) or type(mlp) is not Mlp:
+        raise _inexpressible(model, "an attention pool without projection or timm Mlp")
+    if not isinstance(mlp.norm, nn.Identity) or not isinstance(mlp.fc1, nn.Linear):
+        raise _inexpressible(model, "an attention pool whose Mlp has a norm or convolutions")
+    return AttentionPool(
+        latent=pool.latent[0],
+        q=None if isinstance(pool.q, nn.Identity) else pool.q,
+        kv_weight=pool.kv.weight,
+        kv_bias=pool.kv.bias,
+        num_heads=pool.num_heads,
+        proj=pool.proj,
+        norm=head_norm(model, pool.norm, "the attention pool's norm"),
+        fc1=mlp.fc1,
+        act=mlp.act,
+        fc2=mlp.fc2,
+        q_norm=optional_norm(model, pool.q_norm, "the attention pool's query norm"),
+        k_norm=optional_norm(model, pool.k_norm, "the attention pool's key norm"),
+        skip=skip,
+    )
 
 
 # --- the parts shared by the timm families (ViT, Eva, BEiT) --------------------------------
