@@ -36,6 +36,7 @@ from captum_saco.attr import (
     ConservativeLRP,
     FullLRP,
     PartialLRP,
+    RawAttention,
     TransformerAttribution,
 )
 from captum_saco.attr._core.families import vit_parts
@@ -149,3 +150,18 @@ def test_an_image_alone_gets_its_map_in_a_batch_and_the_model_is_left_as_found(
     assert torch.isfinite(batch).all()
     assert relative_error(alone, batch[1:2]) < 1e-5  # float32 rounding of the gradients
     same_state(before, state_of(model))
+
+
+def test_a_pool_with_its_own_position_embedding_is_refused_by_the_relevance_methods() -> None:
+    model = timm_map(class_token=False)
+    model.attn_pool = AttentionPoolLatent(
+        24, num_heads=2, mlp_ratio=2.0, pos_embed="abs", feat_size=16, norm_layer=nn.LayerNorm
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"^model: VisionTransformer has a position embedding in its attention-pooling "
+        r"\(MAP\) head, which TransformerAttribution, .* have no rule for; RawAttention, "
+        "AttentionRollout, AttentionGradCAM, GradientWeightedAttention and AttCAT explain it",
+    ):
+        AttnLRP(model).attribute(images_of(), target=0)
+    assert RawAttention(model).attribute(images_of(), upsample=False).shape == (3, 1, 4, 4)

@@ -21,7 +21,10 @@ of rules (:class:`LRPRules`). The rules of the authors' implementation
 - GELU, softmax, LayerNorm, dropout, layer scale, the attention scale, the
   class-token selection, the final norm, a head's norm after pooling
   (``fc_norm``) and the L2 normalisation of a zero-shot head: :func:`pass_through`;
-- the average over the tokens of a mean-pooling head: :func:`z_rule_mean`.
+- the average over the tokens of a mean-pooling head: :func:`z_rule_mean`;
+- an attention-pooling (MAP) head: the rules of a block's attention and MLP
+  (:func:`_pool_relevance`); its latent queries are constants of the model and
+  keep their half of the relevance of ``Q K^T``.
 
 The optional parts of :class:`~captum_saco.attr._core.families.BlockParts` take
 the rule of their kind: the query/key norms and the sub-LayerNorms before

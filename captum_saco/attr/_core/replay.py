@@ -628,7 +628,8 @@ def model_forward(
     After the last block's attention, only the tokens the heads read are
     computed when no head averages tokens: no other position reaches the logits.
     Every norm of the head (``fc_norm``, the L2 normalisation of a zero-shot
-    head) takes the rule of the other norms (``rules.norm``).
+    head) takes the rule of the other norms (``rules.norm``); an attention-pooling
+    head's pool takes the rules of the blocks (:func:`pool_forward`).
     """
     read: Optional[List[int]] = None  # the tokens read, None for all
     if not any(head.reads_all_tokens() for head in parts.heads):

@@ -520,6 +520,17 @@ def _inexpressible(model: nn.Module, part: str) -> ValueError:
     )
 
 
+def _inexpressible_pool(model: nn.Module, part: str) -> ValueError:
+    """The relevance methods' refusal of an attention-pooling head they have no
+    rule for (the attention-map methods read its attention all the same)."""
+    return ValueError(
+        f"model: {type(model).__name__} has {part} in its attention-pooling (MAP) head, "
+        "which TransformerAttribution, PartialLRP, FullLRP, ConservativeLRP and AttnLRP "
+        "have no rule for; RawAttention, AttentionRollout, AttentionGradCAM, "
+        "GradientWeightedAttention and AttCAT explain it"
+    )
+
+
 @contextmanager
 def _unfused(attentions: List[nn.Module]) -> Iterator[None]:
     """Switch off ``fused_attn`` (``scaled_dot_product_attention``, which never

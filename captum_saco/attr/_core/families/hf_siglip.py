@@ -13,6 +13,7 @@ from captum_saco.attr._core.families.base import (
     ViTAdapter,
     ViTParts,
     _inexpressible,
+    _inexpressible_pool,
     _second,
 )
 from captum_saco.attr._core.families.hf_clip import (
@@ -102,8 +103,8 @@ class HuggingFaceSiglipVisionAdapter(ViTAdapter):
             or attention.add_zero_attn
             or not attention.batch_first
         ):
-            raise _inexpressible(
-                model, "a pooling head's nn.MultiheadAttention with separate key/value widths, "
+            raise _inexpressible_pool(
+                model, "an nn.MultiheadAttention with key/value widths of their own, "
                 "key/value biases or a zero attention"
             )  # fmt: skip
         dim = attention.embed_dim

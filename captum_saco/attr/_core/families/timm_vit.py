@@ -15,6 +15,7 @@ from captum_saco.attr._core.families.base import (
     _check_square_attention,
     _identity,
     _inexpressible,
+    _inexpressible_pool,
     _joined,
     _unfused,
     _unsupported,
@@ -212,19 +213,20 @@ class TimmViTAdapter(ViTAdapter):
 def attention_pool(model: nn.Module, skip: int) -> AttentionPool:
     """The timm ``AttentionPoolLatent`` of ``model`` (``attn_pool``) as an
     :class:`AttentionPool` seeing the tokens after the first ``skip``; a pool with
-    a position embedding, a key/value width other than the tokens' or an MLP other
-    than timm's ``Mlp`` refuses the model by name."""
+    a position embedding, an attention width other than the tokens' or an MLP other
+    than timm's ``Mlp`` refuses the relevance methods by name."""
     from timm.layers import Mlp
 
     pool = model.attn_pool
     if pool.pos_embed is not None:
-        raise _inexpressible(model, "a position embedding in its attention pool")
-    _check_square_attention(model, pool.kv.in_features, pool.num_heads * pool.head_dim)
+        raise _inexpressible_pool(model, "a position embedding")
+    if pool.kv.in_features != pool.num_heads * pool.head_dim:
+        raise _inexpressible_pool(model, "an attention width other than the tokens'")
     mlp = pool.mlp
     if not isinstance(pool.proj, nn.Linear) or type(mlp) is not Mlp:
-        raise _inexpressible(model, "an attention pool without projection or timm Mlp")
+        raise _inexpressible_pool(model, "no output projection or an MLP other than timm's Mlp")
     if not isinstance(mlp.norm, nn.Identity) or not isinstance(mlp.fc1, nn.Linear):
-        raise _inexpressible(model, "an attention pool whose Mlp has a norm or convolutions")
+        raise _inexpressible_pool(model, "an Mlp with a norm or convolutions")
     return AttentionPool(
         latent=pool.latent[0],
         q=None if isinstance(pool.q, nn.Identity) else pool.q,
