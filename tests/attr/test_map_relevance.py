@@ -41,6 +41,7 @@ from captum_saco.attr import (
 )
 from captum_saco.attr._core.families import vit_parts
 from captum_saco.attr._core.replay import model_forward
+from captum_saco.models import ZeroShotClassifier
 from tests.numerics import relative_error
 
 RELEVANCE = [TransformerAttribution, PartialLRP, FullLRP, ConservativeLRP, AttnLRP]
@@ -60,6 +61,11 @@ def timm_two_latents() -> nn.Module:
 MODELS: Dict[str, Callable[[], nn.Module]] = {
     **MAP_MODELS,
     "timm_two_latents_qk_norm": timm_two_latents,
+    # timm's SigLIP image towers have no classifier (num_classes=0): the pooled
+    # latent is the image embedding
+    "zero_shot_timm_tower": lambda: ZeroShotClassifier(
+        timm_map(class_token=False, num_classes=0), torch.randn(5, 24), logit_scale=10.0
+    ),
 }
 
 

@@ -147,7 +147,11 @@ class HeadParts:
 
     @classmethod
     def class_token_or_mean(
-        cls, classifier: Linear, class_token: bool, num_prefix_tokens: int, fc_norm: nn.Module
+        cls,
+        classifier: Optional[Linear],
+        class_token: bool,
+        num_prefix_tokens: int,
+        fc_norm: nn.Module,
     ) -> "HeadParts":
         """A head reading the class token (if ``class_token``) or the mean of the
         tokens after the ``num_prefix_tokens`` prefix tokens, through ``fc_norm``."""

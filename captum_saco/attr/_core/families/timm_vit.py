@@ -189,8 +189,10 @@ class TimmViTAdapter(ViTAdapter):
                 )
             )
         classifiers = [model.head] + ([model.head_dist] if hasattr(model, "head_dist") else [])
-        if not all(isinstance(head, nn.Linear) for head in classifiers):
-            raise _inexpressible(model, "no linear classifier head (num_classes=0?)")
+        if not all(isinstance(head, (nn.Linear, nn.Identity)) for head in classifiers):
+            raise _inexpressible(model, "a classifier head other than a Linear layer")
+        # an nn.Identity head (num_classes=0, an image tower) outputs the features
+        classifiers = [None if isinstance(head, nn.Identity) else head for head in classifiers]
         fc_norm = head_norm(model, model.fc_norm, "the norm after pooling")
         if self.reads_class_token():  # one head per token: class (and distillation) token
             heads = [HeadParts((i,), head, fc_norm) for i, head in enumerate(classifiers)]
@@ -198,10 +200,10 @@ class TimmViTAdapter(ViTAdapter):
             pool = model.attn_pool
             reads = (0,) if pool.pool == "token" else (slice(None),)
             skip = 0 if model.pool_include_prefix else self.num_prefix_tokens
-            heads = [HeadParts(reads, model.head, fc_norm, pool=attention_pool(model, skip))]
+            heads = [HeadParts(reads, classifiers[0], fc_norm, pool=attention_pool(model, skip))]
         else:
             prefix = self.num_prefix_tokens
-            heads = [HeadParts.class_token_or_mean(model.head, False, prefix, fc_norm)]
+            heads = [HeadParts.class_token_or_mean(classifiers[0], False, prefix, fc_norm)]
         return ViTParts(
             blocks=blocks,
             norm=head_norm(model, model.norm, "the final norm"),
