@@ -430,14 +430,13 @@ def _pool_relevance(
     ``Q K^T``. The queries' share of ``Q K^T`` goes to the latent queries, which
     are constants of the model: it does not reach the tokens. The prefix tokens
     the pool does not see get none."""
-    if record.mlp_out is not None:
-        relevance, mlp_relevance = rules.residual(record.projected, record.mlp_out, relevance)
-        hidden_relevance = rules.elementwise(
-            _linear_relevance(pool.fc2, record.hidden, record.mlp_out, mlp_relevance, rules)
-        )
-        relevance = relevance + rules.elementwise(
-            _linear_relevance(pool.fc1, record.mlp_in, record.before_act, hidden_relevance, rules)
-        )
+    relevance, mlp_relevance = rules.residual(record.projected, record.mlp_out, relevance)
+    hidden_relevance = rules.elementwise(
+        _linear_relevance(pool.fc2, record.hidden, record.mlp_out, mlp_relevance, rules)
+    )
+    relevance = relevance + rules.elementwise(
+        _linear_relevance(pool.fc1, record.mlp_in, record.before_act, hidden_relevance, rules)
+    )
     merged_relevance = _linear_relevance(
         pool.proj, record.merged, record.projected, relevance, rules
     )

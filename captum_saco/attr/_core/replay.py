@@ -153,11 +153,11 @@ class PoolRecord:
     context: Tensor  # attention @ v (N, heads, L, d)
     merged: Tensor  # (N, L, D): context, heads merged, the proj input
     projected: Tensor  # proj(merged) with its bias, the MLP's skip
-    mlp_in: Optional[Tensor]  # norm(projected), the fc1 input (None: no MLP)
-    before_act: Optional[Tensor]  # fc1(mlp_in) with its bias
-    hidden: Optional[Tensor]  # act(before_act), the fc2 input
-    mlp_out: Optional[Tensor]  # fc2(hidden) with its bias
-    latents: Tensor  # (N, L, D): the pool's output, projected (+ mlp_out)
+    mlp_in: Tensor  # norm(projected), the fc1 input
+    before_act: Tensor  # fc1(mlp_in) with its bias
+    hidden: Tensor  # act(before_act), the fc2 input
+    mlp_out: Tensor  # fc2(hidden) with its bias
+    latents: Tensor  # (N, L, D): the pool's output, projected + mlp_out
 
 
 @dataclass(frozen=True)
@@ -575,14 +575,12 @@ def pool_forward(pool: AttentionPool, normed: Tensor, rules: GradientRules) -> P
     q, k, v, scores, attention = _attention(q, k, v, rules.attention)
     context = attention @ v
     merged = context.transpose(1, 2).reshape(n, -1, dim)
-    projected = latents = _linear(pool.proj, merged)
-    mlp_in = before_act = hidden = mlp_out = None
-    if pool.fc1 is not None:
-        mlp_in = layer_norm(pool.norm, projected, rules.norm)
-        before_act = _linear(pool.fc1, mlp_in, rules.linear_gamma)
-        hidden = _activated(pool.act, before_act, rules.activation)
-        mlp_out = _linear(pool.fc2, hidden, rules.linear_gamma)
-        latents = projected + mlp_out
+    projected = _linear(pool.proj, merged)
+    mlp_in = layer_norm(pool.norm, projected, rules.norm)
+    before_act = _linear(pool.fc1, mlp_in, rules.linear_gamma)
+    hidden = _activated(pool.act, before_act, rules.activation)
+    mlp_out = _linear(pool.fc2, hidden, rules.linear_gamma)
+    latents = projected + mlp_out
     return PoolRecord(
         inputs, kv, q, k, v, scores, attention, context, merged, projected,
         mlp_in, before_act, hidden, mlp_out, latents,

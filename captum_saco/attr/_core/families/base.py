@@ -94,7 +94,7 @@ class AttentionPool:
         x = tokens[:, skip:]
         q = q_norm(q(latent)); k = k_norm(x @ kv_weight[:D].T + b); v = x @ kv_weight[D:].T + b
         latents = proj(softmax(q k^T / sqrt(head_dim)) v)   # per head, heads merged
-        latents = latents + fc2(act(fc1(norm(latents))))    # if the pool has an MLP
+        latents = latents + fc2(act(fc1(norm(latents))))
 
     The learned latent queries are constants of the model: they do not depend on
     the image. timm's ``AttentionPoolLatent`` and the ``head`` of Hugging Face's
@@ -108,10 +108,10 @@ class AttentionPool:
     kv_bias: Optional[Tensor]  # (2*D,) or None
     num_heads: int
     proj: Linear
-    norm: nn.Module = field(default_factory=nn.Identity)  # LayerNorm or Identity
-    fc1: Optional[nn.Linear] = None  # the MLP (None: no MLP)
-    act: Optional[Callable[[Tensor], Tensor]] = None
-    fc2: Optional[nn.Linear] = None
+    norm: nn.Module  # LayerNorm or Identity, before the MLP
+    fc1: nn.Linear
+    act: Callable[[Tensor], Tensor]
+    fc2: nn.Linear
     q_norm: Optional[nn.Module] = None
     k_norm: Optional[nn.Module] = None
     skip: int = 0  # the prefix tokens the pool does not see
