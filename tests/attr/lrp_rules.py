@@ -10,9 +10,15 @@ from typing import Callable, Tuple
 import timm
 import torch
 import torch.nn.functional as F
-from timm.layers import GluMlp, RmsNorm, SwiGLU, apply_rot_embed_cat
+from timm.layers import AttentionPoolLatent, GluMlp, RmsNorm, SwiGLU, apply_rot_embed_cat
 from torch import Tensor, nn
 from transformers.models.beit.modeling_beit import BeitAttention, BeitMLP
+from transformers.models.clip.modeling_clip import CLIPMLP, CLIPAttention
+from transformers.models.siglip.modeling_siglip import (
+    SiglipAttention,
+    SiglipMLP,
+    SiglipMultiheadAttentionPoolingHead,
+)
 
 
 def without_biases(model: nn.Module) -> nn.Module:
@@ -73,12 +79,11 @@ def _with_rule(rule: str, q: Tensor, k: Tensor, v: Tensor):
     return q, k, v
 
 
-def _attend(
-    rule: str, q: Tensor, k: Tensor, v: Tensor, scale: float, bias=None
-) -> Tensor:
+def _attend(rule: str, q: Tensor, k: Tensor, v: Tensor, scale: float, bias=None) -> Tensor:
     """Softmax attention of the heads ``(N, heads, T, d)`` under ``rule``, heads
-    merged ``(N, T, heads * d)``, as the models' unfused paths compute it."""
-    n, _, t, _ = q.shape
+    merged ``(N, T, heads * d)``, as the models' unfused paths compute it (the
+    queries ``(N or 1, heads, Q, d)`` may be fewer than the keys: a pool's latents)."""
+    n, t = v.shape[0], q.shape[2]
     q, k, v = _with_rule(rule, q, k, v)
     scores = q * scale @ k.transpose(-2, -1)
     probabilities = (scores if bias is None else scores + bias).softmax(dim=-1)
@@ -206,6 +211,53 @@ def _hugging_face_attention_rule_forward(rule: str) -> Callable:
     return forward
 
 
+def _clip_attention_rule_forward(rule: str) -> Callable:
+    """Hugging Face ``CLIPAttention`` and ``SiglipAttention`` (separate q/k/v
+    projections, ``out_proj``), returning ``(output, None)``."""
+
+    def forward(attn: nn.Module, hidden_states: Tensor, *_, **__) -> Tuple[Tensor, None]:
+        q, k, v = (
+            _heads(p(hidden_states), attn.num_heads)
+            for p in (attn.q_proj, attn.k_proj, attn.v_proj)
+        )
+        return attn.out_proj(_attend(rule, q, k, v, attn.scale)), None
+
+    return forward
+
+
+def _latent_pool_rule_forward(rule: str) -> Callable:
+    """timm ``AttentionPoolLatent``: the latent queries attend to the tokens under
+    ``rule``, then ``proj``, the MLP added residually and the pooling of the latents."""
+
+    def forward(pool: nn.Module, x: Tensor, attn_mask=None) -> Tensor:
+        n, t, d = x.shape
+        q = _heads(pool.q(pool.latent), pool.num_heads)
+        k, v = pool.kv(x).reshape(n, t, 2, pool.num_heads, -1).permute(2, 0, 3, 1, 4)
+        latents = pool.proj(_attend(rule, pool.q_norm(q), pool.k_norm(k), v, pool.scale))
+        latents = latents + pool.mlp(pool.norm(latents))
+        return latents[:, 0] if pool.pool == "token" else latents.mean(dim=1)
+
+    return forward
+
+
+def _siglip_pool_rule_forward(rule: str) -> Callable:
+    """Hugging Face ``SiglipMultiheadAttentionPoolingHead``: its
+    ``nn.MultiheadAttention`` (one input projection for q, k and v) from the probe
+    to the tokens under ``rule``, then the LayerNorm and the MLP added residually."""
+
+    def forward(head: nn.Module, x: Tensor) -> Tensor:
+        mha = head.attention
+        wq, wk, wv = mha.in_proj_weight.chunk(3)
+        bq, bk, bv = mha.in_proj_bias.chunk(3)
+        q = _heads(F.linear(head.probe, wq, bq), mha.num_heads)
+        k, v = (_heads(F.linear(x, w, b), mha.num_heads) for w, b in ((wk, bk), (wv, bv)))
+        scale = (mha.embed_dim // mha.num_heads) ** -0.5
+        latents = mha.out_proj(_attend(rule, q, k, v, scale))
+        return (latents + head.mlp(head.layernorm(latents)))[:, 0]
+
+    return forward
+
+
 def _identity_rule(act: nn.Module) -> Callable:
     def forward(x: Tensor) -> Tensor:
         y = act(x)
@@ -217,10 +269,12 @@ def _identity_rule(act: nn.Module) -> Callable:
 def rules_patched_copy(model: nn.Module, attention_rule: str) -> nn.Module:
     """A copy of ``model`` whose plain autograd gradient is that of the LRP rules:
     every LayerNorm and RmsNorm (block norms, final norm, ``norm_pre``, the
-    embedding's norm, query/key norms, sub-LayerNorms) with the LN rule, the
-    attention (timm ViT, Eva, BEiT, Hugging Face BEiT and DINOv2) with
-    ``attention_rule``, the MLP activation with the identity rule and a gated MLP's
-    (timm ``SwiGLU``/``GluMlp``, Hugging Face DINOv2's SwiGLU)
+    embedding's norm, query/key norms, sub-LayerNorms, an attention pool's norms)
+    with the LN rule, the attention (timm ViT, Eva, BEiT, Hugging Face BEiT,
+    DINOv2, CLIP and SigLIP, and the attention-pooling heads: timm
+    ``AttentionPoolLatent``, SigLIP's pooling head) with ``attention_rule``, the
+    MLP activation with the identity rule and a gated MLP's (timm
+    ``SwiGLU``/``GluMlp``, Hugging Face DINOv2's SwiGLU)
     product with the rule that goes with ``attention_rule`` (``"uniform"``:
     AttnLRP's uniform rule; ``"detached"``: CP-LRP's constant gate), as LXT's
     efficient mode patches a model."""
@@ -229,6 +283,10 @@ def rules_patched_copy(model: nn.Module, attention_rule: str) -> nn.Module:
         timm.models.eva.EvaAttention: _eva_attention_rule_forward,
         timm.models.beit.Attention: _beit_attention_rule_forward,
         BeitAttention: _hf_beit_attention_rule_forward,
+        CLIPAttention: _clip_attention_rule_forward,
+        SiglipAttention: _clip_attention_rule_forward,
+        AttentionPoolLatent: _latent_pool_rule_forward,
+        SiglipMultiheadAttentionPoolingHead: _siglip_pool_rule_forward,
         SwiGLU: _gated_rule_forward,
         GluMlp: _gated_rule_forward,
     }
@@ -248,7 +306,7 @@ def rules_patched_copy(model: nn.Module, attention_rule: str) -> nn.Module:
             module.forward = types.MethodType(
                 _hugging_face_attention_rule_forward(attention_rule), module
             )
-        if isinstance(module, BeitMLP) or type(module).__name__ in (
+        if isinstance(module, (BeitMLP, CLIPMLP, SiglipMLP)) or type(module).__name__ in (
             "Dinov2MLP",
             "Dinov2WithRegistersMLP",
         ):

@@ -8,16 +8,15 @@ over heads. ``CLIPForImageClassification`` and ``SiglipForImageClassification``
 average tokens, so ``s`` is the uniform average over exactly those tokens. The
 methods equal a recomputation from attention probabilities (blocks and head)
 that this test captures itself, with its own hooks and eager math, on a copy
-of the model; the relevance methods refuse MAP heads by name; ConservativeLRP
-conserves the logit on the mean-pooled Hugging Face classifiers."""
+of the model; ConservativeLRP conserves the logit on the mean-pooled Hugging
+Face classifiers (the relevance methods on MAP heads: test_map_relevance.py)."""
 
 import copy
-import types
 from typing import Callable, Dict, List, Tuple
 
 import pytest
 import torch
-from lrp_rules import _identity_rule, _ln_rule_forward, _scaled_gradient, gradient_x_input
+from lrp_rules import gradient_x_input, rules_patched_copy
 from test_relevance import relevance_of
 from tiny_models import tiny_timm
 from torch import Tensor, nn
@@ -30,8 +29,6 @@ from transformers import (
     SiglipForImageClassification,
     SiglipModel,
 )
-from transformers.models.clip.modeling_clip import CLIPMLP, CLIPAttention
-from transformers.models.siglip.modeling_siglip import SiglipAttention, SiglipMLP
 
 from captum_saco.attr import (
     AttCAT,
@@ -309,27 +306,6 @@ def test_the_timm_map_heads_fused_attention_is_switched_off_for_the_call_only() 
 
 
 # --- refusals --------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", sorted(MAP_MODELS))
-@pytest.mark.parametrize("method", RELEVANCE, ids=lambda m: m.__name__)
-def test_relevance_methods_refuse_a_map_head_by_name(
-    name: str, method: type, state_of, same_state
-) -> None:
-    model = MAP_MODELS[name]()
-    before = state_of(model)
-    model_name = {
-        "zero_shot_hf_siglip": "ZeroShotClassifier over SiglipVisionModel",
-        "zero_shot_timm": "ZeroShotClassifier over VisionTransformer",
-    }.get(name, "VisionTransformer")
-    with pytest.raises(
-        ValueError,
-        match=rf"^model: {model_name} reads its tokens through an attention-pooling \(MAP\) "
-        r"head, which has no relevance rule yet.*RawAttention, AttentionRollout, "
-        r"AttentionGradCAM, GradientWeightedAttention and AttCAT explain it",
-    ):
-        method(model).attribute(images_of(), target=0)
-    same_state(before, state_of(model))
-
-
 def test_rollout_refuses_discard_ratio_on_a_map_head_by_name() -> None:
     with pytest.raises(ValueError, match="discard_ratio: .*class-token heads"):
         AttentionRollout(timm_map()).attribute(images_of(), discard_ratio=0.5)
@@ -382,37 +358,6 @@ def test_chefers_relevance_pass_conserves_the_unit_relevance_through_the_mean(na
     torch.testing.assert_close(totals, torch.ones_like(totals), rtol=0, atol=1e-6)
 
 
-def _hf_attention_rule_forward(rule: str) -> Callable:
-    def forward(attn: nn.Module, hidden_states: Tensor, attention_mask=None, **_) -> tuple:
-        n, t, d = hidden_states.shape
-        split = lambda x: x.view(n, t, attn.num_heads, -1).transpose(1, 2)  # noqa: E731
-        q, k, v = (split(p(hidden_states)) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
-        if rule == "uniform":  # AttnLRP: uniform rule on Q K^T and A V
-            q, k, v = _scaled_gradient(q, 0.25), _scaled_gradient(k, 0.25), _scaled_gradient(v, 0.5)
-        probabilities = (q * attn.scale @ k.transpose(-2, -1)).softmax(dim=-1)
-        if rule == "detached":  # the AH rule
-            probabilities = probabilities.detach()
-        return attn.out_proj((probabilities @ v).transpose(1, 2).reshape(n, t, d)), None
-
-    return forward
-
-
-def hf_rules_patched_copy(model: nn.Module, attention_rule: str) -> nn.Module:
-    """A copy of a Hugging Face CLIP or SigLIP classifier whose plain autograd
-    gradient is that of the LRP rules (as ``lrp_rules.rules_patched_copy`` for
-    timm): every LayerNorm with the LN rule, the attention with
-    ``attention_rule``, the MLP activation with the identity rule."""
-    copied = copy.deepcopy(model)
-    for module in copied.modules():
-        if isinstance(module, nn.LayerNorm):
-            module.forward = types.MethodType(_ln_rule_forward, module)
-        if isinstance(module, (CLIPAttention, SiglipAttention)):
-            module.forward = types.MethodType(_hf_attention_rule_forward(attention_rule), module)
-        if isinstance(module, (CLIPMLP, SiglipMLP)):
-            module.activation_fn.forward = _identity_rule(copy.deepcopy(module.activation_fn))
-    return copied
-
-
 @pytest.mark.parametrize("name", sorted(MEAN_MODELS))
 @pytest.mark.parametrize(
     "method, options, attention_rule",
@@ -423,7 +368,7 @@ def test_gradient_rule_methods_equal_their_rules_patched_into_a_copy_of_the_mode
 ) -> None:
     model = MEAN_MODELS[name]().double()
     images, target = images_of().double(), torch.tensor([2, 2, 4])
-    patched = hf_rules_patched_copy(model, attention_rule)
+    patched = rules_patched_copy(model, attention_rule)
     expected = gradient_x_input(lambda x: patched(x).logits, images, target)
     actual = method(model).attribute(images, target=target, **options)
     assert relative_errors(actual, expected).max() < 1e-10

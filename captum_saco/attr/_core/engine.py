@@ -434,7 +434,7 @@ class AttentionAttribution(Attribution):
             classes=result.classes,
             num_prefix_tokens=self._adapter.num_prefix_tokens,
             grid=record.grid,
-            readout=self._readout(result.attentions[0]),
+            readout=self._readout(result.attentions[0], result.readout),
             relevances=result.relevances,
             input_relevance=result.input_relevance,
         )
@@ -446,8 +446,8 @@ class AttentionAttribution(Attribution):
 
     def _readout(self, attention: Tensor, recorded: Optional[Tensor] = None) -> Tensor:
         """The read-out vector ``s`` for attention probabilities ``(N, h, T, T)``: the
-        per-example ``(N, T)`` one the capture ``recorded`` (a MAP head), else the
-        adapter's fixed ``(T,)`` one."""
+        per-example ``(N, T)`` one the capture or the relevance pass ``recorded`` (a
+        MAP head), else the adapter's fixed ``(T,)`` one."""
         s = self._adapter.readout(attention.shape[-1]) if recorded is None else recorded
         return s.to(attention.device, attention.dtype)
 

@@ -21,7 +21,10 @@ of rules (:class:`LRPRules`). The rules of the authors' implementation
 - GELU, softmax, LayerNorm, dropout, layer scale, the attention scale, the
   class-token selection, the final norm, a head's norm after pooling
   (``fc_norm``) and the L2 normalisation of a zero-shot head: :func:`pass_through`;
-- the average over the tokens of a mean-pooling head: :func:`z_rule_mean`.
+- the average over the tokens of a mean-pooling head: :func:`z_rule_mean`;
+- an attention-pooling (MAP) head: the rules of a block's attention and MLP
+  (:func:`_pool_relevance`); its latent queries are constants of the model and
+  keep their half of the relevance of ``Q K^T``.
 
 The optional parts of :class:`~captum_saco.attr._core.families.BlockParts` take
 the rule of their kind: the query/key norms and the sub-LayerNorms before
@@ -43,7 +46,7 @@ tokens (see :func:`embedding_in`).
 
 import copy
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, is_dataclass, replace
 from typing import Callable, Iterator, List, Optional, Tuple
 
 import torch
@@ -52,6 +55,7 @@ from torch import Tensor, nn
 
 from captum_saco._utils import TargetType, resolve_target
 from captum_saco.attr._core.families import (
+    AttentionPool,
     BlockParts,
     HeadParts,
     LinearMap,
@@ -63,11 +67,12 @@ from captum_saco.attr._core.families import (
 from captum_saco.attr._core.families.base import Linear
 from captum_saco.attr._core.replay import (
     BlockRecord,
-    HeadRecord,
     ModelRecord,
+    PoolRecord,
     at_rows,
     embedding_norms_as,
     model_forward,
+    pool_readout,
     rotary_terms,
     rotation_partner,
 )
@@ -280,7 +285,11 @@ class AttentionRelevance:
             ``R(A_b)``; ``None`` for the blocks before ``first_block``.
         input_relevance (Tensor or None): ``(N, T, D)`` the relevance of the tokens
             entering block 0 when asked for; it sums to 1 per example up to the
-            relevance the rules absorb (biases, zero denominators).
+            relevance the rules absorb (biases, zero denominators, an
+            attention-pooling head's latent queries).
+        readout (Tensor or None): ``(N, T)`` for an attention-pooling head, its
+            per-example read-out (see
+            :func:`~captum_saco.attr._core.replay.pool_readout`); else ``None``.
     """
 
     logits: Tensor
@@ -289,6 +298,7 @@ class AttentionRelevance:
     gradients: Optional[List[Tensor]]
     relevances: List[Optional[Tensor]]
     input_relevance: Optional[Tensor] = None
+    readout: Optional[Tensor] = None
 
 
 def parts_in(parts: ViTParts, dtype: torch.dtype) -> ViTParts:
@@ -302,7 +312,7 @@ def parts_in(parts: ViTParts, dtype: torch.dtype) -> ViTParts:
             return layer.detach().to(dtype)
         if isinstance(layer, nn.Module):
             return copy.deepcopy(layer).to(dtype)
-        if isinstance(layer, (BlockParts, HeadParts, LinearMap)):
+        if isinstance(layer, (BlockParts, HeadParts, LinearMap, AttentionPool)):
             return replace(layer, **{k: cast(v) for k, v in vars(layer).items()})
         return layer  # None, token reads, or a function such as an activation
 
@@ -362,6 +372,16 @@ def _linear_relevance(
     return rules.linear(inputs, weight, _without_bias(output, bias), relevance)
 
 
+def _detached(record):
+    """A record (:mod:`~captum_saco.attr._core.replay`) with its tensors detached."""
+    return type(record)(
+        *(
+            None if value is None else _detached(value) if is_dataclass(value) else value.detach()
+            for value in vars(record).values()
+        )
+    )
+
+
 def _head_relevance(
     parts: ViTParts, replay: ModelRecord, classes: Tensor, rules: LRPRules
 ) -> Tensor:
@@ -370,37 +390,85 @@ def _head_relevance(
     ``1 / len(heads)`` of it, as their logits are averaged. Through each head: the
     linear rule at the classifier (and at a zero-shot head's projection), the
     element-wise rule at the L2 normalisation and the norm after pooling; the
-    relevance of the concatenated reads is split by their dimensions, a token read
-    passes its part to that token and an average passes it through ``rules.mean``.
+    relevance of the concatenated reads is split by their dimensions, a read
+    passes its part to that token (or latent of an attention pool) and an average
+    passes it through ``rules.mean``; an attention pool then passes the relevance
+    of its latents to the tokens (:func:`_pool_relevance`).
     """
     normed = replay.normed.detach()
     relevance = torch.zeros_like(normed)
     for head, record in zip(parts.heads, replay.heads):
-        record = HeadRecord(*(None if v is None else v.detach() for v in vars(record).values()))
+        record = _detached(record)
         num_classes = record.logits.shape[-1]
-        seed = F.one_hot(classes, num_classes).to(normed.dtype) / len(parts.heads)
-        if head.projection is None:
-            features = _linear_relevance(
-                head.classifier, record.features, record.logits, seed, rules
+        current = F.one_hot(classes, num_classes).to(normed.dtype) / len(parts.heads)
+        if head.classifier is not None:
+            embedding = record.features if head.projection is None else record.projected
+            if head.normalize:
+                embedding = record.normalized
+            current = _linear_relevance(head.classifier, embedding, record.logits, current, rules)
+        if head.normalize:
+            current = rules.elementwise(current)
+        if head.projection is not None:
+            current = _linear_relevance(
+                head.projection, record.features, record.projected, current, rules
             )
-        else:
-            normalized = _linear_relevance(
-                head.classifier, record.normalized, record.logits, seed, rules
-            )
-            features = _linear_relevance(
-                head.projection,
-                record.features,
-                record.projected,
-                rules.elementwise(normalized),
-                rules,
-            )
-        pooled = rules.elementwise(features).split(normed.shape[-1], dim=-1)
+        sequence, position = normed, replay.position
+        if record.pool is not None:  # the reads select the pool's latents
+            sequence, position = record.pool.latents, lambda latent: latent
+        sequence_relevance = torch.zeros_like(sequence)
+        pooled = rules.elementwise(current).split(sequence.shape[-1], dim=-1)
         for read, read_relevance in zip(head.reads, pooled):
             if isinstance(read, slice):
-                relevance[:, read] += rules.mean(normed[:, read], read_relevance)
+                sequence_relevance[:, read] += rules.mean(sequence[:, read], read_relevance)
             else:
-                relevance[:, replay.position(read)] += read_relevance
+                sequence_relevance[:, position(read)] += read_relevance
+        if head.pool is None:
+            relevance += sequence_relevance
+        else:
+            relevance += _pool_relevance(head.pool, record.pool, sequence_relevance, rules)
     return rules.elementwise(relevance)
+
+
+def _pool_relevance(
+    pool: AttentionPool, record: PoolRecord, relevance: Tensor, rules: LRPRules
+) -> Tensor:
+    """Relevance of the final norm's output ``(N, T, D)`` from that of an attention
+    pool's latents ``(N, L, D)``, by the rules of a block's attention and MLP: the
+    residual rule at ``projected + mlp_out``, the linear rule at the MLP's layers,
+    the output projection and the key/value projection, the element-wise rule at
+    the norm, the activation and the key norm, ``rules.product`` at ``A V`` and
+    ``Q K^T``. The queries' share of ``Q K^T`` goes to the latent queries, which
+    are constants of the model: it does not reach the tokens. The prefix tokens
+    the pool does not see get none."""
+    relevance, mlp_relevance = rules.residual(record.projected, record.mlp_out, relevance)
+    hidden_relevance = rules.elementwise(
+        _linear_relevance(pool.fc2, record.hidden, record.mlp_out, mlp_relevance, rules)
+    )
+    relevance = relevance + rules.elementwise(
+        _linear_relevance(pool.fc1, record.mlp_in, record.before_act, hidden_relevance, rules)
+    )
+    merged_relevance = _linear_relevance(
+        pool.proj, record.merged, record.projected, relevance, rules
+    )
+    n, heads, latents, d = record.context.shape
+    context_relevance = merged_relevance.reshape(n, latents, heads, d).transpose(1, 2)
+    attention_relevance, v_relevance = rules.product(
+        record.attention, record.v, record.context, context_relevance
+    )
+    _, k_relevance = rules.product(
+        record.q.expand(n, -1, -1, -1),
+        record.k.transpose(-2, -1),
+        record.scores,
+        rules.elementwise(attention_relevance),
+    )
+    k_relevance = rules.elementwise(k_relevance.transpose(-2, -1))
+    t = record.inputs.shape[1]
+    kv_relevance = torch.stack(
+        [r.transpose(1, 2) for r in (k_relevance, v_relevance)], dim=2
+    ).reshape(n, t, 2 * heads * d)
+    kv_product = _without_bias(record.kv, pool.kv_bias)
+    inputs_relevance = rules.linear(record.inputs, pool.kv_weight, kv_product, kv_relevance)
+    return F.pad(inputs_relevance, (0, 0, pool.skip, 0))
 
 
 def _block_relevance(
@@ -526,9 +594,7 @@ def attention_relevance(
         records = replay.blocks
         relevances: List[Optional[Tensor]] = [None] * len(records)
         for b in reversed(range(first_block, len(records))):
-            record = BlockRecord(
-                *(None if value is None else value.detach() for value in vars(records[b]).values())
-            )
+            record = _detached(records[b])
             to_input = b > first_block or input_relevance
             relevance, relevances[b] = _block_relevance(
                 parts.blocks[b], record, relevance, rules, to_input
@@ -540,6 +606,7 @@ def attention_relevance(
         gradients=grads,
         relevances=relevances,
         input_relevance=relevance if input_relevance else None,
+        readout=pool_readout(parts, replay),
     )
 
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from captum_saco.attr._core.families import (
+    AttentionPool,
     BlockParts,
     HeadParts,
     ViTAdapter,
@@ -138,15 +139,38 @@ class BlockRecord:
 
 
 @dataclass(frozen=True)
+class PoolRecord:
+    """The activations of an attention-pooling head's pool
+    (:class:`~captum_saco.attr._core.families.AttentionPool`)."""
+
+    inputs: Tensor  # (N, T', D): the tokens the pool sees, the kv input
+    kv: Tensor  # (N, T', 2 * D): kv(inputs) with its bias; k and v are views of it
+    q: Tensor  # (1, heads, L, d): the latent queries (after q_norm)
+    k: Tensor  # (N, heads, T', d) (after k_norm)
+    v: Tensor
+    scores: Tensor  # q @ k^T before the scale (N, heads, L, T')
+    attention: Tensor  # softmax(scale * scores)
+    context: Tensor  # attention @ v (N, heads, L, d)
+    merged: Tensor  # (N, L, D): context, heads merged, the proj input
+    projected: Tensor  # proj(merged) with its bias, the MLP's skip
+    mlp_in: Tensor  # norm(projected), the fc1 input
+    before_act: Tensor  # fc1(mlp_in) with its bias
+    hidden: Tensor  # act(before_act), the fc2 input
+    mlp_out: Tensor  # fc2(hidden) with its bias
+    latents: Tensor  # (N, L, D): the pool's output, projected + mlp_out
+
+
+@dataclass(frozen=True)
 class HeadRecord:
     """The activations of one head (:class:`~captum_saco.attr._core.families.HeadParts`)
     that its relevance rules read."""
 
+    pool: Optional[PoolRecord]  # the attention pool's activations, if the head has one
     pooled: Tensor  # (N, F): the reads concatenated, the fc_norm input
     features: Tensor  # (N, F): fc_norm's output, the projection's (or classifier's) input
     projected: Optional[Tensor]  # (N, E): the projection's output with its bias, or None
-    normalized: Optional[Tensor]  # (N, E): its L2 normalisation, the classifier input, or None
-    logits: Tensor  # (N, C): the classifier's output with its bias
+    normalized: Optional[Tensor]  # (N, E): the L2 normalisation, the classifier input, or None
+    logits: Tensor  # (N, C): the classifier's output with its bias (the features if none)
 
 
 @dataclass(frozen=True)
@@ -167,6 +191,10 @@ class ModelRecord:
 
 def _position(rows: Optional[List[int]], token: int) -> int:
     return token if rows is None else rows.index(token)
+
+
+def _same(index: int) -> int:
+    return index
 
 
 class _ScaledGradient(torch.autograd.Function):
@@ -409,6 +437,11 @@ def _norm(norm: Optional[nn.Module], inputs: Tensor, rule: str) -> Tensor:
     return inputs if norm is None else layer_norm(norm, inputs, rule)
 
 
+def _activated(act: Callable[[Tensor], Tensor], values: Tensor, rule: str) -> Tensor:
+    """``act(values)``, its gradient as the ``activation`` ``rule`` says."""
+    return _IdentityRule.apply(values, act) if rule == "identity" else act(values)
+
+
 def _mlp_hidden(
     block: BlockParts, mlp_in: Tensor, rules: GradientRules
 ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
@@ -418,10 +451,7 @@ def _mlp_hidden(
     gate = before_act
     if block.fc_value is not None and rules.gate == "detached":
         gate = before_act.detach()
-    if rules.activation == "identity":
-        hidden = _IdentityRule.apply(gate, block.act)
-    else:
-        hidden = block.act(gate)
+    hidden = _activated(block.act, gate, rules.activation)
     value = None
     if block.fc_value is not None:
         value = _linear(block.fc_value, mlp_in, rules.linear_gamma)
@@ -525,24 +555,65 @@ def l2_normalize(inputs: Tensor, rule: str = "gradient") -> Tensor:
     return inputs / inputs.norm(dim=-1, keepdim=True).clamp_min(1e-12).detach()
 
 
+def pool_forward(pool: AttentionPool, normed: Tensor, rules: GradientRules) -> PoolRecord:
+    """An attention-pooling head's pool replayed on the final norm's output
+    ``normed`` ``(N, T, D)``, in its dtype: its attention takes ``rules.attention``
+    as the blocks' attention (the latent queries are constants: under the AH rule
+    the probabilities are constants, and the pooled values are linear in the
+    tokens), its norms ``rules.norm``, its MLP's activation ``rules.activation``
+    and its MLP's linear layers ``rules.linear_gamma``; the projections of the
+    queries, keys, values and output keep the gradient, as the blocks' do."""
+    inputs = normed[:, pool.skip :]
+    n, t, dim = inputs.shape
+    heads = pool.num_heads
+    latent = _cast(pool.latent, inputs.dtype)
+    queries = latent if pool.q is None else _linear(pool.q, latent)
+    q = queries.reshape(1, -1, heads, dim // heads).transpose(1, 2)
+    kv = F.linear(inputs, _cast(pool.kv_weight, inputs.dtype), _cast(pool.kv_bias, inputs.dtype))
+    k, v = kv.reshape(n, t, 2, heads, dim // heads).permute(2, 0, 3, 1, 4).unbind(0)
+    q, k = _norm(pool.q_norm, q, rules.norm), _norm(pool.k_norm, k, rules.norm)
+    q, k, v, scores, attention = _attention(q, k, v, rules.attention)
+    context = attention @ v
+    merged = context.transpose(1, 2).reshape(n, -1, dim)
+    projected = _linear(pool.proj, merged)
+    mlp_in = layer_norm(pool.norm, projected, rules.norm)
+    before_act = _linear(pool.fc1, mlp_in, rules.linear_gamma)
+    hidden = _activated(pool.act, before_act, rules.activation)
+    mlp_out = _linear(pool.fc2, hidden, rules.linear_gamma)
+    latents = projected + mlp_out
+    return PoolRecord(
+        inputs, kv, q, k, v, scores, attention, context, merged, projected,
+        mlp_in, before_act, hidden, mlp_out, latents,
+    )  # fmt: skip
+
+
 def head_forward(
     head: HeadParts, normed: Tensor, position: Callable[[int], int], rules: GradientRules
 ) -> HeadRecord:
     """One head replayed on the final norm's output ``normed``, whose token
-    ``i`` sits at ``normed[:, position(i)]`` (all tokens where a read averages)."""
+    ``i`` sits at ``normed[:, position(i)]`` (all tokens where a read averages or
+    the head pools through its attention, :func:`pool_forward`, whose latents the
+    reads then select)."""
+    pool, sequence, at = None, normed, position
+    if head.pool is not None:  # the reads select the pool's latents
+        pool = pool_forward(head.pool, normed, rules)
+        sequence, at = pool.latents, _same
     reads = [
-        normed[:, read].mean(dim=1) if isinstance(read, slice) else normed[:, position(read)]
+        sequence[:, read].mean(dim=1) if isinstance(read, slice) else sequence[:, at(read)]
         for read in head.reads
     ]
     pooled = reads[0] if len(reads) == 1 else torch.cat(reads, dim=-1)
     features = layer_norm(head.fc_norm, pooled, rules.norm)
     projected = normalized = None
-    inputs = features
+    embedding = features
     if head.projection is not None:
-        projected = _linear(head.projection, features, rules.linear_gamma)
-        inputs = normalized = l2_normalize(projected, rules.norm)
-    logits = _linear(head.classifier, inputs, rules.linear_gamma)
-    return HeadRecord(pooled, features, projected, normalized, logits)
+        embedding = projected = _linear(head.projection, features, rules.linear_gamma)
+    if head.normalize:
+        embedding = normalized = l2_normalize(embedding, rules.norm)
+    logits = embedding
+    if head.classifier is not None:
+        logits = _linear(head.classifier, embedding, rules.linear_gamma)
+    return HeadRecord(pool, pooled, features, projected, normalized, logits)
 
 
 def model_forward(
@@ -555,7 +626,8 @@ def model_forward(
     After the last block's attention, only the tokens the heads read are
     computed when no head averages tokens: no other position reaches the logits.
     Every norm of the head (``fc_norm``, the L2 normalisation of a zero-shot
-    head) takes the rule of the other norms (``rules.norm``).
+    head) takes the rule of the other norms (``rules.norm``); an attention-pooling
+    head's pool takes the rules of the blocks (:func:`pool_forward`).
     """
     read: Optional[List[int]] = None  # the tokens read, None for all
     if not any(head.reads_all_tokens() for head in parts.heads):
@@ -572,6 +644,22 @@ def model_forward(
     heads = [head_forward(head, normed, position, rules) for head in parts.heads]
     logits = torch.stack([head.logits for head in heads]).mean(dim=0)
     return ModelRecord(records, read, normed, heads, logits)
+
+
+def pool_readout(parts: ViTParts, replay: ModelRecord) -> Optional[Tensor]:
+    """The per-example read-out ``(N, T)`` of an attention-pooling head, detached:
+    its pool's attention probabilities over the tokens, averaged over its heads and
+    over the latents the head reads, zero on the prefix tokens it does not see (see
+    :meth:`~captum_saco.attr._core.families.base.ViTAdapter.readout_source`);
+    ``None`` for a model without one."""
+    for head, record in zip(parts.heads, replay.heads):
+        if record.pool is not None:
+            probabilities = record.pool.attention.detach().mean(dim=1)  # (N, L, T')
+            read = head.reads[0]
+            s = probabilities[:, read]
+            s = s.mean(dim=1) if isinstance(read, slice) else s
+            return F.pad(s, (replay.normed.shape[1] - s.shape[-1], 0))
+    return None
 
 
 def at_rows(values: Tensor, rows: Optional[Tensor], length: int) -> Tensor:

@@ -56,9 +56,11 @@ class TransformerAttribution(RelevancePrecision, AttentionAttribution):
     without the prefix-token columns (for a head that does not read the class
     token, ``s J`` with the head's read-out vector ``s``: the uniform average over
     the tokens a mean-pooled head averages, ``½ e_0 + ½`` the patch mean for
-    DINOv2). Gradients are of the target's logit.
-    The relevance is propagated from the one-hot target at the head's output
-    through the head (a pooling or zero-shot head too), the final norm and every
+    DINOv2, the head's attention over the tokens of each image, mean over its
+    heads, for an attention-pooling (MAP) head). Gradients are of the target's
+    logit. The relevance is propagated from the one-hot target at the head's output
+    through the head (a pooling, attention-pooling or zero-shot head too), the
+    final norm and every
     block with the rules of the authors' implementation (see
     :mod:`captum_saco.attr._core.relevance`),
     for the whole batch at once; unlike the original, the rescaling at residual

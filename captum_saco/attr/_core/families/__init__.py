@@ -12,6 +12,7 @@ from typing import List, Type
 from torch import nn
 
 from captum_saco.attr._core.families.base import (
+    AttentionPool,
     AttentionRecord,
     BlockParts,
     HeadParts,
@@ -117,6 +118,7 @@ def vit_parts(model: nn.Module) -> ViTParts:
 __all__ = [
     "FAMILIES",
     "SUPPORTED_MODELS",
+    "AttentionPool",
     "AttentionRecord",
     "BlockParts",
     "HeadParts",

@@ -87,30 +87,71 @@ Linear = Union[nn.Linear, LinearMap]
 
 
 @dataclass(frozen=True)
+class AttentionPool:
+    """An attention-pooling (MAP) head's pool, from the final norm's output
+    ``(N, T, D)`` to its latents ``(N, L, D)``::
+
+        x = tokens[:, skip:]
+        q = q_norm(q(latent)); k = k_norm(x @ kv_weight[:D].T + b); v = x @ kv_weight[D:].T + b
+        latents = proj(softmax(q k^T / sqrt(head_dim)) v)   # per head, heads merged
+        latents = latents + fc2(act(fc1(norm(latents))))
+
+    The learned latent queries are constants of the model: they do not depend on
+    the image. timm's ``AttentionPoolLatent`` and the ``head`` of Hugging Face's
+    SigLIP tower (``nn.MultiheadAttention`` on a learned probe, then a LayerNorm
+    and an MLP added residually) take this form.
+    """
+
+    latent: Tensor  # (L, latent_dim) the learned queries
+    q: Optional[Linear]  # the queries' projection, None for none
+    kv_weight: Tensor  # (2*D, D), rows ordered k, v
+    kv_bias: Optional[Tensor]  # (2*D,) or None
+    num_heads: int
+    proj: Linear
+    norm: nn.Module  # LayerNorm or Identity, before the MLP
+    fc1: nn.Linear
+    act: Callable[[Tensor], Tensor]
+    fc2: nn.Linear
+    q_norm: Optional[nn.Module] = None
+    k_norm: Optional[nn.Module] = None
+    skip: int = 0  # the prefix tokens the pool does not see
+
+
+@dataclass(frozen=True)
 class HeadParts:
     """One head, from the final norm's output ``(N, T, D)`` to logits ``(N, C)``::
 
-        features = fc_norm(concat over r in reads of read_r(tokens))
-        features = normalize(projection(features))  # zero-shot heads only
-        logits = classifier(features)
+        sequence = pool(tokens) if pool else tokens
+        features = fc_norm(concat over r in reads of read_r(sequence))
+        features = projection(features)  # if any
+        features = features / ||features||  # if normalize (zero-shot heads)
+        logits = classifier(features)  # if any (else the features are the output)
 
-    where ``read_r`` is ``tokens[:, r]`` for an ``int`` and ``tokens[:, r].mean(1)``
-    for a ``slice``, and ``normalize`` the L2 normalisation. A class-token head
-    reads ``(0,)``; timm's ``global_pool="avg"`` ``(slice(p, None),)`` after ``p``
-    prefix tokens, then its ``fc_norm``; DINOv2's classifier ``(0, slice(p, None))``;
-    a zero-shot CLIP head is the class token, the tower's projection, the L2
-    normalisation and ``classifier = LinearMap(scale * text_embeddings, bias)``.
-    Other kinds of read-out (an attention-pooling head) would be further fields.
+    where ``read_r`` is ``sequence[:, r]`` for an ``int`` and
+    ``sequence[:, r].mean(1)`` for a ``slice``. A class-token head reads ``(0,)``;
+    timm's ``global_pool="avg"`` ``(slice(p, None),)`` after ``p`` prefix tokens,
+    then its ``fc_norm``; DINOv2's classifier ``(0, slice(p, None))``; a zero-shot
+    CLIP head is the class token, the tower's projection, the L2 normalisation and
+    ``classifier = LinearMap(scale * text_embeddings, bias)``. An attention-pooling
+    (MAP) head has a ``pool`` (:class:`AttentionPool`) and reads its latents: the
+    first (``(0,)``, timm's ``pool='token'``, SigLIP) or their mean
+    (``(slice(None),)``, timm's ``pool='avg'``).
     """
 
     reads: Tuple[TokenRead, ...]
-    classifier: Linear
+    classifier: Optional[Linear]  # None: the head outputs its features (an image tower)
     fc_norm: nn.Module = field(default_factory=nn.Identity)  # LayerNorm or Identity
-    projection: Optional[Linear] = None  # then followed by the L2 normalisation
+    projection: Optional[Linear] = None
+    normalize: bool = False  # the L2 normalisation after the projection
+    pool: Optional[AttentionPool] = None
 
     @classmethod
     def class_token_or_mean(
-        cls, classifier: Linear, class_token: bool, num_prefix_tokens: int, fc_norm: nn.Module
+        cls,
+        classifier: Optional[Linear],
+        class_token: bool,
+        num_prefix_tokens: int,
+        fc_norm: nn.Module,
     ) -> "HeadParts":
         """A head reading the class token (if ``class_token``) or the mean of the
         tokens after the ``num_prefix_tokens`` prefix tokens, through ``fc_norm``."""
@@ -118,8 +159,9 @@ class HeadParts:
         return cls(reads, classifier, fc_norm)
 
     def reads_all_tokens(self) -> bool:
-        """Whether a read averages tokens (else only the tokens read reach the logits)."""
-        return any(isinstance(read, slice) for read in self.reads)
+        """Whether a read averages tokens or the head pools them through its attention
+        (else only the tokens read reach the logits)."""
+        return self.pool is not None or any(isinstance(read, slice) for read in self.reads)
 
 
 @dataclass(frozen=True)
@@ -304,17 +346,9 @@ class ViTAdapter:
 
     def relevance_parts(self) -> ViTParts:
         """:meth:`parts`, for the relevance methods (the LRP family and Transformer
-        Attribution), which refuse, naming the model, a head that reads the tokens
-        through its own attention (:meth:`readout_source`): no relevance rule is
-        defined for it here yet."""
-        if self.readout_source() is not None:
-            raise ValueError(
-                f"model: {self.name()} reads its tokens through an "
-                "attention-pooling (MAP) head, which has no relevance rule yet, so "
-                "TransformerAttribution, PartialLRP, FullLRP, ConservativeLRP and AttnLRP "
-                "refuse it; RawAttention, AttentionRollout, AttentionGradCAM, "
-                "GradientWeightedAttention and AttCAT explain it"
-            )
+        Attribution). An attention-pooling (MAP) head is an attention layer in
+        them (:class:`AttentionPool`) and takes the rules of the blocks'
+        attention."""
         return self.parts()
 
     # --- shared --------------------------------------------------------------------
@@ -487,6 +521,17 @@ def _inexpressible(model: nn.Module, part: str) -> ValueError:
         "block (LayerNorm or RMSNorm, q/k/v attention with scale head_dim ** -0.5, "
         "optional q/k norms, rotary embedding and attention bias, Linear-act-Linear "
         "or gated MLP, optional sub-norms and layer scale) cannot express"
+    )
+
+
+def _inexpressible_pool(model: nn.Module, part: str) -> ValueError:
+    """The relevance methods' refusal of an attention-pooling head they have no
+    rule for (the attention-map methods read its attention all the same)."""
+    return ValueError(
+        f"model: {type(model).__name__} has {part} in its attention-pooling (MAP) head, "
+        "which TransformerAttribution, PartialLRP, FullLRP, ConservativeLRP and AttnLRP "
+        "have no rule for; RawAttention, AttentionRollout, AttentionGradCAM, "
+        "GradientWeightedAttention and AttCAT explain it"
     )
 
 

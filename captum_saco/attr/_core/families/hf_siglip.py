@@ -6,8 +6,20 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from torch import Tensor, nn
 
-from captum_saco.attr._core.families.base import ViTAdapter, _second
-from captum_saco.attr._core.families.hf_clip import HuggingFaceClipClassifierAdapter
+from captum_saco.attr._core.families.base import (
+    AttentionPool,
+    HeadParts,
+    LinearMap,
+    ViTAdapter,
+    ViTParts,
+    _inexpressible,
+    _inexpressible_pool,
+    _second,
+)
+from captum_saco.attr._core.families.hf_clip import (
+    HuggingFaceClipClassifierAdapter,
+    clip_layer_parts,
+)
 from captum_saco.attr._core.families.hf_vit import HuggingFaceViTAdapter
 
 
@@ -24,6 +36,8 @@ class HuggingFaceSiglipVisionAdapter(ViTAdapter):
     as for Hugging Face ViT. The tower explains a zero-shot classifier (see
     :class:`captum_saco.models.ZeroShotClassifier`) or, through
     :class:`HuggingFaceSiglipClassifierAdapter`, ``SiglipForImageClassification``.
+    For the relevance methods the pooling head is an attention layer (see
+    :meth:`parts`).
     """
 
     model_classes = (("transformers.models.siglip.modeling_siglip", "SiglipVisionModel"),)
@@ -70,6 +84,49 @@ class HuggingFaceSiglipVisionAdapter(ViTAdapter):
     def attention_mode(self) -> Iterator[None]:
         with HuggingFaceViTAdapter.attention_mode(self):  # the same switch to eager
             yield
+
+    def parts(self) -> ViTParts:
+        """The layers, ``post_layernorm`` and the pooling head as an
+        :class:`~captum_saco.attr._core.families.base.AttentionPool` (the probe the
+        latent query, the ``nn.MultiheadAttention``'s input projection split into
+        the query's and the keys' and values', its ``out_proj``, then the
+        ``layernorm`` and the MLP added residually), whose latent is the output: the
+        tower's image embedding (no class scores: see :class:`ZeroShotAdapter`)."""
+        model = self.model
+        if not model.use_head:
+            raise _inexpressible(model, "no pooling head (vision_use_head=False)")
+        head = model.head
+        attention = head.attention
+        if (
+            not attention._qkv_same_embed_dim
+            or attention.bias_k is not None
+            or attention.add_zero_attn
+            or not attention.batch_first
+        ):
+            raise _inexpressible_pool(
+                model, "an nn.MultiheadAttention with key/value widths of their own, "
+                "key/value biases or a zero attention"
+            )  # fmt: skip
+        dim = attention.embed_dim
+        weight, bias = attention.in_proj_weight, attention.in_proj_bias
+        pool = AttentionPool(
+            latent=head.probe[0],
+            q=LinearMap(weight[:dim], None if bias is None else bias[:dim]),
+            kv_weight=weight[dim:],
+            kv_bias=None if bias is None else bias[dim:],
+            num_heads=attention.num_heads,
+            proj=attention.out_proj,
+            norm=head.layernorm,
+            fc1=head.mlp.fc1,
+            act=head.mlp.activation_fn,
+            fc2=head.mlp.fc2,
+        )
+        return ViTParts(
+            blocks=[clip_layer_parts(model, layer) for layer in self.blocks()],
+            norm=model.post_layernorm,
+            heads=[HeadParts((0,), None, pool=pool)],
+            num_prefix_tokens=self.num_prefix_tokens,
+        )
 
 
 class HuggingFaceSiglipClassifierAdapter(HuggingFaceClipClassifierAdapter):

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from captum_saco.attr._core.families.base import (
+    AttentionPool,
     BlockParts,
     HeadParts,
     ViTAdapter,
@@ -14,6 +15,7 @@ from captum_saco.attr._core.families.base import (
     _check_square_attention,
     _identity,
     _inexpressible,
+    _inexpressible_pool,
     _joined,
     _unfused,
     _unsupported,
@@ -48,7 +50,10 @@ class TimmViTAdapter(ViTAdapter):
     to the tokens leaving the last block (after the prefix tokens, unless
     ``pool_include_prefix``). Its read-out is the pool's attention over the
     tokens, per example (:meth:`readout_source`); its fused attention is switched
-    off for the call too. The relevance methods refuse it.
+    off for the call too. In the canonical form it is the head's
+    :class:`~captum_saco.attr._core.families.base.AttentionPool`, whose latent
+    the head reads (the first for the pool's ``pool='token'``, their mean for
+    ``'avg'``).
     """
 
     model_classes = (("timm.models.vision_transformer", "VisionTransformer"),)
@@ -184,20 +189,61 @@ class TimmViTAdapter(ViTAdapter):
                 )
             )
         classifiers = [model.head] + ([model.head_dist] if hasattr(model, "head_dist") else [])
-        if not all(isinstance(head, nn.Linear) for head in classifiers):
-            raise _inexpressible(model, "no linear classifier head (num_classes=0?)")
+        if not all(isinstance(head, (nn.Linear, nn.Identity)) for head in classifiers):
+            raise _inexpressible(model, "a classifier head other than a Linear layer")
+        # an nn.Identity head (num_classes=0, an image tower) outputs the features
+        classifiers = [None if isinstance(head, nn.Identity) else head for head in classifiers]
         fc_norm = head_norm(model, model.fc_norm, "the norm after pooling")
         if self.reads_class_token():  # one head per token: class (and distillation) token
             heads = [HeadParts((i,), head, fc_norm) for i, head in enumerate(classifiers)]
+        elif model.attn_pool is not None:
+            pool = model.attn_pool
+            reads = (0,) if pool.pool == "token" else (slice(None),)
+            skip = 0 if model.pool_include_prefix else self.num_prefix_tokens
+            heads = [HeadParts(reads, classifiers[0], fc_norm, pool=attention_pool(model, skip))]
         else:
             prefix = self.num_prefix_tokens
-            heads = [HeadParts.class_token_or_mean(model.head, False, prefix, fc_norm)]
+            heads = [HeadParts.class_token_or_mean(classifiers[0], False, prefix, fc_norm)]
         return ViTParts(
             blocks=blocks,
             norm=head_norm(model, model.norm, "the final norm"),
             heads=heads,
             num_prefix_tokens=self.num_prefix_tokens,
         )
+
+
+def attention_pool(model: nn.Module, skip: int) -> AttentionPool:
+    """The timm ``AttentionPoolLatent`` of ``model`` (``attn_pool``) as an
+    :class:`AttentionPool` seeing the tokens after the first ``skip``; a pool with
+    a position embedding, an attention width other than the tokens' or an MLP other
+    than timm's ``Mlp`` refuses the relevance methods by name."""
+    from timm.layers import Mlp
+
+    pool = model.attn_pool
+    if pool.pos_embed is not None:
+        raise _inexpressible_pool(model, "a position embedding")
+    if pool.kv.in_features != pool.num_heads * pool.head_dim:
+        raise _inexpressible_pool(model, "an attention width other than the tokens'")
+    mlp = pool.mlp
+    if not isinstance(pool.proj, nn.Linear) or type(mlp) is not Mlp:
+        raise _inexpressible_pool(model, "no output projection or an MLP other than timm's Mlp")
+    if not isinstance(mlp.norm, nn.Identity) or not isinstance(mlp.fc1, nn.Linear):
+        raise _inexpressible_pool(model, "an Mlp with a norm or convolutions")
+    return AttentionPool(
+        latent=pool.latent[0],
+        q=None if isinstance(pool.q, nn.Identity) else pool.q,
+        kv_weight=pool.kv.weight,
+        kv_bias=pool.kv.bias,
+        num_heads=pool.num_heads,
+        proj=pool.proj,
+        norm=head_norm(model, pool.norm, "the attention pool's norm"),
+        fc1=mlp.fc1,
+        act=mlp.act,
+        fc2=mlp.fc2,
+        q_norm=optional_norm(model, pool.q_norm, "the attention pool's query norm"),
+        k_norm=optional_norm(model, pool.k_norm, "the attention pool's key norm"),
+        skip=skip,
+    )
 
 
 # --- the parts shared by the timm families (ViT, Eva, BEiT) --------------------------------

@@ -55,8 +55,12 @@ class ZeroShotAdapter(TowerAdapter):
     relevance passes on unchanged, which is also what LXT's identity rule on
     ``F.normalize`` does; Chefer's rules (TransformerAttribution, PartialLRP,
     FullLRP) pass relevance through it as through a LayerNorm, and take their
-    linear rule at the projection and the text matrix. SigLIP towers read the
-    image through an attention-pooling head, which the relevance methods refuse.
+    linear rule at the projection and the text matrix. A SigLIP tower's head is
+    its attention-pooling head (an
+    :class:`~captum_saco.attr._core.families.base.AttentionPool`, which takes the
+    attention rules), whose output is the image embedding (Hugging Face: no
+    projection), then the L2 normalisation and the text matrix, SigLIP's
+    ``logit_bias`` the bias of that linear map.
     """
 
     model_classes = (("captum_saco.models.zero_shot", "ZeroShotClassifier"),)
@@ -90,11 +94,13 @@ class ZeroShotAdapter(TowerAdapter):
         )
 
     def parts(self) -> ViTParts:
-        """The tower's parts, whose head (the projection to the image embedding)
-        becomes the projection of the zero-shot head, followed by the L2
-        normalisation and ``LinearMap(scale * text_embeddings, bias)``."""
+        """The tower's parts, whose head's output layer (the projection to the
+        image embedding; none for a Hugging Face SigLIP tower) becomes the
+        projection of the zero-shot head, followed by the L2 normalisation and
+        ``LinearMap(scale * text_embeddings, bias)``."""
         parts = self.tower.parts()
-        if len(parts.heads) != 1 or parts.heads[0].projection is not None:
+        tower_head = parts.heads[0]
+        if len(parts.heads) != 1 or tower_head.projection is not None or tower_head.normalize:
             raise _inexpressible(self.model, "an image tower with several heads")
         scale, bias = self.model.logit_scale_and_bias()
         text = self.model.text_embeddings
@@ -102,5 +108,10 @@ class ZeroShotAdapter(TowerAdapter):
             scale.detach() * text,
             None if bias is None else bias.detach().expand(text.shape[0]),
         )
-        head = replace(parts.heads[0], projection=parts.heads[0].classifier, classifier=classifier)
+        head = replace(
+            parts.heads[0],
+            projection=parts.heads[0].classifier,
+            normalize=True,
+            classifier=classifier,
+        )
         return replace(parts, heads=[head])
