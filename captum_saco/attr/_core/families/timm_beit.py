@@ -1,27 +1,22 @@
 """The family of timm ``Beit`` (BEiT, BEiT v2)."""
 
-from contextlib import contextmanager
-from typing import Callable, Dict, Iterator, List, Tuple
+from typing import Dict
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from captum_saco.attr._core.families.base import (
     BlockParts,
     HeadParts,
-    ViTAdapter,
     ViTParts,
     _check_square_attention,
-    _identity,
     _inexpressible,
-    _unfused,
     _unsupported,
-    mean_readout,
 )
-from captum_saco.attr._core.families.timm_vit import block_norm, head_norm, mlp_parts
+from captum_saco.attr._core.families.timm_vit import TimmAdapter, block_norm, head_norm, mlp_parts
 
 
-class TimmBeitAdapter(ViTAdapter):
+class TimmBeitAdapter(TimmAdapter):
     """timm ``Beit``: BEiT and BEiT v2 (``beit_*``, ``beitv2_*``), with a relative
     position bias in every block (``use_rel_pos_bias``), layer scale
     (``init_values``), q/v biases without a key bias, and optionally SwiGLU MLPs
@@ -43,7 +38,6 @@ class TimmBeitAdapter(ViTAdapter):
     description = (
         "timm Beit (relative position bias, layer scale; global_pool='avg' or 'token')"
     )
-    num_prefix_tokens = 1
 
     def __init__(self, model: nn.Module) -> None:
         from timm.models.beit import Attention, Block
@@ -62,39 +56,12 @@ class TimmBeitAdapter(ViTAdapter):
                     model, f"timm Beit block {index} is a {type(block).__name__}"
                 )
 
-    def blocks(self) -> List[nn.Module]:
-        return list(self.model.blocks)
-
-    def patch_embedding(self) -> nn.Module:
-        return self.model.patch_embed.proj
-
-    def reads_class_token(self) -> bool:
-        return self.model.global_pool == "token"
-
-    def readout(self, num_tokens: int) -> Tensor:
-        """``global_pool='token'``: the class token; ``'avg'``: the uniform average
-        over the patch tokens (all but the class token), the tokens timm averages."""
-        if self.reads_class_token():
-            return super().readout(num_tokens)
-        return mean_readout(num_tokens, self.num_prefix_tokens)
-
     def embedding_path(self) -> Dict[str, str]:
         return {
             "patch_embed.proj": "linear",
             "patch_embed.norm": "patch_layernorm",
             "pos_drop": "identity",
         }
-
-    def prefix_tokens(self) -> Tensor:
-        return self.model.cls_token.detach()
-
-    def attention_sources(self) -> List[Tuple[nn.Module, Callable[[object], Tensor]]]:
-        return [(block.attn.attn_drop, _identity) for block in self.model.blocks]
-
-    @contextmanager
-    def attention_mode(self) -> Iterator[None]:
-        with _unfused([block.attn for block in self.model.blocks]):
-            yield
 
     def parts(self) -> ViTParts:
         model = self.model

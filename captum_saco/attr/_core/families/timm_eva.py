@@ -1,7 +1,6 @@
 """The family of timm ``Eva`` (EVA, EVA-02 and the timm ViTs built on it)."""
 
-from contextlib import contextmanager
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -9,17 +8,13 @@ from torch import Tensor, nn
 from captum_saco.attr._core.families.base import (
     BlockParts,
     HeadParts,
-    ViTAdapter,
     ViTParts,
     _check_square_attention,
-    _identity,
     _inexpressible,
-    _joined,
-    _unfused,
     _unsupported,
-    mean_readout,
 )
 from captum_saco.attr._core.families.timm_vit import (
+    TimmAdapter,
     block_norm,
     head_norm,
     mlp_parts,
@@ -27,7 +22,7 @@ from captum_saco.attr._core.families.timm_vit import (
 )
 
 
-class TimmEvaAdapter(ViTAdapter):
+class TimmEvaAdapter(TimmAdapter):
     """timm ``Eva``: EVA and EVA-02 (``eva02_*``), with rotary position embedding
     (RoPE), SwiGLU MLPs (``swiglu_mlp``, packed as ``GluMlp`` or split as
     ``SwiGLU``), sub-LayerNorms (``scale_mlp``: a norm before ``fc2``;
@@ -76,24 +71,6 @@ class TimmEvaAdapter(ViTAdapter):
                     f"{type(block.attn).__name__}; pre-norm EvaBlocks with EvaAttention "
                     "are supported (not use_post_norm, not attn_type='rope')",
                 )
-        self.num_prefix_tokens = int(model.num_prefix_tokens)
-
-    def blocks(self) -> List[nn.Module]:
-        return list(self.model.blocks)
-
-    def patch_embedding(self) -> nn.Module:
-        return self.model.patch_embed.proj
-
-    def reads_class_token(self) -> bool:
-        return self.model.global_pool == "token"
-
-    def readout(self, num_tokens: int) -> Tensor:
-        """``global_pool='token'``: the class token; ``'avg'``: the uniform average
-        over the tokens after the prefix tokens (class and register tokens), the
-        tokens timm averages."""
-        if self.reads_class_token():
-            return super().readout(num_tokens)
-        return mean_readout(num_tokens, self.num_prefix_tokens)
 
     def embedding_path(self) -> Dict[str, str]:
         path = {
@@ -105,21 +82,6 @@ class TimmEvaAdapter(ViTAdapter):
         if self.model.patch_drop is not None:
             path["patch_drop"] = "identity"
         return path
-
-    def prefix_tokens(self) -> Tensor:
-        model = self.model
-        tokens = [model.cls_token, model.reg_token]
-        if all(token is None for token in tokens):
-            return model.patch_embed.proj.weight.new_zeros(1, 0, model.embed_dim).detach()
-        return _joined(tokens)
-
-    def attention_sources(self) -> List[Tuple[nn.Module, Callable[[object], Tensor]]]:
-        return [(block.attn.attn_drop, _identity) for block in self.model.blocks]
-
-    @contextmanager
-    def attention_mode(self) -> Iterator[None]:
-        with _unfused([block.attn for block in self.model.blocks]):
-            yield
 
     def _rope(self) -> Optional[Tensor]:
         """The rotary embedding ``(number of patches, 2 * head_dim)`` of the model's

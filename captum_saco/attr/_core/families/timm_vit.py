@@ -26,7 +26,57 @@ from captum_saco.attr._core.families.base import (
 _POOLS = ("token", "avg", "map")
 
 
-class TimmViTAdapter(ViTAdapter):
+class TimmAdapter(ViTAdapter):
+    """What the timm ViT families (``VisionTransformer``, ``Eva``, ``Beit``) share:
+    the blocks at ``blocks``, the patch embedding's convolution at
+    ``patch_embed.proj``, class-token (``global_pool='token'``) or mean
+    (``'avg'``) pooling, the prefix tokens ``cls_token``, ``dist_token`` and
+    ``reg_token`` (those the model has), and the attention probabilities at each
+    block's ``attn.attn_drop`` with fused attention switched off for the call."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        self.num_prefix_tokens = int(model.num_prefix_tokens)
+
+    def blocks(self) -> List[nn.Module]:
+        return list(self.model.blocks)
+
+    def patch_embedding(self) -> nn.Module:
+        return self.model.patch_embed.proj
+
+    def reads_class_token(self) -> bool:
+        return self.model.global_pool == "token"
+
+    def readout(self, num_tokens: int) -> Tensor:
+        """``global_pool='token'``: the class token; ``'avg'``: the uniform average
+        over the tokens after the prefix tokens (class and register tokens), the
+        tokens timm averages."""
+        if self.reads_class_token():
+            return super().readout(num_tokens)
+        return mean_readout(num_tokens, self.num_prefix_tokens)
+
+    def prefix_tokens(self) -> Tensor:
+        model = self.model
+        tokens = [getattr(model, name, None) for name in ("cls_token", "dist_token", "reg_token")]
+        if all(token is None for token in tokens):
+            return model.patch_embed.proj.weight.new_zeros(1, 0, model.embed_dim).detach()
+        return _joined(tokens)
+
+    def attention_sources(self) -> List[Tuple[nn.Module, Callable[[object], Tensor]]]:
+        return [(block.attn.attn_drop, _identity) for block in self.model.blocks]
+
+    @contextmanager
+    def attention_mode(self) -> Iterator[None]:
+        with _unfused([block.attn for block in self.model.blocks] + self._other_attentions()):
+            yield
+
+    def _other_attentions(self) -> List[nn.Module]:
+        """timm attention modules outside the blocks whose fused attention is
+        switched off too (an attention-pooling head's)."""
+        return []
+
+
+class TimmViTAdapter(TimmAdapter):
     """timm ``VisionTransformer`` (and subclasses such as ``VisionTransformerDistilled``).
 
     Fused attention (``scaled_dot_product_attention``) never materialises the
@@ -88,24 +138,6 @@ class TimmViTAdapter(ViTAdapter):
                     f"block {index} ({type(block).__name__}) has no timm "
                     "vision_transformer.Attention module at .attn",
                 )
-        self.num_prefix_tokens = int(model.num_prefix_tokens)
-
-    def blocks(self) -> List[nn.Module]:
-        return list(self.model.blocks)
-
-    def patch_embedding(self) -> nn.Module:
-        return self.model.patch_embed.proj
-
-    def reads_class_token(self) -> bool:
-        return self.model.global_pool == "token"
-
-    def readout(self, num_tokens: int) -> Tensor:
-        """``global_pool='token'``: the class token; ``'avg'``: the uniform average
-        over the tokens after the prefix tokens (class and register tokens), the
-        tokens timm averages (``'map'``: see :meth:`readout_source`)."""
-        if self.reads_class_token():
-            return super().readout(num_tokens)
-        return mean_readout(num_tokens, self.num_prefix_tokens)
 
     def readout_source(self) -> Optional[Tuple[nn.Module, Callable[[object], Tensor]]]:
         """``global_pool='map'``: the attention pool's probabilities
@@ -138,23 +170,9 @@ class TimmViTAdapter(ViTAdapter):
             "norm_pre": "layernorm",
         }
 
-    def prefix_tokens(self) -> Tensor:
-        model = self.model
-        tokens = [model.cls_token, getattr(model, "dist_token", None), model.reg_token]
-        if all(token is None for token in tokens):
-            return model.patch_embed.proj.weight.new_zeros(1, 0, model.embed_dim).detach()
-        return _joined(tokens)
-
-    def attention_sources(self) -> List[Tuple[nn.Module, Callable[[object], Tensor]]]:
-        return [(block.attn.attn_drop, _identity) for block in self.model.blocks]
-
-    @contextmanager
-    def attention_mode(self) -> Iterator[None]:
-        attentions = [block.attn for block in self.model.blocks]
-        if self.model.attn_pool is not None:
-            attentions.append(self.model.attn_pool)
-        with _unfused(attentions):
-            yield
+    def _other_attentions(self) -> List[nn.Module]:
+        pool = self.model.attn_pool
+        return [] if pool is None else [pool]
 
     def parts(self) -> ViTParts:
         from timm.layers import LayerScale
