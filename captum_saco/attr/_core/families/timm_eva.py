@@ -7,7 +7,6 @@ from torch import Tensor, nn
 
 from captum_saco.attr._core.families.base import (
     BlockParts,
-    HeadParts,
     ViTParts,
     _check_square_attention,
     _inexpressible,
@@ -16,7 +15,6 @@ from captum_saco.attr._core.families.base import (
 from captum_saco.attr._core.families.timm_vit import (
     TimmAdapter,
     block_norm,
-    head_norm,
     mlp_parts,
     optional_norm,
 )
@@ -129,21 +127,7 @@ class TimmEvaAdapter(TimmAdapter):
                     **mlp_parts(model, block.mlp),
                 )
             )
-        if not isinstance(model.head, nn.Linear):
-            raise _inexpressible(model, "no linear classifier head (num_classes=0?)")
-        return ViTParts(
-            blocks=blocks,
-            norm=head_norm(model, model.norm, "the final norm"),
-            heads=[
-                HeadParts.class_token_or_mean(
-                    model.head,
-                    self.reads_class_token(),
-                    self.num_prefix_tokens,
-                    head_norm(model, model.fc_norm, "the norm after pooling"),
-                )
-            ],
-            num_prefix_tokens=self.num_prefix_tokens,
-        )
+        return self._one_head_parts(blocks)
 
 
 def _qkv(attn: nn.Module) -> Tuple[Tensor, Optional[Tensor]]:

@@ -75,6 +75,23 @@ class TimmAdapter(ViTAdapter):
         switched off too (an attention-pooling head's)."""
         return []
 
+    def _one_head_parts(self, blocks: List[BlockParts]) -> ViTParts:
+        """The canonical form over ``blocks`` of a model whose linear ``head`` reads
+        the class token or the mean of the patch tokens, through ``fc_norm``."""
+        model = self.model
+        if not isinstance(model.head, nn.Linear):
+            raise _inexpressible(model, "no linear classifier head (num_classes=0?)")
+        fc_norm = head_norm(model, model.fc_norm, "the norm after pooling")
+        head = HeadParts.class_token_or_mean(
+            model.head, self.reads_class_token(), self.num_prefix_tokens, fc_norm
+        )
+        return ViTParts(
+            blocks=blocks,
+            norm=head_norm(model, model.norm, "the final norm"),
+            heads=[head],
+            num_prefix_tokens=self.num_prefix_tokens,
+        )
+
 
 class TimmViTAdapter(TimmAdapter):
     """timm ``VisionTransformer`` (and subclasses such as ``VisionTransformerDistilled``).
