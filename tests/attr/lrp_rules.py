@@ -36,6 +36,22 @@ def without_biases(model: nn.Module) -> nn.Module:
     return copied
 
 
+
+def assert_conserves(
+    model: nn.Module, images: Tensor, target: Tensor, rtol: float = 1e-3
+) -> Tensor:
+    """Asserts that ConservativeLRP with the identity activation rule gives each
+    example's pixel relevance the sum of its target logit within ``rtol`` (on a
+    bias-free ``model``, see :func:`without_biases`); returns those logits."""
+    from captum_saco._utils import model_output
+    from captum_saco.attr import ConservativeLRP
+
+    relevance = ConservativeLRP(model).attribute(images, target=target, activation_rule="identity")
+    with torch.no_grad():
+        logits = model_output(model(images)).gather(1, target[:, None]).flatten()
+    torch.testing.assert_close(relevance.sum(dim=(1, 2, 3)), logits, rtol=rtol, atol=0)
+    return logits
+
 #: the class, register and position embeddings in timm's, Hugging Face's and open_clip's
 #: namings (a Hugging Face position embedding is an ``nn.Embedding``'s ``weight``)
 _BIAS_LIKE = {

@@ -16,7 +16,7 @@ from typing import Callable, Dict, List, Tuple
 
 import pytest
 import torch
-from lrp_rules import gradient_x_input, rules_patched_copy
+from lrp_rules import assert_conserves, gradient_x_input, rules_patched_copy, without_biases
 from test_relevance import relevance_of
 from tiny_models import tiny_timm
 from torch import Tensor, nn
@@ -312,17 +312,6 @@ def test_rollout_refuses_discard_ratio_on_a_map_head_by_name() -> None:
 
 
 # --- the LRP methods on the mean-pooled Hugging Face classifiers --------------------------
-def without_biases(model: nn.Module) -> nn.Module:
-    """A copy with every bias-like term zero (linear, norm and attention biases, the
-    class and position embeddings): its logits are homogeneous in the pixels."""
-    copied = copy.deepcopy(model)
-    with torch.no_grad():
-        for name, parameter in copied.named_parameters():
-            if name.endswith(("bias", "class_embedding", "position_embedding.weight")):
-                parameter.zero_()
-    return copied
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("name", sorted(MEAN_MODELS))
 def test_conservative_lrp_pixel_relevance_sums_to_the_target_logit_without_biases(
@@ -330,11 +319,7 @@ def test_conservative_lrp_pixel_relevance_sums_to_the_target_logit_without_biase
 ) -> None:
     model = without_biases(MEAN_MODELS[name]()).to(dtype)
     images, target = images_of().to(dtype), torch.tensor([1, 0, 3])
-    relevance = ConservativeLRP(model).attribute(images, target=target, activation_rule="identity")
-    with torch.no_grad():
-        logits = model(images).logits.gather(1, target[:, None]).flatten()
-    tolerance = 1e-3 if dtype == torch.float32 else 1e-10
-    torch.testing.assert_close(relevance.sum(dim=(1, 2, 3)), logits, rtol=tolerance, atol=0)
+    assert_conserves(model, images, target, rtol=1e-3 if dtype == torch.float32 else 1e-10)
 
 
 @pytest.mark.parametrize("name", sorted(MEAN_MODELS))
