@@ -2,7 +2,6 @@
 
 from typing import Dict, List
 
-import torch
 from torch import Tensor, nn
 
 from captum_saco.attr._core.families.base import (
@@ -10,12 +9,11 @@ from captum_saco.attr._core.families.base import (
     HeadParts,
     ViTAdapter,
     ViTParts,
-    _check_square_attention,
     _inexpressible,
     _unsupported,
     mean_readout,
 )
-from captum_saco.attr._core.families.hf_vit import HuggingFaceViTAdapter
+from captum_saco.attr._core.families.hf_vit import HuggingFaceViTAdapter, joined_qkv
 
 
 class HuggingFaceBeitAdapter(HuggingFaceViTAdapter):
@@ -76,18 +74,14 @@ class HuggingFaceBeitAdapter(HuggingFaceViTAdapter):
         blocks: List[BlockParts] = []
         for layer in self.backbone.layers:
             attn = layer.attention
-            _check_square_attention(model, attn.q_proj.in_features, attn.q_proj.out_features)
-            projections = (attn.q_proj, attn.k_proj, attn.v_proj)
-            bias = None
-            if attn.q_proj.bias is not None:  # the key projection has none
-                q_bias = attn.q_proj.bias
-                bias = torch.cat([q_bias, torch.zeros_like(q_bias), attn.v_proj.bias])
+            # the key projection has no bias
+            qkv_weight, qkv_bias = joined_qkv(model, attn.q_proj, attn.k_proj, attn.v_proj)
             position_bias = layer.relative_position_bias
             blocks.append(
                 BlockParts(
                     norm1=layer.layernorm_before,
-                    qkv_weight=torch.cat([p.weight for p in projections]),
-                    qkv_bias=bias,
+                    qkv_weight=qkv_weight,
+                    qkv_bias=qkv_bias,
                     num_heads=attn.num_attention_heads,
                     proj=attn.o_proj,
                     norm2=layer.layernorm_after,

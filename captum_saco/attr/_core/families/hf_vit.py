@@ -122,10 +122,14 @@ def joined_qkv(
     model: nn.Module, q: nn.Linear, k: nn.Linear, v: nn.Linear
 ) -> Tuple[Tensor, Optional[Tensor]]:
     """The separate query, key and value projections of a Hugging Face attention as
-    one ``(3 * D, D)`` weight and bias (``None`` without biases), as
-    :class:`~captum_saco.attr._core.families.BlockParts` holds them."""
+    one ``(3 * D, D)`` weight and bias, as
+    :class:`~captum_saco.attr._core.families.BlockParts` holds them: a projection
+    without a bias (BEiT's key) contributes zeros, and the bias is ``None`` when
+    none has one."""
     _check_square_attention(model, q.in_features, q.out_features)
     projections = (q, k, v)
-    biases = [p.bias for p in projections]
     weight = torch.cat([p.weight for p in projections])
-    return weight, None if biases[0] is None else torch.cat(biases)
+    if all(p.bias is None for p in projections):
+        return weight, None
+    biases = [p.weight.new_zeros(p.out_features) if p.bias is None else p.bias for p in projections]
+    return weight, torch.cat(biases)
