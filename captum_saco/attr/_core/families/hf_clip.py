@@ -21,7 +21,29 @@ from captum_saco.attr._core.families.base import (
 from captum_saco.attr._core.families.hf_vit import HuggingFaceViTAdapter, joined_qkv
 
 
-class HuggingFaceClipVisionAdapter(ViTAdapter):
+class ClipStyleTowerAdapter(ViTAdapter):
+    """What the Hugging Face CLIP and SigLIP image towers share: the patch embedding
+    at ``embeddings.patch_embedding``, pre-norm ``encoder.layers`` whose
+    ``self_attn`` returns its probabilities once the attention implementation is
+    switched to ``eager`` for the call (every configuration restored afterwards,
+    as for Hugging Face ViT)."""
+
+    def blocks(self) -> List[nn.Module]:
+        return list(self.model.encoder.layers)
+
+    def patch_embedding(self) -> nn.Module:
+        return self.model.embeddings.patch_embedding
+
+    def attention_sources(self) -> List[Tuple[nn.Module, Callable[[object], Tensor]]]:
+        return [(layer.self_attn, _second) for layer in self.blocks()]
+
+    @contextmanager
+    def attention_mode(self) -> Iterator[None]:
+        with HuggingFaceViTAdapter.attention_mode(self):  # the same switch to eager
+            yield
+
+
+class HuggingFaceClipVisionAdapter(ClipStyleTowerAdapter):
     """Hugging Face ``CLIPVisionModel`` (transformers >= 5): patch embedding, class and
     position embeddings, ``pre_layrnorm``, pre-norm ``encoder.layers``,
     ``post_layernorm`` on the class token (then ``visual_projection`` in the
@@ -53,12 +75,6 @@ class HuggingFaceClipVisionAdapter(ViTAdapter):
         super().__init__(model)
         self.projection = projection
 
-    def blocks(self) -> List[nn.Module]:
-        return list(self.model.encoder.layers)
-
-    def patch_embedding(self) -> nn.Module:
-        return self.model.embeddings.patch_embedding
-
     def embedding_path(self) -> Dict[str, str]:
         return {
             "embeddings.patch_embedding": "linear",
@@ -68,14 +84,6 @@ class HuggingFaceClipVisionAdapter(ViTAdapter):
 
     def prefix_tokens(self) -> Tensor:
         return _joined([self.model.embeddings.class_embedding.view(1, 1, -1)])
-
-    def attention_sources(self) -> List[Tuple[nn.Module, Callable[[object], Tensor]]]:
-        return [(layer.self_attn, _second) for layer in self.blocks()]
-
-    @contextmanager
-    def attention_mode(self) -> Iterator[None]:
-        with HuggingFaceViTAdapter.attention_mode(self):  # the same switch to eager
-            yield
 
     def parts(self) -> ViTParts:
         """The blocks, ``post_layernorm`` and the projection on the class token: the

@@ -1,8 +1,7 @@
 """The family of Hugging Face SigLIP image towers (``SiglipVisionModel``, the
 ``vision_model`` of ``SiglipModel``) and of ``SiglipForImageClassification``."""
 
-from contextlib import contextmanager
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 from torch import Tensor, nn
 
@@ -10,20 +9,18 @@ from captum_saco.attr._core.families.base import (
     AttentionPool,
     HeadParts,
     LinearMap,
-    ViTAdapter,
     ViTParts,
     _inexpressible,
     _inexpressible_pool,
-    _second,
 )
 from captum_saco.attr._core.families.hf_clip import (
+    ClipStyleTowerAdapter,
     HuggingFaceClipClassifierAdapter,
     clip_layer_parts,
 )
-from captum_saco.attr._core.families.hf_vit import HuggingFaceViTAdapter
 
 
-class HuggingFaceSiglipVisionAdapter(ViTAdapter):
+class HuggingFaceSiglipVisionAdapter(ClipStyleTowerAdapter):
     """Hugging Face ``SiglipVisionModel`` (transformers >= 5): patch embedding plus
     position embedding (no class token), pre-norm ``encoder.layers``,
     ``post_layernorm`` on every token, then the attention-pooling (MAP) ``head``:
@@ -44,12 +41,6 @@ class HuggingFaceSiglipVisionAdapter(ViTAdapter):
     description = "Hugging Face SigLIP image towers (SiglipModel)"
 
     num_prefix_tokens = 0
-
-    def blocks(self) -> List[nn.Module]:
-        return list(self.model.encoder.layers)
-
-    def patch_embedding(self) -> nn.Module:
-        return self.model.embeddings.patch_embedding
 
     def reads_class_token(self) -> bool:
         return False
@@ -76,14 +67,6 @@ class HuggingFaceSiglipVisionAdapter(ViTAdapter):
     def prefix_tokens(self) -> Tensor:
         weight = self.model.embeddings.patch_embedding.weight
         return weight.new_zeros(1, 0, weight.shape[0]).detach()
-
-    def attention_sources(self) -> List[Tuple[nn.Module, Callable[[object], Tensor]]]:
-        return [(layer.self_attn, _second) for layer in self.blocks()]
-
-    @contextmanager
-    def attention_mode(self) -> Iterator[None]:
-        with HuggingFaceViTAdapter.attention_mode(self):  # the same switch to eager
-            yield
 
     def parts(self) -> ViTParts:
         """The layers, ``post_layernorm`` and the pooling head as an
